@@ -1,0 +1,379 @@
+"""Finding samples on disk: the Kaggle layout, a labels CSV, or a bare folder of channel images.
+
+A :class:`Catalog` is the ordered list of sample ids of one split, the channel files of each, and their
+multi-hot labels when a labels CSV exists. Everything downstream (cache, training, prediction) takes a
+Catalog, so a data set is found and checked in exactly one place. Torch-free.
+
+Layouts understood by :func:`open_dataset`:
+
+* a Kaggle root: ``train.csv`` + ``train/<Id>_<channel>.png``, and ``test/`` ordered by
+  ``sample_submission.csv`` (``split="test"``);
+* a labels CSV (``Id,Target``) whose images lie in the folder of the same stem beside it (``train.csv`` ->
+  ``train/``) or in the CSV's own folder;
+* a folder of channel images with no CSV: ids come from the file names, and there are no labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protloc.classes import NUM_CLASSES, parse_labels
+from protloc.errors import DataError, LabelError
+from protloc.io import CHANNELS, IMAGE_EXTENSIONS, split_channel_filename
+
+LABEL_HEADER = ("Id", "Target")
+SUBMISSION_HEADER = ("Id", "Predicted")
+
+
+@dataclass
+class ImageIndex:
+    """The channel files found in one folder, grouped by sample id."""
+
+    folder: Path
+    files: dict[str, dict[str, Path]] = field(default_factory=dict)
+    duplicates: list[tuple[str, str, list[Path]]] = field(default_factory=list)
+    """(id, channel, files) where one channel of one sample has several files (e.g. .png and .tif)."""
+    stray: list[Path] = field(default_factory=list)
+    """Image files whose names are not ``<Id>_<channel>.<ext>``."""
+
+
+def index_images(folder: str | Path) -> ImageIndex:
+    """Group the channel files in ``folder`` (not recursive) by sample id.
+
+    When one channel of a sample has several files, the extension that comes first in
+    :data:`~protloc.io.IMAGE_EXTENSIONS` wins and the clash is recorded in ``duplicates``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    found: dict[str, dict[str, list[Path]]] = {}
+    stray: list[Path] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_file():
+                continue
+            parsed = split_channel_filename(entry.name)
+            if parsed is None:
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    stray.append(Path(entry.path))
+                continue
+            sample_id, channel = parsed
+            found.setdefault(sample_id, {}).setdefault(channel, []).append(Path(entry.path))
+    index = ImageIndex(folder=folder, stray=sorted(stray))
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    for sample_id in sorted(found):
+        channels = {}
+        for channel, paths in found[sample_id].items():
+            paths.sort(key=lambda p: (rank.get(p.suffix.lower(), 99), p.name))
+            channels[channel] = paths[0]
+            if len(paths) > 1:
+                index.duplicates.append((sample_id, channel, paths))
+        index.files[sample_id] = channels
+    return index
+
+
+@dataclass(frozen=True)
+class CsvProblem:
+    """One problem found in a labels CSV: the line (1-based, header = 1), the id if known, and what."""
+
+    kind: str
+    line: int
+    sample_id: str | None
+    message: str
+
+
+def scan_labels_csv(
+    path: str | Path, *, header: Sequence[str] = LABEL_HEADER, allow_empty: bool = False
+) -> tuple[list[str], np.ndarray, list[CsvProblem]]:
+    """Read an ``Id,Target`` CSV, collecting every problem instead of stopping at the first.
+
+    Returns:
+        The ids of the good rows, their multi-hot labels ``(N, 28)``, and the problems (bad header, empty
+        file, bad labels, duplicate ids, rows with the wrong number of fields).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return (
+            [],
+            np.zeros((0, NUM_CLASSES), np.uint8),
+            [CsvProblem("csv-missing", 0, None, f"{path}: not found")],
+        )
+    problems: list[CsvProblem] = []
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    seen: dict[str, int] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            first = next(reader, None)
+            if first is None or not any(cell.strip() for cell in first):
+                problems.append(
+                    CsvProblem("csv-empty", 1, None, f"{path}: file is empty (expected a header {','.join(header)})")
+                )
+                return ids, np.zeros((0, NUM_CLASSES), np.uint8), problems
+            got = tuple(cell.strip() for cell in first)
+            if got[: len(header)] != tuple(header):
+                problems.append(
+                    CsvProblem(
+                        "csv-header",
+                        1,
+                        None,
+                        f"{path} line 1: header is {','.join(got)!r}, expected {','.join(header)!r}",
+                    )
+                )
+                return ids, np.zeros((0, NUM_CLASSES), np.uint8), problems
+            for line_number, row in enumerate(reader, start=2):
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if len(row) < 2:
+                    problems.append(
+                        CsvProblem(
+                            "bad-row",
+                            line_number,
+                            row[0].strip() or None,
+                            f"{path.name} line {line_number}: expected 2 fields (Id,Target), got {len(row)}",
+                        )
+                    )
+                    continue
+                sample_id = row[0].strip()
+                if not sample_id:
+                    problems.append(
+                        CsvProblem("bad-row", line_number, None, f"{path.name} line {line_number}: empty Id")
+                    )
+                    continue
+                where = f"{path.name} line {line_number} (Id {sample_id})"
+                if sample_id in seen:
+                    problems.append(
+                        CsvProblem(
+                            "duplicate-id",
+                            line_number,
+                            sample_id,
+                            f"{where}: duplicate Id, first seen on line {seen[sample_id]}",
+                        )
+                    )
+                    continue
+                seen[sample_id] = line_number
+                try:
+                    label = parse_labels(row[1], where=where, allow_empty=allow_empty)
+                except LabelError as exc:
+                    problems.append(CsvProblem("bad-label", line_number, sample_id, str(exc)))
+                    continue
+                ids.append(sample_id)
+                rows.append(label)
+    except UnicodeDecodeError:
+        problems.append(CsvProblem("csv-unreadable", 0, None, f"{path}: not a UTF-8 text CSV file"))
+        return [], np.zeros((0, NUM_CLASSES), np.uint8), problems
+    if not ids and not problems:
+        problems.append(CsvProblem("csv-empty", 2, None, f"{path}: has a header but no rows"))
+    labels = np.stack(rows) if rows else np.zeros((0, NUM_CLASSES), np.uint8)
+    return ids, labels, problems
+
+
+def read_labels_csv(path: str | Path, *, allow_empty: bool = False) -> tuple[list[str], np.ndarray]:
+    """Read an ``Id,Target`` CSV into ids and multi-hot labels.
+
+    Raises:
+        DataError: the first problem found (use ``protloc check`` to list them all).
+    """
+    ids, labels, problems = scan_labels_csv(path, allow_empty=allow_empty)
+    if problems:
+        more = (
+            f" (and {len(problems) - 1} more problems; run `protloc check` to list them)" if len(problems) > 1 else ""
+        )
+        raise DataError(problems[0].message + more)
+    return ids, labels
+
+
+def read_id_column(path: str | Path, header: Sequence[str] = SUBMISSION_HEADER) -> list[str]:
+    """The ids of a ``sample_submission.csv``-like file, in order (labels are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        first = next(reader, None)
+        if first is None:
+            raise DataError(f"{path}: file is empty (expected a header {','.join(header)})")
+        if not first or first[0].strip() != header[0]:
+            raise DataError(f"{path} line 1: header is {','.join(first)!r}, expected it to start with {header[0]!r}")
+        ids = [row[0].strip() for row in reader if row and row[0].strip()]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: contains duplicate Ids")
+    return ids
+
+
+@dataclass
+class Catalog:
+    """The samples of one split, in order: ids, channel files, and labels when known.
+
+    Attributes:
+        ids: sample ids, in the order of the labels CSV (or sorted, without one).
+        files: id -> channel -> file.
+        labels: ``(N, 28)`` multi-hot ``uint8`` aligned with ``ids``, or ``None`` when unlabelled.
+        image_dir: the folder holding the channel files.
+        labels_file: the CSV the labels (or the order) came from, if any.
+        name: a short name for reports (``"train"``, ``"test"``, the folder name).
+    """
+
+    ids: list[str]
+    files: dict[str, dict[str, Path]]
+    labels: np.ndarray | None
+    image_dir: Path
+    labels_file: Path | None = None
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.labels)} label rows")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def paths(self, index: int) -> dict[str, Path]:
+        """Channel -> file of the sample at ``index``."""
+        return self.files[self.ids[index]]
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> Catalog:
+        """A new Catalog with the samples at ``indices``, in that order."""
+        picked = [self.ids[int(i)] for i in indices]
+        return Catalog(
+            ids=picked,
+            files={i: self.files[i] for i in picked},
+            labels=None if self.labels is None else self.labels[np.asarray(indices, dtype=np.int64)],
+            image_dir=self.image_dir,
+            labels_file=self.labels_file,
+            name=name or self.name,
+        )
+
+    def select_ids(self, ids: Sequence[str]) -> Catalog:
+        """A new Catalog with only ``ids``, in that order; unknown ids are an error."""
+        position = {sample_id: i for i, sample_id in enumerate(self.ids)}
+        unknown = [i for i in ids if i not in position]
+        if unknown:
+            raise DataError(
+                f"Id {unknown[0]!r} is not in {self.image_dir}"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            )
+        return self.subset([position[i] for i in ids])
+
+    def require_channels(self, channels: Sequence[str]) -> None:
+        """Raise a :class:`DataError` naming the first sample that lacks one of ``channels``."""
+        for sample_id in self.ids:
+            files = self.files[sample_id]
+            for channel in channels:
+                if channel not in files:
+                    raise DataError(
+                        f"sample {sample_id}: missing {channel} channel file in {self.image_dir} "
+                        f"(expected {sample_id}_{channel}.png/.tif/.jpg); run `protloc check` to list all problems"
+                    )
+
+
+def _catalog_from_csv(labels_file: Path, image_dir: Path, name: str, allow_empty: bool) -> Catalog:
+    ids, labels = read_labels_csv(labels_file, allow_empty=allow_empty)
+    index = index_images(image_dir)
+    missing = [i for i in ids if i not in index.files]
+    if missing:
+        raise DataError(
+            f"{labels_file}: {len(missing)} Id(s) have no image files in {image_dir}, e.g. {missing[0]}; "
+            "run `protloc check` to list all problems"
+        )
+    return Catalog(
+        ids=ids,
+        files={i: index.files[i] for i in ids},
+        labels=labels,
+        image_dir=image_dir,
+        labels_file=labels_file,
+        name=name,
+    )
+
+
+def _has_channel_images(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(entry.is_file() and split_channel_filename(entry.name) for entry in entries)
+
+
+def open_dataset(
+    path: str | Path,
+    *,
+    split: str = "train",
+    labels: str | Path | None = None,
+    channels: Sequence[str] | None = CHANNELS,
+    allow_empty_labels: bool = False,
+) -> Catalog:
+    """Find the samples of one split of a data set (see the module docstring for the layouts).
+
+    Args:
+        path: a Kaggle root, a labels CSV, or a folder of channel images.
+        split: ``"train"`` or ``"test"`` (any name ``X`` with ``X.csv`` + ``X/`` works) in a Kaggle root.
+        labels: an ``Id,Target`` CSV that overrides the layout's labels (e.g. the synthetic test truth).
+        channels: channels every sample must have (``None`` skips the check).
+        allow_empty_labels: accept rows with an empty ``Target``.
+
+    Raises:
+        DataError: the path does not exist, holds no recognisable layout, or its CSV is malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    labels_file = Path(labels) if labels is not None else None
+    if labels_file is not None and not labels_file.is_file():
+        raise DataError(f"{labels_file}: labels file not found")
+
+    catalog: Catalog
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{path}: expected a data folder or a labels CSV, got a {path.suffix or 'plain'} file")
+        image_dir = path.with_suffix("") if path.with_suffix("").is_dir() else path.parent
+        catalog = _catalog_from_csv(labels_file or path, image_dir, path.stem, allow_empty_labels)
+    elif (path / split).is_dir() and ((path / f"{split}.csv").is_file() or labels_file is not None):
+        catalog = _catalog_from_csv(labels_file or path / f"{split}.csv", path / split, split, allow_empty_labels)
+    elif (path / split).is_dir():  # a split without labels, e.g. test/ ordered by sample_submission.csv
+        image_dir = path / split
+        index = index_images(image_dir)
+        order_file = path / "sample_submission.csv"
+        if order_file.is_file():
+            ids = read_id_column(order_file)
+            missing = [i for i in ids if i not in index.files]
+            if missing:
+                raise DataError(
+                    f"{order_file}: {len(missing)} Id(s) have no image files in {image_dir}, e.g. {missing[0]}"
+                )
+        else:
+            ids = sorted(index.files)
+        catalog = Catalog(
+            ids=ids,
+            files={i: index.files[i] for i in ids},
+            labels=None,
+            image_dir=image_dir,
+            labels_file=order_file if order_file.is_file() else None,
+            name=split,
+        )
+    elif path.is_dir() and _has_channel_images(path):
+        if labels_file is not None:
+            catalog = _catalog_from_csv(labels_file, path, path.name, allow_empty_labels)
+        else:
+            index = index_images(path)
+            catalog = Catalog(ids=list(index.files), files=index.files, labels=None, image_dir=path, name=path.name)
+    else:
+        raise DataError(
+            f"{path}: found neither {split}.csv with a {split}/ folder (the Kaggle layout) nor channel images "
+            "named <Id>_<red|green|blue|yellow>.png|tif|jpg"
+        )
+    if not catalog.ids:
+        raise DataError(f"{path}: no samples found")
+    if channels is not None:
+        catalog.require_channels(channels)
+    return catalog
