@@ -152,13 +152,14 @@ def to_uint8(image: np.ndarray, *, bit_depth: int = 16, where: str = "image") ->
         return image.astype(np.uint8) * 255
     if image.dtype in (np.uint16, np.int16, np.uint32, np.int32):
         scale = 255.0 / (2**bit_depth - 1)
-        scaled = np.clip(image.astype(np.float32) * scale + 0.5, 0, 255)
+        scaled = (image.astype(np.float32) * scale + 0.5).clip(0.0, 255.0)
         return scaled.astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        values = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        if values.size and float(values.max()) <= 1.0:
-            values = values * 255.0
-        return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    if image.dtype.kind == "f":
+        values = image.astype(np.float32)
+        values[~np.isfinite(values)] = 0.0
+        peak = float(values.max()) if values.size else 0.0
+        gain = 255.0 if peak <= 1.0 else 1.0
+        return (values * gain + 0.5).clip(0.0, 255.0).astype(np.uint8)
     raise DataError(f"{where}: unsupported pixel type {image.dtype}; convert it to 8- or 16-bit")
 
 
