@@ -36,6 +36,7 @@ from pathlib import Path
 from protloc.catalog import LABEL_HEADER, SUBMISSION_HEADER, index_images, scan_labels_csv
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
+from protloc.utils import atomic_write_text
 
 ERROR, WARNING = "error", "warning"
 
@@ -270,3 +271,16 @@ def _run_probes(jobs: list[Job], workers: int | None, on_progress: Callable[[int
             if on_progress:
                 on_progress(done, total)
     return found
+
+
+def write_problems(report: CheckReport, path: str | Path) -> Path:
+    """Write every problem as a CSV (split, severity, kind, id, message), atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["split", "severity", "kind", "id", "message"])
+    for problem in report.problems:
+        writer.writerow([problem.split, problem.severity, problem.kind, problem.sample_id or "", problem.message])
+    return atomic_write_text(path, buffer.getvalue())

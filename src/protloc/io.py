@@ -155,12 +155,18 @@ def to_uint8(image: np.ndarray, *, bit_depth: int = 16, where: str = "image") ->
         scaled = (image.astype(np.float32) * scale + 0.5).clip(0.0, 255.0)
         return scaled.astype(np.uint8)
     if image.dtype.kind == "f":
-        values = image.astype(np.float32)
-        values[~np.isfinite(values)] = 0.0
-        peak = float(values.max()) if values.size else 0.0
-        gain = 255.0 if peak <= 1.0 else 1.0
-        return (values * gain + 0.5).clip(0.0, 255.0).astype(np.uint8)
+        return _float_to_uint8(image)
     raise DataError(f"{where}: unsupported pixel type {image.dtype}; convert it to 8- or 16-bit")
+
+
+def _float_to_uint8(image: np.ndarray) -> np.ndarray:
+    values = image.astype(np.float32)
+    values[~np.isfinite(values)] = 0.0
+    peak = float(values.max()) if values.size else 0.0
+    values *= 255.0 if peak <= 1.0 else 1.0
+    values += 0.5
+    np.clip(values, 0.0, 255.0, out=values)
+    return values.astype(np.uint8)
 
 
 def read_channel(path: str | Path, *, bit_depth: int = 16) -> np.ndarray:
