@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -236,6 +236,180 @@ def show(
     label_text = ", ".join(label_names(found.labels[index])) if found.labels is not None else "(no labels)"
     save_figure(sample_figure(image, chosen, title=sample_id, label_text=label_text), out)
     console.print(f"wrote {out}: {sample_id} ({label_text})")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _print_report(report: Any, title: str) -> None:
+    table = Table(title=title, show_edge=False)
+    for column in ("id", "class", "support", "precision", "recall", "F1", "threshold"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in sorted(report.per_class, key=lambda r: -r.support):
+        f1 = "-" if row.f1 is None else f"{row.f1:.3f}"
+        table.add_row(
+            str(row.class_id),
+            row.name,
+            str(row.support),
+            f"{row.precision:.3f}",
+            f"{row.recall:.3f}",
+            f1,
+            f"{row.threshold:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"[bold]macro F1 {report.macro_f1:.4f}[/] over {report.classes_scored} classes present "
+        f"(at 0.5 for every class: {report.macro_f1_at_0_5:.4f}); micro F1 {report.micro_f1:.4f}; "
+        f"exact match {report.exact_match:.3f}; {report.n_samples} images"
+    )
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Kaggle root (train.csv + train/) or a labels CSV.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<recipe>-fold<k>).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings; flags override it.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu (resnet18, 128 px), gpu (densenet121, 512 px) or seed (the seed notebook's CNN, BCE, 0.5)."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Any timm model name, or seed-cnn.")] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (needs the network)."),
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Network input side in px.")] = None,
+    cache_size: Annotated[
+        int | None, typer.Option(help="Side stored in the cache (> image size: random crops).")
+    ] = None,
+    channels: Annotated[str | None, typer.Option(help="Channels and order: rgby, rgb, green, ...")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (per device).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[str | None, typer.Option(help="focal or bce.")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="Focal loss gamma.")] = None,
+    pos_weight: Annotated[str | None, typer.Option(help="none, sqrt-inverse or inverse class weights.")] = None,
+    augment: Annotated[str | None, typer.Option(help="standard, light or none.")] = None,
+    oversample: Annotated[float | None, typer.Option(help="Rare-class oversampling strength 0-1.")] = None,
+    folds: Annotated[int | None, typer.Option(help="Number of stratified folds.")] = None,
+    fold: Annotated[int | None, typer.Option(help="Fold held out for validation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for folds, shuffling and initialisation.")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Time budget: minutes or HH:MM:SS.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs (0 = off).")] = None,
+    threshold_method: Annotated[str | None, typer.Option(help="fit (per class) or fixed (0.5).")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto, a count, or ids like 0,1.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines for multi-node DDP.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, ddp, ddp_spawn, fsdp, ...")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, 32-true, bf16-mixed, 16-mixed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where caches live (default ~/.cache/protloc).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a Kaggle root.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
+    bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit images.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save last.ckpt every N steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+) -> None:
+    """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package."""
+    from protloc.config import resolve_config
+    from protloc.train import train as run_training
+
+    overrides: dict[str, Any] = {
+        "data": str(data),
+        "model": model,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "cache_size": cache_size,
+        "channels": channels,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": lr,
+        "loss": loss,
+        "focal_gamma": focal_gamma,
+        "pos_weight": pos_weight,
+        "augment": augment,
+        "oversample": oversample,
+        "folds": folds,
+        "fold": fold,
+        "seed": seed,
+        "max_time": max_time,
+        "patience": patience,
+        "threshold_method": threshold_method,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "accelerator": accelerator,
+        "precision": precision,
+        "workers": workers,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+        "split": split,
+        "labels": str(labels) if labels else None,
+        "bit_depth": bit_depth,
+        "compile": compile,
+        "tensorboard": tensorboard,
+        "checkpoint_every_n_steps": checkpoint_every,
+    }
+    if resume and out is not None and (out / "config.yaml").is_file() and config is None:
+        config = out / "config.yaml"
+    resolved = resolve_config(recipe, config, overrides)
+    resolved.out = str(out) if out is not None else f"runs/{resolved.recipe}-fold{resolved.fold}"
+    with progress_bar("caching images") as update:
+        result = run_training(resolved, resume=resume, overwrite=overwrite, on_cache_progress=update)
+    if result is None:  # a DDP worker rank
+        return
+    _print_report(result.report, f"validation fold {resolved.fold}: per-class scores")
+    gain = result.threshold_gain
+    console.print(
+        f"per-class thresholds vs one 0.5 threshold: {gain['gain_in_sample']:+.4f} macro F1 on the fitted fold, "
+        f"{gain['gain_cv']:+.4f} cross-validated"
+    )
+    console.print(
+        f"model package: [bold]{result.package_dir}[/]  (run: {result.run_dir}, {result.epochs_run} epochs, "
+        f"best epoch {result.best_epoch + 1}, {result.seconds.get('fit', 0):.0f} s fitting)"
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx with --backend onnx).")],
+    data: Annotated[Path, typer.Argument(help="Labelled data: Kaggle root, labels CSV, or folder + --labels.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, per_class.csv, predictions, chart.")] = Path(
+        "evaluation"
+    ),
+    split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (e.g. the synthetic test_truth.csv).")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or a list of views.")] = "none",
+    threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
+) -> None:
+    """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
+    from protloc.evaluate import evaluate_model
+
+    with progress_bar("predicting") as update:
+        result = evaluate_model(
+            model,
+            data,
+            out=out,
+            split=split,
+            labels=labels,
+            backend=backend,
+            device=device,
+            tta=tta,
+            thresholds=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=update,
+        )
+    _print_report(result.report, f"{data}: per-class scores")
+    console.print("wrote " + ", ".join(str(p) for p in result.written.values()))
 
 
 # ------------------------------------------------------------------------------------------ entry point

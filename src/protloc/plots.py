@@ -192,3 +192,65 @@ def channel_intensity(channels: Mapping[str, Any], *, title: str = "") -> Figure
         axis.spines[["top", "right"]].set_visible(False)
     figure.suptitle((title + ": " if title else "") + "pixel intensities per channel", fontsize=11)
     return figure
+
+
+def training_curves(rows: Sequence[Mapping[str, float]]) -> Figure:
+    """Loss and macro F1 per epoch, training vs validation."""
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    figure = _figure(10, 3.8)
+    loss_axis, f1_axis = figure.subplots(1, 2)
+    for axis, key, label in ((loss_axis, "loss", "loss"), (f1_axis, "macro_f1", "macro F1 (0.5 threshold)")):
+        for split in ("train", "val"):
+            values = [r.get(f"{split}_{key}", np.nan) for r in rows]
+            axis.plot(
+                epochs,
+                values,
+                marker="o",
+                markersize=3,
+                color=PALETTE[split],
+                label="training" if split == "train" else "validation",
+            )
+        axis.set_xlabel("epoch")
+        axis.set_title(label, fontsize=11)
+        axis.grid(alpha=0.3)
+        axis.spines[["top", "right"]].set_visible(False)
+    f1_axis.set_ylim(0, 1)
+    best = int(np.nanargmax([r.get("val_macro_f1", np.nan) for r in rows])) if rows else 0
+    if rows:
+        f1_axis.axvline(epochs[best], color=PALETTE["muted"], linestyle="--", linewidth=1)
+        f1_axis.annotate(
+            f"best {rows[best]['val_macro_f1']:.3f}",
+            (epochs[best], rows[best]["val_macro_f1"]),
+            textcoords="offset points",
+            xytext=(6, -14),
+            fontsize=9,
+        )
+    loss_axis.legend(frameon=False)
+    return figure
+
+
+def per_class_f1(report: Any, *, title: str = "validation") -> Figure:
+    """F1 of each class at the chosen thresholds, with support; classes absent from the truth are greyed."""
+    rows = list(report.per_class)
+    figure = _figure(10, 8.5)
+    axis = figure.subplots()
+    order = sorted(range(len(rows)), key=lambda i: -(rows[i].support))
+    values = [rows[i].f1 if rows[i].f1 is not None else 0.0 for i in order]
+    colours = [PALETTE["accent"] if rows[i].f1 is not None else "#d9d9d9" for i in order]
+    bars = axis.barh(range(len(rows)), values, color=colours)
+    axis.set_yticks(range(len(rows)), [f"{rows[i].name} ({rows[i].class_id})" for i in order], fontsize=9)
+    axis.invert_yaxis()
+    for bar, i in zip(bars, order, strict=True):
+        row = rows[i]
+        text = f" {row.f1:.2f}  n={row.support}  t={row.threshold:.2f}" if row.f1 is not None else " no positives"
+        axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
+    axis.set_xlim(0, 1.3)
+    axis.set_xlabel("F1")
+    axis.axvline(report.macro_f1, color=PALETTE["val"], linestyle="--", linewidth=1)
+    axis.spines[["top", "right"]].set_visible(False)
+    axis.set_title(
+        f"{title}: per-class F1 (macro F1 {report.macro_f1:.3f} over {report.classes_scored} classes, "
+        f"{report.n_samples} images; n = support, t = threshold)",
+        fontsize=10,
+    )
+    return figure

@@ -1,0 +1,192 @@
+"""Saving and loading model packages: safetensors weights plus the JSON card (see :mod:`protloc.card`).
+
+Loading reads JSON and safetensors only, so it never unpickles anything: a package from a stranger cannot
+run code on your machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from protloc import __version__
+from protloc.card import (
+    CARD_FILE,
+    CARD_FORMAT,
+    CARD_VERSION,
+    WEIGHTS_FILE,
+    read_card,
+    resolve_package_path,
+)
+from protloc.classes import CLASS_NAMES
+from protloc.errors import ModelError
+from protloc.models import EnsembleNetwork, PackagedNetwork, create_model
+from protloc.utils import atomic_write_json
+
+VALIDATION_FILE = "validation.csv"
+
+
+def new_card(
+    *,
+    architecture: dict[str, Any],
+    channels: list[str],
+    size: int,
+    mean: list[float],
+    std: list[float],
+    thresholds: list[float],
+    bit_depth: int = 16,
+    kind: str = "model",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A card with the required fields filled; ``extra`` adds metrics, training summary and so on."""
+    card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "protloc_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": kind,
+        "architecture": architecture,
+        "input": {
+            "channels": list(channels),
+            "size": int(size),
+            "bit_depth": int(bit_depth),
+            "resize": "area (shrink) / linear (enlarge) to size x size",
+            "scale": 255.0,
+            "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std],
+        },
+        "classes": list(CLASS_NAMES),
+        "thresholds": [float(t) for t in thresholds],
+    }
+    card.update(extra)
+    return card
+
+
+def save_package(
+    folder: str | Path,
+    model: nn.Module | None,
+    card: dict[str, Any],
+    members: dict[str, Path] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write a package folder atomically: built beside ``folder`` and renamed into place.
+
+    Args:
+        folder: the package folder to create (replaced if it exists).
+        model: the network whose ``state_dict`` becomes ``weights.safetensors`` (``None`` for an ensemble).
+        card: the card (see :func:`new_card`).
+        members: for an ensemble, member name -> existing package folder to copy in under ``members/``.
+        extra_files: name in the package -> file to copy in (e.g. ``validation.csv``, the validation
+            predictions that thresholds were fitted on, which ensembles use to refit theirs).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        if model is not None:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": CARD_FORMAT})
+        for name, source in (members or {}).items():
+            shutil.copytree(resolve_package_path(source), staging / "members" / name)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
+        atomic_write_json(staging / CARD_FILE, card)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+@dataclass
+class ModelPackage:
+    """A loaded package: its card, and for single models a ready network; for ensembles, its members."""
+
+    path: Path
+    card: dict[str, Any]
+    members: list[ModelPackage] = field(default_factory=list)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.card["kind"] == "ensemble"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.card["input"]["channels"])
+
+    @property
+    def size(self) -> int:
+        return int(self.card["input"]["size"])
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [float(t) for t in self.card["thresholds"]]
+
+    def build_model(self) -> nn.Module:
+        """The network with its weights, in eval mode: 0-1 pixels in, logits out (ensembles average members)."""
+        if self.is_ensemble:
+            return EnsembleNetwork([member.build_model() for member in self.members]).eval()
+        arch = self.card["architecture"]
+        backbone = create_model(
+            arch["name"],
+            int(arch["in_chans"]),
+            int(arch["num_classes"]),
+            image_size=int(arch.get("image_size", self.size)),
+        )
+        spec = self.card["input"]
+        model = PackagedNetwork(backbone, list(spec["mean"]), list(spec["std"]))
+        weights = self.path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelError(f"{self.path}: {WEIGHTS_FILE} is missing")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{weights}: cannot be read ({exc})") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{weights}: weights do not fit {arch['name']} ({str(exc).splitlines()[0]})") from None
+        return model.eval()
+
+
+def load_package(path: str | Path) -> ModelPackage:
+    """Load a package folder (or its card.json); for ensembles, every member too."""
+    folder = resolve_package_path(path)
+    card = read_card(folder)
+    package = ModelPackage(path=folder, card=card)
+    if package.is_ensemble:
+        names = card.get("members", [])
+        if not names:
+            raise ModelError(f"{folder}: ensemble card lists no members")
+        for name in names:
+            member = load_package(folder / "members" / name)
+            if member.is_ensemble:
+                raise ModelError(f"{folder}: nested ensembles are not supported ({name})")
+            package.members.append(member)
+    return package
+
+
+def state_dict_from_lightning(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights inside a Lightning checkpoint written by protloc's own training (trusted file)."""
+    checkpoint = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)
+    prefix = "model."
+    return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
