@@ -27,3 +27,38 @@ def kaggle_dir(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic HPA-like data set in the Kaggle layout, made once per test session."""
+    from protloc.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    make_dataset(root, n_train=160, n_test=40, size=64, seed=0, min_per_class=3, workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny training run (test_resnet, 64 px, 2 epochs) shared by the tests that need a model."""
+    from protloc.config import resolve_config
+    from protloc.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    config = resolve_config(
+        "cpu",
+        overrides={
+            "data": str(synth_data),
+            "out": str(run_dir),
+            "model": "test_resnet",
+            "image_size": 64,
+            "epochs": 2,
+            "batch_size": 16,
+            "cache_dir": str(tmp_path_factory.mktemp("cache")),
+            "workers": 0,
+            "checkpoint_every_n_steps": 3,
+        },
+    )
+    train(config, progress_bar=False)
+    return run_dir

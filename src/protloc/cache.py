@@ -8,7 +8,8 @@ reads from a cache built once per (data set, channels, size, bit depth):
 * **Fingerprint**: a hash of the ids, every channel file's name, size and modification time, and the
   settings. Change any file or setting and a new cache is built; otherwise the old one is reused.
 * **Atomic and resumable**: building happens in ``<key>.partial/`` with a ``done.u8`` mask flushed as
-  samples land; a killed build resumes where it stopped, and only a complete build is renamed into place.
+  samples land; a killed build resumes where it stopped (a sample whose files changed meanwhile is redone),
+  and only a complete build is renamed into place.
 * **Bounded memory**: :class:`ArrayCache` reads samples with ``os.pread`` rather than keeping the array
   mapped, so a training process's resident memory does not grow with the data set.
 """
@@ -45,19 +46,34 @@ def default_cache_dir() -> Path:
     return Path(base) / "protloc"
 
 
-def fingerprint(catalog: Catalog, channels: Sequence[str], size: int, bit_depth: int) -> str:
-    """A hash of what the cache content depends on: ids, file names/sizes/mtimes, channels, size, bit depth."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_FORMAT, list(channels), size, bit_depth]).encode())
-    for sample_id in catalog.ids:
-        digest.update(sample_id.encode() + b"\0")
+def _file_signatures(catalog: Catalog, channels: Sequence[str]) -> np.ndarray:
+    """One 16-byte digest per sample of its channel files' names, sizes and modification times."""
+    signatures = np.zeros((len(catalog), 16), dtype=np.uint8)
+    for row, sample_id in enumerate(catalog.ids):
         files = catalog.files[sample_id]
+        digest = hashlib.blake2b(digest_size=16)
         for channel in channels:
             path = files.get(channel)
             if path is None:
                 raise DataError(f"sample {sample_id}: missing {channel} channel file in {catalog.image_dir}")
             stat = path.stat()
             digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        signatures[row] = np.frombuffer(digest.digest(), dtype=np.uint8)
+    return signatures
+
+
+def _layout_key(catalog: Catalog, channels: Sequence[str], size: int, bit_depth: int) -> str:
+    """What the shape and meaning of the store depend on (not the file contents): ids and settings."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(channels), size, bit_depth]).encode())
+    for sample_id in catalog.ids:
+        digest.update(sample_id.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(catalog: Catalog, channels: Sequence[str], size: int, bit_depth: int) -> str:
+    """A hash of what the cache content depends on: ids, file names/sizes/mtimes, channels, size, bit depth."""
+    digest = hashlib.sha256(_layout_key(catalog, channels, size, bit_depth).encode())
+    digest.update(_file_signatures(catalog, channels).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -182,17 +198,20 @@ def build_cache(
     """
     channels = tuple(channels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = f"{_safe(catalog.name)}-{size}px-{''.join(c[0] for c in channels)}-" + fingerprint(
-        catalog, channels, size, bit_depth
-    )
-    final = root / key
+    signatures = _file_signatures(catalog, channels)
+    layout = _layout_key(catalog, channels, size, bit_depth)
+    content = hashlib.sha256(layout.encode() + signatures.tobytes()).hexdigest()[:16]
+    stem = f"{_safe(catalog.name)}-{size}px-{''.join(c[0] for c in channels)}"
+    final = root / f"{stem}-{content}"
     if (final / "meta.json").is_file():
         cache = open_cache(final)
         if on_progress:
             on_progress(len(cache), len(cache))
         return cache
 
-    partial = root / f"{key}.partial"
+    # The partial build is keyed by layout only: when files change between attempts (a corrupt file fixed),
+    # only the samples whose files changed are redone.
+    partial = root / f"{stem}-{layout}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     shape = (len(catalog), len(channels), size, size)
     images_path = partial / "images.u8"
@@ -200,9 +219,17 @@ def build_cache(
     if not images_path.exists() or images_path.stat().st_size != expected_bytes:
         with images_path.open("wb") as handle:
             handle.truncate(expected_bytes)  # sparse: no zeros written
-        done_path = partial / "done.u8"
-        done_path.unlink(missing_ok=True)
+        (partial / "done.u8").unlink(missing_ok=True)
     done = _open_done_mask(partial / "done.u8", len(catalog))
+    signatures_path = partial / "signatures.u8"
+    if signatures_path.is_file() and signatures_path.stat().st_size == signatures.nbytes:
+        previous = np.fromfile(signatures_path, dtype=np.uint8).reshape(signatures.shape)
+        changed = (previous != signatures).any(axis=1)
+        done[changed] = 0
+    else:
+        done[:] = 0
+    done.flush()
+    signatures.tofile(signatures_path)
     todo = [int(i) for i in np.flatnonzero(done == 0)]
     total = len(catalog)
     completed = total - len(todo)
@@ -261,6 +288,7 @@ def build_cache(
     }
     atomic_write_json(partial / "meta.json", meta)
     (partial / "done.u8").unlink(missing_ok=True)
+    signatures_path.unlink(missing_ok=True)
     if final.exists():  # a concurrent build finished first; keep theirs
         shutil.rmtree(partial, ignore_errors=True)
     else:

@@ -7,8 +7,10 @@ where the hub is unreachable it fails at once with a clear message instead of st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from difflib import get_close_matches
 
 import torch
@@ -59,6 +61,27 @@ def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float 
         return False
 
 
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Make huggingface_hub use only its local cache (it reads the setting at import, so patch it too)."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    before_env, before_constant = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = before_constant
+        if before_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before_env
+
+
 def create_model(
     name: str,
     in_chans: int,
@@ -95,21 +118,19 @@ def create_model(
         if not timm.models.is_model_pretrained(name):
             raise ModelError(f"timm has no pretrained weights for {name!r}; drop --pretrained or pick another model")
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()
-        if offline:
-            # Weights may already be in the local cache; without this flag the hub client retries for ~46 s.
-            os.environ["HF_HUB_OFFLINE"] = "1"
         try:
-            return timm.create_model(
-                name, pretrained=True, in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate
-            )
+            with _hub_offline(offline):
+                return timm.create_model(
+                    name, pretrained=True, in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate
+                )
         except Exception as exc:
-            where = (
-                "the Hugging Face Hub is unreachable from this machine and they are not in the local cache"
+            reason = (
+                "the Hugging Face Hub is unreachable from this machine and the weights are not in the local cache"
                 if offline
-                else str(exc)
+                else f"{exc.__class__.__name__}: {exc}"
             )
             raise ModelError(
-                f"cannot load pretrained weights for {name!r}: {where}; train without --pretrained, or run once "
+                f"cannot load pretrained weights for {name!r}: {reason}; train without --pretrained, or run once "
                 "where the network is reachable (weights are cached in ~/.cache/huggingface)"
             ) from None
     return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)

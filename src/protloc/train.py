@@ -563,8 +563,11 @@ def train(
     if config.compile:
         module.model = torch.compile(module.model)  # type: ignore[assignment]
     ckpt_path = _last_checkpoint(run_dir) if resume else None
+    resumed_from = None
     if resume and ckpt_path is None:
         log.warning("no checkpoint in %s yet; starting from the beginning", checkpoints)
+    elif ckpt_path is not None:
+        resumed_from = int(torch.load(str(ckpt_path), map_location="cpu", weights_only=False)["global_step"])
     with watch("fit"), _quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
@@ -683,6 +686,7 @@ def train(
                 "seconds": {k: round(v, 2) for k, v in watch.seconds.items()},
                 "world_size": trainer.world_size,
                 "ddp_ranks_consistent": consistent,
+                "resumed_from_step": resumed_from,
                 "package": str(package_dir),
             },
         )

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protloc.dataset import ResumableSampler, ShardSampler, load_folds, make_folds, oversampling_weights, save_folds
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    """Label sets drawn with the real HPA label-set frequencies (as the shipped table gives them)."""
+    table = json.loads((files("protloc") / "data" / "hpa_label_stats.json").read_text())
+    sets = [s for s, _ in table["label_sets"]]
+    weights = np.asarray([c for _, c in table["label_sets"]], float)
+    picks = np.random.default_rng(3).choice(len(sets), size=1500, p=weights / weights.sum())
+    matrix = np.zeros((1500, 28), np.uint8)
+    for row, pick in enumerate(picks):
+        matrix[row, sets[pick]] = 1
+    return matrix
+
+
+def _worst_share_error(labels: np.ndarray, folds: np.ndarray) -> float:
+    overall = labels.mean(axis=0)
+    return float(np.mean([np.abs(labels[folds == k].mean(axis=0) - overall).max() for k in range(5)]))
+
+
+def test_folds_are_stratified_reproducible_and_saved(labels: np.ndarray, tmp_path: Path) -> None:
+    folds = make_folds(labels, 5, seed=1)
+    assert set(folds.tolist()) == {0, 1, 2, 3, 4}
+    assert np.bincount(folds).min() >= 0.9 * len(labels) / 5
+    np.testing.assert_array_equal(folds, make_folds(labels, 5, seed=1))
+    assert not np.array_equal(folds, make_folds(labels, 5, seed=2))
+    random_folds = np.random.default_rng(0).permutation(len(labels)) % 5
+    # class shares per fold stay much closer to the overall shares than a random split's
+    assert _worst_share_error(labels, folds) < 0.6 * _worst_share_error(labels, random_folds)
+    # every class with at least 5 images appears in every fold
+    enough = labels.sum(axis=0) >= 5
+    for fold in range(5):
+        assert (labels[folds == fold][:, enough].sum(axis=0) > 0).all()
+    ids = [f"id{i}" for i in range(len(labels))]
+    save_folds(tmp_path / "folds.csv", ids, folds)
+    np.testing.assert_array_equal(load_folds(tmp_path / "folds.csv", ids), folds)
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
+    sampler = ResumableSampler(50, batch_size=8, seed=4)
+    first = list(sampler)
+    assert sorted(first) == list(range(50))
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_sampler_shards_cover_everything_once_per_rank() -> None:
+    shards = [list(ResumableSampler(50, batch_size=4, seed=0, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1  # equal lengths, as DDP needs
+    assert set().union(*map(set, shards)) == set(range(50))
+    evaluation = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(i for shard in evaluation for i in shard) == list(range(10))
+
+
+def test_sampler_resumes_exactly_mid_epoch() -> None:
+    sampler = ResumableSampler(40, batch_size=4, seed=9)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.batches_done = 3  # as the training step records it
+    state = sampler.state_dict()
+    fresh = ResumableSampler(40, batch_size=4, seed=9)
+    fresh.load_state_dict(state)
+    assert list(fresh) == full[12:]
+    # the next epoch is whole again
+    fresh.set_epoch(3)
+    assert len(list(fresh)) == 40
+
+
+def test_oversampling_favours_rare_classes(labels: np.ndarray) -> None:
+    weights = oversampling_weights(labels, 1.0)
+    assert weights.mean() == pytest.approx(1.0)
+    counts = labels.sum(axis=0)
+    rarest = int(np.argmin(np.where(counts >= 3, counts, 10**9)))
+    rare = labels[:, rarest] == 1
+    common_only = (labels[:, 0] == 1) & (labels.sum(axis=1) == 1)
+    assert weights[rare].mean() > 5 * weights[common_only].mean()
+    sampler = ResumableSampler(len(labels), batch_size=8, weights=weights)
+    drawn = np.asarray(list(sampler))
+    assert labels[drawn, rarest].mean() > 3 * labels[:, rarest].mean()
