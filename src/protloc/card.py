@@ -7,6 +7,7 @@ A package is a folder::
                            thresholds, validation metrics, training data summary, protloc version
       weights.safetensors  the network's tensors (no pickle: loading never runs code)
       model.onnx           optional, written by `protloc export`; carries the card in its metadata too
+      validation.csv       optional: the validation predictions the thresholds were fitted on
 
 An ensemble package has ``"kind": "ensemble"`` and member packages in ``members/<name>/``.
 This module reads and checks cards; :mod:`protloc.package` loads the weights.
@@ -31,6 +32,8 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 ONNX_CARD_KEY = "protloc_card"
+VALIDATION_FILE = "validation.csv"
+"""the validation predictions (Id, probabilities, Target) the thresholds were fitted on; optional."""
 
 
 def resolve_package_path(path: str | Path) -> Path:

@@ -412,6 +412,121 @@ def evaluate(
     console.print("wrote " + ", ".join(str(p) for p in result.written.values()))
 
 
+# ---------------------------------------------------------------------------------------- deployment
+
+
+def _split_ids(ids: str | None, ids_file: Path | None) -> list[str] | None:
+    chosen: list[str] = []
+    if ids:
+        chosen += [part.strip() for part in ids.split(",") if part.strip()]
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise ProtlocError(f"{ids_file}: ids file not found")
+        lines = [line.strip().split(",")[0] for line in ids_file.read_text().splitlines()]
+        chosen += [line for line in lines if line and line != "Id"]
+    return chosen or None
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx with --backend onnx).")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Kaggle root (its test/), a folder of channel images, or one channel file of a single sample."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for probabilities.csv, predictions.csv, submission.csv.")] = Path(
+        "predictions"
+    ),
+    split: Annotated[str | None, typer.Option(help="Split of a Kaggle root (default: test).")] = None,
+    ids: Annotated[str | None, typer.Option(help="Only these Ids (comma-separated).")] = None,
+    ids_file: Annotated[Path | None, typer.Option(help="Only the Ids listed in this file (one per line).")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx (ONNX Runtime, no torch needed).")] = "torch",
+    tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 (all 8) or views like id,flip.")] = "none",
+    threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
+    allow_empty: Annotated[bool, typer.Option(help="Allow images with no label (default: at least one).")] = False,
+    tiles: Annotated[int, typer.Option(help="1 = resize each field; N = N x N tiles, max over tiles.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: CPUs).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
+    devices: Annotated[int, typer.Option(help="Devices for DDP prediction (torch backend).")] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP prediction.")] = 1,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu, gpu (DDP prediction).")] = "auto",
+) -> None:
+    """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
+    from protloc.classes import CLASS_NAMES
+    from protloc.predict import predict_folder
+
+    with progress_bar("predicting") as update:
+        result = predict_folder(
+            model,
+            data,
+            out,
+            split=split,
+            ids=_split_ids(ids, ids_file),
+            backend=backend,
+            device=device,
+            tta=tta,
+            thresholds=threshold,
+            min_one=not allow_empty,
+            tiles=tiles,
+            batch_size=batch_size,
+            workers=workers,
+            devices=devices,
+            num_nodes=num_nodes,
+            accelerator=accelerator,
+            on_progress=update,
+        )
+    if result is None:
+        return
+    counts = result.labels.sum(axis=0)
+    top = ", ".join(f"{CLASS_NAMES[i]} {int(counts[i])}" for i in counts.argsort()[::-1][:6] if counts[i] > 0)
+    resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+    console.print(
+        f"predicted {len(result.ids)} samples{resumed} in {result.seconds:.1f} s "
+        f"({result.rate:.1f} samples/s); most frequent: {top}"
+    )
+    console.print("wrote " + ", ".join(str(p) for p in result.written.values()))
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model package folder.")],
+    onnx: Annotated[Path | None, typer.Option("--onnx", help="ONNX file to write (default: MODEL/model.onnx).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| on the logits.")] = 1e-4,
+) -> None:
+    """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs."""
+    from protloc.export import export_onnx
+
+    result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
+    console.print(
+        f"wrote {result.path} ({result.exporter} exporter); max |ONNX Runtime - PyTorch| = "
+        f"{result.max_abs_diff:.2e} on {result.inputs}, batch sizes {', '.join(map(str, result.batch_sizes))}"
+    )
+
+
+@app.command()
+def ensemble(
+    members: Annotated[list[Path], typer.Argument(help="Member packages (e.g. the fold models).")],
+    out: Annotated[Path, typer.Option(help="Ensemble package folder to write.")] = Path("ensemble"),
+    thresholds: Annotated[str, typer.Option(help="auto, oof (refit on pooled out-of-fold predictions) or mean.")] = (
+        "auto"
+    ),
+) -> None:
+    """Average several packages into one ensemble package, with combined thresholds."""
+    from protloc.card import read_card
+    from protloc.ensemble import make_ensemble
+
+    folder = make_ensemble(members, out, thresholds=thresholds)
+    card = read_card(folder)
+    info = card["threshold_info"]
+    oof = card["metrics"].get("out_of_fold")
+    note = f"; out-of-fold macro F1 {oof['macro_f1']:.4f} on {info['oof_samples']} images" if oof else ""
+    console.print(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}")
+
+
 # ------------------------------------------------------------------------------------------ entry point
 
 

@@ -62,6 +62,22 @@ def binarize(probabilities: np.ndarray, thresholds: float | Sequence[float] | np
     return (probabilities >= cut).astype(np.uint8)
 
 
+def decide(
+    probabilities: np.ndarray, thresholds: float | Sequence[float] | np.ndarray, *, min_one: bool = True
+) -> np.ndarray:
+    """Labels from probabilities: each class at its threshold; with ``min_one``, an image where no class
+    passes gets the class closest to passing (highest probability / threshold), since every HPA image shows
+    at least one localization."""
+    cuts = np.broadcast_to(np.asarray(thresholds, np.float64), (probabilities.shape[-1],))
+    labels = (probabilities >= cuts).astype(np.uint8)
+    if min_one and len(labels):
+        empty = labels.sum(axis=1) == 0
+        if empty.any():
+            closest = np.argmax(probabilities[empty] / np.maximum(cuts, 1e-6), axis=1)
+            labels[np.flatnonzero(empty), closest] = 1
+    return labels
+
+
 @dataclass
 class ClassScore:
     class_id: int
@@ -105,12 +121,15 @@ def evaluate(
     probabilities: np.ndarray,
     thresholds: float | Sequence[float] | np.ndarray = 0.5,
     class_names: Sequence[str] = CLASS_NAMES,
+    *,
+    min_one: bool = False,
 ) -> EvaluationReport:
-    """Per-class precision/recall/F1/support, macro and micro F1 and exact-match ratio at ``thresholds``."""
+    """Per-class precision/recall/F1/support, macro and micro F1 and exact-match ratio at ``thresholds``
+    (with the at-least-one-label rule of :func:`decide` when ``min_one``)."""
     if truth.shape != probabilities.shape:
         raise ValueError(f"truth {truth.shape} and probabilities {probabilities.shape} differ in shape")
     cuts = np.broadcast_to(np.asarray(thresholds, np.float64), (truth.shape[1],))
-    predicted = binarize(probabilities, cuts)
+    predicted = decide(probabilities, cuts, min_one=min_one)
     tp, fp, fn = _counts(truth, predicted)
     f1 = f1_per_class(truth, predicted)
     rows = []

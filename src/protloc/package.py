@@ -30,8 +30,6 @@ from protloc.errors import ModelError
 from protloc.models import EnsembleNetwork, PackagedNetwork, create_model
 from protloc.utils import atomic_write_json
 
-VALIDATION_FILE = "validation.csv"
-
 
 def new_card(
     *,

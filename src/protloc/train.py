@@ -41,6 +41,7 @@ from torchmetrics.classification import MultilabelStatScores
 
 from protloc import __version__
 from protloc.cache import ArrayCache, build_cache
+from protloc.card import VALIDATION_FILE
 from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.config import TrainConfig, parse_max_time
@@ -58,7 +59,7 @@ from protloc.errors import ConfigError, DataError
 from protloc.losses import create_loss, positive_weights
 from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshold_gain
 from protloc.models import PackagedNetwork, count_parameters, create_model
-from protloc.package import VALIDATION_FILE, new_card, save_package
+from protloc.package import new_card, save_package
 from protloc.transforms import eval_transform, train_transform
 from protloc.utils import Stopwatch, atomic_path, atomic_write_json, atomic_write_text, default_workers
 
@@ -599,7 +600,9 @@ def train(
             thresholds, methods = fitted.values, fitted.methods
         else:
             thresholds, methods = [0.5] * NUM_CLASSES, ["fixed"] * NUM_CLASSES
-        report = evaluate(truth, probabilities, thresholds)
+        # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
+        min_one = config.threshold_method == "fit"
+        report = evaluate(truth, probabilities, thresholds, min_one=min_one)
         gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
 
     with watch("write"):
@@ -632,6 +635,7 @@ def train(
             thresholds=thresholds,
             bit_depth=config.bit_depth,
             threshold_info={"methods": methods, "min_positives": config.threshold_min_positives, "gain": gain},
+            decision={"rule": "probability >= per-class threshold", "min_one": min_one},
             metrics={
                 "validation": report.summary(),
                 "per_class": [
@@ -745,7 +749,7 @@ def predict_cached(
 
 def write_predictions(path: Path, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> Path:
     """A CSV of ``Id``, one probability column per class name, and (when given) the true ``Target``."""
-    from protloc.evaluate import probabilities_csv
+    from protloc.predict import probabilities_csv
 
     return atomic_write_text(path, probabilities_csv(ids, probabilities, truth))
 

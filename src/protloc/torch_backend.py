@@ -1,0 +1,163 @@
+"""The PyTorch backend for prediction.
+
+:class:`TorchBackend` wraps a loaded package's network (single model or ensemble) as the batch ->
+probabilities function that :func:`protloc.inference.predict_catalog` streams data through. The ONNX
+Runtime backend lives in :mod:`protloc.inference` and never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protloc.package import ModelPackage, load_package
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TorchBackend:
+    """A package's network on a device, in eval mode, as ``batch (B, C, S, S) 0-1 floats -> probabilities``."""
+
+    def __init__(self, package: ModelPackage, *, device: str = "auto", channels_last: bool = True) -> None:
+        self.package = package
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # trained weights hold denormals that slow CPU kernels severalfold
+        self.channels_last = channels_last
+        model = package.build_model().to(self.device)
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.model(images).float()).cpu().numpy()
+
+
+def load_torch_backend(model: str | Path, *, device: str = "auto") -> tuple[dict[str, Any], TorchBackend]:
+    package = load_package(model)
+    return package.card, TorchBackend(package, device=device)
+
+
+# ----------------------------------------------------------------------------- multi-device prediction
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Decodes samples from their files for Lightning's predict loop (uint8 inputs, as the runtime makes)."""
+
+    def __init__(self, catalog: Any, preprocessor: Any) -> None:
+        self.catalog = catalog
+        self.preprocessor = preprocessor
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample_id = self.catalog.ids[index]
+        inputs = self.preprocessor.load(self.catalog.files[sample_id], sample_id)
+        return {"inputs": torch.from_numpy(inputs), "index": index}
+
+
+def predict_distributed(
+    model: str | Path,
+    data: str | Path,
+    work_dir: Path,
+    *,
+    split: str | None = None,
+    ids: Any = None,
+    tta: Any = None,
+    tiles: int = 1,
+    batch_size: int = 16,
+    workers: int | None = None,
+    devices: int = 2,
+    num_nodes: int = 1,
+    accelerator: str = "auto",
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Predict with Lightning's DDP over ``devices`` x ``num_nodes``; rank 0 merges the shards by sample index,
+    so the result is identical to a single-process run. Returns (card, probabilities on rank 0 / None)."""
+    import lightning as L
+
+    from protloc.dataset import ShardSampler
+    from protloc.inference import Preprocessor, parse_tta, run_with_tta
+    from protloc.predict import open_for_prediction
+    from protloc.utils import atomic_path, default_workers
+
+    package = load_package(model)
+    card = package.card
+    catalog = open_for_prediction(data, split=split, ids=ids, channels=card["input"]["channels"])
+    preprocessor = Preprocessor.from_card(card, tiles=tiles)
+    views = parse_tta(tta)
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = package.build_model()
+
+        def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+            inputs = batch["inputs"]  # (B, T, C, S, S) uint8
+            count, tile_count = inputs.shape[:2]
+            pixels = inputs.reshape(count * tile_count, *inputs.shape[2:]).float().div_(255.0)
+
+            def backend(batch: np.ndarray) -> np.ndarray:
+                tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                return torch.sigmoid(self.network(tensor).float()).cpu().numpy()
+
+            probabilities = run_with_tta(backend, pixels.cpu().numpy(), views).reshape(count, tile_count, -1)
+            return {"index": batch["index"].cpu().numpy(), "probabilities": probabilities.max(axis=1)}
+
+    class Writer(L.pytorch.callbacks.BasePredictionWriter):
+        def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+            index = np.concatenate([p["index"] for p in predictions]) if predictions else np.zeros(0, np.int64)
+            rows = np.concatenate([p["probabilities"] for p in predictions]) if predictions else np.zeros((0, 28))
+            with atomic_path(work_dir / f"rank{trainer.global_rank}.npz") as temp, temp.open("wb") as handle:
+                np.savez(handle, index=index, probabilities=rows.astype(np.float32))
+
+    class Data(L.LightningDataModule):
+        def predict_dataloader(self) -> torch.utils.data.DataLoader:
+            trainer = self.trainer
+            assert trainer is not None
+            sampler = ShardSampler(len(catalog), trainer.global_rank, trainer.world_size)
+            count = default_workers() if workers is None else workers
+            return torch.utils.data.DataLoader(
+                _FileDataset(catalog, preprocessor), batch_size=batch_size, sampler=sampler, num_workers=count
+            )
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for stale in work_dir.glob("rank*.npz"):
+        stale.unlink()
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp",
+        callbacks=[Writer(write_interval="epoch")],
+        logger=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+    trainer.predict(Module(), datamodule=Data(), return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return card, None
+    merged = np.zeros((len(catalog), 28), np.float32)
+    seen = np.zeros(len(catalog), bool)
+    for rank in range(trainer.world_size):
+        with np.load(work_dir / f"rank{rank}.npz") as shard:
+            merged[shard["index"]] = shard["probabilities"]
+            seen[shard["index"]] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} samples were not predicted by any rank")
+    return card, merged
