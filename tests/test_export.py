@@ -74,7 +74,7 @@ def test_onnx_runtime_path_never_imports_torch(exported: Path, synth_data: Path,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
     ids, probabilities = read_probabilities(tmp_path / "p" / "probabilities.csv")
-    assert len(ids) == 40
+    assert len(ids) == 40 and probabilities.shape == (40, 28)
 
 
 def test_export_refuses_bad_output_name(exported: Path, tmp_path: Path) -> None:
