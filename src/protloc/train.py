@@ -108,6 +108,7 @@ class LocalizationModule(L.LightningModule):
         self.epoch_metrics: dict[str, float] = {}
         self.train_sampler: ResumableSampler | None = None
         self._epoch_started = time.perf_counter()
+        self._last_batch_end = self._epoch_started
         self._epoch_images = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,16 @@ class LocalizationModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
+        self._last_batch_end = self._epoch_started
         self._epoch_images = 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._last_batch_end = time.perf_counter()
+
+    def train_images_per_second(self) -> float:
+        """Training throughput of the current epoch: data loading and steps, validation excluded."""
+        seconds = self._last_batch_end - self._epoch_started
+        return self._epoch_images * self.trainer.world_size / max(seconds, 1e-9)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -164,7 +174,7 @@ class LocalizationModule(L.LightningModule):
             "val_macro_f1": self.epoch_metrics.get("val_macro_f1", float("nan")),
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
             "seconds": seconds,
-            "images_per_second": self._epoch_images * self.trainer.world_size / max(seconds, 1e-9),
+            "images_per_second": self.train_images_per_second(),
         }
         if self.trainer.is_global_zero:
             append_metrics_row(Path(self.config.out) / "metrics.csv", row)
@@ -333,8 +343,7 @@ class ThroughputLog(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, LocalizationModule)
-        seconds = time.perf_counter() - pl_module._epoch_started
-        pl_module.log("img_per_s", pl_module._epoch_images / max(seconds, 1e-9), prog_bar=True, rank_zero_only=True)
+        pl_module.log("img_per_s", pl_module.train_images_per_second(), prog_bar=True, rank_zero_only=True)
 
 
 # ----------------------------------------------------------------------------------------------- run
