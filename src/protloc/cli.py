@@ -527,6 +527,33 @@ def ensemble(
     console.print(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}")
 
 
+# ---------------------------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("demo"),
+    quick: Annotated[bool, typer.Option(help="A one-minute version (small data, tiny training).")] = False,
+    data: Annotated[Path | None, typer.Option(help="Run on a real HPA download (Kaggle layout) instead.")] = None,
+    minutes: Annotated[float, typer.Option(help="Time budget for the whole job.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed for data, folds and training.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
+) -> None:
+    """The main job end to end: data, statistics, training, thresholds, evaluation, submission, ONNX, report."""
+    from protloc.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(out=out, quick=quick, data=data, minutes=minutes, seed=seed, workers=workers)
+    result = run_demo(settings, say=console.print, progress=progress_bar)
+    test = f", test macro F1 [bold]{result.test_macro_f1:.3f}[/]" if result.test_macro_f1 is not None else ""
+    console.print(
+        f"\n[bold green]Done in {result.seconds['total'] / 60:.1f} min[/]: validation macro F1 "
+        f"[bold]{result.validation_macro_f1:.3f}[/]{test}.\n"
+        f"Report: [bold]{result.report}[/]  (open it in a browser)\n"
+        f"Model package: {result.out / 'run' / 'model'}  ONNX: {result.onnx}"
+        + (f"  Submission: {result.submission}" if result.submission else "")
+    )
+
+
 # ------------------------------------------------------------------------------------------ entry point
 
 

@@ -427,8 +427,33 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def _progress_bar() -> Callback:
+    """Lightning's Rich progress bar without the logger's version number."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class Bar(RichProgressBar):
+        def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return {k: (round(float(v), 3) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+    return Bar(leave=True)
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)  # "GPU available: False", tips about cloud loggers
+    try:
+        with _quiet_warnings():
+            yield
+    finally:
+        chatter.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         for pattern in (
             ".*does not have many workers.*",
@@ -442,6 +467,37 @@ def _quiet_lightning() -> Iterator[None]:
         ):
             warnings.filterwarnings("ignore", message=pattern)
         yield
+
+
+def _make_trainer(
+    config: TrainConfig,
+    devices: Any,
+    callbacks: list[Callback],
+    loggers: list[Any],
+    batches_per_epoch: int,
+    progress_bar: bool,
+) -> L.Trainer:
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=_precision(config),  # type: ignore[arg-type]
+        max_epochs=config.epochs,
+        max_time=parse_max_time(config.max_time) if config.max_time else None,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, batches_per_epoch // 2)),
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        deterministic=False,
+        benchmark=torch.cuda.is_available(),
+    )
 
 
 def train(
@@ -539,34 +595,13 @@ def train(
     if config.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience))
     if progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(_progress_bar())
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs")]
     if config.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard"))
 
-    trainer = L.Trainer(
-        accelerator=config.accelerator,
-        devices=devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=_precision(config),  # type: ignore[arg-type]
-        max_epochs=config.epochs,
-        max_time=parse_max_time(config.max_time) if config.max_time else None,
-        callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, batches_per_epoch // 2)),
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        limit_train_batches=config.limit_train_batches,
-        limit_val_batches=config.limit_val_batches,
-        deterministic=False,
-        benchmark=torch.cuda.is_available(),
-    )
+    with _quiet_lightning():
+        trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch, progress_bar)
     if trainer.world_size > 1 and not torch.cuda.is_available():
         # CPU DDP: the processes share the cores; more threads than cores collapses throughput.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
