@@ -1,0 +1,29 @@
+"""The benchmark scripts must keep working: each runs here in its smallest form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_gpu.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PROTLOC_BENCH_RESULTS": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    assert payload["loader"] and payload["model"]
+    assert "| loader, 0 workers |" in result.stdout
