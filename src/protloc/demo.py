@@ -89,28 +89,6 @@ class Steps:
         self.say(f"   [dim]done in {self.seconds[name]:.1f} s[/]")
 
 
-def measure_training_rate(model: str, channels: int, image_size: int, batch_size: int = 32, steps: int = 4) -> float:
-    """Images/s of forward+backward+step for ``model`` on this machine (a few steps on random data)."""
-    import torch
-
-    from protloc.models import create_model
-
-    network = create_model(model, channels, 28, image_size=image_size).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    x = torch.rand(batch_size, channels, image_size, image_size).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch_size, 28) > 0.9).float()
-    timings = []
-    for step in range(steps + 1):
-        start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step:
-            timings.append(time.perf_counter() - start)
-    return batch_size / float(np.median(timings))
-
-
 def run_demo(
     settings: DemoSettings, say: Callable[[str], None] = print, progress: Callable[[str], Any] | None = None
 ) -> DemoResult:
@@ -198,10 +176,10 @@ def run_demo(
     elapsed = time.perf_counter() - started
     reserve = 0.22 * budget if not settings.quick else 20.0  # predict, export, report
     train_budget = max(30.0, budget - elapsed - reserve)
+    from protloc.train import epochs_for_budget, measure_training_rate
+
     rate = measure_training_rate(settings.model, 4, settings.image_size)
-    n_train_rows = int(len(catalog) * 0.8)
-    # the measured rate is the model alone; data loading, augmentation and validation cost about a third more
-    epochs = int(np.clip(train_budget * rate * 0.7 / max(n_train_rows, 1), 2, 40))
+    epochs = epochs_for_budget(rate, int(len(catalog) * 0.8), train_budget)
     config = resolve_config(
         "cpu",
         overrides={
