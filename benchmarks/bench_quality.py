@@ -64,6 +64,10 @@ def score(model: Path, data: Path, tta: str = "none") -> tuple[dict[str, float],
     return result.report.summary(), [row.f1 for row in result.report.per_class], seconds
 
 
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-train", type=int, default=3000)
@@ -138,16 +142,11 @@ def main() -> None:
     if "seconds_ensemble" in results:
         markdown += f", {results['seconds_ensemble']:.1f} s for the 5-fold ensemble"
     markdown += ".\n\n"
+    ensemble_f1 = results.get("ensemble_per_class")
     per_class_rows = []
     for i, name in enumerate(CLASS_NAMES):
-
-        def cell(values: list[float | None]) -> str:
-            return "–" if values[i] is None else f"{values[i]:.2f}"
-
-        per_class_rows.append(
-            [str(i), name, cell(default_f1), cell(seed_f1)]
-            + ([cell(results["ensemble_per_class"])] if "ensemble_per_class" in results else [])
-        )  # type: ignore[arg-type]
+        columns = [default_f1, seed_f1] + ([ensemble_f1] if isinstance(ensemble_f1, list) else [])
+        per_class_rows.append([str(i), name] + [_cell(values[i]) for values in columns])
     header = ["id", "class", "default F1", "seed F1"] + (["5-fold F1"] if "ensemble_per_class" in results else [])
     markdown += table(header, per_class_rows)
     save("quality", results, markdown)
