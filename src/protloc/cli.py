@@ -272,7 +272,8 @@ def train(
     recipe: Annotated[
         str | None,
         typer.Option(
-            help="cpu (resnet18, 128 px), gpu (densenet121, 512 px) or seed (the seed notebook's CNN, BCE, 0.5)."
+            help="cpu (resnet18, 128 px), gpu (densenet121, 512 px) or seed (the seed notebook's CNN, BCE, 0.5); "
+            "default: gpu when CUDA is available, else cpu."
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Any timm model name, or seed-cnn.")] = None,

@@ -132,6 +132,11 @@ class TrainConfig:
             raise ConfigError("num_nodes must be at least 1")
         if self.max_time is not None:
             parse_max_time(self.max_time)
+        if self.tensorboard:
+            import importlib.util
+
+            if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
         return self
 
     @property
@@ -217,6 +222,15 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def default_recipe() -> str:
+    """``gpu`` when a CUDA device is visible, else ``cpu``."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_config(
     recipe: str | None = None,
     yaml_path: str | Path | None = None,
@@ -229,7 +243,7 @@ def resolve_config(
         from_file = TrainConfig.load(yaml_path).to_dict()
         explicit_file = yaml.safe_load(Path(yaml_path).read_text()) or {}
         from_file = {k: from_file[k] for k in explicit_file}
-    chosen = recipe or from_file.get("recipe") or "cpu"
+    chosen = recipe or from_file.get("recipe") or default_recipe()
     if chosen not in RECIPES:
         raise ConfigError(f"unknown recipe {chosen!r}; choose one of {', '.join(RECIPES)}")
     values.update(RECIPES[chosen])
