@@ -528,6 +528,39 @@ def ensemble(
     console.print(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}")
 
 
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx: no explanations).")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; non-loopback needs --token or --allow-remote.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes, each with its own model copy.")] = 1,
+    token: Annotated[str | None, typer.Option(envvar="PROTLOC_TOKEN", help="Bearer token clients must send.")] = None,
+    allow_remote: Annotated[bool, typer.Option(help="Listen beyond loopback without a token.")] = False,
+    backend: Annotated[str, typer.Option(help="auto (onnx when model.onnx exists), onnx or torch.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: half the CPUs).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
+    max_batch: Annotated[int, typer.Option(help="Micro-batch size for concurrent requests (1 = off).")] = 8,
+) -> None:
+    """Serve a model over HTTP: JSON API, web page at /, API reference at /docs."""
+    from protloc.serve import run
+
+    console.print(f"protloc serving {model} on http://{host}:{port}/  (API reference: /docs)")
+    run(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        token=token,
+        allow_remote=allow_remote,
+        backend=backend,
+        threads=threads,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 

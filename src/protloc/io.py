@@ -117,8 +117,12 @@ def _decode(path: Path) -> np.ndarray:
     return np.asarray(image)
 
 
-def _to_plane(image: np.ndarray, path: Path) -> np.ndarray:
-    """Reduce a decoded image to a single 2-D plane (colour by per-pixel max)."""
+def to_plane(image: np.ndarray, where: str | Path) -> np.ndarray:
+    """Reduce a decoded image to a single 2-D plane: colour (tinted) images by the per-pixel max over planes.
+
+    Raises:
+        DataError: the array is not an image plane or a colour image (``where`` names its origin).
+    """
     if image.ndim == 2:
         return image
     if image.ndim == 3:
@@ -131,7 +135,7 @@ def _to_plane(image: np.ndarray, path: Path) -> np.ndarray:
         if image.shape[-1] == 1:
             return image[..., 0]
     raise DataError(
-        f"{path}: expected a single-channel image, got an array of shape {image.shape}; "
+        f"{where}: expected a single-channel image, got an array of shape {image.shape}; "
         "each channel must be its own grayscale (or tinted colour) file"
     )
 
@@ -178,7 +182,7 @@ def read_channel(path: str | Path, *, bit_depth: int = 16) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    image = _to_plane(_decode(path), path)
+    image = to_plane(_decode(path), path)
     if image.shape[0] > MAX_SIDE or image.shape[1] > MAX_SIDE:
         raise DataError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px exceeds {MAX_SIDE} px per side")
     if image.size == 0:
@@ -191,7 +195,7 @@ def read_channel_raw(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    return _to_plane(_decode(path), path)
+    return to_plane(_decode(path), path)
 
 
 def resize_plane(plane: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

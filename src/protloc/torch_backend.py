@@ -30,8 +30,6 @@ class TorchBackend:
     def __init__(self, package: ModelPackage, *, device: str = "auto", channels_last: bool = True) -> None:
         self.package = package
         self.device = pick_device(device)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # trained weights hold denormals that slow CPU kernels severalfold
         self.channels_last = channels_last
         model = package.build_model().to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
@@ -41,7 +39,14 @@ class TorchBackend:
         images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.model(images).float()).cpu().numpy()
+        # Trained weights hold denormal floats that slow CPU kernels severalfold; flush them to zero during
+        # the forward pass only (the setting is per thread and would otherwise leak into the caller's code).
+        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            return torch.sigmoid(self.model(images).float()).cpu().numpy()
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
 
 
 def load_torch_backend(model: str | Path, *, device: str = "auto") -> tuple[dict[str, Any], TorchBackend]:

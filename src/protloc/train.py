@@ -752,8 +752,7 @@ def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
     return [height, width]
 
 
-def measure_training_rate(model: str, channels: int, image_size: int, batch_size: int = 32,
-                          steps: int = 4) -> float:
+def measure_training_rate(model: str, channels: int, image_size: int, batch_size: int = 32, steps: int = 4) -> float:
     """Images/s of forward+backward+step for ``model`` on this machine (a few steps on random data, CPU/GPU)."""
     from protloc.models import create_model
 
@@ -778,8 +777,9 @@ def measure_training_rate(model: str, channels: int, image_size: int, batch_size
     return batch_size / float(np.median(timings))
 
 
-def epochs_for_budget(images_per_second: float, train_images: int, seconds: float, *, low: int = 2,
-                      high: int = 40) -> int:
+def epochs_for_budget(
+    images_per_second: float, train_images: int, seconds: float, *, low: int = 2, high: int = 40
+) -> int:
     """Epochs that fit ``seconds`` of training at a measured model rate.
 
     The measured rate is the model alone; loading, augmentation and validation cost about 30% more, so the

@@ -1,0 +1,110 @@
+"""The JSON the service answers with, as pydantic models: they make the OpenAPI schema at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every error: one line that says what is wrong and what to do."""
+
+    detail: str = Field(description="what went wrong, in one line", examples=["missing the yellow channel: ..."])
+
+
+class Label(BaseModel):
+    """A predicted localization."""
+
+    id: int = Field(ge=0, le=27, description="class id (Kaggle HPA numbering)")
+    name: str = Field(description="class name", examples=["Nucleoplasm"])
+    probability: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1, description="the package's decision threshold for this class")
+
+
+class ImageInfo(BaseModel):
+    """The field as received (before resizing to the model's input)."""
+
+    width: int
+    height: int
+    channels: list[str] = Field(description="the channels used, in the model's order")
+    source: Literal["channels", "stack"] = Field(description="one file per channel, or one stacked file")
+
+
+class Previews(BaseModel):
+    """PNG pictures of the field as data: URLs, shrunk to at most 512 px (the service's preview side), for display."""
+
+    composite: str = Field(description="HPA-style RGB composite: red microtubules (+ER), green protein, blue nucleus")
+    channels: dict[str, str] = Field(description="each channel in its own colour")
+
+
+class Timing(BaseModel):
+    """Where the time went, in seconds."""
+
+    decode: float = Field(description="decoding the uploads and resizing to the model's input")
+    inference: float = Field(description="waiting for and running the network (shared with batched requests)")
+    total: float
+
+
+class PredictionResponse(BaseModel):
+    """One sample's prediction."""
+
+    id: str | None = Field(default=None, description="the sample's Id (batch requests)")
+    labels: list[Label] = Field(description="predicted localizations, most probable first")
+    target: str = Field(description="the labels as a Kaggle Target string: class ids ascending", examples=["0 25"])
+    probabilities: list[float] = Field(
+        min_length=28, max_length=28, description="probability of every class, indexed by class id (see GET /model)"
+    )
+    image: ImageInfo
+    seconds: float = Field(description="time taken by the service for this request")
+    timing: Timing
+    previews: Previews | None = Field(default=None, description="only with ?previews=true")
+
+
+class BatchResponse(BaseModel):
+    """Several samples' predictions, in the order the samples were first named in the upload."""
+
+    results: list[PredictionResponse]
+    count: int
+    seconds: float
+
+
+class ClassInfo(BaseModel):
+    id: int
+    name: str
+    short: str
+    threshold: float
+
+
+class ModelInfo(BaseModel):
+    """The model package's card, as far as a client needs it."""
+
+    name: str = Field(description="architecture, or 'ensemble of N'")
+    kind: str
+    backend: Literal["onnx", "torch"]
+    channels: list[str] = Field(description="channels the model reads, in order")
+    size: int = Field(description="the model's input side in pixels; fields of any size are resized to it")
+    bit_depth: int = Field(description="significant bits of 16-bit pixels (mapped linearly to 0-255)")
+    classes: list[ClassInfo]
+    thresholds: list[float]
+    decision: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="validation metrics recorded in the package")
+    architecture: dict[str, Any]
+    training: dict[str, Any] = Field(description="what the model was trained on (counts, sizes, epochs)")
+    protloc_version: str | None = Field(description="protloc version that made the package")
+    created: str | None
+    service_version: str = Field(description="protloc version serving it")
+    explanations: bool = Field(description="whether POST /explain can work here (PyTorch and weights present)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    backend: str
+    model: str
+    uptime_seconds: float
+    requests: int = Field(description="prediction and explanation requests admitted so far")
+    in_flight: int = Field(description="requests in progress now")
+    samples: int = Field(description="samples run through the network so far")
+    batches: int = Field(description="network calls so far")
+    mean_batch: float = Field(description="samples per network call (micro-batching at work when > 1)")

@@ -1,0 +1,96 @@
+"""Starting the service: :func:`run` is what ``protloc serve MODEL`` calls."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from protloc.errors import ConfigError, require
+from protloc.serve.settings import SETTINGS_ENV, TOKEN_ENV, ServiceSettings, check_bind, check_model_path, resolve_token
+
+
+def run(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    token: str | None = None,
+    allow_remote: bool = False,
+    backend: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    max_upload_mb: float = 64.0,
+    max_batch: int = 8,
+    max_pending: int = 64,
+    log_level: str = "info",
+) -> None:
+    """Serve a model package over HTTP until interrupted (Ctrl-C).
+
+    The web page is at ``http://HOST:PORT/``, the API reference at ``/docs``. The model is loaded once per
+    worker process, before the port is opened, so a bad package fails here with one clear error.
+
+    Args:
+        model: the model package folder (or an exported ``.onnx`` file: predictions only).
+        host: the address to listen on; loopback (127.0.0.1) by default. Any other address needs a token or
+            ``allow_remote``.
+        port: the TCP port.
+        workers: server processes, each with its own copy of the model (1 is right for most machines: the
+            network already uses every core).
+        token: bearer token clients must send (``Authorization: Bearer TOKEN``); default ``$PROTLOC_TOKEN``.
+        allow_remote: listen on a non-loopback address without a token (anyone who reaches it can use it).
+        backend: ``auto`` (ONNX Runtime when the package has model.onnx, else PyTorch), ``onnx`` or ``torch``.
+        device: torch device for the torch backend and explanations.
+        threads: ONNX Runtime intra-op threads per worker (default: half the CPUs, divided among ``workers``).
+        max_upload_mb: largest request body in MB; larger ones get 413.
+        max_batch: most concurrent requests run through the network together (1 turns micro-batching off).
+        max_pending: most requests in progress; more get 503 with Retry-After.
+        log_level: uvicorn's log level.
+
+    Raises:
+        ConfigError: a non-loopback host without a token or ``allow_remote``, or a bad setting.
+        ModelError: the package is missing or cannot be loaded.
+        DependencyError: the web server packages are not installed.
+    """
+    for module in ("fastapi", "uvicorn", "multipart"):
+        require(module, "runtime")
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, got {port}")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    chosen_token = resolve_token(token)
+    check_bind(host, chosen_token, allow_remote)
+    check_model_path(model)
+    if threads is None and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // (2 * workers))
+    settings = ServiceSettings(
+        model=str(model),
+        backend=backend,
+        device=device,
+        threads=threads,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        max_pending=max_pending,
+        token=chosen_token,
+    )
+    common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        from protloc.serve.app import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    from protloc.card import read_card
+
+    if Path(model).suffix.lower() != ".onnx":
+        read_card(model)  # fail fast, before forking workers that would each fail
+    os.environ[SETTINGS_ENV] = settings.to_environment()
+    if chosen_token:
+        os.environ[TOKEN_ENV] = chosen_token
+    uvicorn.run(
+        "protloc.serve.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        **common,  # type: ignore[arg-type]
+    )

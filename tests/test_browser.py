@@ -1,0 +1,212 @@
+"""The web page in a real headless Chromium: upload a sample, see the API's labels, the chart and the overlay.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium and Playwright's Python client (no downloaded browser). The
+tests skip when the browser is missing, unless ``PROTLOC_REQUIRE_BROWSER`` is set (CI sets it), in which case a
+missing browser fails loudly. Set ``PROTLOC_SCREENSHOTS=DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protloc.io import CHANNELS, read_sample
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def _require_browser() -> None:
+    """Skip (or, with PROTLOC_REQUIRE_BROWSER set, fail) when the browser or Playwright is missing."""
+    required = bool(os.environ.get("PROTLOC_REQUIRE_BROWSER"))
+    problems = []
+    if not CHROMIUM.exists():
+        problems.append(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("the playwright Python package is missing (pip install playwright)")
+    if not problems:
+        return
+    message = "browser tests need Chromium and Playwright: " + "; ".join(problems)
+    if required:
+        pytest.fail(message + " (PROTLOC_REQUIRE_BROWSER is set)", pytrace=False)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A protloc app served by uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "uvicorn did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path) -> Iterator[LiveServer]:
+    from protloc.serve import create_app
+
+    app = create_app(trained_run / "model", backend="torch")  # torch: the page shows explanations too
+    with LiveServer(app) as live:
+        yield live
+
+
+@pytest.fixture
+def page(browser: Any, server: LiveServer) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model-info .pill")
+    yield page
+    context.close()
+    assert not [e for e in errors if "Failed to load resource" not in e], errors
+
+
+def _screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    keep = os.environ.get("PROTLOC_SCREENSHOTS")
+    folder = Path(keep) if keep else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _sample(synth_data: Path, index: int = 0) -> dict[str, Path]:
+    ids = sorted({p.name.rsplit("_", 1)[0] for p in (synth_data / "test").glob("*_red.png")})
+    return {c: synth_data / "test" / f"{ids[index]}_{c}.png" for c in CHANNELS}
+
+
+def _api_labels(server: LiveServer, files: dict[str, Any]) -> list[int]:
+    import httpx
+
+    response = httpx.post(f"{server.url}/predict", files=files, timeout=30)
+    assert response.status_code == 200, response.text
+    return [label["id"] for label in response.json()["labels"]]
+
+
+def _shown_labels(page: Any) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all("#labels li", "items => items.map(i => i.dataset.classId)")]
+
+
+def test_uploading_four_channels_shows_the_apis_labels(
+    page: Any, server: LiveServer, synth_data: Path, tmp_path: Path
+) -> None:
+    paths = _sample(synth_data)
+    page.set_input_files("#file-input", [str(p) for p in paths.values()])
+    page.wait_for_selector("#result[data-state=done]", timeout=30_000)
+    expected = _api_labels(server, {c: (p.name, p.read_bytes(), "image/png") for c, p in paths.items()})
+    assert _shown_labels(page) == expected
+    assert page.locator(".bar-row").count() == 28 and page.locator(".bar-tick").count() == 28
+    assert page.locator(".bar-row.predicted").count() == len(expected)
+    assert page.locator("#channel-images img").count() == 4
+    assert page.eval_on_selector("#composite", "img => img.complete && img.naturalWidth") == 64
+    # The activation map of the most probable label follows on its own.
+    page.wait_for_selector("#overlay-panel:not([hidden])", timeout=30_000)
+    assert page.get_attribute("#overlay", "data-class-id") == str(expected[0])
+    page.select_option("#explain-class", "7")
+    page.click("#explain-button")
+    page.wait_for_selector('#overlay[data-class-id="7"]', timeout=30_000)
+    assert "Golgi apparatus" in page.inner_text("#overlay-caption")
+    _screenshot(page, tmp_path, "service_result")
+
+
+def test_a_stacked_tiff_gives_the_same_labels(page: Any, server: LiveServer, synth_data: Path, tmp_path: Path) -> None:
+    import tifffile
+
+    paths = _sample(synth_data, 1)
+    stack = tmp_path / "field.tif"
+    tifffile.imwrite(stack, read_sample(paths), photometric="minisblack")
+    page.set_input_files("#file-input", [str(stack)])
+    page.wait_for_selector("#result[data-state=done]", timeout=30_000)
+    expected = _api_labels(server, {c: (p.name, p.read_bytes(), "image/png") for c, p in paths.items()})
+    assert _shown_labels(page) == expected
+    assert "stacked file" in page.inner_text("#result-meta")
+
+
+def test_a_corrupt_channel_shows_the_services_message(
+    page: Any, server: LiveServer, synth_data: Path, tmp_path: Path
+) -> None:
+    paths = _sample(synth_data, 2)
+    broken = tmp_path / "broken_red.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    files = [str(broken), *(str(p) for c, p in paths.items() if c != "red")]
+    page.set_input_files("#file-input", files)
+    page.wait_for_selector(".status.error", timeout=30_000)
+    message = page.inner_text("#status")
+    assert "red (broken_red.png)" in message and "PNG" in message
+    assert page.get_attribute("#result", "data-state") == "error"
+    _screenshot(page, tmp_path, "service_error")
+
+
+def test_page_asks_for_the_token_when_the_service_has_one(
+    browser: Any, server: LiveServer, synth_data: Path, tmp_path: Path
+) -> None:
+    from protloc.serve import create_app
+
+    engine = server.server.config.app.state.engine
+    secured = create_app(engine.model_path, engine=engine, token="letmein")
+    with LiveServer(secured) as live:
+        context = browser.new_context(viewport={"width": 1360, "height": 900})
+        page = context.new_page()
+        page.goto(live.url + "/")
+        page.wait_for_selector("#token-bar:not([hidden])")
+        page.fill("#token-input", "letmein")
+        page.click("#token-form button")
+        page.wait_for_selector("#model-info .pill")
+        assert page.is_hidden("#token-bar")
+        page.set_input_files("#file-input", [str(p) for p in _sample(synth_data).values()])
+        page.wait_for_selector("#result[data-state=done]", timeout=30_000)
+        assert _shown_labels(page)
+        context.close()
