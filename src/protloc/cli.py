@@ -529,6 +529,32 @@ def ensemble(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="Model package folder.")],
+    data: Annotated[Path, typer.Argument(help="Kaggle root, labels CSV, or folder of channel images.")],
+    sample_id: Annotated[str, typer.Argument(metavar="ID", help="The sample's Id.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("explanation.png"),
+    split: Annotated[str | None, typer.Option(help="Split to look in (default: train, then test).")] = None,
+    class_: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Class to explain: id, name or prefix (repeatable; default: predicted)."),
+    ] = None,
+    max_classes: Annotated[int, typer.Option(help="At most this many predicted classes.")] = 6,
+) -> None:
+    """Class activation maps (Grad-CAM) for each predicted class, overlaid on the composite."""
+    from protloc.classes import CLASS_NAMES
+    from protloc.explain import explain_sample
+
+    explanation = explain_sample(
+        model, data, sample_id, out, split=split, classes=class_ or None, max_classes=max_classes
+    )
+    shown = ", ".join(f"{CLASS_NAMES[c]} {explanation.probabilities[c]:.2f}" for c in explanation.maps)
+    truth = explanation.true_labels
+    known = f"; true: {', '.join(CLASS_NAMES[c] for c in truth)}" if truth else ""
+    console.print(f"wrote {out}: {shown}{known}")
+
+
+@app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx: no explanations).")],
     host: Annotated[
