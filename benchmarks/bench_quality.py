@@ -6,7 +6,7 @@ Both recipes train on the same synthetic data (fold 0 of the same 5-fold split) 
 budget (epochs planned from each model's measured speed, ``max_time`` as the hard stop) and are scored on the
 same held-out synthetic test set with its truth:
 
-* default: ``--recipe cpu`` (resnet18, 4 channels, 128 px, focal loss, augmentation, per-class thresholds);
+* default: ``--recipe cpu`` (resnet18, 4 channels, 128 px, BCE, flips/rotations, per-class thresholds);
 * seed: ``--recipe seed`` (the seed notebook's CNN, RGB, BCE, no augmentation, one 0.5 threshold).
 
 Then, for the default model: test-time augmentation (all 8 flips/rotations) and a 5-fold ensemble (folds 1-4
