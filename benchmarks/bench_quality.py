@@ -93,7 +93,7 @@ def main() -> None:
     results.update(default=default_summary, seed=seed_summary, default_per_class=default_f1, seed_per_class=seed_f1)
     rows = [
         [
-            "protloc default (resnet18, 4 ch, focal, aug, per-class thresholds)",
+            "protloc default (resnet18, 4 ch, BCE, flips/rotations, per-class thresholds)",
             f"{default_summary['macro_f1']:.3f}",
             f"{default_summary['micro_f1']:.3f}",
             f"{default_summary['exact_match']:.3f}",
