@@ -33,8 +33,7 @@ def main(source: Path, out: Path) -> None:
         "n_images": len(rows),
         "class_counts": class_counts,
         "label_sets": [
-            [list(label_set), count]
-            for label_set, count in sorted(label_sets.items(), key=lambda kv: (-kv[1], kv[0]))
+            [list(label_set), count] for label_set, count in sorted(label_sets.items(), key=lambda kv: (-kv[1], kv[0]))
         ],
     }
     out.write_text(json.dumps(stats, separators=(",", ":")) + "\n")
