@@ -174,7 +174,7 @@ def run_demo(
 
     # 4. train
     elapsed = time.perf_counter() - started
-    reserve = 0.22 * budget if not settings.quick else 20.0  # predict, export, report
+    reserve = max(40.0, 0.08 * budget) if not settings.quick else 15.0  # predict, export, report (+ margin)
     train_budget = max(30.0, budget - elapsed - reserve)
     from protloc.train import epochs_for_budget, measure_training_rate
 
