@@ -70,6 +70,19 @@ def composite_rgb(image: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def stretch_for_display(image: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """Scale each channel of a ``(C, H, W)`` uint8 image so its ``percentile`` maps to 255 (display only).
+
+    Fluorescence fields are mostly dark; this makes dim channels visible without changing what the model sees.
+    """
+    out = np.empty_like(image)
+    for index, plane in enumerate(image):
+        top = float(np.percentile(plane, percentile))
+        gain = 255.0 / top if top > 0 else 1.0
+        out[index] = np.clip(plane.astype(np.float32) * max(gain, 1.0), 0, 255).astype(np.uint8)
+    return out
+
+
 def tint(plane: np.ndarray, channel: str) -> np.ndarray:
     """A single channel shown in its own colour, as ``(H, W, 3)`` uint8."""
     colour = np.asarray(CHANNEL_COLOURS.get(channel, (1.0, 1.0, 1.0)), np.float32)
@@ -82,8 +95,15 @@ def sample_figure(
     *,
     title: str = "",
     label_text: str = "",
+    stretch: bool = True,
 ) -> Figure:
-    """The composite and each channel side by side, titled with the sample's id and label names."""
+    """The composite and each channel side by side, titled with the sample's id and label names.
+
+    With ``stretch`` each channel is contrast-stretched for display (see :func:`stretch_for_display`).
+    """
+    if stretch:
+        image = stretch_for_display(image)
+        title = (title + " " if title else "") + "(contrast stretched per channel for display)"
     panels = 1 + len(channels)
     figure = _figure(3.2 * panels, 3.9)
     axes = figure.subplots(1, panels)

@@ -189,7 +189,7 @@ def gallery_html(
 ) -> str:
     """Tiles of test samples: composite (and class activation map of the top prediction), true vs predicted."""
     from protloc.io import read_sample
-    from protloc.plots import composite_rgb
+    from protloc.plots import composite_rgb, stretch_for_display
 
     if not test.files:
         return ""
@@ -211,7 +211,7 @@ def gallery_html(
         image = read_sample(test.files[sample_id], channels, sample_id=sample_id)
         truth = [int(i) for i in np.flatnonzero(test.truth[index])]
         predicted = [int(i) for i in np.flatnonzero(test.predicted[index])]
-        pictures = [_composite_png(composite_rgb(image, channels))]
+        pictures = [_composite_png(composite_rgb(stretch_for_display(image), channels))]
         caption = ""
         if explainer is not None and predicted:
             package, explain_image, overlay_png = explainer
