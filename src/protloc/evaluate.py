@@ -15,7 +15,7 @@ from protloc.catalog import open_dataset
 from protloc.errors import DataError
 from protloc.inference import predict_catalog
 from protloc.metrics import EvaluationReport, evaluate, threshold_gain
-from protloc.predict import load_backend, probabilities_csv, resolve_thresholds
+from protloc.predict import load_backend, model_threads, probabilities_csv, resolve_thresholds, torch_threads
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 
@@ -43,20 +43,17 @@ def evaluate_model(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
     """Predict a labelled data set with a package and score it (per class, macro/micro F1, exact match)."""
-    card, run = load_backend(model, backend, device=device)
+    workers = default_workers() if workers is None else workers
+    threads = model_threads(workers)
+    card, run = load_backend(model, backend, device=device, threads=threads)
     catalog = open_dataset(data, split=split, labels=labels, channels=card["input"]["channels"])
     if catalog.labels is None:
         raise DataError(f"{data}: evaluation needs labels ({split}.csv, or --labels for a test truth file)")
     chosen = resolve_thresholds(card, thresholds)
-    probabilities = predict_catalog(
-        run,
-        card,
-        catalog,
-        tta=tta,
-        batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
-        on_progress=on_progress,
-    )
+    with torch_threads(threads if backend == "torch" else None):
+        probabilities = predict_catalog(
+            run, card, catalog, tta=tta, batch_size=batch_size, workers=workers, on_progress=on_progress
+        )
     assert probabilities is not None
     if min_one is None:
         min_one = bool(card.get("decision", {}).get("min_one", True))

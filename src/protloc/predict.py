@@ -15,6 +15,7 @@ Torch is imported only for the torch backend; ``backend="onnx"`` runs on ONNX Ru
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,30 @@ def load_backend(
 
         return load_torch_backend(model, device=device)
     raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+
+
+def model_threads(decode_workers: int) -> int:
+    """Threads for the network while ``decode_workers`` processes decode images: the remaining cores.
+
+    Oversubscribing the cores costs ~20% end to end on a 2-core machine (benchmarks/bench_inference.py).
+    """
+    return max(1, default_workers(limit=256) - decode_workers)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads (restored afterwards); ``None`` changes nothing."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_thresholds(card: dict[str, Any], override: float | str | Path | None) -> list[float]:
@@ -314,24 +339,27 @@ def predict_folder(
         probabilities = probabilities_or_none
         resumed_from = 0
     else:
-        card, run = load_backend(model, backend, device=device)
+        workers = default_workers() if workers is None else workers
+        threads = model_threads(workers)
+        card, run = load_backend(model, backend, device=device, threads=threads)
         catalog = open_for_prediction(data, split=split, ids=ids, channels=card["input"]["channels"])
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
         partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog))
         resumed_from = partial.completed
         if partial.completed < len(catalog):
-            predict_catalog(
-                run,
-                card,
-                catalog,
-                tta=tta,
-                tiles=tiles,
-                batch_size=batch_size,
-                workers=default_workers() if workers is None else workers,
-                on_batch=partial.append,
-                start=partial.completed,
-                on_progress=on_progress,
-            )
+            with torch_threads(threads if backend == "torch" else None):
+                predict_catalog(
+                    run,
+                    card,
+                    catalog,
+                    tta=tta,
+                    tiles=tiles,
+                    batch_size=batch_size,
+                    workers=workers,
+                    on_batch=partial.append,
+                    start=partial.completed,
+                    on_progress=on_progress,
+                )
         probabilities = partial.read()
     chosen = resolve_thresholds(card, thresholds)
     labels = decide(probabilities, chosen, min_one=min_one)
