@@ -1,6 +1,6 @@
 """Training throughput: `protloc train` (Lightning) vs a bare PyTorch loop over the same model, batch, data.
 
-    python benchmarks/bench_train.py [--samples 1200] [--model resnet18] [--image-size 128] [--rounds 3]
+    python benchmarks/bench_train.py [--samples 3000] [--model resnet18] [--image-size 128] [--rounds 3]
 
 Both read the same on-disk cache through the same Dataset, augmentation and DataLoader settings; both use
 channels_last and AdamW + focal loss. Throughput counts training steps only (validation excluded) and skips
@@ -68,7 +68,7 @@ def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=1200)
+    parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)

@@ -313,6 +313,9 @@ def train(
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Save last.ckpt every N steps.")] = None,
+    checkpoint_minutes: Annotated[
+        float | None, typer.Option(help="Save last.ckpt at least this often inside an epoch (default 10).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
 ) -> None:
@@ -354,6 +357,7 @@ def train(
         "compile": compile,
         "tensorboard": tensorboard,
         "checkpoint_every_n_steps": checkpoint_every,
+        "checkpoint_minutes": checkpoint_minutes,
     }
     if resume and out is not None and (out / "config.yaml").is_file() and config is None:
         config = out / "config.yaml"

@@ -85,7 +85,10 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    checkpoint_every_n_steps: int = 50
+    checkpoint_every_n_steps: int | None = None
+    """write last.ckpt every N training steps (for tests and tiny epochs); else every checkpoint_minutes."""
+    checkpoint_minutes: float = 10.0
+    """write last.ckpt at least this often during an epoch (it is also written at every epoch end)."""
     tensorboard: bool = False
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
@@ -126,8 +129,10 @@ class TrainConfig:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if not 8 <= self.bit_depth <= 16:
             raise ConfigError(f"bit_depth must be between 8 and 16, got {self.bit_depth}")
-        if self.checkpoint_every_n_steps < 1:
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ConfigError("checkpoint_every_n_steps must be at least 1")
+        if self.checkpoint_minutes <= 0:
+            raise ConfigError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
         if self.num_nodes < 1:
             raise ConfigError("num_nodes must be at least 1")
         if self.max_time is not None:
