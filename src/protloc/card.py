@@ -67,18 +67,27 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def card_from_onnx(path: Path) -> dict[str, Any]:
-    """The card embedded in an exported ONNX file's metadata."""
-    import onnx
-
+    """The card embedded in an exported ONNX file's metadata (read with ONNX Runtime, or the onnx package)."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
-    for prop in model.metadata_props:
-        if prop.key == ONNX_CARD_KEY:
-            card: dict[str, Any] = json.loads(prop.value)
-            return card
-    raise ModelError(f"{path}: this ONNX file has no protloc card; export it with `protloc export`")
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+    except ImportError:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise ModelError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
+        metadata = {prop.key: prop.value for prop in model.metadata_props}
+    if ONNX_CARD_KEY not in metadata:
+        raise ModelError(f"{path}: this ONNX file has no protloc card; export it with `protloc export`")
+    card: dict[str, Any] = json.loads(metadata[ONNX_CARD_KEY])
+    return card
 
 
 def check_card(card: Any, *, where: str = "card") -> None:
