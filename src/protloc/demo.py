@@ -21,6 +21,9 @@ import numpy as np
 
 from protloc.errors import ConfigError, DataError
 
+DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "report.html"}
+"""What a demo writes into its folder; a folder holding anything else is never deleted."""
+
 
 @dataclass
 class DemoSettings:
@@ -113,10 +116,16 @@ def run_demo(
     budget = settings.minutes * 60.0
     steps = Steps(say)
     bar = progress or _no_progress
+    if settings.data is not None and not settings.data.exists():
+        raise DataError(f"{settings.data}: not found; see the README (Real data) for downloading the HPA images")
     if out.exists() and any(out.iterdir()):
-        if not settings.overwrite:
-            raise ConfigError(f"{out}: exists; pass another --out")
-        shutil.rmtree(out)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
+        if foreign or not settings.overwrite:
+            raise ConfigError(
+                f"{out}: holds other files than a previous demo's (e.g. {foreign[0] if foreign else out}); "
+                "choose another --out"
+            )
+        shutil.rmtree(out)  # a previous demo's output: replaced
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. data
@@ -144,8 +153,6 @@ def run_demo(
             )
     else:
         data = settings.data
-        if not data.exists():
-            raise DataError(f"{data}: not found; see the README for downloading the HPA data")
 
     # 2. check
     with steps("check", f"Checking {data}"), bar("checking") as update:

@@ -1,0 +1,62 @@
+"""The main job end to end, in its one-minute form (what `make demo DEMO_ARGS=--quick` runs)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from protloc.cli import main
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "validation macro F1" in printed and "test macro F1" in printed
+    for step in ("Synthesizing", "Checking", "statistics", "Training", "Predicting", "ONNX", "HTML report"):
+        assert step in printed, step
+    for path in (
+        "data/train.csv",
+        "data/test_truth.csv",
+        "stats/class_distribution.png",
+        "run/model/card.json",
+        "run/model/model.onnx",
+        "run/training_curves.png",
+        "predictions/submission.csv",
+        "report.html",
+    ):
+        assert (out / path).is_file(), path
+    with (out / "predictions" / "submission.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 100 and all(row["Predicted"] for row in rows)
+    html = (out / "report.html").read_text()
+    for section in (
+        "Data set",
+        "Training",
+        "Validation fold",
+        "Thresholds",
+        "Test set",
+        "Errors",
+        "Gallery",
+        "Configuration and timings",
+    ):
+        assert section in html, section
+    assert html.count("data:image/png;base64,") >= 10  # pictures embedded: one file to share
+    assert 'src="http' not in html  # nothing fetched from elsewhere
+
+
+def test_demo_refuses_missing_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert main(["demo", "--quick", "--out", str(precious)]) == 1
+    assert "holds other files than a previous demo" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"
