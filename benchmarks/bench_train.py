@@ -23,7 +23,7 @@ from common import median, save, table
 from protloc.cache import build_cache
 from protloc.catalog import open_dataset
 from protloc.config import resolve_config
-from protloc.dataset import CachedDataset, make_folds
+from protloc.dataset import CachedDataset, make_folds, normalise_batch
 from protloc.losses import create_loss
 from protloc.models import create_model
 from protloc.synth import make_dataset
@@ -34,9 +34,7 @@ from protloc.transforms import train_transform
 def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:  # type: ignore[no-untyped-def]
     """Images/s of a plain PyTorch loop (second epoch onwards)."""
     torch.manual_seed(0)
-    dataset = CachedDataset(
-        cache, rows, labels, train_transform(config.augment, config.stored_size, config.image_size), mean, std
-    )
+    dataset = CachedDataset(cache, rows, labels, train_transform(config.augment, config.stored_size, config.image_size))
     workers = _workers(config)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -55,7 +53,7 @@ def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:
         model.train()
         images, start = 0, time.perf_counter()
         for batch in loader:
-            x = batch["image"].contiguous(memory_format=torch.channels_last)
+            x = normalise_batch(batch["image"], mean, std).contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(x), batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

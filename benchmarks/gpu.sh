@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 if ! "$PY" -c "import protloc" 2>/dev/null; then
-  "$PY" -m pip install --quiet -e '.[all]'
+  # not installed: use the source tree (no network needed), install only if that is not enough
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  if ! "$PY" -c "import protloc.transforms, protloc.synth, protloc.models" 2>/dev/null; then
+    "$PY" -m pip install --quiet -e '.[all]' || { echo "gpu.sh: cannot import protloc or install it" >&2; exit 1; }
+  fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 exec timeout 470 "$PY" benchmarks/bench_gpu.py --budget 400 "$@"

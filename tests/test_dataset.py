@@ -88,3 +88,43 @@ def test_oversampling_favours_rare_classes(labels: np.ndarray) -> None:
     sampler = ResumableSampler(len(labels), batch_size=8, weights=weights)
     drawn = np.asarray(list(sampler))
     assert labels[drawn, rarest].mean() > 3 * labels[:, rarest].mean()
+
+
+def test_batches_stay_uint8_until_normalised_on_their_device() -> None:
+    """Workers send uint8 (a quarter of the bytes); normalise_batch gives what the packaged model computes."""
+    import torch
+
+    from protloc.dataset import normalise_batch
+    from protloc.models import PackagedNetwork
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (3, 4, 8, 8), dtype=np.uint8))
+    mean, std = [0.1, 0.2, 0.05, 0.3], [0.2, 0.1, 0.15, 0.25]
+    normalised = normalise_batch(images, mean, std)
+    assert normalised.dtype == torch.float32
+    expected = (images.numpy().astype(np.float64) / 255 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(normalised.numpy(), expected, atol=1e-5)
+    # the model package normalises inside, from uint8 / 255: the same input reaches the backbone
+    packaged = PackagedNetwork(torch.nn.Identity(), mean, std)
+    np.testing.assert_allclose(packaged(images.float() / 255).numpy(), normalised.numpy(), atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        normalise_batch(normalised, mean, std)
+
+
+def test_cached_dataset_serves_uint8_images(tmp_path: Path) -> None:
+    import torch
+
+    from protloc.cache import build_cache
+    from protloc.catalog import open_dataset
+    from protloc.dataset import CachedDataset
+    from protloc.synth import make_dataset
+    from protloc.transforms import train_transform
+
+    make_dataset(tmp_path / "data", n_train=4, n_test=0, size=64, seed=0)
+    catalog = open_dataset(tmp_path / "data")
+    assert catalog.labels is not None
+    cache = build_cache(catalog, ("red", "green", "blue", "yellow"), 64, cache_dir=tmp_path / "cache")
+    dataset = CachedDataset(cache, [2, 0], catalog.labels, train_transform("standard", 64, 48))
+    sample = dataset[0]
+    assert sample["image"].dtype == torch.uint8 and tuple(sample["image"].shape) == (4, 48, 48)
+    assert sample["index"] == 2 and sample["label"].tolist() == catalog.labels[2].astype(np.float32).tolist()

@@ -4,7 +4,8 @@
   (iterative stratification), reproducibly from a seed; :func:`save_folds`/:func:`load_folds` keep them.
 * :class:`ResumableSampler` shuffles per epoch from (seed, epoch), shards across DDP ranks, can oversample
   rare classes, and can skip the batches a killed run already trained on, so resume is exact mid-epoch.
-* :class:`CachedDataset` serves ``{"image", "label", "index"}`` dicts from an :class:`~protloc.cache.ArrayCache`.
+* :class:`CachedDataset` serves ``{"image", "label", "index"}`` dicts from an :class:`~protloc.cache.ArrayCache`;
+  images stay ``uint8`` until :func:`normalise_batch` turns a whole batch into network input on its device.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from protloc.cache import ArrayCache
 from protloc.errors import DataError
-from protloc.transforms import apply_chw, normalise
+from protloc.transforms import apply_chw
 from protloc.utils import atomic_write_text
 
 
@@ -178,31 +179,26 @@ class ShardSampler(Sampler[int]):
 
 
 class CachedDataset(Dataset[dict[str, Any]]):
-    """Samples from the cache: augmented, normalised ``float32`` images with their multi-hot labels.
+    """Augmented ``uint8`` images from the cache with their multi-hot labels.
+
+    Images leave the workers as ``uint8`` (a quarter of the bytes of ``float32`` through worker queues, pinned
+    memory and the host-to-GPU copy; on a GPU machine that copy, not the augmentation, is what starves the
+    model) and are normalised per batch, on the device, by :func:`normalise_batch`.
 
     Args:
         cache: the array store.
         indices: which cache rows this dataset serves (e.g. one fold's).
         labels: ``(len(cache), 28)`` multi-hot labels of all cache rows, or ``None``.
         transform: an albumentations pipeline (see :mod:`protloc.transforms`).
-        mean, std: per-channel normalisation on the 0-1 scale.
     """
 
     def __init__(
-        self,
-        cache: ArrayCache,
-        indices: Sequence[int] | np.ndarray,
-        labels: np.ndarray | None,
-        transform: Any,
-        mean: Sequence[float],
-        std: Sequence[float],
+        self, cache: ArrayCache, indices: Sequence[int] | np.ndarray, labels: np.ndarray | None, transform: Any
     ) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = labels
         self.transform = transform
-        self.mean = list(mean)
-        self.std = list(std)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -210,10 +206,17 @@ class CachedDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, item: int) -> dict[str, Any]:
         row = int(self.indices[item])
         image = apply_chw(self.transform, self.cache.read(row))
-        sample: dict[str, Any] = {
-            "image": torch.from_numpy(normalise(image, self.mean, self.std)),
-            "index": row,
-        }
+        sample: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": row}
         if self.labels is not None:
             sample["label"] = torch.from_numpy(self.labels[row].astype(np.float32))
         return sample
+
+
+def normalise_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``uint8`` ``(N, C, H, W)`` -> ``float32`` network input ``(x / 255 - mean) / std`` per channel, on the
+    images' device (mean and std on the 0-1 scale, as stored in the model card)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalise_batch expects uint8 images, got {images.dtype}")
+    scale = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
+    offset = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
+    return (images.float() - offset) / scale

@@ -53,6 +53,7 @@ from protloc.dataset import (
     ShardSampler,
     load_folds,
     make_folds,
+    normalise_batch,
     oversampling_weights,
     save_folds,
 )
@@ -280,12 +281,11 @@ class HPADataModule(L.LightningDataModule):
         self.module = module
         self.config = config
         self.workers = workers
+        self.mean, self.std = list(mean), list(std)
         self.train_set = CachedDataset(
-            cache, train_rows, labels, train_transform(config.augment, config.stored_size, config.image_size), mean, std
+            cache, train_rows, labels, train_transform(config.augment, config.stored_size, config.image_size)
         )
-        self.val_set = CachedDataset(
-            cache, val_rows, labels, eval_transform(config.stored_size, config.image_size), mean, std
-        )
+        self.val_set = CachedDataset(cache, val_rows, labels, eval_transform(config.stored_size, config.image_size))
         self.weights = oversampling_weights(labels[train_rows], config.oversample) if config.oversample > 0 else None
 
     def _loader_options(self) -> dict[str, Any]:
@@ -296,6 +296,11 @@ class HPADataModule(L.LightningDataModule):
             "pin_memory": torch.cuda.is_available(),
             "prefetch_factor": 4 if workers > 0 else None,
         }
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # uint8 crosses the worker queues and the host-to-device copy; normalise where the model runs
+        batch["image"] = normalise_batch(batch["image"], self.mean, self.std)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -640,7 +645,7 @@ def train(
         network.load_state_dict(state_dict_from_lightning(source))
         best_epoch = int(torch.load(str(source), map_location="cpu", weights_only=False)["epoch"])
         probabilities = predict_cached(
-            network,
+            PackagedNetwork(network, mean, std),
             datamodule.val_set,
             batch_size=config.batch_size * 2,
             workers=workers,
@@ -821,14 +826,15 @@ def _check_ranks_agree(trainer: L.Trainer, module: LocalizationModule) -> bool:
 def predict_cached(
     network: torch.nn.Module, dataset: CachedDataset, *, batch_size: int, workers: int, channels_last: bool = True
 ) -> np.ndarray:
-    """Sigmoid probabilities ``(N, 28)`` of a network over a cached dataset, in dataset order."""
+    """Sigmoid probabilities ``(N, 28)`` of a packaged network (input ``uint8 / 255``, normalisation inside)
+    over a cached dataset, in dataset order."""
     network = network.eval()
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     outputs = []
     for batch in loader:
-        images = batch["image"]
+        images = batch["image"].float() / 255.0
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         outputs.append(torch.sigmoid(network(images).float()).numpy())

@@ -1,16 +1,22 @@
-"""Augmentation and normalisation (albumentations on ``(H, W, C)`` uint8 arrays).
+"""Augmentation (albumentations on ``(H, W, C)`` uint8 arrays).
 
 Fluorescence fields have no up, down, left or right, so the 8 flips/rotations are free augmentation; small
 shifts, scales and rotations, and per-channel brightness/contrast changes (stainings and exposures differ
 per channel) add the rest. When the cache stores a larger image than the network's input, training takes a
 random crop and evaluation the centre crop. Normalisation (per-channel mean and std on the 0-1 scale) is
-computed from the training images and stored in the model card, so prediction normalises the same way.
+computed from the training images, applied per batch on the device (:func:`protloc.dataset.normalise_batch`)
+and stored in the model card, so prediction normalises the same way.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
+
+# albumentations asks its web server for a newer version on every import (every DataLoader worker too): on an
+# offline cluster node or microscope PC that is a warning per process and a wait for the network to fail.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import numpy as np
@@ -71,13 +77,6 @@ def eval_transform(stored_size: int, input_size: int) -> A.Compose:
     if stored_size > input_size:
         steps.append(A.CenterCrop(input_size, input_size))
     return A.Compose(steps)
-
-
-def normalise(image_chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 ``(C, H, W)`` -> float32 ``(C, H, W)``: ``(x / 255 - mean) / std`` per channel."""
-    scale = np.asarray(std, np.float32)[:, None, None] * 255.0
-    offset = np.asarray(mean, np.float32)[:, None, None] / np.asarray(std, np.float32)[:, None, None]
-    return image_chw.astype(np.float32) / scale - offset
 
 
 def apply_chw(transform: A.Compose, image_chw: np.ndarray) -> np.ndarray:
