@@ -121,14 +121,14 @@ def main() -> None:
         + "; each section's own script gives its details.",
         "",
     ]
-    for name in chosen:
-        title = SUITE[name][0]
+    # every section with results, this run's and earlier runs' (``--only`` reruns a part of the suite)
+    for name, (title, _, _) in SUITE.items():
         table_file = RESULTS / f"{name}{'_quick' if args.quick and name == 'serve' else ''}.md"
-        lines += [f"## {title}", ""]
-        if name in failed or not table_file.is_file():
-            lines += ["(failed: see the console output)", ""]
-        else:
-            lines += [table_file.read_text().strip(), "", f"_{timings[name]:.0f} s_", ""]
+        if name in failed:
+            lines += [f"## {title}", "", "(failed: see the console output)", ""]
+        elif table_file.is_file():
+            when = f"_{timings[name]:.0f} s in this run_" if name in timings else "_from an earlier run_"
+            lines += [f"## {title}", "", table_file.read_text().strip(), "", when, ""]
     (RESULTS / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'SUMMARY.md'}")
     if failed:

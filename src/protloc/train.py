@@ -383,7 +383,9 @@ def _workers(config: TrainConfig) -> int:
     if config.workers is not None:
         return max(0, config.workers)
     if torch.cuda.is_available():
-        return default_workers(limit=8)
+        # GPU: augmentation is the bottleneck (BENCHMARKS.md: 423 img/s with 8 workers, 664 with 16 on a
+        # 16-core H200 node), so give each GPU's process its share of the node's cores
+        return max(1, default_workers(limit=256) // max(1, torch.cuda.device_count()))
     # CPU: the model needs the cores; one worker overlaps augmentation with compute.
     return 1 if default_workers() > 1 else 0
 
