@@ -65,6 +65,13 @@ def test_onnx_runtime_path_never_imports_torch(exported: Path, synth_data: Path,
         code = main(["predict", {str(exported)!r}, {str(synth_data)!r}, "--backend", "onnx", "--out",
                      {str(tmp_path / "p")!r}, "--workers", "1", "--tta", "flips"])
         assert code == 0, code
+        # a protloc[runtime] install: the default backend finds ONNX Runtime, torch is a clear error
+        code = main(["predict", {str(exported)!r}, {str(synth_data)!r}, "--out", {str(tmp_path / "auto")!r},
+                     "--workers", "1"])
+        assert code == 0, code
+        code = main(["predict", {str(exported)!r}, {str(synth_data)!r}, "--backend", "torch", "--out",
+                     {str(tmp_path / "t")!r}, "--workers", "1"])
+        assert code == 1, code
         assert not any(name.startswith("torch") for name in sys.modules if sys.modules[name] is not None)
         print("ok")
     """)
@@ -73,8 +80,12 @@ def test_onnx_runtime_path_never_imports_torch(exported: Path, synth_data: Path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
+    assert "the torch backend needs PyTorch" in result.stdout + result.stderr
+    assert not (tmp_path / "t").exists()
     ids, probabilities = read_probabilities(tmp_path / "p" / "probabilities.csv")
     assert len(ids) == 40 and probabilities.shape == (40, 28)
+    auto_run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert auto_run["backend"] == "onnx"
 
 
 def test_export_refuses_bad_output_name(exported: Path, tmp_path: Path) -> None:

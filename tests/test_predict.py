@@ -222,3 +222,24 @@ def test_ddp_prediction_on_two_cpu_processes_matches_single_process(
     assert ids == reference_ids
     np.testing.assert_allclose(merged, reference, atol=1e-4)
     assert (out / "submission.csv").read_text() == (predicted / "submission.csv").read_text()
+
+
+def test_cli_messages_keep_brackets_in_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rich markup must not eat user text: a folder named like a markup tag is printed as it is."""
+    folder = tmp_path / "plate[b]"
+    folder.mkdir()
+    assert main(["check", str(folder)]) == 1
+    assert f"{folder}: no channel images" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_train_without_the_train_extra_names_the_install(synth_data: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['lightning'] = None\n"  # as in a `protloc[runtime]` install
+        "from protloc.cli import main\n"
+        f"sys.exit(main(['train', {str(synth_data)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "protloc train needs the lightning package" in result.stderr
+    assert "pip install 'protloc[train]'" in result.stderr and "Traceback" not in result.stderr

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -110,7 +111,7 @@ def synth(
     rate = (summary.n_train + summary.n_test) / max(summary.seconds, 1e-9)
     console.print(
         f"wrote {summary.n_train} train + {summary.n_test} test samples of {summary.size}x{summary.size} px to "
-        f"{summary.out} in {summary.seconds:.1f} s ({rate:.0f} samples/s)"
+        f"{escape(str(summary.out))} in {summary.seconds:.1f} s ({rate:.0f} samples/s)"
     )
 
 
@@ -138,7 +139,7 @@ def check(
         shown[problem.kind] = shown.get(problem.kind, 0) + 1
         if shown[problem.kind] <= show:
             style = "red" if problem.severity == "error" else "yellow"
-            console.print(f"[{style}]{problem.severity}[/] [bold]{problem.kind}[/]: {problem.message}")
+            console.print(f"[{style}]{problem.severity}[/] [bold]{problem.kind}[/]: {escape(problem.message)}")
     samples = ", ".join(f"{n} {split}" for split, n in report.samples.items()) or "no"
     if report.problems:
         table = Table(title="problems by kind", show_edge=False)
@@ -154,9 +155,11 @@ def check(
             console.print(f"({hidden} more not listed; use --show or --out to see all)")
     if report.ok:
         note = f" with {len(report.warnings)} warnings" if report.warnings else ""
-        console.print(f"[green]OK[/]: {samples} samples checked{note}")
+        console.print(f"[green]OK[/]: {escape(samples)} samples checked{note}")
         return
-    err_console.print(f"[red]error:[/] {len(report.errors)} problems in {data} ({samples} samples checked)")
+    err_console.print(
+        f"[red]error:[/] {len(report.errors)} problems in {escape(str(data))} ({escape(samples)} samples checked)"
+    )
     raise typer.Exit(1)
 
 
@@ -212,7 +215,7 @@ def stats(
             f"{channel:>6}: mean {values.mean:6.2f}, zeros {values.fraction_zero:6.1%}, "
             f"p99 {values.percentiles['99']:.0f} ({values.n_images} images)"
         )
-    console.print("wrote " + ", ".join(str(p) for p in written.values()))
+    console.print(escape("wrote " + ", ".join(str(p) for p in written.values())))
 
 
 @app.command()
@@ -235,7 +238,7 @@ def show(
     image = read_sample(found.paths(index), chosen, sample_id=sample_id)
     label_text = ", ".join(label_names(found.labels[index])) if found.labels is not None else "(no labels)"
     save_figure(sample_figure(image, chosen, title=sample_id, label_text=label_text), out)
-    console.print(f"wrote {out}: {sample_id} ({label_text})")
+    console.print(escape(f"wrote {out}: {sample_id} ({label_text})"))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -374,21 +377,24 @@ def train(
         f"{gain['gain_cv']:+.4f} cross-validated"
     )
     console.print(
-        f"model package: [bold]{result.package_dir}[/]  (run: {result.run_dir}, {result.epochs_run} epochs, "
+        f"model package: [bold]{escape(str(result.package_dir))}[/]  (run: {escape(str(result.run_dir))}, "
+        f"{result.epochs_run} epochs, "
         f"best epoch {result.best_epoch + 1}, {result.seconds.get('fit', 0):.0f} s fitting)"
     )
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx with --backend onnx).")],
+    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
     data: Annotated[Path, typer.Argument(help="Labelled data: Kaggle root, labels CSV, or folder + --labels.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, per_class.csv, predictions, chart.")] = Path(
         "evaluation"
     ),
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     labels: Annotated[Path | None, typer.Option(help="Labels CSV (e.g. the synthetic test_truth.csv).")] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="auto (onnx for a .onnx file or without PyTorch, else torch), torch or onnx.")
+    ] = "auto",
     tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or a list of views.")] = "none",
     threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
@@ -414,7 +420,7 @@ def evaluate(
             on_progress=update,
         )
     _print_report(result.report, f"{data}: per-class scores")
-    console.print("wrote " + ", ".join(str(p) for p in result.written.values()))
+    console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
 
 
 # ---------------------------------------------------------------------------------------- deployment
@@ -434,7 +440,7 @@ def _split_ids(ids: str | None, ids_file: Path | None) -> list[str] | None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx with --backend onnx).")],
+    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
     data: Annotated[
         Path,
         typer.Argument(
@@ -447,7 +453,9 @@ def predict(
     split: Annotated[str | None, typer.Option(help="Split of a Kaggle root (default: test).")] = None,
     ids: Annotated[str | None, typer.Option(help="Only these Ids (comma-separated).")] = None,
     ids_file: Annotated[Path | None, typer.Option(help="Only the Ids listed in this file (one per line).")] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnx (ONNX Runtime, no torch needed).")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="auto (onnx for a .onnx file or without PyTorch, else torch), torch or onnx.")
+    ] = "auto",
     tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 (all 8) or views like id,flip.")] = "none",
     threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
     allow_empty: Annotated[bool, typer.Option(help="Allow images with no label (default: at least one).")] = False,
@@ -492,7 +500,7 @@ def predict(
         f"predicted {len(result.ids)} samples{resumed} in {result.seconds:.1f} s "
         f"({result.rate:.1f} samples/s); most frequent: {top}"
     )
-    console.print("wrote " + ", ".join(str(p) for p in result.written.values()))
+    console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
 
 
 @app.command()
@@ -507,8 +515,9 @@ def export(
 
     result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
     console.print(
-        f"wrote {result.path} ({result.exporter} exporter); max |ONNX Runtime - PyTorch| = "
-        f"{result.max_abs_diff:.2e} on {result.inputs}, batch sizes {', '.join(map(str, result.batch_sizes))}"
+        f"wrote {escape(str(result.path))} ({result.exporter} exporter); max |ONNX Runtime - PyTorch| = "
+        f"{result.max_abs_diff:.2e} on {escape(str(result.inputs))}, "
+        f"batch sizes {', '.join(map(str, result.batch_sizes))}"
     )
 
 
@@ -529,7 +538,7 @@ def ensemble(
     info = card["threshold_info"]
     oof = card["metrics"].get("out_of_fold")
     note = f"; out-of-fold macro F1 {oof['macro_f1']:.4f} on {info['oof_samples']} images" if oof else ""
-    console.print(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}")
+    console.print(escape(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}"))
 
 
 @app.command()
@@ -555,7 +564,7 @@ def explain(
     shown = ", ".join(f"{CLASS_NAMES[c]} {explanation.probabilities[c]:.2f}" for c in explanation.maps)
     truth = explanation.true_labels
     known = f"; true: {', '.join(CLASS_NAMES[c] for c in truth)}" if truth else ""
-    console.print(f"wrote {out}: {shown}{known}")
+    console.print(escape(f"wrote {out}: {shown}{known}"))
 
 
 @app.command()
@@ -576,7 +585,7 @@ def serve(
     """Serve a model over HTTP: JSON API, web page at /, API reference at /docs."""
     from protloc.serve import run
 
-    console.print(f"protloc serving {model} on http://{host}:{port}/  (API reference: /docs)")
+    console.print(escape(f"protloc serving {model} on http://{host}:{port}/  (API reference: /docs)"))
     run(
         model,
         host=host,
@@ -612,13 +621,33 @@ def demo(
     console.print(
         f"\n[bold green]Done in {result.seconds['total'] / 60:.1f} min[/]: validation macro F1 "
         f"[bold]{result.validation_macro_f1:.3f}[/]{test}.\n"
-        f"Report: [bold]{result.report}[/]  (open it in a browser)\n"
-        f"Model package: {result.out / 'run' / 'model'}  ONNX: {result.onnx}"
+        f"Report: [bold]{escape(str(result.report))}[/]  (open it in a browser)\n"
+        f"Model package: {escape(str(result.out / 'run' / 'model'))}  ONNX: {escape(str(result.onnx))}"
         + (f"  Submission: {result.submission}" if result.submission else "")
     )
 
 
 # ------------------------------------------------------------------------------------------ entry point
+
+
+# what `pip install 'protloc[train]'` adds over the torch-free core and runtime
+TRAIN_EXTRA_MODULES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "lightning",
+        "torchmetrics",
+        "albumentations",
+        "iterstrat",
+        "sklearn",
+        "safetensors",
+        "onnx",
+        "onnxscript",
+        "pytorch_grad_cam",
+        "psutil",
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -627,7 +656,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="protloc", standalone_mode=False)
     except ProtlocError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in TRAIN_EXTRA_MODULES:
+            raise
+        command = next((a for a in args if not a.startswith("-")), "this command")
+        err_console.print(
+            f"[red]error:[/] protloc {escape(command)} needs the {escape(missing)} package, which this install "
+            f"lacks: pip install {escape(repr('protloc[train]'))} (the runtime extra predicts and serves with "
+            "ONNX Runtime only)"
+        )
         return 1
     except click.exceptions.ClickException as exc:
         exc.show()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from protloc.errors import ConfigError, DataError
 
@@ -85,7 +86,7 @@ class Steps:
     @contextmanager
     def __call__(self, name: str, text: str) -> Iterator[None]:
         self.count += 1
-        self.say(f"[bold cyan]{self.count}. {text}[/]")
+        self.say(f"[bold cyan]{self.count}. {escape(text)}[/]")
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
@@ -263,7 +264,7 @@ def run_demo(
 
         exported = export_onnx(result.package_dir)
         onnx_path = exported.path
-    say(f"   {onnx_path}: max |ONNX Runtime - PyTorch| = {exported.max_abs_diff:.1e}")
+    say(f"   {escape(str(onnx_path))}: max |ONNX Runtime - PyTorch| = {exported.max_abs_diff:.1e}")
 
     # 7. report
     with steps("report", "Writing the HTML report"):

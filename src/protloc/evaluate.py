@@ -15,7 +15,14 @@ from protloc.catalog import open_dataset
 from protloc.errors import DataError
 from protloc.inference import predict_catalog
 from protloc.metrics import EvaluationReport, evaluate, threshold_gain
-from protloc.predict import load_backend, model_threads, probabilities_csv, resolve_thresholds, torch_threads
+from protloc.predict import (
+    load_backend,
+    model_threads,
+    probabilities_csv,
+    resolve_backend,
+    resolve_thresholds,
+    torch_threads,
+)
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 
@@ -33,7 +40,7 @@ def evaluate_model(
     out: str | Path | None = None,
     split: str = "train",
     labels: str | Path | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     device: str = "auto",
     tta: str | None = None,
     thresholds: float | str | Path | None = None,
@@ -45,6 +52,7 @@ def evaluate_model(
     """Predict a labelled data set with a package and score it (per class, macro/micro F1, exact match)."""
     workers = default_workers() if workers is None else workers
     threads = model_threads(workers)
+    backend = resolve_backend(model, backend)
     card, run = load_backend(model, backend, device=device, threads=threads)
     catalog = open_dataset(data, split=split, labels=labels, channels=card["input"]["channels"])
     if catalog.labels is None:

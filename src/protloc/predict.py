@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -38,14 +39,35 @@ from protloc.io import split_channel_filename
 from protloc.metrics import decide
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 PARTIAL_DIR = ".predict-partial"
 
 
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def resolve_backend(model: str | Path, backend: str = "auto") -> str:
+    """``auto`` -> ``onnx`` for an exported ``.onnx`` file or where PyTorch is not installed (the
+    ``protloc[runtime]`` install), else ``torch``. Asking for ``torch`` without PyTorch is a clear error."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "onnx" if Path(model).suffix.lower() == ".onnx" or not torch_available() else "torch"
+    if backend == "torch" and not torch_available():
+        raise ConfigError(
+            "the torch backend needs PyTorch, which this install lacks (pip install 'protloc[train]'); "
+            "with ONNX Runtime alone use --backend onnx on an exported model (protloc export MODEL)"
+        )
+    return backend
+
+
 def load_backend(
-    model: str | Path, backend: str = "torch", *, device: str = "auto", threads: int | None = None
+    model: str | Path, backend: str = "auto", *, device: str = "auto", threads: int | None = None
 ) -> tuple[dict[str, Any], Backend]:
-    """The card and a callable backend for a package: ``torch`` (PyTorch) or ``onnx`` (ONNX Runtime)."""
+    """The card and a callable backend for a package: ``torch`` (PyTorch), ``onnx`` (ONNX Runtime) or
+    ``auto`` (see :func:`resolve_backend`)."""
+    backend = resolve_backend(model, backend)
     if backend == "onnx":
         return load_onnx(model, threads=threads)
     if backend == "torch":
@@ -284,7 +306,7 @@ def predict_folder(
     *,
     split: str | None = None,
     ids: Sequence[str] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     device: str = "auto",
     tta: str | Sequence[str] | None = None,
     thresholds: float | str | Path | None = None,
@@ -301,7 +323,8 @@ def predict_folder(
 
     Args:
         split, ids: which samples (see :func:`open_for_prediction`).
-        backend: ``torch`` or ``onnx`` (ONNX Runtime, after ``protloc export``).
+        backend: ``torch``, ``onnx`` (ONNX Runtime, after ``protloc export``) or ``auto`` (onnx for a
+            ``.onnx`` file or without PyTorch installed, else torch).
         tta: test-time augmentation (``none``, ``flips``, ``rot90``, ``d4`` or a list of views).
         thresholds: override the package's: one number for every class, or a JSON file.
         min_one: give an image with no class over its threshold its most likely class.
@@ -313,6 +336,7 @@ def predict_folder(
     """
     out = Path(out)
     parse_tta(tta)
+    backend = resolve_backend(model, backend)
     started = time.perf_counter()
     if devices > 1 or num_nodes > 1:
         if backend != "torch":
