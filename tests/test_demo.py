@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,9 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
     ):
         assert section in html, section
     assert html.count("data:image/png;base64,") >= 10  # pictures embedded: one file to share
+    # both per-class tables (validation and test) say how each class's threshold was set
+    methods = set(json.loads((out / "run" / "thresholds.json").read_text())["methods"].values())
+    assert sum(html.count(f"<td>{method}</td></tr>") for method in methods) == 2 * 28
     assert 'src="http' not in html  # nothing fetched from elsewhere
 
 

@@ -292,15 +292,14 @@ def build_report(
     epochs = _metrics_table(run_dir / "metrics.csv")
     sections.append(("training", "Training", curves + epochs))
 
+    # how each class's threshold was set (fitted, fallback, fixed), in class-id order
+    methods = list(thresholds_info.get("methods", {}).values()) or None
     if validation is not None:
         body = _img(_file_uri(run_dir / "per_class_f1.png"), "per-class F1 (validation)")
-        body += _per_class_table(
-            validation, thresholds_info.get("methods") and list(thresholds_info["methods"].values())
-        )
+        body += _per_class_table(validation, methods)
         sections.append(("validation", "Validation fold: per-class scores", body))
 
     if card.get("thresholds"):
-        methods = list(thresholds_info.get("methods", {}).values()) or None
         text = ""
         if gain:
             text = (
@@ -319,7 +318,7 @@ def build_report(
 
     if test is not None:
         body = _img(_figure_uri(per_class_f1(test.report, title="test")), "per-class F1 (test)")
-        body += _per_class_table(test.report)
+        body += _per_class_table(test.report, methods)
         sections.append(("test", f"Test set: {test.report.n_samples} images", body))
         sections.append(("errors", "Errors", _img(_figure_uri(error_figure(test.truth, test.predicted)), "errors")))
         package = run_dir / "model" if (run_dir / "model").is_dir() else None
