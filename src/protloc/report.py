@@ -47,9 +47,11 @@ th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: l
 th { background: #f2f4f8; position: sticky; top: 0; }
 td.bar { width: 160px; }
 .bar span { display: inline-block; height: 10px; background: var(--accent); border-radius: 2px; }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 14px; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(340px, 100%), 1fr)); gap: 14px; }
 .tile { border: 1px solid var(--line); border-radius: 8px; padding: 8px; font-size: 13px; }
 .tile img { width: 100%; border-radius: 4px; }
+.tile .pair { display: flex; gap: 4px; }
+.tile .pair img { flex: 1 1 0; min-width: 0; width: 0; height: auto; }
 .ok { color: var(--accent); font-weight: 600; } .miss { color: var(--bad); font-weight: 600; }
 .extra { color: #b07d00; font-weight: 600; }
 pre { background: #f6f8fa; padding: 12px; border-radius: 6px; overflow-x: auto; font-size: 12.5px; }
@@ -224,7 +226,7 @@ def gallery_html(
                 pass
         images = "".join(f'<img src="{uri}" alt="">' for uri in pictures)
         tiles.append(
-            f'<div class="tile"><div style="display:flex;gap:4px">{images}</div>{caption}'
+            f'<div class="tile"><div class="pair">{images}</div>{caption}'
             f"<div><b>{html.escape(sample_id[:18])}…</b></div>"
             f"{_labels_html(truth, predicted, test.probabilities[index])}</div>"
         )
