@@ -19,6 +19,7 @@ lack of time is said in the table.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
 from protloc.cache import build_cache
 from protloc.catalog import open_dataset
-from protloc.dataset import CachedDataset, normalise_batch
+from protloc.dataset import BatchNormaliser, CachedDataset, normalise_batch
 from protloc.losses import create_loss
 from protloc.models import create_model
 from protloc.synth import make_dataset
@@ -99,6 +100,7 @@ def loader_rate(
     """Images/s that the DataLoader delivers to ``device``, augmented and normalised, with ``workers``
     processes; ``transport`` is what crosses the queues and the copy (``uint8`` or ``float32``)."""
     mean, std = [0.07] * 4, [0.15] * 4
+    normalise = BatchNormaliser(mean, std)
     dataset: Any = CachedDataset(cache, np.arange(len(cache)), labels, train_transform("standard", size, size))
     if transport == "float32":
         dataset = NormalisedInWorkers(dataset, mean, std)
@@ -117,7 +119,7 @@ def loader_rate(
         for batch_data in loader:
             x = batch_data["image"].to(device, non_blocking=True)
             if x.dtype == torch.uint8:
-                x = normalise_batch(x, mean, std)
+                x = normalise(x)
             if start is None:  # the first batch pays for starting the workers
                 _sync(device)
                 start = time.perf_counter()
@@ -174,31 +176,16 @@ def main() -> None:
         cache = build_cache(
             catalog, ("red", "green", "blue", "yellow"), args.size, cache_dir=Path(tmp) / "cache", workers=min(cpus, 16)
         )
+        measure = functools.partial(
+            loader_rate, cache, catalog.labels, size=args.size, batch=args.batch, seconds=per / 2, device=device
+        )
         loader_rates: dict[int, float] = {}
         for workers in worker_counts:
-            rate = loader_rate(
-                cache,
-                catalog.labels,
-                size=args.size,
-                batch=args.batch,
-                workers=workers,
-                seconds=per / 2,
-                device=device,
-            )
-            loader_rates[workers] = rate
+            rate = loader_rates[workers] = measure(workers=workers)
             rows.append([f"loader, {workers} workers", f"{rate:.0f}", "cache -> augment -> uint8 batch -> device"])
         results["loader"] = loader_rates
         most = max(worker_counts)
-        before = loader_rate(
-            cache,
-            catalog.labels,
-            size=args.size,
-            batch=args.batch,
-            workers=most,
-            seconds=per / 2,
-            device=device,
-            transport="float32",
-        )
+        before = measure(workers=most, transport="float32")
         results["loader_float32"] = {most: before}
         rows.append(
             [

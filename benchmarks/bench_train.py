@@ -23,7 +23,7 @@ from common import median, save, table
 from protloc.cache import build_cache
 from protloc.catalog import open_dataset
 from protloc.config import resolve_config
-from protloc.dataset import CachedDataset, make_folds, normalise_batch
+from protloc.dataset import BatchNormaliser, CachedDataset, make_folds
 from protloc.losses import create_loss
 from protloc.models import create_model
 from protloc.synth import make_dataset
@@ -48,12 +48,13 @@ def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:
     model = create_model(config.model, len(config.channels), 28).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = create_loss("focal")
+    normalise = BatchNormaliser(mean, std)
     rate = 0.0
     for epoch in range(epochs):
         model.train()
         images, start = 0, time.perf_counter()
         for batch in loader:
-            x = normalise_batch(batch["image"], mean, std).contiguous(memory_format=torch.channels_last)
+            x = normalise(batch["image"]).contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(x), batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -47,13 +47,13 @@ from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.config import TrainConfig, parse_max_time
 from protloc.dataset import (
+    BatchNormaliser,
     CachedDataset,
     ResumableLoader,
     ResumableSampler,
     ShardSampler,
     load_folds,
     make_folds,
-    normalise_batch,
     oversampling_weights,
     save_folds,
 )
@@ -281,7 +281,7 @@ class HPADataModule(L.LightningDataModule):
         self.module = module
         self.config = config
         self.workers = workers
-        self.mean, self.std = list(mean), list(std)
+        self.normalise = BatchNormaliser(mean, std)
         self.train_set = CachedDataset(
             cache, train_rows, labels, train_transform(config.augment, config.stored_size, config.image_size)
         )
@@ -299,7 +299,7 @@ class HPADataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # uint8 crosses the worker queues and the host-to-device copy; normalise where the model runs
-        batch["image"] = normalise_batch(batch["image"], self.mean, self.std)
+        batch["image"] = self.normalise(batch["image"])
         return batch
 
     def train_dataloader(self) -> DataLoader:
