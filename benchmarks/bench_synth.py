@@ -14,7 +14,7 @@ and renders the figures of ``docs/synthetic-data.md``. Usage::
     python benchmarks/bench_synth.py                       # everything; prints Markdown + JSON
     python benchmarks/bench_synth.py --write-docs          # also refresh the tables in docs/synthetic-data.md
     python benchmarks/bench_synth.py --figures-only        # only docs/images/synth_*.png
-    python benchmarks/bench_synth.py --calibrate           # print the per-class scales for synth._CLASS_SCALE
+    python benchmarks/bench_synth.py --calibrate           # per-class scales for synth/patterns.py
 
 The real statistics file is reference data outside the project (``../shared/hpa``); pass another path with
 ``--real``. Without it, the comparison lists the constants embedded in ``protloc.synth``.
@@ -348,19 +348,21 @@ def render_figures(out_dir: Path, size: int = 512) -> list[Path]:
 
 
 def calibrate(per_class: int = 24, size: int = 512) -> list[float]:
-    """Per-class scale bringing each pattern's bright structures to ~1 (see synth._CLASS_SCALE)."""
-    from protloc import synth
+    """Per-class scale bringing each pattern's bright structures to ~1 (see protloc.synth.patterns._CLASS_SCALE)."""
+    from protloc.synth.drawing import _blur
+    from protloc.synth.field import _draw_red, _draw_yellow, _make_field
+    from protloc.synth.patterns import _PATTERNS, _expression
 
     scales = []
     for c in range(NUM_CLASSES):
         peaks = []
         for i in range(per_class):
             rng = np.random.default_rng([9, c, i])
-            field = synth._make_field(size, rng, int(c == 17), int(c == 16))
-            synth._draw_red(field, rng)
-            synth._draw_yellow(field, rng)
-            amp = synth._expression(field, rng, c)
-            pattern = synth._blur(synth._PATTERNS[c](field, amp, rng), field.px(0.9))
+            field = _make_field(size, rng, int(c == 17), int(c == 16))
+            _draw_red(field, rng)
+            _draw_yellow(field, rng)
+            amp = _expression(field, rng, c)
+            pattern = _blur(_PATTERNS[c](field, amp, rng), field.px(0.9))
             bright = pattern[pattern > 0.1 * pattern.max()]
             peaks.append(float(np.percentile(bright, 99)))
         scales.append(round(1.0 / statistics.median(peaks), 2))

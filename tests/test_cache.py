@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.cache import build_cache, fingerprint, open_cache
+from protloc.cache import build_cache, open_cache
 from protloc.catalog import open_dataset
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_sample
@@ -46,15 +46,18 @@ def test_cache_holds_resized_samples_and_is_reused(tmp_path: Path) -> None:
     np.testing.assert_array_equal(green.read(3)[0], cache.read(3)[1])
 
 
-def test_changed_file_gives_a_new_fingerprint(tmp_path: Path) -> None:
+def test_changed_file_gives_a_new_cache(tmp_path: Path) -> None:
     catalog = open_dataset(_dataset(tmp_path / "d", 4))
-    before = fingerprint(catalog, CHANNELS, 16, 16)
-    assert fingerprint(catalog, CHANNELS, 16, 16) == before
+    before = build_cache(catalog, CHANNELS, 16, cache_dir=tmp_path / "c", bit_depth=16, workers=1)
+    assert build_cache(catalog, CHANNELS, 16, cache_dir=tmp_path / "c", bit_depth=16, workers=1).folder == before.folder
     time.sleep(0.01)
     write_sample(tmp_path / "d" / "train", "s0002", size=32, seed=99)
     catalog = open_dataset(tmp_path / "d")
-    assert fingerprint(catalog, CHANNELS, 16, 16) != before
-    assert fingerprint(catalog, CHANNELS, 16, 12) != fingerprint(catalog, CHANNELS, 16, 16)
+    after = build_cache(catalog, CHANNELS, 16, cache_dir=tmp_path / "c", bit_depth=16, workers=1)
+    assert after.folder != before.folder
+    assert not np.array_equal(after.read(2), before.read(2)), "the changed sample is read again"
+    other = build_cache(catalog, CHANNELS, 16, cache_dir=tmp_path / "c", bit_depth=12, workers=1)
+    assert other.folder != after.folder
 
 
 def test_failed_build_keeps_finished_samples_and_resumes(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 
-from protloc import synth
 from protloc.catalog import open_dataset
 from protloc.classes import NUM_CLASSES, parse_labels
 from protloc.errors import ConfigError
@@ -27,6 +26,8 @@ from protloc.synth import (
     sample_label_sets,
     synth_id,
 )
+from protloc.synth import labels as synth_labels
+from protloc.synth import writer as synth_writer
 
 UUID1 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-11e8-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -184,7 +185,7 @@ def test_a_small_image_looks_like_a_downscaled_large_one() -> None:
 
 
 def _real_sets() -> set[tuple[int, ...]]:
-    hot, _, _ = synth._label_table()
+    hot, _, _ = synth_labels._label_table()
     return {tuple(np.flatnonzero(row)) for row in hot}
 
 
@@ -193,7 +194,7 @@ def test_label_sets_are_real_sets_with_real_frequencies() -> None:
     assert labels.shape == (4000, NUM_CLASSES) and labels.dtype == np.uint8
     real = _real_sets()
     assert all(tuple(np.flatnonzero(row)) in real for row in labels)
-    _, _, class_counts = synth._label_table()
+    _, _, class_counts = synth_labels._label_table()
     frequency = class_counts / 31072
     np.testing.assert_allclose(labels.mean(axis=0), frequency, atol=0.025)
     assert labels[:, 0].mean() > 0.35 and labels[:, 27].sum() <= 8  # nucleoplasm common, rods & rings rare
@@ -282,16 +283,16 @@ def test_writes_into_an_existing_empty_folder(tmp_path: Path) -> None:
 
 
 def test_a_failed_run_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write = synth._write_task
+    write = synth_writer._write_task
     written: list[object] = []
 
-    def fail_on_the_third(task: synth._Task) -> int:
+    def fail_on_the_third(task: synth_writer._Task) -> int:
         if len(written) == 2:
             raise RuntimeError("killed")
         written.append(task)
         return write(task)
 
-    monkeypatch.setattr(synth, "_write_task", fail_on_the_third)
+    monkeypatch.setattr(synth_writer, "_write_task", fail_on_the_third)
     with pytest.raises(RuntimeError, match="killed"):
         make_dataset(tmp_path / "d", n_train=5, size=32, workers=1)
     assert len(written) == 2, "two samples were written before the failure"

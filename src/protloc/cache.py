@@ -70,13 +70,6 @@ def _layout_key(catalog: Catalog, channels: Sequence[str], size: int, bit_depth:
     return digest.hexdigest()[:16]
 
 
-def fingerprint(catalog: Catalog, channels: Sequence[str], size: int, bit_depth: int) -> str:
-    """A hash of what the cache content depends on: ids, file names/sizes/mtimes, channels, size, bit depth."""
-    digest = hashlib.sha256(_layout_key(catalog, channels, size, bit_depth).encode())
-    digest.update(_file_signatures(catalog, channels).tobytes())
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class ArrayCache:
     """A finished cache: ``len(cache)`` samples of shape ``(C, S, S)``, read one at a time without mapping."""
@@ -200,6 +193,7 @@ def build_cache(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     signatures = _file_signatures(catalog, channels)
     layout = _layout_key(catalog, channels, size, bit_depth)
+    # the finished cache is keyed by content: ids, file names/sizes/mtimes, channels, size, bit depth
     content = hashlib.sha256(layout.encode() + signatures.tobytes()).hexdigest()[:16]
     stem = f"{_safe(catalog.name)}-{size}px-{''.join(c[0] for c in channels)}"
     final = root / f"{stem}-{content}"

@@ -19,6 +19,7 @@ import csv
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +378,37 @@ def open_dataset(
     if channels is not None:
         catalog.require_channels(channels)
     return catalog
+
+
+def locate_sample(data: str | Path, sample_id: str, *, split: str | None = None) -> tuple[Catalog, int]:
+    """Find a sample: in ``split`` when given, else in train then test of a Kaggle root (or the labels CSV or
+    folder of channel images that ``data`` is).
+
+    Returns:
+        The catalog holding it (labels included when known) and the sample's index in it.
+
+    Raises:
+        DataError: the data cannot be opened, or holds no sample with that Id.
+    """
+    sample_id = sample_id.strip()
+    if not sample_id:
+        raise DataError("empty sample Id; give the Id of a sample in the data")
+    splits = [split] if split else ["train", "test"]
+    opened: list[Catalog] = []
+    failure: DataError | None = None
+    for name in splits:
+        try:
+            catalog = open_dataset(data, split=name, channels=None)
+        except DataError as exc:
+            failure = failure or exc
+            continue
+        if sample_id in catalog.files:
+            return catalog, catalog.ids.index(sample_id)
+        opened.append(catalog)
+    if not opened and failure is not None:
+        raise failure
+    known = [i for catalog in opened for i in catalog.ids]
+    close = get_close_matches(sample_id, known, n=1, cutoff=0.8)
+    where = ", ".join(dict.fromkeys(str(catalog.image_dir) for catalog in opened))
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise DataError(f"Id {sample_id!r} not found in {where}{hint}")

@@ -7,12 +7,13 @@ protloc as multi-hot ``uint8`` vectors of length :data:`NUM_CLASSES`; on disk th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 import numpy as np
 
-from protloc.errors import LabelError
+from protloc.errors import ConfigError, LabelError
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,45 @@ def label_names(multi_hot: Sequence[int] | np.ndarray) -> list[str]:
     return [CLASS_NAMES[i] for i in label_ids(multi_hot)]
 
 
-def multi_hot_from_ids(ids: Iterable[int]) -> np.ndarray:
-    """Build a multi-hot vector from class ids (no validation beyond range)."""
-    vector = np.zeros(NUM_CLASSES, dtype=np.uint8)
-    for class_id in ids:
-        vector[class_id] = 1
-    return vector
+def resolve_class(value: int | str) -> int:
+    """A class id from an id (``7``, ``"7"``), a name or short name (any case), or an unambiguous name prefix.
+
+    Raises:
+        ConfigError: an id outside 0-27, or a name that matches no class (with suggestions) or several.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
+        raise ConfigError(f"class {value!r} is neither a class id (0-{NUM_CLASSES - 1}) nor a class name")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not isinstance(value, str):
+        if not 0 <= int(value) < NUM_CLASSES:
+            raise ConfigError(f"class id {value} is out of range; class ids are 0-{NUM_CLASSES - 1}")
+        return int(value)
+    text = " ".join(value.split()).lower()
+    for names in (CLASS_NAMES, SHORT_NAMES):
+        for class_id, name in enumerate(names):
+            if name.lower() == text:
+                return class_id
+    starts = [i for i, name in enumerate(CLASS_NAMES) if text and name.lower().startswith(text)]
+    if len(starts) == 1:
+        return starts[0]
+    if len(starts) > 1:
+        options = ", ".join(f"{CLASS_NAMES[i]} ({i})" for i in starts)
+        raise ConfigError(f"class {value!r} is ambiguous: {options}; give the full name or the id")
+    lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
+    close = get_close_matches(text, list(lowered), n=3, cutoff=0.6)
+    hint = "; did you mean " + ", ".join(repr(CLASS_NAMES[lowered[c]]) for c in close) + "?" if close else ""
+    raise ConfigError(f"unknown class {value!r}{hint} (give a class id 0-{NUM_CLASSES - 1} or a class name)")
+
+
+def resolve_classes(classes: Sequence[int | str] | str) -> list[int]:
+    """Class ids for ids and/or names (see :func:`resolve_class`); a string may list several, comma-separated.
+
+    Repeats are dropped; the order is kept.
+    """
+    items: Sequence[int | str] = (
+        [part for part in classes.split(",") if part.strip()] if isinstance(classes, str) else classes
+    )
+    if not items:
+        raise ConfigError("no class given; give class ids (0-27) or names")
+    return list(dict.fromkeys(resolve_class(item) for item in items))

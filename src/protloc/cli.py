@@ -163,26 +163,6 @@ def check(
     raise typer.Exit(1)
 
 
-def _open_for_sample(data: Path, sample_id: str, split: str | None, channels: Sequence[str]) -> tuple[object, int]:
-    """Find ``sample_id`` in the requested split, or in train then test of a Kaggle root."""
-    from protloc.catalog import open_dataset
-    from protloc.errors import DataError
-
-    splits = [split] if split else ["train", "test"]
-    last: DataError | None = None
-    for name in splits:
-        try:
-            catalog = open_dataset(data, split=name, channels=None)
-        except DataError as exc:
-            last = exc
-            continue
-        if sample_id in catalog.files:
-            return catalog, catalog.ids.index(sample_id)
-    if last is not None and split:
-        raise last
-    raise ProtlocError(f"Id {sample_id!r} not found in {data}" + (f" ({split})" if split else " (train or test)"))
-
-
 @app.command()
 def stats(
     data: Annotated[Path, typer.Argument(help="Kaggle root or labels CSV.")],
@@ -227,14 +207,13 @@ def show(
     channels: Annotated[str, typer.Option(help="Channels to show, in order.")] = "rgby",
 ) -> None:
     """Draw one sample: the composite (yellow mixed in as in HPA's viewer) and each channel, with its labels."""
-    from protloc.catalog import Catalog
+    from protloc.catalog import locate_sample
     from protloc.classes import label_names
     from protloc.io import parse_channels, read_sample
     from protloc.plots import sample_figure, save_figure
 
     chosen = parse_channels(channels)
-    found, index = _open_for_sample(data, sample_id, split, chosen)
-    assert isinstance(found, Catalog)
+    found, index = locate_sample(data, sample_id, split=split)
     image = read_sample(found.paths(index), chosen, sample_id=sample_id)
     label_text = ", ".join(label_names(found.labels[index])) if found.labels is not None else "(no labels)"
     save_figure(sample_figure(image, chosen, title=sample_id, label_text=label_text), out)

@@ -349,7 +349,7 @@ def build_report(
 
 
 def _metrics_table(path: Path) -> str:
-    from protloc.train import read_metrics
+    from protloc.run_folder import read_metrics
 
     rows = read_metrics(path)
     if not rows:

@@ -16,14 +16,9 @@ The story of :func:`train`, top to bottom:
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
-import hashlib
-import io
-import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,321 +30,32 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MultilabelStatScores
 
 from protloc import __version__
-from protloc.cache import ArrayCache, build_cache
+from protloc.cache import build_cache
+from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, ThroughputLog, progress_bar_callback
 from protloc.card import VALIDATION_FILE
 from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.config import TrainConfig, parse_max_time
+from protloc.datamodule import HPADataModule
 from protloc.dataset import (
-    BatchNormaliser,
     CachedDataset,
-    ResumableLoader,
-    ResumableSampler,
-    ShardSampler,
     load_folds,
     make_folds,
-    oversampling_weights,
     save_folds,
 )
-from protloc.errors import ConfigError, DataError
-from protloc.losses import create_loss, positive_weights
+from protloc.errors import DataError
+from protloc.lightning_module import LocalizationModule
+from protloc.losses import positive_weights
 from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshold_gain
 from protloc.models import PackagedNetwork, count_parameters, create_model
 from protloc.package import new_card, save_package
-from protloc.transforms import eval_transform, train_transform
-from protloc.utils import Stopwatch, atomic_path, atomic_write_json, atomic_write_text, default_workers
+from protloc.run_folder import last_checkpoint_path, prepare_run_dir, read_metrics, write_figures, write_predictions
+from protloc.utils import Stopwatch, atomic_write_json, default_workers
 
 log = logging.getLogger("protloc")
-
-RESUME_ALLOWED = {"devices", "num_nodes", "strategy", "accelerator", "workers", "max_time", "cache_dir", "precision"}
-
-
-# --------------------------------------------------------------------------------------------- engine
-
-
-def macro_f1_from_stats(stats: torch.Tensor) -> float:
-    """Macro F1 over classes with support > 0 from torchmetrics stat scores ``(C, 5) = tp, fp, tn, fn, sup``."""
-    tp, fp, _, fn, support = (stats[:, i].double() for i in range(5))
-    denominator = 2 * tp + fp + fn
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
-    present = support > 0
-    return float(f1[present].mean()) if bool(present.any()) else 0.0
-
-
-class LocalizationModule(L.LightningModule):
-    """A multi-label classifier: backbone -> 28 logits; loss on logits; macro F1 over each whole epoch."""
-
-    def __init__(self, config: TrainConfig, pos_weight: list[float] | None = None, total_steps: int = 1) -> None:
-        super().__init__()
-        self.config = config
-        self.total_steps = max(1, total_steps)
-        self.model = create_model(
-            config.model,
-            len(config.channels),
-            NUM_CLASSES,
-            pretrained=config.pretrained,
-            image_size=config.image_size,
-            drop_rate=config.drop_rate,
-        )
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        weight = torch.tensor(pos_weight) if pos_weight is not None else None
-        self.loss = create_loss(config.loss, gamma=config.focal_gamma, pos_weight=weight)
-        # Epoch metrics are torchmetrics states: exact over the whole epoch and synced across DDP ranks, in
-        # the module's own hooks, which every rank runs in the same order (logging never syncs).
-        self.train_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
-        self.val_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
-        self.train_loss_mean = MeanMetric()
-        self.val_loss_mean = MeanMetric()
-        self.epoch_metrics: dict[str, float] = {}
-        self.train_sampler: ResumableSampler | None = None
-        self._epoch_started = time.perf_counter()
-        self._last_batch_end = self._epoch_started
-        self._epoch_images = 0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.train_sampler is not None:
-            self.train_sampler.batches_done = batch_idx + 1  # saved by the next checkpoint: exact resume
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["label"])
-        self.train_stats.update(torch.sigmoid(logits.detach().float()), batch["label"].int())
-        self.train_loss_mean.update(loss.detach(), weight=len(logits))
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(logits))
-        self._epoch_images += len(logits)
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["label"])
-        self.val_stats.update(torch.sigmoid(logits.float()), batch["label"].int())
-        self.val_loss_mean.update(loss, weight=len(logits))
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_started = time.perf_counter()
-        self._last_batch_end = self._epoch_started
-        self._epoch_images = 0
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._last_batch_end = time.perf_counter()
-
-    def train_images_per_second(self) -> float:
-        """Training throughput of the current epoch: data loading and steps, validation excluded."""
-        seconds = self._last_batch_end - self._epoch_started
-        return self._epoch_images * self.trainer.world_size / max(seconds, 1e-9)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.val_stats.reset()
-            return
-        f1 = macro_f1_from_stats(self.val_stats.compute())
-        val_loss = float(self.val_loss_mean.compute())
-        self.val_stats.reset()
-        self.val_loss_mean.reset()
-        self.log("val_macro_f1", f1, prog_bar=True)
-        self.log("val_loss", val_loss)
-        self.epoch_metrics.update(val_macro_f1=f1, val_loss=val_loss)
-
-    def on_train_epoch_end(self) -> None:
-        train_f1 = macro_f1_from_stats(self.train_stats.compute())
-        train_loss = float(self.train_loss_mean.compute())
-        self.train_stats.reset()
-        self.train_loss_mean.reset()
-        self.log("train_macro_f1", train_f1)
-        seconds = time.perf_counter() - self._epoch_started
-        row = {
-            "epoch": self.current_epoch,
-            "step": self.global_step,
-            "train_loss": train_loss,
-            "train_macro_f1": train_f1,
-            "val_loss": self.epoch_metrics.get("val_loss", float("nan")),
-            "val_macro_f1": self.epoch_metrics.get("val_macro_f1", float("nan")),
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_second": self.train_images_per_second(),
-        }
-        if self.trainer.is_global_zero:
-            append_metrics_row(Path(self.config.out) / "metrics.csv", row)
-
-    def configure_optimizers(self) -> Any:
-        config = self.config
-        params = self.model.parameters()
-        optimizer: torch.optim.Optimizer
-        if config.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        elif config.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=config.lr)
-        else:
-            optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
-            )
-        if config.scheduler == "none":
-            return optimizer
-        scheduler: torch.optim.lr_scheduler.LRScheduler
-        if config.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=config.lr,
-                total_steps=self.total_steps,
-                pct_start=0.2,
-                div_factor=20.0,
-                final_div_factor=200.0,
-            )
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _scalar(value: Any) -> float:
-    if value is None:
-        return float("nan")
-    return float(value.item() if hasattr(value, "item") else value)
-
-
-METRIC_COLUMNS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_macro_f1",
-    "val_loss",
-    "val_macro_f1",
-    "lr",
-    "seconds",
-    "images_per_second",
-)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The per-epoch metrics table of a run (empty when there is none yet)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def append_metrics_row(path: Path, row: dict[str, float]) -> None:
-    """Add (or, after a resume, replace) one epoch's row; the file is rewritten atomically."""
-    rows = [r for r in read_metrics(path) if int(r["epoch"]) != int(row["epoch"])]
-    rows.append({k: float(row[k]) for k in METRIC_COLUMNS})
-    rows.sort(key=lambda r: r["epoch"])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (int(r[k]) if k in ("epoch", "step") else f"{r[k]:.6g}") for k in METRIC_COLUMNS})
-    atomic_write_text(path, buffer.getvalue())
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, synced and renamed: a kill never leaves half a checkpoint."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        target = Path(path)
-        with atomic_path(target) as temp, temp.open("wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-class HPADataModule(L.LightningDataModule):
-    """Loaders over the cache for one fold; the training loader is resumable and DDP-sharded by protloc."""
-
-    def __init__(
-        self,
-        module: LocalizationModule,
-        cache: ArrayCache,
-        labels: np.ndarray,
-        train_rows: np.ndarray,
-        val_rows: np.ndarray,
-        mean: list[float],
-        std: list[float],
-        workers: int,
-    ) -> None:
-        super().__init__()
-        config = module.config
-        self.module = module
-        self.config = config
-        self.workers = workers
-        self.normalise = BatchNormaliser(mean, std)
-        self.train_set = CachedDataset(
-            cache, train_rows, labels, train_transform(config.augment, config.stored_size, config.image_size)
-        )
-        self.val_set = CachedDataset(cache, val_rows, labels, eval_transform(config.stored_size, config.image_size))
-        self.weights = oversampling_weights(labels[train_rows], config.oversample) if config.oversample > 0 else None
-
-    def _loader_options(self) -> dict[str, Any]:
-        workers = self.workers
-        return {
-            "num_workers": workers,
-            "persistent_workers": workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-            "prefetch_factor": 4 if workers > 0 else None,
-        }
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        # uint8 crosses the worker queues and the host-to-device copy; normalise where the model runs
-        batch["image"] = self.normalise(batch["image"])
-        return batch
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        assert trainer is not None
-        sampler = ResumableSampler(
-            len(self.train_set),
-            batch_size=self.config.batch_size,
-            seed=self.config.seed,
-            weights=self.weights,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-            drop_last=len(self.train_set) // max(trainer.world_size, 1) > self.config.batch_size,
-        )
-        self.module.train_sampler = sampler
-        return ResumableLoader(
-            self.train_set,
-            batch_size=self.config.batch_size,
-            sampler=sampler,
-            drop_last=sampler.drop_last,
-            **self._loader_options(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        assert trainer is not None
-        sampler = ShardSampler(len(self.val_set), trainer.global_rank, trainer.world_size)
-        return DataLoader(
-            self.val_set, batch_size=self.config.batch_size * 2, sampler=sampler, **self._loader_options()
-        )
-
-
-class RankConsistency(Callback):
-    """At the end of DDP training, checks that every rank holds bit-identical weights (they must)."""
-
-    def __init__(self) -> None:
-        self.consistent: bool | None = None
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            assert isinstance(pl_module, LocalizationModule)
-            self.consistent = _check_ranks_agree(trainer, pl_module)
-
-
-class ThroughputLog(Callback):
-    """Logs images/s of each training epoch to the progress bar."""
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, LocalizationModule)
-        pl_module.log("img_per_s", pl_module.train_images_per_second(), prog_bar=True, rank_zero_only=True)
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -397,55 +103,6 @@ def _devices(value: str) -> Any:
     if text.lstrip("-").isdigit():
         return int(text)
     return [int(v) for v in text.split(",") if v.strip()]
-
-
-def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig:
-    """Create the run directory; on resume, return the saved config (only engine settings may change)."""
-    run_dir = Path(config.out)
-    saved = run_dir / "config.yaml"
-    if resume:
-        if not saved.is_file():
-            raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml); start a run without --resume")
-        previous = TrainConfig.load(saved)
-        changed = {k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v}
-        forbidden = sorted(changed - RESUME_ALLOWED - {"recipe", "out", "notes", "data"})
-        if forbidden:
-            raise ConfigError(
-                f"{run_dir}: cannot change {', '.join(forbidden)} when resuming (saved in config.yaml); "
-                f"only {', '.join(sorted(RESUME_ALLOWED))} may change"
-            )
-        for key in changed & RESUME_ALLOWED:
-            setattr(previous, key, getattr(config, key))
-        previous.out = str(run_dir)
-        return previous.validate()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"{run_dir}: already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                "or another --out"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.yaml")
-    return config
-
-
-def _last_checkpoint(run_dir: Path) -> Path | None:
-    path = run_dir / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
-
-
-def _progress_bar() -> Callback:
-    """Lightning's Rich progress bar without the logger's version number."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    class Bar(RichProgressBar):
-        def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-            metrics = super().get_metrics(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return {k: (round(float(v), 3) if isinstance(v, float) else v) for k, v in metrics.items()}
-
-    return Bar(leave=True)
 
 
 @contextlib.contextmanager
@@ -575,7 +232,7 @@ def train(
     module = LocalizationModule(
         config, pos_weight=None if pos_weight is None else pos_weight.tolist(), total_steps=total_steps
     )
-    datamodule = HPADataModule(module, cache, labels, train_rows, val_rows, mean, std, workers)
+    datamodule = HPADataModule(config, cache, labels, train_rows, val_rows, mean, std, workers)
 
     checkpoints = run_dir / "checkpoints"
     # "best" by validation macro F1 (plus "last" at each epoch end); "last" also every N steps, for resume.
@@ -606,11 +263,17 @@ def train(
         **timing,
     )
     consistency = RankConsistency()
-    callbacks: list[Callback] = [best_checkpoint, last_checkpoint, ThroughputLog(), consistency]
+    callbacks: list[Callback] = [
+        ResumePosition(),
+        best_checkpoint,
+        last_checkpoint,
+        ThroughputLog(),
+        consistency,
+    ]
     if config.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience))
     if progress_bar:
-        callbacks.append(_progress_bar())
+        callbacks.append(progress_bar_callback())
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs")]
     if config.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard"))
@@ -622,7 +285,7 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     if config.compile:
         module.model = torch.compile(module.model)  # type: ignore[assignment]
-    ckpt_path = _last_checkpoint(run_dir) if resume else None
+    ckpt_path = last_checkpoint_path(run_dir) if resume else None
     resumed_from = None
     if resume and ckpt_path is None:
         log.warning("no checkpoint in %s yet; starting from the beginning", checkpoints)
@@ -639,7 +302,7 @@ def train(
     with watch("calibrate"):
         best_path = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
         network = create_model(config.model, len(config.channels), NUM_CLASSES, image_size=config.image_size)
-        source = best_path if best_path and best_path.is_file() else _last_checkpoint(run_dir)
+        source = best_path if best_path and best_path.is_file() else last_checkpoint_path(run_dir)
         if source is None:
             raise DataError(f"{run_dir}: training produced no checkpoint (did it run a single step?)")
         from protloc.package import state_dict_from_lightning
@@ -724,7 +387,7 @@ def train(
             card,
             extra_files={VALIDATION_FILE: run_dir / "val_predictions.csv"},
         )
-        _write_figures(run_dir, metrics_rows, report)
+        write_figures(run_dir, metrics_rows, report)
         result = TrainResult(
             run_dir=run_dir,
             package_dir=package_dir,
@@ -809,21 +472,6 @@ def _timm_version() -> str:
     return str(timm.__version__)
 
 
-def _check_ranks_agree(trainer: L.Trainer, module: LocalizationModule) -> bool:
-    """After DDP training, whether every rank holds bit-identical weights (they must)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    mine = torch.tensor(list(digest.digest()[:8]), dtype=torch.int64, device=module.device)
-    gathered = trainer.strategy.all_gather(mine)
-    run_dir = Path(module.config.out)
-    (run_dir / "ddp").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "ddp" / f"rank{trainer.global_rank}.sha256", digest.hexdigest() + "\n")
-    rows = gathered.reshape(-1, 8)
-    return bool((rows == rows[0]).all())
-
-
 @torch.no_grad()
 def predict_cached(
     network: torch.nn.Module, dataset: CachedDataset, *, batch_size: int, workers: int, channels_last: bool = True
@@ -841,26 +489,3 @@ def predict_cached(
             images = images.contiguous(memory_format=torch.channels_last)
         outputs.append(torch.sigmoid(network(images).float()).numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
-
-
-def write_predictions(path: Path, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> Path:
-    """A CSV of ``Id``, one probability column per class name, and (when given) the true ``Target``."""
-    from protloc.predict import probabilities_csv
-
-    return atomic_write_text(path, probabilities_csv(ids, probabilities, truth))
-
-
-def _write_figures(run_dir: Path, rows: list[dict[str, float]], report: EvaluationReport) -> None:
-    from protloc import plots
-
-    if rows:
-        plots.save_figure(plots.training_curves(rows), run_dir / "training_curves.png")
-    plots.save_figure(plots.per_class_f1(report), run_dir / "per_class_f1.png")
-
-
-def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise DataError(f"{run_dir}: no summary.json (the run has not finished)")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data

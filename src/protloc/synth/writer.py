@@ -1,0 +1,372 @@
+"""Writing a synthetic data set in the Kaggle layout: ids, labels, worker processes, atomic swap into place."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from protloc.classes import NUM_CLASSES, format_labels
+from protloc.errors import ConfigError, DataError
+from protloc.io import write_channel
+from protloc.synth.labels import sample_label_sets, synth_id
+from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample
+
+IMAGE_FORMATS: tuple[str, ...] = ("png", "tif", "jpg")
+_KEY_LABELS, _KEY_ID, _KEY_IMAGE = 0, 1, 2  # SeedSequence spawn keys: (purpose, split, index)
+_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV = "train.csv", "test_truth.csv", "sample_submission.csv"
+_LAYOUT_NAMES = frozenset({_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV, "train", "test"})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing a data set
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthSummary:
+    """What :func:`make_dataset` wrote.
+
+    Attributes:
+        out: the data set folder.
+        n_train: training samples (``train.csv``, ``train/``).
+        n_test: test samples (``test/``, ``sample_submission.csv``, ``test_truth.csv``).
+        size: image side in pixels.
+        seed: the seed everything derives from.
+        seconds: wall time of the whole run.
+        class_counts: training samples holding each class (28 ints).
+        test_class_counts: test samples holding each class (28 ints).
+        image_format: ``"png"``, ``"tif"`` or ``"jpg"``.
+        bit_depth: 8 or 16.
+        workers: worker processes used.
+        files: image files written (4 per sample).
+    """
+
+    out: Path
+    n_train: int
+    n_test: int
+    size: int
+    seed: int
+    seconds: float
+    class_counts: list[int]
+    test_class_counts: list[int] = field(default_factory=list)
+    image_format: str = "png"
+    bit_depth: int = 8
+    workers: int = 1
+    files: int = 0
+
+    @property
+    def samples_per_second(self) -> float:
+        total = self.n_train + self.n_test
+        return total / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class _Task:
+    folder: str
+    sample_id: str
+    labels: np.ndarray
+    seed: int
+    split: int
+    index: int
+    size: int
+    image_format: str
+    bit_depth: int
+
+
+def _sample_rng(seed: int, purpose: int, split: int, index: int = 0) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, split, index)))
+
+
+def _write_task(task: _Task) -> int:
+    rng = _sample_rng(task.seed, _KEY_IMAGE, task.split, task.index)
+    planes = generate_sample(task.labels, task.size, rng)
+    folder = Path(task.folder)
+    for channel, plane in planes.items():
+        data = plane.astype(np.uint16) * np.uint16(257) if task.bit_depth == 16 else plane
+        write_channel(folder / f"{task.sample_id}_{channel}.{task.image_format}", data)
+    return task.index
+
+
+def _write_tasks(tasks: list[_Task]) -> int:
+    for task in tasks:
+        _write_task(task)
+    return len(tasks)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[int]:
+    """Write the samples, yielding how many finished at each step (in this process when ``workers == 1``)."""
+    if workers == 1:
+        for task in tasks:
+            _write_task(task)
+            yield 1
+        return
+    per_chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    chunks = [tasks[i : i + per_chunk] for i in range(0, len(tasks), per_chunk)]
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+    try:
+        futures = [pool.submit(_write_tasks, chunk) for chunk in chunks]
+        for future in as_completed(futures):
+            yield future.result()
+    except BrokenProcessPool:
+        raise ConfigError(
+            "a worker process died before it finished (out of memory?). Workers re-import the calling script: "
+            'call make_dataset under `if __name__ == "__main__":`, or pass workers=1 to write in this process'
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _default_workers() -> int:
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return max(1, min(available, 8))
+
+
+def _validate(
+    n_train: int, n_test: int, size: int, seed: int, min_per_class: int, image_format: str, bit_depth: int, workers: int
+) -> None:
+    def is_int(value: object) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("size", size), ("seed", seed)):
+        if not is_int(value):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if n_train < 1:
+        raise ConfigError(f"n_train must be at least 1, got {n_train}")
+    if n_test < 0:
+        raise ConfigError(f"n_test must be 0 or more, got {n_test}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"image size must be between {MIN_SIZE} and {MAX_SIZE} px, got {size}")
+    if seed < 0:
+        raise ConfigError(f"seed must be 0 or more, got {seed}")
+    if not is_int(min_per_class) or min_per_class < 0:
+        raise ConfigError(f"min_per_class must be a whole number >= 0, got {min_per_class!r}")
+    if min_per_class * NUM_CLASSES > n_train:
+        raise ConfigError(
+            f"min_per_class={min_per_class} needs n_train >= {min_per_class * NUM_CLASSES} "
+            f"({NUM_CLASSES} classes x {min_per_class}); got n_train={n_train}"
+        )
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if bit_depth not in (8, 16):
+        raise ConfigError(f"bit depth must be 8 or 16, got {bit_depth!r}")
+    if bit_depth == 16 and image_format == "jpg":
+        raise ConfigError("16-bit images need png or tif; jpg is 8-bit only")
+    if not is_int(workers) or workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder; choose another output folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already exists and is not empty; choose another folder or pass overwrite=True (--overwrite)"
+            )
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _LAYOUT_NAMES)
+        if foreign:
+            raise ConfigError(
+                f"{out} holds files a synthetic data set does not (e.g. {foreign[0]!r}); "
+                "refusing to overwrite it, remove them or choose another folder"
+            )
+
+
+def _write_labels_csv(path: Path, header: tuple[str, str], rows: Iterable[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _make_ids(seed: int, split: int, n: int, taken: set[str]) -> list[str]:
+    ids: list[str] = []
+    for index in range(n):
+        attempt = 0
+        while True:  # a collision has odds of about 2**-100; resolved deterministically all the same
+            sample_id = synth_id(_sample_rng(seed, _KEY_ID, split, index * 1000 + attempt))
+            if sample_id not in taken:
+                break
+            attempt += 1
+        taken.add(sample_id)
+        ids.append(sample_id)
+    return ids
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Worker processes that start clean.
+
+    Plain fork is unsafe here: once OpenCV has run a parallel operation in the parent, a forked child that
+    calls OpenCV can hang on the copied thread pool. A fork server (POSIX) forks workers from a fresh process
+    that has only imported this module; elsewhere, spawn.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # imported once by the server, inherited by every worker
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def make_dataset(
+    out: str | Path,
+    *,
+    n_train: int,
+    n_test: int = 0,
+    size: int = 512,
+    seed: int = 0,
+    min_per_class: int = 0,
+    image_format: str = "png",
+    bit_depth: int = 8,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SynthSummary:
+    """Write a synthetic data set in the Kaggle HPA 2018 layout (see the module docstring).
+
+    The data set is written into a hidden sibling folder and renamed into place at the end, so an
+    interrupted run never leaves a half-written folder that looks complete.
+
+    Args:
+        out: the data set folder; must not exist, or be empty (or hold a previous data set and ``overwrite``).
+        n_train: training samples (>= 1).
+        n_test: test samples (>= 0).
+        size: side of the square images, 32-4096 px.
+        seed: everything derives from it; the same seed gives byte-identical files.
+        min_per_class: at least this many training samples hold each class (0 = real frequencies). The test
+            split gets the proportional minimum, ``ceil(min_per_class * n_test / n_train)``, as far as
+            ``n_test`` allows.
+        image_format: ``"png"``, ``"tif"`` or ``"jpg"``.
+        bit_depth: 8, or 16 (png/tif only): 8-bit values times 257, which protloc reads back unchanged.
+        workers: worker processes (default: the usable CPUs, at most 8, and one per 16 samples). The files do
+            not depend on it. Workers start from a fork server (spawn where there is none) and re-import the
+            calling script, so a script must call this under ``if __name__ == "__main__":``.
+        overwrite: replace ``out`` if it already holds a data set. A folder holding anything the generator
+            does not write is never replaced.
+        progress: show a Rich progress bar.
+        on_progress: called as ``on_progress(done, total)`` after each sample is written (for a caller's own
+            progress display).
+
+    Raises:
+        ConfigError: an invalid argument, or an output folder that cannot be used.
+    """
+    image_format = image_format.lower().lstrip(".") if isinstance(image_format, str) else image_format
+    if image_format == "tiff":
+        image_format = "tif"
+    _validate(n_train, n_test, size, seed, min_per_class, image_format, bit_depth, 1 if workers is None else workers)
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # This is a worker process re-importing a calling script that has no __main__ guard: stop before
+        # touching the disk (the parent then reports the broken pool).
+        raise ConfigError(
+            'make_dataset ran while a worker process was starting: call it under `if __name__ == "__main__":`'
+        )
+    if workers is None:  # a worker needs ~16 samples to pay for its start
+        workers = max(1, min(_default_workers(), (n_train + n_test) // 16))
+    out = Path(out)
+    target = out.absolute()
+    _check_target(target, overwrite)
+    started = time.perf_counter()
+
+    train_labels = sample_label_sets(n_train, _sample_rng(seed, _KEY_LABELS, 0), min_per_class)
+    test_min = min(math.ceil(min_per_class * n_test / n_train), n_test // NUM_CLASSES)
+    test_labels = sample_label_sets(n_test, _sample_rng(seed, _KEY_LABELS, 1), test_min)
+    taken: set[str] = set()
+    train_ids = _make_ids(seed, 0, n_train, taken)
+    test_ids = _make_ids(seed, 1, n_test, taken)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        (staging / "train").mkdir()
+        (staging / "test").mkdir()
+        tasks = [
+            _Task(str(staging / "train"), i, lab, seed, 0, k, size, image_format, bit_depth)
+            for k, (i, lab) in enumerate(zip(train_ids, train_labels, strict=True))
+        ] + [
+            _Task(str(staging / "test"), i, lab, seed, 1, k, size, image_format, bit_depth)
+            for k, (i, lab) in enumerate(zip(test_ids, test_labels, strict=True))
+        ]
+        workers = max(1, min(workers, len(tasks)))
+        with contextlib.ExitStack() as stack:
+            if progress:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                bar = stack.enter_context(
+                    Progress(
+                        TextColumn(f"synth {out.name}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TextColumn("samples"),
+                        TimeRemainingColumn(),
+                    )
+                )
+                handle = bar.add_task("synth", total=len(tasks))
+            count = 0
+            for finished in _run_tasks(tasks, workers):
+                count += finished
+                if progress:
+                    bar.advance(handle, finished)
+                if on_progress is not None:
+                    on_progress(count, len(tasks))
+
+        train_rows = sorted(zip(train_ids, (format_labels(v) for v in train_labels), strict=True))
+        test_rows = sorted(zip(test_ids, (format_labels(v) for v in test_labels), strict=True))
+        _write_labels_csv(staging / _TRAIN_CSV, ("Id", "Target"), train_rows)
+        _write_labels_csv(staging / _TEST_TRUTH_CSV, ("Id", "Target"), test_rows)
+        _write_labels_csv(staging / _SUBMISSION_CSV, ("Id", "Predicted"), ((i, "0") for i, _ in test_rows))
+        _swap_into_place(staging, target, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return SynthSummary(
+        out=out,
+        n_train=n_train,
+        n_test=n_test,
+        size=size,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        class_counts=[int(c) for c in train_labels.sum(axis=0)],
+        test_class_counts=[int(c) for c in test_labels.sum(axis=0)] if n_test else [0] * NUM_CLASSES,
+        image_format=image_format,
+        bit_depth=bit_depth,
+        workers=workers,
+        files=4 * (n_train + n_test),
+    )
+
+
+def _swap_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished staging folder to ``out`` (replacing an old data set only with ``overwrite``)."""
+    if out.is_dir() and any(out.iterdir()):
+        _check_target(out, overwrite)  # it may have changed while we were writing
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(trash)
+        staging.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    if out.is_dir():
+        out.rmdir()
+    try:
+        staging.rename(out)
+    except OSError as exc:
+        raise DataError(f"could not move the finished data set into {out}: {exc}") from None
