@@ -73,7 +73,7 @@ def main() -> None:
         else:
             base = make_package(root / "resnet18-128", "resnet18", 128)
         card = load_package(base).card
-        name, size = card["architecture"]["name"], int(card["input"]["size"])
+        name, size = card.architecture.name, int(card.size)
         packages = {size: base}
         if size != 512:
             packages[512] = make_package(root / f"{name}-512", name, 512)

@@ -227,7 +227,7 @@ def main() -> None:
         body, content_type = encoded_body(make_sample(root / "sample"))
         runs = measure(model, body, content_type, repeats, counts)
     summary = summarise(runs)
-    name = f"{card['architecture']['name']} at {card['input']['size']} px"
+    name = f"{card.architecture.name} at {card.size} px"
     rows = []
     for key, by_c in summary.items():
         for concurrency, values in by_c.items():

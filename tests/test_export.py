@@ -114,9 +114,9 @@ def test_ensemble_averages_members_and_combines_thresholds(trained_run: Path, tm
     b = _untrained_package(tmp_path / "b", 0.1, seed=1)
     ensemble = make_ensemble([a, b], tmp_path / "ens", thresholds="mean")
     card = read_card(ensemble)
-    assert card["kind"] == "ensemble" and len(card["members"]) == 2
-    expected_thresholds = [(x + 0.5) / 2 for x in read_card(a)["thresholds"]]
-    np.testing.assert_allclose(card["thresholds"], expected_thresholds)
+    assert card.kind == "ensemble" and len(card.members) == 2
+    expected_thresholds = [(x + 0.5) / 2 for x in read_card(a).thresholds]
+    np.testing.assert_allclose(card.thresholds, expected_thresholds)
     network = load_package(ensemble).build_model()
     pixels = torch.rand(2, 4, 64, 64)
     with torch.no_grad():
@@ -136,9 +136,9 @@ def test_ensemble_oof_thresholds_and_refusals(trained_run: Path, tmp_path: Path)
     a = trained_run / "model"
     ensemble = make_ensemble([a, a], tmp_path / "oof")
     card = read_card(ensemble)
-    assert card["threshold_info"]["method"] == "oof"
-    assert card["threshold_info"]["oof_samples"] == 2 * read_card(a)["training"]["n_val"]
-    assert "out_of_fold" in card["metrics"]
+    assert card.threshold_info["method"] == "oof"
+    assert card.threshold_info["oof_samples"] == 2 * read_card(a).training["n_val"]
+    assert "out_of_fold" in card.metrics
     b = _untrained_package(tmp_path / "b", 0.1, seed=2)
     with pytest.raises(ModelError, match="validation.csv"):
         make_ensemble([a, b], tmp_path / "x", thresholds="oof")
@@ -180,7 +180,14 @@ def test_foreign_packages_are_refused_with_reasons(trained_run: Path, tmp_path: 
 
 
 def test_preprocessor_resizes_any_field_size() -> None:
-    card = {"input": {"channels": ["green", "blue"], "size": 32, "mean": [0, 0], "std": [1, 1]}}
+    card = new_card(
+        architecture={"name": "seed-cnn"},
+        channels=["green", "blue"],
+        size=32,
+        mean=[0, 0],
+        std=[1, 1],
+        thresholds=[0.5] * 28,
+    )
     field = np.zeros((2, 300, 300), np.uint8)
     field[0, :150, :150] = 200
     inputs = Preprocessor.from_card(card).prepare_uint8(field)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protloc.card import read_card
 from protloc.catalog import read_id_column
 from protloc.classes import CLASS_NAMES
 from protloc.cli import main
@@ -55,9 +56,9 @@ def test_outputs_cover_the_test_split_in_submission_order(predicted: Path, synth
 
 def test_labels_follow_thresholds_and_the_min_one_rule(prediction: PredictionRun, trained_run: Path) -> None:
     predicted = prediction.out
-    card = json.loads((trained_run / "model" / "card.json").read_text())
+    card = read_card(trained_run / "model")
     ids, probabilities = prediction.ids, prediction.probabilities
-    expected = decide(probabilities, card["thresholds"], min_one=True)
+    expected = decide(probabilities, card.thresholds, min_one=True)
     with (predicted / "predictions.csv").open() as handle:
         rows = {r["Id"]: r for r in csv.DictReader(handle)}
     for sample_id, row in zip(ids, expected, strict=True):
@@ -80,13 +81,13 @@ def test_decide_min_one_picks_the_closest_class() -> None:
 
 
 def test_threshold_overrides(trained_run: Path, tmp_path: Path) -> None:
-    card = json.loads((trained_run / "model" / "card.json").read_text())
-    assert resolve_thresholds(card, None) == card["thresholds"]
+    card = read_card(trained_run / "model")
+    assert resolve_thresholds(card, None) == card.thresholds
     assert resolve_thresholds(card, "0.3") == [0.3] * 28
     by_name = tmp_path / "t.json"
     by_name.write_text(json.dumps({"Nucleoplasm": 0.7, "3": 0.2}))
     values = resolve_thresholds(card, by_name)
-    assert values[0] == 0.7 and values[3] == 0.2 and values[1] == card["thresholds"][1]
+    assert values[0] == 0.7 and values[3] == 0.2 and values[1] == card.thresholds[1]
     by_name.write_text(json.dumps({"thresholds": [0.4] * 28}))
     assert resolve_thresholds(card, by_name) == [0.4] * 28
     for bad, fragment in [
@@ -121,7 +122,7 @@ def test_resume_after_a_kill_continues_from_the_durable_rows(
 
     out = tmp_path / "resumed"
     card, _ = load_backend(trained_run / "model", "torch")
-    catalog = open_for_prediction(synth_data, channels=card["input"]["channels"])
+    catalog = open_for_prediction(synth_data, channels=list(card.channels))
     key = _job_key(card, catalog, {"tta": parse_tta(None), "tiles": 1, "backend": "torch"})
     # a run that was killed after 16 durable rows (plus half a row of garbage past the mark)
     _, reference = read_probabilities(predicted / "probabilities.csv")

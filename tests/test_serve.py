@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ pytest.importorskip("multipart")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from protloc.card import read_card
 from protloc.classes import CLASS_NAMES
 from protloc.errors import ConfigError
 from protloc.inference import Preprocessor, predict_inputs
@@ -137,13 +137,13 @@ def assert_error(response: Any, status: int, *fragments: str) -> str:
 def test_health_and_model_describe_the_package(client: TestClient, package: Path) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["backend"] == "torch" and health["model"] == "test_resnet"
-    card = json.loads((package / "card.json").read_text())
+    card = read_card(package)
     info = client.get("/model").json()
     assert info["channels"] == list(CHANNELS) and info["size"] == 64 and info["backend"] == "torch"
     assert [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
-    assert info["thresholds"] == pytest.approx(card["thresholds"])
-    assert [c["threshold"] for c in info["classes"]] == pytest.approx(card["thresholds"])
-    assert info["metrics"]["validation"]["macro_f1"] == card["metrics"]["validation"]["macro_f1"]
+    assert info["thresholds"] == pytest.approx(card.thresholds)
+    assert [c["threshold"] for c in info["classes"]] == pytest.approx(card.thresholds)
+    assert info["metrics"]["validation"]["macro_f1"] == card.metrics["validation"]["macro_f1"]
     assert info["explanations"] is True
     assert "data" not in info["training"] and "config" not in info["training"]  # no local paths leak out
 
@@ -158,8 +158,8 @@ def test_predict_channel_files_matches_the_library(
     body = response.json()
     expected = expected_probabilities(package, read_sample(paths))
     np.testing.assert_allclose(body["probabilities"], expected, atol=1e-5)
-    card = json.loads((package / "card.json").read_text())
-    labels = decide(expected[None], card["thresholds"], min_one=True)[0]
+    card = read_card(package)
+    labels = decide(expected[None], card.thresholds, min_one=True)[0]
     assert sorted(label["id"] for label in body["labels"]) == np.flatnonzero(labels).tolist()
     assert body["target"] == " ".join(str(i) for i in np.flatnonzero(labels))
     shown = [label["probability"] for label in body["labels"]]

@@ -49,16 +49,16 @@ def test_run_directory_has_everything(trained_run: Path) -> None:
 
 def test_package_card_describes_the_model(trained_run: Path) -> None:
     card = read_card(trained_run / "model")
-    assert card["architecture"]["name"] == "test_resnet"
-    assert card["input"]["channels"] == ["red", "green", "blue", "yellow"]
-    assert card["input"]["size"] == 64
-    assert len(card["input"]["mean"]) == 4 and all(s > 0 for s in card["input"]["std"])
-    assert card["classes"] == list(CLASS_NAMES)
-    assert len(card["thresholds"]) == 28
-    assert 0 <= card["metrics"]["validation"]["macro_f1"] <= 1
-    assert card["training"]["n_train"] + card["training"]["n_val"] == 160
-    assert card["training"]["config"]["model"] == "test_resnet"
-    assert card["protloc_version"]
+    assert card.architecture.name == "test_resnet"
+    assert list(card.channels) == ["red", "green", "blue", "yellow"]
+    assert card.size == 64
+    assert len(card.input.mean) == 4 and all(s > 0 for s in card.input.std)
+    assert card.classes == list(CLASS_NAMES)
+    assert len(card.thresholds) == 28
+    assert 0 <= card.metrics["validation"]["macro_f1"] <= 1
+    assert card.training["n_train"] + card.training["n_val"] == 160
+    assert card.training["config"]["model"] == "test_resnet"
+    assert card.protloc_version
 
 
 def test_package_loads_without_pickle_and_predicts_like_training(trained_run: Path) -> None:
@@ -74,7 +74,7 @@ def test_package_loads_without_pickle_and_predicts_like_training(trained_run: Pa
     from protloc.catalog import open_dataset
     from protloc.inference import Preprocessor
 
-    catalog = open_dataset(read_card(trained_run / "model")["training"]["data"])
+    catalog = open_dataset(read_card(trained_run / "model").training_data)
     index = catalog.ids.index(first["Id"])
     inputs = Preprocessor.from_card(package.card).load(catalog.paths(index))
     with torch.no_grad():
@@ -86,10 +86,10 @@ def test_package_loads_without_pickle_and_predicts_like_training(trained_run: Pa
 def test_thresholds_and_report_are_consistent(trained_run: Path) -> None:
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
     card = read_card(trained_run / "model")
-    assert list(thresholds["thresholds"].values()) == card["thresholds"]
+    assert list(thresholds["thresholds"].values()) == card.thresholds
     assert set(thresholds["methods"].values()) <= {"fitted", "fallback"}
     report = json.loads((trained_run / "report.json").read_text())
-    assert report["macro_f1"] == pytest.approx(card["metrics"]["validation"]["macro_f1"], abs=1e-4)
+    assert report["macro_f1"] == pytest.approx(card.metrics["validation"]["macro_f1"], abs=1e-4)
     assert "gain_cv" in thresholds["gain"]
 
 

@@ -15,9 +15,11 @@ This module reads and checks cards; :mod:`protloc.package` loads the weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def resolve_package_path(path: str | Path) -> Path:
     raise ModelError(f"{path}: not a model package (expected a folder with {CARD_FILE}, or an exported .onnx)")
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def read_card(path: str | Path) -> ModelCard:
     """Read and check a package's card (from its folder, its card.json, or an exported .onnx file)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx" and path.is_file():
@@ -62,8 +64,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
             card = json.loads(card_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{card_path}: not valid JSON ({exc})") from None
-    check_card(card, where=str(path))
-    return card
+    return ModelCard.from_dict(card, where=str(path))
 
 
 def card_from_onnx(path: Path) -> dict[str, Any]:
@@ -86,40 +87,311 @@ def card_from_onnx(path: Path) -> dict[str, Any]:
         metadata = {prop.key: prop.value for prop in model.metadata_props}
     if ONNX_CARD_KEY not in metadata:
         raise ModelError(f"{path}: this ONNX file has no protloc card; export it with `protloc export`")
-    card: dict[str, Any] = json.loads(metadata[ONNX_CARD_KEY])
+    try:
+        card: dict[str, Any] = json.loads(metadata[ONNX_CARD_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: the embedded protloc card is not valid JSON ({exc})") from None
     return card
 
 
-def check_card(card: Any, *, where: str = "card") -> None:
-    """Refuse cards this protloc cannot use, with a message that says why; warn on a version difference."""
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise ModelError(f"{where}: not a protloc model card (format is not {CARD_FORMAT!r})")
-    version = card.get("format_version")
-    if not isinstance(version, int) or version > CARD_VERSION:
-        raise ModelError(
-            f"{where}: made by protloc {card.get('protloc_version', '?')} in package format {version}; this "
-            f"protloc {__version__} reads format {CARD_VERSION} or older: upgrade protloc"
+# ---------------------------------------------------------------------------------------------- the card
+
+
+def _known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``data`` into the fields ``cls`` declares and the rest (kept in ``extra``, never lost)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
+
+
+def _section(data: Any, name: str, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ModelError(f"{where}: card field {name!r} is not an object; the package is damaged")
+    return data
+
+
+@dataclass
+class InputSpec:
+    """What the network takes: channels in order, square input size, bit-depth rule and normalisation.
+
+    ``mean`` and ``std`` are per channel on the 0-1 scale; the packaged network applies them itself, so every
+    consumer feeds ``uint8 / 255`` (or ``uint8`` to the torch network).
+    """
+
+    channels: tuple[str, ...]
+    size: int
+    mean: list[float]
+    std: list[float]
+    bit_depth: int = 16
+    resize: str = "area (shrink) / linear (enlarge) to size x size"
+    scale: float = 255.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "card") -> InputSpec:
+        known, extra = _known(cls, data)
+        try:
+            return cls(
+                channels=tuple(str(c) for c in known.get("channels", ())),
+                size=int(known["size"]),
+                mean=[float(m) for m in known.get("mean", [])],
+                std=[float(s) for s in known.get("std", [])],
+                bit_depth=int(known.get("bit_depth", 16)),
+                resize=str(known.get("resize", cls.resize)),
+                scale=float(known.get("scale", 255.0)),
+                extra=extra,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: card field 'input' is incomplete ({exc.__class__.__name__}: {exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channels": list(self.channels),
+            "size": self.size,
+            "bit_depth": self.bit_depth,
+            "resize": self.resize,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            **self.extra,
+        }
+
+
+@dataclass
+class Architecture:
+    """The network: a timm or protloc architecture name and how it was built (``ensemble`` for ensembles)."""
+
+    name: str
+    in_chans: int | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """parameters, source, timm_version, members (ensembles) and anything a newer protloc adds."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "card") -> Architecture:
+        known, extra = _known(cls, data)
+
+        def number(key: str) -> int | None:
+            value = known.get(key)
+            return None if value is None else int(value)
+
+        return cls(
+            name=str(known.get("name", "model")),
+            in_chans=number("in_chans"),
+            num_classes=number("num_classes"),
+            image_size=number("image_size"),
+            extra=extra,
         )
-    missing = [key for key in ("kind", "input", "classes", "thresholds") if key not in card]
-    if missing:
-        raise ModelError(f"{where}: card lacks {missing[0]!r}; the package is incomplete or damaged")
-    classes = card["classes"]
-    if list(classes) != list(CLASS_NAMES):
-        raise ModelError(
-            f"{where}: the package predicts {len(classes)} classes that differ from the 28 HPA classes this protloc "
-            "knows (e.g. " + _first_difference(classes) + "); it cannot be used here"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        for key in ("in_chans", "num_classes", "image_size"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return {**out, **self.extra}
+
+
+@dataclass
+class Decision:
+    """How probabilities become labels: per-class thresholds, and whether every image gets at least one."""
+
+    rule: str = "probability >= per-class threshold"
+    min_one: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "card") -> Decision:
+        known, extra = _known(cls, data)
+        return cls(rule=str(known.get("rule", cls.rule)), min_one=bool(known.get("min_one", True)), extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "min_one": self.min_one, **self.extra}
+
+
+@dataclass
+class ModelCard:
+    """The card of a model package: everything needed to use the weights, and what they were fitted on.
+
+    One reader (:meth:`from_dict`) and one writer (:meth:`to_dict`). Fields a newer protloc adds, and any this
+    protloc does not know, are kept in ``extra`` and written back unchanged. To add a field: declare it here
+    with a default (so old cards still load), read it in :meth:`from_dict`, write it in :meth:`to_dict`; when
+    old cards need converting, bump :data:`CARD_VERSION` and convert in :func:`_upgrade`.
+
+    ``metrics``, ``threshold_info`` and ``training`` are reports for people (summaries, per-class tables), kept
+    as JSON objects.
+    """
+
+    kind: str
+    input: InputSpec
+    classes: list[str]
+    thresholds: list[float]
+    architecture: Architecture = field(default_factory=lambda: Architecture("model"))
+    decision: Decision = field(default_factory=Decision)
+    members: list[str] = field(default_factory=list)
+    threshold_info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    protloc_version: str | None = None
+    created: str | None = None
+    format: str = CARD_FORMAT
+    format_version: int = CARD_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- reading and writing
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "card") -> ModelCard:
+        """Check and read a card's JSON object (any format version up to :data:`CARD_VERSION`).
+
+        Raises:
+            ModelError: not a protloc card, a newer format, a missing or damaged field, classes or channels
+                this protloc does not know, or a threshold count that does not match the classes.
+        """
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            raise ModelError(f"{where}: not a protloc model card (format is not {CARD_FORMAT!r})")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > CARD_VERSION:
+            raise ModelError(
+                f"{where}: made by protloc {data.get('protloc_version', '?')} in package format {version}; this "
+                f"protloc {__version__} reads format {CARD_VERSION} or older: upgrade protloc"
+            )
+        missing = [key for key in ("kind", "input", "classes", "thresholds") if key not in data]
+        if missing:
+            raise ModelError(f"{where}: card lacks {missing[0]!r}; the package is incomplete or damaged")
+        data = _upgrade(dict(data), version)
+        known, extra = _known(cls, data)
+        try:
+            thresholds = [float(t) for t in known["thresholds"]]
+        except (TypeError, ValueError):
+            raise ModelError(f"{where}: card thresholds are not numbers") from None
+        card = cls(
+            kind=str(known["kind"]),
+            input=InputSpec.from_dict(_section(known["input"], "input", where), where),
+            classes=[str(c) for c in known["classes"]],
+            thresholds=thresholds,
+            architecture=Architecture.from_dict(_section(known.get("architecture"), "architecture", where), where),
+            decision=Decision.from_dict(_section(known.get("decision"), "decision", where), where),
+            members=[str(m) for m in known.get("members", [])],
+            threshold_info=_section(known.get("threshold_info"), "threshold_info", where),
+            metrics=_section(known.get("metrics"), "metrics", where),
+            training=_section(known.get("training"), "training", where),
+            protloc_version=known.get("protloc_version"),
+            created=known.get("created"),
+            format=CARD_FORMAT,
+            format_version=CARD_VERSION,
+            extra=extra,
         )
-    channels = card["input"].get("channels", [])
-    if not channels or any(c not in CHANNELS for c in channels):
-        raise ModelError(f"{where}: card names unknown channels {channels}")
-    if len(card["thresholds"]) != len(CLASS_NAMES):
-        raise ModelError(f"{where}: card has {len(card['thresholds'])} thresholds for {len(CLASS_NAMES)} classes")
-    made_by = card.get("protloc_version")
-    if made_by and made_by.split(".")[:2] != __version__.split(".")[:2]:
+        card.check(where=where)
+        return card
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as the JSON object written to ``card.json`` (and embedded in exported ONNX files)."""
+        out: dict[str, Any] = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "protloc_version": self.protloc_version,
+            "created": self.created,
+            "kind": self.kind,
+            "architecture": self.architecture.to_dict(),
+            "input": self.input.to_dict(),
+            "classes": list(self.classes),
+            "thresholds": [float(t) for t in self.thresholds],
+            "decision": self.decision.to_dict(),
+        }
+        for key in ("members", "threshold_info", "metrics", "training"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        return {**out, **self.extra}
+
+    def check(self, *, where: str = "card") -> None:
+        """Refuse a card this protloc cannot use, with a message that says why; warn on a version difference."""
+        if list(self.classes) != list(CLASS_NAMES):
+            raise ModelError(
+                f"{where}: the package predicts {len(self.classes)} classes that differ from the "
+                f"{len(CLASS_NAMES)} HPA classes this protloc knows (e.g. {_first_difference(self.classes)}); "
+                "it cannot be used here"
+            )
+        channels = list(self.input.channels)
+        if not channels or any(c not in CHANNELS for c in channels):
+            raise ModelError(f"{where}: card names unknown channels {channels}")
+        if len(self.thresholds) != len(self.classes):
+            raise ModelError(f"{where}: card has {len(self.thresholds)} thresholds for {len(self.classes)} classes")
+        made_by = self.protloc_version
+        if made_by and str(made_by).split(".")[:2] != __version__.split(".")[:2]:
+            warnings.warn(
+                f"{where}: package made by protloc {made_by}, running {__version__}; format "
+                f"{self.format_version} is compatible",
+                stacklevel=4,
+            )
+
+    # -- what readers ask
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.kind == "ensemble"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.input.channels
+
+    @property
+    def size(self) -> int:
+        return self.input.size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def model_name(self) -> str:
+        """The architecture, or ``"ensemble of N"``."""
+        return f"ensemble of {len(self.members)}" if self.is_ensemble else self.architecture.name
+
+    @property
+    def source_size(self) -> list[int] | None:
+        """Height and width of the fields the model was trained on (before resizing), when recorded."""
+        size = self.training.get("source_size")
+        return [int(v) for v in size] if isinstance(size, (list, tuple)) and len(size) == 2 else None
+
+    @property
+    def training_data(self) -> str | None:
+        """The data folder the model was trained on, when recorded."""
+        data = self.training.get("data")
+        return str(data) if data else None
+
+    # -- the dictionary interface of protloc <= 0.1 (deprecated)
+
+    def __getitem__(self, key: str) -> Any:
         warnings.warn(
-            f"{where}: package made by protloc {made_by}, running {__version__}; format {version} is compatible",
-            stacklevel=3,
+            f"card[{key!r}] is deprecated: a model card is a ModelCard; use its attributes (card.{key})",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        warnings.warn(
+            f"card.get({key!r}) is deprecated: a model card is a ModelCard; use its attributes",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.to_dict().get(key, default)
+
+
+def _upgrade(data: dict[str, Any], version: int) -> dict[str, Any]:
+    """Bring a card of an older format version to the current one (version 1 is the current format)."""
+    return data
+
+
+def check_card(card: Any, *, where: str = "card") -> ModelCard:
+    """Refuse cards this protloc cannot use (see :meth:`ModelCard.from_dict`); return the typed card."""
+    if isinstance(card, ModelCard):
+        card.check(where=where)
+        return card
+    return ModelCard.from_dict(card, where=where)
 
 
 def _first_difference(classes: Sequence[str]) -> str:
@@ -129,9 +401,9 @@ def _first_difference(classes: Sequence[str]) -> str:
     return f"{len(classes)} classes instead of {len(CLASS_NAMES)}"
 
 
-def check_channels_available(card: dict[str, Any], available: Sequence[str], *, where: str = "data") -> None:
+def check_channels_available(card: ModelCard, available: Sequence[str], *, where: str = "data") -> None:
     """Raise :class:`ModelError` when the data lacks a channel the model needs."""
-    needed = card["input"]["channels"]
+    needed = card.input.channels
     missing = [c for c in needed if c not in available]
     if missing:
         raise ModelError(

@@ -514,8 +514,8 @@ def ensemble(
 
     folder = make_ensemble(members, out, thresholds=thresholds)
     card = read_card(folder)
-    info = card["threshold_info"]
-    oof = card["metrics"].get("out_of_fold")
+    info = card.threshold_info
+    oof = card.metrics.get("out_of_fold")
     note = f"; out-of-fold macro F1 {oof['macro_f1']:.4f} on {info['oof_samples']} images" if oof else ""
     console.print(escape(f"wrote ensemble {folder} of {len(members)} members; thresholds: {info['method']}{note}"))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from protloc.card import VALIDATION_FILE, read_card, resolve_package_path
+from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard, read_card, resolve_package_path
 from protloc.classes import CLASS_NAMES
 from protloc.errors import ModelError
 from protloc.metrics import evaluate, fit_thresholds
@@ -60,12 +60,12 @@ def make_ensemble(
     cards = [read_card(f) for f in folders]
     first = cards[0]
     for folder, card in zip(folders, cards, strict=True):
-        if card["kind"] != "model":
+        if card.kind != "model":
             raise ModelError(f"{folder}: is itself an ensemble; list its members instead")
-        if card["input"]["channels"] != first["input"]["channels"] or card["input"]["size"] != first["input"]["size"]:
+        if card.channels != first.channels or card.size != first.size:
             raise ModelError(
-                f"{folder}: takes {card['input']['channels']} at {card['input']['size']} px but {folders[0]} takes "
-                f"{first['input']['channels']} at {first['input']['size']} px; ensemble members must agree"
+                f"{folder}: takes {list(card.channels)} at {card.size} px but {folders[0]} takes "
+                f"{list(first.channels)} at {first.size} px; ensemble members must agree"
             )
     pooled = [_read_validation(f) for f in folders]
     method = thresholds
@@ -84,7 +84,7 @@ def make_ensemble(
         info.update(methods=fitted.methods, min_positives=min_positives, oof_samples=len(truth))
         metrics["out_of_fold"] = evaluate(truth, probabilities, values, min_one=True).summary()
     else:
-        values = [float(np.mean([c["thresholds"][i] for c in cards])) for i in range(len(CLASS_NAMES))]
+        values = [float(np.mean([c.thresholds[i] for c in cards])) for i in range(first.num_classes)]
     names = [f"m{i}-{Path(f).parent.name or Path(f).name}"[:60] for i, f in enumerate(folders)]
     card = _ensemble_card(cards, names, values, info, metrics)
     from protloc.package import save_package
@@ -93,35 +93,32 @@ def make_ensemble(
 
 
 def _ensemble_card(
-    cards: list[dict[str, Any]],
+    cards: list[ModelCard],
     names: list[str],
     thresholds: list[float],
     info: dict[str, Any],
     metrics: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelCard:
     from protloc.package import new_card
 
     first = cards[0]
     return new_card(
         kind="ensemble",
-        architecture={
-            "name": "ensemble",
-            "members": [c["architecture"]["name"] for c in cards],
-            "in_chans": first["architecture"]["in_chans"],
-            "num_classes": len(CLASS_NAMES),
-        },
-        channels=list(first["input"]["channels"]),
-        size=int(first["input"]["size"]),
-        mean=list(first["input"]["mean"]),
-        std=list(first["input"]["std"]),
-        bit_depth=int(first["input"].get("bit_depth", 16)),
+        architecture=Architecture(
+            "ensemble",
+            in_chans=first.architecture.in_chans,
+            num_classes=first.num_classes,
+            extra={"members": [c.architecture.name for c in cards]},
+        ),
+        channels=list(first.channels),
+        size=first.size,
+        mean=list(first.input.mean),
+        std=list(first.input.std),
+        bit_depth=first.input.bit_depth,
         thresholds=thresholds,
         members=names,
         threshold_info=info,
-        metrics={**metrics, "members": [c.get("metrics", {}).get("validation") for c in cards]},
-        decision={"rule": "mean member probability >= per-class threshold", "min_one": True},
-        training={
-            "members": [c.get("training", {}) for c in cards],
-            "source_size": first.get("training", {}).get("source_size"),
-        },
+        metrics={**metrics, "members": [c.metrics.get("validation") for c in cards]},
+        decision=Decision("mean member probability >= per-class threshold", min_one=True),
+        training={"members": [c.training for c in cards], "source_size": first.source_size},
     )

@@ -54,7 +54,7 @@ def evaluate_model(
     threads = model_threads(workers)
     backend = resolve_backend(model, backend)
     card, run = load_backend(model, backend, device=device, threads=threads)
-    catalog = open_dataset(data, split=split, labels=labels, channels=card["input"]["channels"])
+    catalog = open_dataset(data, split=split, labels=labels, channels=card.channels)
     if catalog.labels is None:
         raise DataError(f"{data}: evaluation needs labels ({split}.csv, or --labels for a test truth file)")
     chosen = resolve_thresholds(card, thresholds)
@@ -64,7 +64,7 @@ def evaluate_model(
         )
     assert probabilities is not None
     if min_one is None:
-        min_one = bool(card.get("decision", {}).get("min_one", True))
+        min_one = bool(card.decision.min_one)
     report = evaluate(catalog.labels, probabilities, chosen, min_one=min_one)
     gain = threshold_gain(catalog.labels, probabilities)
     written: dict[str, Path] = {}

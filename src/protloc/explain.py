@@ -330,7 +330,7 @@ class Explainer:
         if self.package.is_ensemble:
             self.model_name = f"ensemble of {len(members)}"
         else:
-            self.model_name = str(card.get("architecture", {}).get("name", "model"))
+            self.model_name = str(card.architecture.name)
         self._lock = threading.Lock()  # Grad-CAM hooks the shared network: one explanation at a time
 
     @property
@@ -419,7 +419,7 @@ class Explainer:
                 f"expected a ({len(channels)}, height, width) image with channels {', '.join(channels)}, "
                 f"got shape {array.shape}"
             )
-        bit_depth = int(self.package.card["input"].get("bit_depth", 16))
+        bit_depth = int(self.package.card.input.bit_depth)
         return np.ascontiguousarray(to_uint8(array, bit_depth=bit_depth, where="image"))
 
 

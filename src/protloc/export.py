@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.card import ONNX_CARD_KEY, ONNX_FILE
+from protloc.card import ONNX_CARD_KEY, ONNX_FILE, ModelCard
 from protloc.errors import DataError, ModelError
 from protloc.inference import OnnxBackend, Preprocessor
 from protloc.package import ModelPackage, load_package
@@ -106,7 +106,7 @@ class _Named(torch.nn.Module):
 def parity_inputs(package: ModelPackage, count: int = 4) -> tuple[np.ndarray, str]:
     """Real model inputs (uint8 ``(N, C, S, S)``): training images if reachable, else synthetic fields."""
     preprocessor = Preprocessor.from_card(package.card)
-    data = package.card.get("training", {}).get("data")
+    data = package.card.training_data
     if data and Path(data).exists():
         try:
             from protloc.catalog import open_dataset
@@ -170,12 +170,12 @@ def export_onnx(
     return ExportResult(path=target, max_abs_diff=worst, inputs=source, exporter=exporter, batch_sizes=sizes)
 
 
-def _embed_card(path: Path, card: dict[str, object], exporter: str) -> None:
+def _embed_card(path: Path, card: ModelCard, exporter: str) -> None:
     import onnx
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in ((ONNX_CARD_KEY, json.dumps(card)), ("protloc_exporter", exporter)):
+    for key, value in ((ONNX_CARD_KEY, json.dumps(card.to_dict())), ("protloc_exporter", exporter)):
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     model.producer_name = "protloc"

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protloc.card import ONNX_FILE, check_channels_available, read_card, resolve_package_path
+from protloc.card import ONNX_FILE, ModelCard, check_channels_available, read_card, resolve_package_path
 from protloc.catalog import Catalog
 from protloc.errors import ConfigError, ModelError
 from protloc.io import read_sample, resize_plane
@@ -90,14 +90,13 @@ class Preprocessor:
     tiles: int = 1
 
     @classmethod
-    def from_card(cls, card: dict[str, Any], *, tiles: int = 1, bit_depth: int | None = None) -> Preprocessor:
-        spec = card["input"]
+    def from_card(cls, card: ModelCard, *, tiles: int = 1, bit_depth: int | None = None) -> Preprocessor:
         if tiles < 1 or tiles > 8:
             raise ConfigError(f"tiles must be between 1 and 8, got {tiles}")
         return cls(
-            channels=tuple(spec["channels"]),
-            size=int(spec["size"]),
-            bit_depth=int(bit_depth or spec.get("bit_depth", 16)),
+            channels=card.channels,
+            size=card.size,
+            bit_depth=int(bit_depth or card.input.bit_depth),
             tiles=tiles,
         )
 
@@ -191,7 +190,7 @@ def onnx_path_for(model: str | Path) -> Path:
     return resolve_package_path(path) / ONNX_FILE
 
 
-def load_onnx(model: str | Path, *, threads: int | None = None) -> tuple[dict[str, Any], OnnxBackend]:
+def load_onnx(model: str | Path, *, threads: int | None = None) -> tuple[ModelCard, OnnxBackend]:
     """The card and an ONNX Runtime backend for a package (with model.onnx) or an exported .onnx file."""
     path = onnx_path_for(model)
     if not path.is_file():
@@ -252,7 +251,7 @@ def iter_input_batches(
 
 def predict_catalog(
     backend: Backend,
-    card: dict[str, Any],
+    card: ModelCard,
     catalog: Catalog,
     *,
     tta: str | Sequence[str] | None = None,
@@ -296,7 +295,7 @@ def predict_catalog(
             on_progress(done, len(catalog))
     if on_batch is not None:
         return None
-    return np.concatenate(kept) if kept else np.zeros((0, len(card["classes"])), np.float32)
+    return np.concatenate(kept) if kept else np.zeros((0, card.num_classes), np.float32)
 
 
 def _channels_of(catalog: Catalog) -> list[str]:
@@ -306,13 +305,13 @@ def _channels_of(catalog: Catalog) -> list[str]:
     return list(first)
 
 
-def _warn_on_size(catalog: Catalog, preprocessor: Preprocessor, card: dict[str, Any]) -> None:
+def _warn_on_size(catalog: Catalog, preprocessor: Preprocessor, card: ModelCard) -> None:
     """One warning when the data's fields differ in size from the training data's (they are resized)."""
     if not catalog.ids:
         return
     from protloc.check import _image_shape
 
-    trained_on = card.get("training", {}).get("source_size")
+    trained_on = card.source_size
     first_id = catalog.ids[0]
     path = catalog.files[first_id][preprocessor.channels[0]]
     try:

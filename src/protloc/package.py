@@ -20,8 +20,11 @@ from protloc import __version__
 from protloc.card import (
     CARD_FILE,
     CARD_FORMAT,
-    CARD_VERSION,
     WEIGHTS_FILE,
+    Architecture,
+    Decision,
+    InputSpec,
+    ModelCard,
     read_card,
     resolve_package_path,
 )
@@ -33,44 +36,49 @@ from protloc.utils import atomic_write_json
 
 def new_card(
     *,
-    architecture: dict[str, Any],
-    channels: list[str],
+    architecture: dict[str, Any] | Architecture,
+    channels: list[str] | tuple[str, ...],
     size: int,
     mean: list[float],
     std: list[float],
     thresholds: list[float],
     bit_depth: int = 16,
     kind: str = "model",
+    decision: dict[str, Any] | Decision | None = None,
+    members: list[str] | None = None,
+    threshold_info: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    """A card with the required fields filled; ``extra`` adds metrics, training summary and so on."""
-    card: dict[str, Any] = {
-        "format": CARD_FORMAT,
-        "format_version": CARD_VERSION,
-        "protloc_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "kind": kind,
-        "architecture": architecture,
-        "input": {
-            "channels": list(channels),
-            "size": int(size),
-            "bit_depth": int(bit_depth),
-            "resize": "area (shrink) / linear (enlarge) to size x size",
-            "scale": 255.0,
-            "mean": [float(m) for m in mean],
-            "std": [float(s) for s in std],
-        },
-        "classes": list(CLASS_NAMES),
-        "thresholds": [float(t) for t in thresholds],
-    }
-    card.update(extra)
-    return card
+) -> ModelCard:
+    """A card for the current protloc with the required fields filled; the rest are reports for people."""
+    return ModelCard(
+        kind=kind,
+        input=InputSpec(
+            channels=tuple(channels),
+            size=int(size),
+            mean=[float(m) for m in mean],
+            std=[float(s) for s in std],
+            bit_depth=int(bit_depth),
+        ),
+        classes=list(CLASS_NAMES),
+        thresholds=[float(t) for t in thresholds],
+        architecture=architecture if isinstance(architecture, Architecture) else Architecture.from_dict(architecture),
+        decision=decision if isinstance(decision, Decision) else Decision.from_dict(decision or {}),
+        members=list(members or []),
+        threshold_info=dict(threshold_info or {}),
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+        protloc_version=__version__,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        extra=dict(extra),
+    )
 
 
 def save_package(
     folder: str | Path,
     model: nn.Module | None,
-    card: dict[str, Any],
+    card: ModelCard | dict[str, Any],
     members: dict[str, Path] | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
@@ -97,7 +105,8 @@ def save_package(
             shutil.copytree(resolve_package_path(source), staging / "members" / name)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
-        atomic_write_json(staging / CARD_FILE, card)
+        typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+        atomic_write_json(staging / CARD_FILE, typed.to_dict())
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -117,38 +126,39 @@ class ModelPackage:
     """A loaded package: its card, and for single models a ready network; for ensembles, its members."""
 
     path: Path
-    card: dict[str, Any]
+    card: ModelCard
     members: list[ModelPackage] = field(default_factory=list)
 
     @property
     def is_ensemble(self) -> bool:
-        return self.card["kind"] == "ensemble"
+        return self.card.is_ensemble
 
+    # the accessors of protloc <= 0.1, kept for callers; the card has them all
     @property
     def channels(self) -> tuple[str, ...]:
-        return tuple(self.card["input"]["channels"])
+        return self.card.channels
 
     @property
     def size(self) -> int:
-        return int(self.card["input"]["size"])
+        return self.card.size
 
     @property
     def thresholds(self) -> list[float]:
-        return [float(t) for t in self.card["thresholds"]]
+        return list(self.card.thresholds)
 
     def build_model(self) -> nn.Module:
         """The network with its weights, in eval mode: 0-1 pixels in, logits out (ensembles average members)."""
         if self.is_ensemble:
             return EnsembleNetwork([member.build_model() for member in self.members]).eval()
-        arch = self.card["architecture"]
+        arch = self.card.architecture
+        spec = self.card.input
         backbone = create_model(
-            arch["name"],
-            int(arch["in_chans"]),
-            int(arch["num_classes"]),
-            image_size=int(arch.get("image_size", self.size)),
+            arch.name,
+            arch.in_chans if arch.in_chans is not None else len(spec.channels),
+            arch.num_classes if arch.num_classes is not None else self.card.num_classes,
+            image_size=arch.image_size or spec.size,
         )
-        spec = self.card["input"]
-        model = PackagedNetwork(backbone, list(spec["mean"]), list(spec["std"]))
+        model = PackagedNetwork(backbone, list(spec.mean), list(spec.std))
         weights = self.path / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelError(f"{self.path}: {WEIGHTS_FILE} is missing")
@@ -162,7 +172,7 @@ class ModelPackage:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ModelError(f"{weights}: weights do not fit {arch['name']} ({str(exc).splitlines()[0]})") from None
+            raise ModelError(f"{weights}: weights do not fit {arch.name} ({str(exc).splitlines()[0]})") from None
         return model.eval()
 
 
@@ -172,7 +182,7 @@ def load_package(path: str | Path) -> ModelPackage:
     card = read_card(folder)
     package = ModelPackage(path=folder, card=card)
     if package.is_ensemble:
-        names = card.get("members", [])
+        names = card.members
         if not names:
             raise ModelError(f"{folder}: ensemble card lists no members")
         for name in names:

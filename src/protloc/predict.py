@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from protloc.card import ModelCard
 from protloc.catalog import Catalog, index_images, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.errors import ConfigError, DataError
@@ -64,7 +65,7 @@ def resolve_backend(model: str | Path, backend: str = "auto") -> str:
 
 def load_backend(
     model: str | Path, backend: str = "auto", *, device: str = "auto", threads: int | None = None
-) -> tuple[dict[str, Any], Backend]:
+) -> tuple[ModelCard, Backend]:
     """The card and a callable backend for a package: ``torch`` (PyTorch), ``onnx`` (ONNX Runtime) or
     ``auto`` (see :func:`resolve_backend`)."""
     backend = resolve_backend(model, backend)
@@ -101,13 +102,13 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def resolve_thresholds(card: dict[str, Any], override: float | str | Path | None) -> list[float]:
+def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> list[float]:
     """The package's thresholds, or one global value, or per-class values from a JSON file.
 
     The JSON may be a list of 28 numbers, or an object mapping class names (or ids) to numbers; classes it
     does not name keep the package's threshold. A ``thresholds.json`` written by training also works.
     """
-    thresholds = [float(t) for t in card["thresholds"]]
+    thresholds = [float(t) for t in card.thresholds]
     if override is None:
         return thresholds
     if isinstance(override, (int, float)) or (isinstance(override, str) and _is_number(override)):
@@ -249,10 +250,10 @@ class PredictionRun:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _job_key(card: dict[str, Any], catalog: Catalog, settings: dict[str, Any]) -> str:
+def _job_key(card: ModelCard, catalog: Catalog, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256(
         json.dumps(
-            [card.get("created"), card.get("thresholds"), card.get("architecture"), settings],
+            [card.created, card.thresholds, card.architecture.to_dict(), settings],
             sort_keys=True,
             default=str,
         ).encode()
@@ -359,14 +360,14 @@ def predict_folder(
         )
         if probabilities_or_none is None:
             return None
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card["input"]["channels"])
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
         probabilities = probabilities_or_none
         resumed_from = 0
     else:
         workers = default_workers() if workers is None else workers
         threads = model_threads(workers)
         card, run = load_backend(model, backend, device=device, threads=threads)
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card["input"]["channels"])
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
         partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog))
         resumed_from = partial.completed

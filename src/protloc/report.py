@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
+from protloc.card import CARD_FILE, read_card
 from protloc.classes import CLASS_NAMES, SHORT_NAMES
 from protloc.metrics import EvaluationReport
 from protloc.utils import atomic_write_text
@@ -258,15 +259,13 @@ def build_report(
     from protloc.plots import per_class_f1
 
     run_dir = Path(run_dir)
-    card = (
-        json.loads((run_dir / "model" / "card.json").read_text()) if (run_dir / "model" / "card.json").is_file() else {}
-    )
+    card = read_card(run_dir / "model") if (run_dir / "model" / CARD_FILE).is_file() else None
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     thresholds_info = (
         json.loads((run_dir / "thresholds.json").read_text()) if (run_dir / "thresholds.json").is_file() else {}
     )
     validation = _report_from_json(run_dir / "report.json")
-    config = card.get("training", {}).get("config", {})
+    config = card.training.get("config", {}) if card is not None else {}
     sections: list[tuple[str, str, str]] = []
 
     headline = [("validation macro F1", f"{validation.macro_f1:.3f}" if validation else "–")]
@@ -276,7 +275,7 @@ def build_report(
     gain = thresholds_info.get("gain", {})
     if gain:
         headline.append(("gain from per-class thresholds (cv)", f"{gain.get('gain_cv', float('nan')):+.3f}"))
-    headline.append(("model", f"{config.get('model', '?')} @ {card.get('input', {}).get('size', '?')} px"))
+    headline.append(("model", f"{config.get('model', '?')} @ {card.size if card is not None else '?'} px"))
     headline.append(("epochs", str(summary.get("epochs_run", "?"))))
     overview = _cards(headline) + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     sections.append(("overview", "Overview", overview))
@@ -301,7 +300,7 @@ def build_report(
         body += _per_class_table(validation, methods)
         sections.append(("validation", "Validation fold: per-class scores", body))
 
-    if card.get("thresholds"):
+    if card is not None:
         text = ""
         if gain:
             text = (
@@ -314,7 +313,7 @@ def build_report(
             (
                 "thresholds",
                 "Thresholds",
-                text + _img(_figure_uri(thresholds_figure(card["thresholds"], methods)), "thresholds"),
+                text + _img(_figure_uri(thresholds_figure(card.thresholds, methods)), "thresholds"),
             )
         )
 
@@ -324,7 +323,7 @@ def build_report(
         sections.append(("test", f"Test set: {test.report.n_samples} images", body))
         sections.append(("errors", "Errors", _img(_figure_uri(error_figure(test.truth, test.predicted)), "errors")))
         package = run_dir / "model" if (run_dir / "model").is_dir() else None
-        gallery = gallery_html(test, package, card.get("input", {}).get("channels", []), count=gallery_size)
+        gallery = gallery_html(test, package, list(card.channels) if card is not None else [], count=gallery_size)
         if gallery:
             sections.append(("gallery", "Gallery: test samples, true vs predicted", gallery))
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protloc.card import ModelCard
 from protloc.package import ModelPackage, load_package
 
 
@@ -49,7 +50,7 @@ class TorchBackend:
                 torch.set_flush_denormal(False)
 
 
-def load_torch_backend(model: str | Path, *, device: str = "auto") -> tuple[dict[str, Any], TorchBackend]:
+def load_torch_backend(model: str | Path, *, device: str = "auto") -> tuple[ModelCard, TorchBackend]:
     package = load_package(model)
     return package.card, TorchBackend(package, device=device)
 
@@ -87,7 +88,7 @@ def predict_distributed(
     devices: int = 2,
     num_nodes: int = 1,
     accelerator: str = "auto",
-) -> tuple[dict[str, Any], np.ndarray | None]:
+) -> tuple[ModelCard, np.ndarray | None]:
     """Predict with Lightning's DDP over ``devices`` x ``num_nodes``; rank 0 merges the shards by sample index,
     so the result is identical to a single-process run. Returns (card, probabilities on rank 0 / None)."""
     import lightning as L
@@ -99,7 +100,7 @@ def predict_distributed(
 
     package = load_package(model)
     card = package.card
-    catalog = open_for_prediction(data, split=split, ids=ids, channels=card["input"]["channels"])
+    catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
     preprocessor = Preprocessor.from_card(card, tiles=tiles)
     views = parse_tta(tta)
 

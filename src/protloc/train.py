@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from protloc import __version__
 from protloc.cache import build_cache
 from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, ThroughputLog, progress_bar_callback
-from protloc.card import VALIDATION_FILE
+from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.config import TrainConfig, parse_max_time
@@ -340,31 +340,16 @@ def train(
         )
         atomic_write_json(run_dir / "report.json", report.to_dict())
         metrics_rows = read_metrics(run_dir / "metrics.csv")
-        card = new_card(
-            architecture={
-                "name": config.model,
-                "in_chans": len(config.channels),
-                "num_classes": NUM_CLASSES,
-                "image_size": config.image_size,
-                "parameters": count_parameters(network),
-                "source": "protloc" if config.model == "seed-cnn" else "timm",
-                "timm_version": _timm_version(),
-            },
-            channels=list(config.channels),
-            size=config.image_size,
+        card = training_card(
+            config,
+            network,
             mean=mean,
             std=std,
             thresholds=thresholds,
-            bit_depth=config.bit_depth,
-            threshold_info={"methods": methods, "min_positives": config.threshold_min_positives, "gain": gain},
-            decision={"rule": "probability >= per-class threshold", "min_one": min_one},
-            metrics={
-                "validation": report.summary(),
-                "per_class": [
-                    {"class": r.name, "support": r.support, "f1": r.f1, "precision": r.precision, "recall": r.recall}
-                    for r in report.per_class
-                ],
-            },
+            methods=methods,
+            gain=gain,
+            min_one=min_one,
+            report=report,
             training={
                 "data": str(Path(config.data).resolve()),
                 "n_samples": len(catalog),
@@ -417,6 +402,51 @@ def train(
             },
         )
     return result
+
+
+def training_card(
+    config: TrainConfig,
+    network: torch.nn.Module,
+    *,
+    mean: list[float],
+    std: list[float],
+    thresholds: list[float],
+    methods: list[str],
+    gain: dict[str, float],
+    min_one: bool,
+    report: EvaluationReport,
+    training: dict[str, Any],
+) -> ModelCard:
+    """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts."""
+    return new_card(
+        architecture=Architecture(
+            config.model,
+            in_chans=len(config.channels),
+            num_classes=NUM_CLASSES,
+            image_size=config.image_size,
+            extra={
+                "parameters": count_parameters(network),
+                "source": "protloc" if config.model == "seed-cnn" else "timm",
+                "timm_version": _timm_version(),
+            },
+        ),
+        channels=list(config.channels),
+        size=config.image_size,
+        mean=mean,
+        std=std,
+        thresholds=thresholds,
+        bit_depth=config.bit_depth,
+        threshold_info={"methods": methods, "min_positives": config.threshold_min_positives, "gain": gain},
+        decision=Decision("probability >= per-class threshold", min_one=min_one),
+        metrics={
+            "validation": report.summary(),
+            "per_class": [
+                {"class": r.name, "support": r.support, "f1": r.f1, "precision": r.precision, "recall": r.recall}
+                for r in report.per_class
+            ],
+        },
+        training=training,
+    )
 
 
 def _native_size(catalog: Catalog, channel: str) -> list[int] | None:

@@ -153,8 +153,8 @@ class InferenceEngine:
         self.card, self.backend = load_backend(model, self.backend_name, device=device, threads=threads)
         self.load_seconds = time.perf_counter() - loaded
         self.preprocessor = Preprocessor.from_card(self.card)
-        self.thresholds = np.asarray(self.card["thresholds"], dtype=np.float64)
-        self.min_one = bool(self.card.get("decision", {}).get("min_one", True))
+        self.thresholds = np.asarray(self.card.thresholds, dtype=np.float64)
+        self.min_one = bool(self.card.decision.min_one)
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.decode_threads = decode_threads or max(1, min(cpus, 4))

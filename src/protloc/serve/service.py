@@ -61,20 +61,14 @@ class PredictionService:
     def __init__(self, settings: ServiceSettings, engine: InferenceEngine) -> None:
         self.settings = settings
         self.engine = engine
-        card = engine.card
-        if card.get("kind") == "ensemble":
-            self.model_name = f"ensemble of {len(card.get('members', []))}"
-        else:
-            self.model_name = str(card.get("architecture", {}).get("name", "model"))
+        self.model_name = engine.card.model_name
 
     def model_info(self) -> dict[str, Any]:
         import importlib.util
 
         card = self.engine.card
-        thresholds = [float(t) for t in card["thresholds"]]
-        training = {
-            k: v for k, v in card.get("training", {}).items() if k not in ("data", "config") and not isinstance(v, dict)
-        }
+        thresholds = [float(t) for t in card.thresholds]
+        training = {k: v for k, v in card.training.items() if k not in ("data", "config") and not isinstance(v, dict)}
         explainable = (
             importlib.util.find_spec("torch") is not None
             and importlib.util.find_spec("pytorch_grad_cam") is not None
@@ -82,22 +76,22 @@ class PredictionService:
         )
         return {
             "name": self.model_name,
-            "kind": card.get("kind", "model"),
+            "kind": card.kind,
             "backend": self.engine.backend_name,
             "channels": list(self.engine.channels),
-            "size": int(card["input"]["size"]),
+            "size": card.size,
             "bit_depth": self.engine.bit_depth,
             "classes": [
                 {"id": i, "name": name, "short": SHORT_NAMES[i], "threshold": thresholds[i]}
                 for i, name in enumerate(CLASS_NAMES)
             ],
             "thresholds": thresholds,
-            "decision": card.get("decision", {"rule": "probability >= per-class threshold", "min_one": True}),
-            "metrics": card.get("metrics", {}),
-            "architecture": card.get("architecture", {}),
+            "decision": card.decision.to_dict(),
+            "metrics": card.metrics,
+            "architecture": card.architecture.to_dict(),
             "training": training,
-            "protloc_version": card.get("protloc_version"),
-            "created": card.get("created"),
+            "protloc_version": card.protloc_version,
+            "created": card.created,
             "service_version": __version__,
             "explanations": explainable,
         }

@@ -1,0 +1,80 @@
+"""The typed model card: one reader and one writer, old cards still load, unknown fields survive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protloc.card import CARD_FILE, ModelCard, read_card
+from protloc.classes import CLASS_NAMES
+from protloc.errors import ModelError
+
+# A card.json as protloc 0.1.0 wrote it before the card was typed (no "decision", no "members").
+OLD_CARD = {
+    "format": "protloc-model",
+    "format_version": 1,
+    "protloc_version": "0.1.0",
+    "created": "2026-11-20T10:00:00+00:00",
+    "kind": "model",
+    "architecture": {"name": "resnet18", "in_chans": 4, "num_classes": 28, "image_size": 128, "parameters": 11},
+    "input": {
+        "channels": ["red", "green", "blue", "yellow"],
+        "size": 128,
+        "bit_depth": 16,
+        "resize": "area (shrink) / linear (enlarge) to size x size",
+        "scale": 255.0,
+        "mean": [0.1, 0.1, 0.1, 0.1],
+        "std": [0.2, 0.2, 0.2, 0.2],
+    },
+    "classes": list(CLASS_NAMES),
+    "thresholds": [0.4] * 28,
+    "metrics": {"validation": {"macro_f1": 0.5}},
+    "training": {"data": "/data/hpa", "source_size": [512, 512], "n_train": 10},
+}
+
+
+def test_an_old_card_loads_with_defaults(tmp_path: Path) -> None:
+    (tmp_path / CARD_FILE).write_text(json.dumps(OLD_CARD))
+    card = read_card(tmp_path)
+    assert card.channels == ("red", "green", "blue", "yellow") and card.size == 128
+    assert card.architecture.name == "resnet18" and card.architecture.extra == {"parameters": 11}
+    assert card.decision.min_one is True and card.members == []
+    assert card.source_size == [512, 512] and card.training_data == "/data/hpa"
+    assert card.model_name == "resnet18" and not card.is_ensemble
+
+
+def test_round_trip_keeps_unknown_fields() -> None:
+    data = {**OLD_CARD, "scheme": {"name": "future"}, "input": {**OLD_CARD["input"], "crop": "centre"}}
+    card = ModelCard.from_dict(data)
+    assert card.extra == {"scheme": {"name": "future"}} and card.input.extra == {"crop": "centre"}
+    again = card.to_dict()
+    assert again["scheme"] == {"name": "future"} and again["input"]["crop"] == "centre"
+    assert ModelCard.from_dict(again) == card
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(format_version=99), "upgrade protloc"),
+        (lambda c: c.pop("thresholds"), "lacks 'thresholds'"),
+        (lambda c: c.update(thresholds=[0.5] * 3), "3 thresholds for 28 classes"),
+        (lambda c: c.update(input="128 px"), "'input' is not an object"),
+        (lambda c: c["input"].pop("size"), "'input' is incomplete"),
+        (lambda c: c.update(classes=["Nucleus"]), "differ from the 28 HPA classes"),
+    ],
+)
+def test_damaged_cards_are_refused_with_one_line(change, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(json.dumps(OLD_CARD))
+    change(data)
+    with pytest.raises(ModelError, match=message):
+        ModelCard.from_dict(data, where="card.json")
+
+
+def test_the_dictionary_interface_still_answers_with_a_deprecation() -> None:
+    card = ModelCard.from_dict(OLD_CARD)
+    with pytest.deprecated_call():
+        assert card["thresholds"] == [0.4] * 28
+    with pytest.deprecated_call():
+        assert card.get("input")["size"] == 128
