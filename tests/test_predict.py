@@ -126,7 +126,7 @@ def test_resume_after_a_kill_continues_from_the_durable_rows(
     key = _job_key(card, catalog, {"tta": parse_tta(None), "tiles": 1, "backend": "torch"})
     # a run that was killed after 16 durable rows (plus half a row of garbage past the mark)
     _, reference = read_probabilities(predicted / "probabilities.csv")
-    partial = _PartialRows(out / PARTIAL_DIR, key, len(catalog))
+    partial = _PartialRows(out / PARTIAL_DIR, key, len(catalog), card.num_classes)
     partial.append(0, reference[:16])
     with (out / PARTIAL_DIR / "rows.f32").open("ab") as handle:
         handle.write(b"\x00" * 50)
@@ -244,3 +244,54 @@ def test_train_without_the_train_extra_names_the_install(synth_data: Path) -> No
     assert result.returncode == 1, result.stderr[-2000:]
     assert "protloc train needs the lightning package" in result.stderr
     assert "pip install 'protloc[train]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_backend_policy_for_batch_prediction_and_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protloc import backends
+    from protloc.errors import ModelError
+    from protloc.serve.engine import resolve_backend as service_backend
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    exported = tmp_path / "model.onnx"
+    monkeypatch.setattr(backends, "torch_available", lambda: True)
+    monkeypatch.setattr(backends, "onnxruntime_available", lambda: True)
+    # without model.onnx both run PyTorch; an exported file only runs on ONNX Runtime
+    assert backends.resolve_backend(package) == "torch" == service_backend(package, "auto")
+    assert backends.resolve_backend(exported) == "onnx" == service_backend(exported, "auto")
+    with pytest.raises(ConfigError, match="runs on the onnx backend"):
+        backends.resolve_backend(exported, "torch")
+    # with model.onnx the service prefers latency (ONNX Runtime); batch prediction prefers PyTorch
+    (package / "model.onnx").write_bytes(b"")
+    assert backends.resolve_backend(package) == "torch"
+    assert service_backend(package, "auto") == "onnx"
+    # without PyTorch both fall back to ONNX Runtime, or say what to do
+    monkeypatch.setattr(backends, "torch_available", lambda: False)
+    assert backends.resolve_backend(package) == "onnx" == service_backend(package, "auto")
+    (package / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="no model.onnx and PyTorch is not installed"):
+        backends.resolve_backend(package)
+    with pytest.raises(ConfigError, match="needs PyTorch"):
+        backends.resolve_backend(package, "torch")
+    with pytest.raises(ConfigError, match="not one of"):
+        backends.resolve_backend(package, "tensorrt")
+
+
+def test_training_calibrated_on_the_probabilities_the_package_predicts(trained_run: Path) -> None:
+    """val_predictions.csv (training's calibration) and the package predicting the same images agree."""
+    from protloc.card import read_card
+    from protloc.catalog import open_dataset
+    from protloc.inference import Preprocessor, batch_probabilities
+    from protloc.prediction_files import read_probabilities_table
+    from protloc.torch_backend import load_torch_backend
+
+    ids, saved, truth = read_probabilities_table(trained_run / "val_predictions.csv")
+    assert truth is not None and len(ids) == len(truth)
+    card, backend = load_torch_backend(trained_run / "model", device="cpu")
+    catalog = open_dataset(read_card(trained_run / "model").training_data)
+    preprocessor = Preprocessor.from_card(card)
+    picks = ids[:4]
+    inputs = np.stack([preprocessor.load(catalog.files[i], i) for i in picks])
+    np.testing.assert_allclose(batch_probabilities(backend, inputs), saved[:4], atol=2e-3)

@@ -13,7 +13,6 @@ Members are copied, not loaded, so building an ensemble is quick.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard, read_card, resolve_package_path
-from protloc.classes import CLASS_NAMES
 from protloc.errors import ModelError
 from protloc.metrics import evaluate, fit_thresholds
 
@@ -29,17 +27,15 @@ THRESHOLD_METHODS = ("auto", "oof", "mean")
 
 
 def _read_validation(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A member's validation predictions and their truth (``None`` when it carries none, or without labels)."""
     path = folder / VALIDATION_FILE
     if not path.is_file():
         return None
-    from protloc.classes import parse_labels
+    from protloc.prediction_files import read_probabilities_table
 
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "Target" not in rows[0]:
+    _, probabilities, truth = read_probabilities_table(path)
+    if truth is None or len(truth) == 0:
         return None
-    probabilities = np.array([[float(r[name]) for name in CLASS_NAMES] for r in rows], np.float32)
-    truth = np.stack([parse_labels(r["Target"], allow_empty=True) for r in rows])
     return truth, probabilities
 
 

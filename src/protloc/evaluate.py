@@ -11,18 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from protloc.backends import load_backend, resolve_backend
 from protloc.catalog import open_dataset
 from protloc.errors import DataError
 from protloc.inference import predict_catalog
 from protloc.metrics import EvaluationReport, evaluate, threshold_gain
-from protloc.predict import (
-    load_backend,
-    model_threads,
-    probabilities_csv,
-    resolve_backend,
-    resolve_thresholds,
-    torch_threads,
-)
+from protloc.predict import model_threads, resolve_thresholds, torch_threads
+from protloc.prediction_files import probabilities_csv
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -19,7 +19,25 @@ from protloc.errors import ConfigError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from protloc.explain import Explanation
+
+class Explanation(Protocol):
+    """What the pictures need of an explanation (:class:`protloc.explain.Explanation` has it)."""
+
+    sample_id: str | None
+    channels: tuple[str, ...]
+    probabilities: np.ndarray
+    thresholds: np.ndarray
+    predicted: list[int]
+    maps: dict[int, np.ndarray]
+    layers: list[str]
+    model_name: str
+    true_labels: list[int] | None
+
+    @property
+    def classes(self) -> list[int]: ...
+
+    def composite(self) -> np.ndarray: ...
+
 
 HEATMAP_CMAP = "jet"
 """Colour map of the overlays: blue (weak) to red (strong)."""

@@ -2,8 +2,8 @@
 
 Everything a deployment needs to turn channel files into probabilities lives here and imports neither torch
 nor Lightning, so ``pip install 'protloc[runtime]'`` (numpy, image readers, ONNX Runtime) is enough to run
-``protloc predict --backend onnx`` and the HTTP service. The torch backend (:mod:`protloc.predict`) plugs
-into the same :func:`predict_catalog`.
+``protloc predict --backend onnx`` and the HTTP service. The torch backend (:mod:`protloc.torch_backend`) plugs
+into the same prediction core, :func:`batch_probabilities`; :mod:`protloc.backends` decides which one runs.
 
 Preprocessing repeats what training did: read the model's channels in the model's order, map 16-bit to
 8-bit the same way, resize the whole field to the model's input size (area interpolation when shrinking;
@@ -139,16 +139,34 @@ def run_with_tta(backend: Backend, batch: np.ndarray, views: Sequence[str]) -> n
     return total / len(views)
 
 
-def predict_inputs(
-    backend: Backend, inputs: np.ndarray, preprocessor: Preprocessor, views: Sequence[str], tile_aggregate: str = "max"
+def batch_probabilities(
+    backend: Backend, inputs: np.ndarray, views: Sequence[str] = ("id",), tile_aggregate: str = "max"
 ) -> np.ndarray:
-    """Probabilities for uint8 inputs ``(B, T, C, S, S)`` (T tiles per sample) -> ``(B, 28)``."""
+    """The prediction core: probabilities ``(B, classes)`` for uint8 inputs ``(B, T, C, S, S)`` (T tiles each).
+
+    Every caller computes probabilities here: batch prediction, evaluation, the service, multi-device prediction
+    and the calibration at the end of training. Pixels are scaled to 0-1 (the network normalises them itself),
+    each TTA view is run and averaged, and the tiles of a sample are combined (``max``: a protein present
+    anywhere in the field is present; or ``mean``).
+    """
+    if inputs.ndim != 5:
+        raise ValueError(f"expected uint8 inputs (B, T, C, S, S), got shape {inputs.shape}")
+    if tile_aggregate not in ("max", "mean"):
+        raise ConfigError(f"tile_aggregate must be max or mean, got {tile_aggregate!r}")
     count, tiles = inputs.shape[:2]
-    flat = preprocessor.to_pixels(inputs.reshape(count * tiles, *inputs.shape[2:]))
+    flat = Preprocessor.to_pixels(inputs.reshape(count * tiles, *inputs.shape[2:]))
     probabilities = run_with_tta(backend, flat, views).reshape(count, tiles, -1)
     if tiles == 1:
         return probabilities[:, 0]
     return probabilities.max(axis=1) if tile_aggregate == "max" else probabilities.mean(axis=1)
+
+
+def predict_inputs(
+    backend: Backend, inputs: np.ndarray, preprocessor: Preprocessor, views: Sequence[str], tile_aggregate: str = "max"
+) -> np.ndarray:
+    """Probabilities for uint8 inputs ``(B, T, C, S, S)``: :func:`batch_probabilities` (``preprocessor`` is unused;
+    kept for callers of protloc 0.1)."""
+    return batch_probabilities(backend, inputs, views, tile_aggregate)
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -285,7 +303,7 @@ def predict_catalog(
     if on_progress:
         on_progress(done, len(catalog))
     for first, inputs in iter_input_batches(catalog, preprocessor, batch_size=batch_size, workers=workers, start=start):
-        probabilities = predict_inputs(backend, inputs, preprocessor, views, tile_aggregate)
+        probabilities = batch_probabilities(backend, inputs, views, tile_aggregate)
         if on_batch is not None:
             on_batch(first, probabilities)
         else:

@@ -16,10 +16,7 @@ Torch is imported only for the torch backend; ``backend="onnx"`` runs on ONNX Ru
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import importlib.util
-import io
 import json
 import os
 import shutil
@@ -31,51 +28,40 @@ from typing import Any
 
 import numpy as np
 
+from protloc.backends import BACKENDS, load_backend, resolve_backend, torch_available
 from protloc.card import ModelCard
 from protloc.catalog import Catalog, index_images, open_dataset
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
-from protloc.errors import ConfigError, DataError
-from protloc.inference import Backend, load_onnx, parse_tta, predict_catalog
+from protloc.classes import CLASS_NAMES
+from protloc.errors import ConfigError
+from protloc.inference import parse_tta, predict_catalog
 from protloc.io import split_channel_filename
 from protloc.metrics import decide
+from protloc.prediction_files import (
+    predictions_csv,
+    probabilities_csv,
+    read_probabilities,
+    submission_csv,
+)
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
-BACKENDS = ("auto", "torch", "onnx")
+__all__ = [  # the backend policy and the CSV files have homes of their own; these names stay importable here
+    "BACKENDS",
+    "PredictionRun",
+    "load_backend",
+    "model_threads",
+    "open_for_prediction",
+    "predict_folder",
+    "predictions_csv",
+    "probabilities_csv",
+    "read_probabilities",
+    "resolve_backend",
+    "resolve_thresholds",
+    "submission_csv",
+    "torch_available",
+    "torch_threads",
+]
+
 PARTIAL_DIR = ".predict-partial"
-
-
-def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
-def resolve_backend(model: str | Path, backend: str = "auto") -> str:
-    """``auto`` -> ``onnx`` for an exported ``.onnx`` file or where PyTorch is not installed (the
-    ``protloc[runtime]`` install), else ``torch``. Asking for ``torch`` without PyTorch is a clear error."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "onnx" if Path(model).suffix.lower() == ".onnx" or not torch_available() else "torch"
-    if backend == "torch" and not torch_available():
-        raise ConfigError(
-            "the torch backend needs PyTorch, which this install lacks (pip install 'protloc[train]'); "
-            "with ONNX Runtime alone use --backend onnx on an exported model (protloc export MODEL)"
-        )
-    return backend
-
-
-def load_backend(
-    model: str | Path, backend: str = "auto", *, device: str = "auto", threads: int | None = None
-) -> tuple[ModelCard, Backend]:
-    """The card and a callable backend for a package: ``torch`` (PyTorch), ``onnx`` (ONNX Runtime) or
-    ``auto`` (see :func:`resolve_backend`)."""
-    backend = resolve_backend(model, backend)
-    if backend == "onnx":
-        return load_onnx(model, threads=threads)
-    if backend == "torch":
-        from protloc.torch_backend import load_torch_backend
-
-        return load_torch_backend(model, device=device)
-    raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 def model_threads(decode_workers: int) -> int:
@@ -195,42 +181,6 @@ def open_for_prediction(
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def probabilities_csv(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> str:
-    """CSV text: ``Id``, one probability column per class name, and the true ``Target`` when given."""
-    from protloc.classes import format_labels
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["Id", *CLASS_NAMES, *(["Target"] if truth is not None else [])])
-    for i, sample_id in enumerate(ids):
-        row = [sample_id, *(f"{p:.5f}" for p in probabilities[i])]
-        if truth is not None:
-            row.append(format_labels(truth[i]))
-        writer.writerow(row)
-    return buffer.getvalue()
-
-
-def predictions_csv(ids: Sequence[str], labels: np.ndarray) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["Id", "Predicted", "Labels"])
-    for sample_id, row in zip(ids, labels, strict=True):
-        chosen = np.flatnonzero(row)
-        writer.writerow([sample_id, " ".join(str(i) for i in chosen), "; ".join(CLASS_NAMES[i] for i in chosen)])
-    return buffer.getvalue()
-
-
-def submission_csv(order: Sequence[str], ids: Sequence[str], labels: np.ndarray) -> str:
-    """Kaggle's ``Id,Predicted`` in the order of ``order`` (the sample submission's)."""
-    position = {sample_id: i for i, sample_id in enumerate(ids)}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["Id", "Predicted"])
-    for sample_id in order:
-        writer.writerow([sample_id, " ".join(str(i) for i in np.flatnonzero(labels[position[sample_id]]))])
-    return buffer.getvalue()
-
-
 @dataclass
 class PredictionRun:
     """What :func:`predict_folder` did."""
@@ -266,9 +216,10 @@ def _job_key(card: ModelCard, catalog: Catalog, settings: dict[str, Any]) -> str
 class _PartialRows:
     """Probabilities appended row by row to ``rows.f32``; ``progress.json`` records how many are durable."""
 
-    def __init__(self, folder: Path, key: str, total: int) -> None:
+    def __init__(self, folder: Path, key: str, total: int, columns: int) -> None:
         self.folder = folder
         self.total = total
+        self.columns = columns
         folder.mkdir(parents=True, exist_ok=True)
         progress = folder / "progress.json"
         self.rows_path = folder / "rows.f32"
@@ -284,7 +235,7 @@ class _PartialRows:
             self.rows_path.unlink(missing_ok=True)
         self.key = key
         with self.rows_path.open("ab") as handle:  # drop anything written after the last durable mark
-            handle.truncate(self.completed * NUM_CLASSES * 4)
+            handle.truncate(self.completed * self.columns * 4)
 
     def append(self, first: int, probabilities: np.ndarray) -> None:
         if first != self.completed:
@@ -297,7 +248,7 @@ class _PartialRows:
         atomic_write_json(self.folder / "progress.json", {"key": self.key, "completed": self.completed})
 
     def read(self) -> np.ndarray:
-        return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, NUM_CLASSES)[: self.total]
+        return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, self.columns)[: self.total]
 
 
 def predict_folder(
@@ -342,14 +293,15 @@ def predict_folder(
     if devices > 1 or num_nodes > 1:
         if backend != "torch":
             raise ConfigError("multi-device prediction runs on the torch backend; drop --backend onnx")
+        from protloc.card import read_card
         from protloc.torch_backend import predict_distributed
 
-        card, probabilities_or_none = predict_distributed(
+        card = read_card(model)
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
+        probabilities_or_none = predict_distributed(
             model,
-            data,
+            catalog,
             out / PARTIAL_DIR,
-            split=split,
-            ids=ids,
             tta=tta,
             tiles=tiles,
             batch_size=batch_size,
@@ -360,7 +312,6 @@ def predict_folder(
         )
         if probabilities_or_none is None:
             return None
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
         probabilities = probabilities_or_none
         resumed_from = 0
     else:
@@ -369,7 +320,7 @@ def predict_folder(
         card, run = load_backend(model, backend, device=device, threads=threads)
         catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
-        partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog))
+        partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog), card.num_classes)
         resumed_from = partial.completed
         if partial.completed < len(catalog):
             with torch_threads(threads if backend == "torch" else None):
@@ -434,14 +385,3 @@ def predict_folder(
     )
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
     return result
-
-
-def read_probabilities(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read a ``probabilities.csv`` back (ids, ``(N, 28)``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-    return [r["Id"] for r in rows], np.array([[float(r[name]) for name in CLASS_NAMES] for r in rows], np.float32)

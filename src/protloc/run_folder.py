@@ -90,7 +90,7 @@ def last_checkpoint_path(run_dir: Path) -> Path | None:
 
 def write_predictions(path: Path, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> Path:
     """A CSV of ``Id``, one probability column per class name, and (when given) the true ``Target``."""
-    from protloc.predict import probabilities_csv
+    from protloc.prediction_files import probabilities_csv
 
     return atomic_write_text(path, probabilities_csv(ids, probabilities, truth))
 

@@ -1,13 +1,16 @@
 """The PyTorch backend for prediction.
 
-:class:`TorchBackend` wraps a loaded package's network (single model or ensemble) as the batch ->
-probabilities function that :func:`protloc.inference.predict_catalog` streams data through. The ONNX
-Runtime backend lives in :mod:`protloc.inference` and never imports torch.
+:class:`TorchBackend` wraps a network (a loaded package's, single model or ensemble, or one being trained) as the
+batch -> probabilities function that the prediction core, :func:`protloc.inference.batch_probabilities`, runs
+every batch through. :func:`predict_distributed` spreads a catalog over devices with Lightning and runs the same
+core on each. The ONNX Runtime backend lives in :mod:`protloc.inference` and never imports torch; which backend
+runs is decided in :mod:`protloc.backends`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 
 from protloc.card import ModelCard
+from protloc.catalog import Catalog
+from protloc.inference import Preprocessor, batch_probabilities, parse_tta
 from protloc.package import ModelPackage, load_package
 
 
@@ -26,14 +31,23 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 class TorchBackend:
-    """A package's network on a device, in eval mode, as ``batch (B, C, S, S) 0-1 floats -> probabilities``."""
+    """A network on a device, in eval mode, as ``batch (B, C, S, S) 0-1 floats -> probabilities``.
 
-    def __init__(self, package: ModelPackage, *, device: str = "auto", channels_last: bool = True) -> None:
-        self.package = package
+    Args:
+        package: a loaded package (its network is built), or the network itself (0-1 pixels in, logits out).
+        device: ``auto``, ``cpu``, ``cuda``...
+        channels_last: run in the channels-last memory format (faster convolutions on GPUs and recent CPUs).
+    """
+
+    def __init__(
+        self, package: ModelPackage | torch.nn.Module, *, device: str = "auto", channels_last: bool = True
+    ) -> None:
+        self.package = package if isinstance(package, ModelPackage) else None
         self.device = pick_device(device)
         self.channels_last = channels_last
-        model = package.build_model().to(self.device)
-        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        network = package.build_model() if isinstance(package, ModelPackage) else package.eval()
+        network = network.to(self.device)
+        self.model = network.to(memory_format=torch.channels_last) if channels_last else network
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -61,7 +75,7 @@ def load_torch_backend(model: str | Path, *, device: str = "auto") -> tuple[Mode
 class _FileDataset(torch.utils.data.Dataset):
     """Decodes samples from their files for Lightning's predict loop (uint8 inputs, as the runtime makes)."""
 
-    def __init__(self, catalog: Any, preprocessor: Any) -> None:
+    def __init__(self, catalog: Catalog, preprocessor: Preprocessor) -> None:
         self.catalog = catalog
         self.preprocessor = preprocessor
 
@@ -76,33 +90,31 @@ class _FileDataset(torch.utils.data.Dataset):
 
 def predict_distributed(
     model: str | Path,
-    data: str | Path,
+    catalog: Catalog,
     work_dir: Path,
     *,
-    split: str | None = None,
-    ids: Any = None,
-    tta: Any = None,
+    tta: str | Sequence[str] | None = None,
     tiles: int = 1,
+    tile_aggregate: str = "max",
     batch_size: int = 16,
     workers: int | None = None,
     devices: int = 2,
     num_nodes: int = 1,
     accelerator: str = "auto",
-) -> tuple[ModelCard, np.ndarray | None]:
-    """Predict with Lightning's DDP over ``devices`` x ``num_nodes``; rank 0 merges the shards by sample index,
-    so the result is identical to a single-process run. Returns (card, probabilities on rank 0 / None)."""
+) -> np.ndarray | None:
+    """Predict ``catalog`` with Lightning's DDP over ``devices`` x ``num_nodes``, each rank running the prediction
+    core on its shard; rank 0 merges the shards by sample index, so the result is identical to a single-process
+    run. Returns the probabilities on rank 0, ``None`` on the other ranks."""
     import lightning as L
 
     from protloc.dataset import ShardSampler
-    from protloc.inference import Preprocessor, parse_tta, run_with_tta
-    from protloc.predict import open_for_prediction
     from protloc.utils import atomic_path, default_workers
 
     package = load_package(model)
     card = package.card
-    catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
     preprocessor = Preprocessor.from_card(card, tiles=tiles)
     views = parse_tta(tta)
+    columns = card.num_classes
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -110,21 +122,19 @@ def predict_distributed(
             self.network = package.build_model()
 
         def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-            inputs = batch["inputs"]  # (B, T, C, S, S) uint8
-            count, tile_count = inputs.shape[:2]
-            pixels = inputs.reshape(count * tile_count, *inputs.shape[2:]).float().div_(255.0)
-
-            def backend(batch: np.ndarray) -> np.ndarray:
-                tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-                return torch.sigmoid(self.network(tensor).float()).cpu().numpy()
-
-            probabilities = run_with_tta(backend, pixels.cpu().numpy(), views).reshape(count, tile_count, -1)
-            return {"index": batch["index"].cpu().numpy(), "probabilities": probabilities.max(axis=1)}
+            backend = TorchBackend(self.network, device=str(self.device), channels_last=False)
+            inputs = batch["inputs"].cpu().numpy()  # (B, T, C, S, S) uint8
+            probabilities = batch_probabilities(backend, inputs, views, tile_aggregate)
+            return {"index": batch["index"].cpu().numpy(), "probabilities": probabilities}
 
     class Writer(L.pytorch.callbacks.BasePredictionWriter):
         def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
             index = np.concatenate([p["index"] for p in predictions]) if predictions else np.zeros(0, np.int64)
-            rows = np.concatenate([p["probabilities"] for p in predictions]) if predictions else np.zeros((0, 28))
+            rows = (
+                np.concatenate([p["probabilities"] for p in predictions])
+                if predictions
+                else np.zeros((0, columns), np.float32)
+            )
             with atomic_path(work_dir / f"rank{trainer.global_rank}.npz") as temp, temp.open("wb") as handle:
                 np.savez(handle, index=index, probabilities=rows.astype(np.float32))
 
@@ -157,8 +167,8 @@ def predict_distributed(
     trainer.predict(Module(), datamodule=Data(), return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
-        return card, None
-    merged = np.zeros((len(catalog), 28), np.float32)
+        return None
+    merged = np.zeros((len(catalog), columns), np.float32)
     seen = np.zeros(len(catalog), bool)
     for rank in range(trainer.world_size):
         with np.load(work_dir / f"rank{rank}.npz") as shard:
@@ -166,4 +176,4 @@ def predict_distributed(
             seen[shard["index"]] = True
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} samples were not predicted by any rank")
-    return card, merged
+    return merged

@@ -502,20 +502,23 @@ def _timm_version() -> str:
     return str(timm.__version__)
 
 
-@torch.no_grad()
 def predict_cached(
-    network: torch.nn.Module, dataset: CachedDataset, *, batch_size: int, workers: int, channels_last: bool = True
+    network: torch.nn.Module,
+    dataset: CachedDataset,
+    *,
+    batch_size: int,
+    workers: int,
+    channels_last: bool = True,
+    device: str = "auto",
 ) -> np.ndarray:
-    """Sigmoid probabilities ``(N, 28)`` of a packaged network (input ``uint8 / 255``, normalisation inside)
-    over a cached dataset, in dataset order."""
-    network = network.eval()
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    """Sigmoid probabilities ``(N, classes)`` of a packaged network over a cached dataset, in dataset order,
+    through the prediction core (:func:`protloc.inference.batch_probabilities`) that every prediction uses."""
+    from protloc.inference import batch_probabilities
+    from protloc.torch_backend import TorchBackend
+
+    backend = TorchBackend(network, device=device, channels_last=channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    outputs = []
-    for batch in loader:
-        images = batch["image"].float() / 255.0
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        outputs.append(torch.sigmoid(network(images).float()).numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
+    outputs = [batch_probabilities(backend, batch["image"].numpy()[:, None]) for batch in loader]
+    if not outputs:
+        raise DataError("no samples to predict")
+    return np.concatenate(outputs)

@@ -1,7 +1,7 @@
 """The model behind the service: loaded once, run off the event loop, concurrent requests micro-batched.
 
 :class:`InferenceEngine` owns the network (ONNX Runtime or PyTorch, through
-:func:`protloc.predict.load_backend`), the preprocessing the card prescribes, the thresholds, and two pools of
+:func:`protloc.backends.load_backend`), the preprocessing the card prescribes, the thresholds, and two pools of
 threads:
 
 * **decoding** (``decode_threads``): uploaded bytes -> ``(C, H, W)`` uint8 -> model inputs. OpenCV, tifffile
@@ -34,14 +34,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from protloc.card import ONNX_FILE, resolve_package_path
+from protloc import backends
+from protloc.card import resolve_package_path
 from protloc.errors import ConfigError, ModelError, ProtlocError
-from protloc.inference import Preprocessor, predict_inputs
+from protloc.inference import Preprocessor, batch_probabilities
 from protloc.metrics import decide
 
 T = TypeVar("T")
 
-BACKEND_CHOICES = ("auto", "onnx", "torch")
+BACKEND_CHOICES = backends.BACKENDS
 
 
 class ServiceBusyError(ProtlocError):
@@ -81,28 +82,9 @@ class EngineStats:
 
 
 def resolve_backend(model: str | Path, backend: str) -> str:
-    """``auto`` -> ``onnx`` when the package has ``model.onnx`` (or is one) and ONNX Runtime is installed,
-    else ``torch``.
-
-    Raises:
-        ConfigError: an unknown backend name.
-    """
-    if backend not in BACKEND_CHOICES:
-        raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
-    if backend != "auto":
-        return backend
-    path = Path(model)
-    has_onnx = path.suffix.lower() == ".onnx" or (path.is_dir() and (path / ONNX_FILE).is_file())
-    if has_onnx and importlib.util.find_spec("onnxruntime") is not None:
-        return "onnx"
-    if importlib.util.find_spec("torch") is not None:
-        return "torch"
-    if has_onnx:
-        raise ModelError("the ONNX backend needs onnxruntime: pip install 'protloc[runtime]'")
-    raise ModelError(
-        f"{model}: no {ONNX_FILE} and PyTorch is not installed; run `protloc export {model}` where PyTorch is "
-        "installed, or install it: pip install 'protloc[train]'"
-    )
+    """The service's backend: :func:`protloc.backends.resolve_backend` preferring latency (ONNX Runtime when the
+    package has ``model.onnx``)."""
+    return backends.resolve_backend(model, backend, prefer="latency")
 
 
 class InferenceEngine:
@@ -138,8 +120,6 @@ class InferenceEngine:
         decode_threads: int | None = None,
         inference_threads: int = 1,
     ) -> None:
-        from protloc.predict import load_backend
-
         if max_batch < 1 or max_pending < 1 or inference_threads < 1:
             raise ConfigError("max_batch, max_pending and inference_threads must be at least 1")
         self.model_path = Path(model)
@@ -150,7 +130,7 @@ class InferenceEngine:
             threads = max(1, cpus // 2)
         self.threads = threads
         loaded = time.perf_counter()
-        self.card, self.backend = load_backend(model, self.backend_name, device=device, threads=threads)
+        self.card, self.backend = backends.load_backend(model, self.backend_name, device=device, threads=threads)
         self.load_seconds = time.perf_counter() - loaded
         self.preprocessor = Preprocessor.from_card(self.card)
         self.thresholds = np.asarray(self.card.thresholds, dtype=np.float64)
@@ -190,7 +170,7 @@ class InferenceEngine:
         """One call on a blank input, so the first client does not pay for lazy initialisation."""
         size = self.preprocessor.size
         blank = np.zeros((1, 1, len(self.channels), size, size), np.uint8)
-        predict_inputs(self.backend, blank, self.preprocessor, ("id",))
+        batch_probabilities(self.backend, blank)
 
     def _pool(self, name: str, threads: int) -> ThreadPoolExecutor:
         with self._pools_lock:
@@ -300,7 +280,7 @@ class InferenceEngine:
     def run_batch(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities ``(N, 28)`` for a list of ``(T, C, S, S)`` uint8 inputs, on the calling thread."""
         stacked = np.stack(list(inputs))
-        return predict_inputs(self.backend, stacked, self.preprocessor, ("id",))
+        return batch_probabilities(self.backend, stacked)
 
     def predict_image(self, image: np.ndarray) -> Prediction:
         """Synchronous prediction of one ``(C, H, W)`` uint8 field (for notebooks and tests)."""
