@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
 from protloc.cache import build_cache
 from protloc.catalog import open_dataset
-from protloc.dataset import BatchNormaliser, CachedDataset, normalise_batch
+from protloc.dataset import CachedDataset
 from protloc.losses import create_loss
-from protloc.models import create_model
+from protloc.models import PackagedNetwork, create_model
 from protloc.synth import make_dataset
 from protloc.transforms import train_transform
 
@@ -75,14 +75,15 @@ class NormalisedInWorkers(torch.utils.data.Dataset):
     """The earlier pipeline, for comparison: float32 normalised in the workers (4x the bytes of uint8)."""
 
     def __init__(self, dataset: CachedDataset, mean: list[float], std: list[float]) -> None:
-        self.dataset, self.mean, self.std = dataset, mean, std
+        self.dataset = dataset
+        self.normalise = PackagedNetwork(torch.nn.Identity(), mean, std)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         sample = self.dataset[item]
-        sample["image"] = normalise_batch(sample["image"][None], self.mean, self.std)[0]
+        sample["image"] = self.normalise(sample["image"][None])[0]
         return sample
 
 
@@ -100,7 +101,7 @@ def loader_rate(
     """Images/s that the DataLoader delivers to ``device``, augmented and normalised, with ``workers``
     processes; ``transport`` is what crosses the queues and the copy (``uint8`` or ``float32``)."""
     mean, std = [0.07] * 4, [0.15] * 4
-    normalise = BatchNormaliser(mean, std)
+    normalise = PackagedNetwork(torch.nn.Identity(), mean, std).to(device)  # as training: uint8 in, on the device
     dataset: Any = CachedDataset(cache, np.arange(len(cache)), labels, train_transform("standard", size, size))
     if transport == "float32":
         dataset = NormalisedInWorkers(dataset, mean, std)

@@ -23,9 +23,9 @@ from common import median, save, table
 from protloc.cache import build_cache
 from protloc.catalog import open_dataset
 from protloc.config import resolve_config
-from protloc.dataset import BatchNormaliser, CachedDataset, make_folds
+from protloc.dataset import CachedDataset, make_folds
 from protloc.losses import create_loss
-from protloc.models import create_model
+from protloc.models import PackagedNetwork, create_model
 from protloc.synth import make_dataset
 from protloc.train import _workers, read_metrics, train
 from protloc.transforms import train_transform
@@ -45,16 +45,16 @@ def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
-    model = create_model(config.model, len(config.channels), 28).to(memory_format=torch.channels_last)
+    backbone = create_model(config.model, len(config.channels), 28)
+    model = PackagedNetwork(backbone, mean, std).to(memory_format=torch.channels_last)  # as training: uint8 in
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = create_loss("focal")
-    normalise = BatchNormaliser(mean, std)
     rate = 0.0
     for epoch in range(epochs):
         model.train()
         images, start = 0, time.perf_counter()
         for batch in loader:
-            x = normalise(batch["image"]).contiguous(memory_format=torch.channels_last)
+            x = batch["image"].contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(x), batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

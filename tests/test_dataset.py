@@ -90,25 +90,33 @@ def test_oversampling_favours_rare_classes(labels: np.ndarray) -> None:
     assert labels[drawn, rarest].mean() > 3 * labels[:, rarest].mean()
 
 
-def test_batches_stay_uint8_until_normalised_on_their_device() -> None:
-    """Workers send uint8 (a quarter of the bytes); normalise_batch gives what the packaged model computes."""
+def test_the_packaged_network_normalises_uint8_batches_on_their_device() -> None:
+    """Training feeds uint8 (a quarter of the bytes) to the packaged network, prediction feeds uint8 / 255: the
+    backbone sees the same normalised input either way, from the one implementation."""
     import torch
 
-    from protloc.dataset import normalise_batch
     from protloc.models import PackagedNetwork
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (3, 4, 8, 8), dtype=np.uint8))
     mean, std = [0.1, 0.2, 0.05, 0.3], [0.2, 0.1, 0.15, 0.25]
-    normalised = normalise_batch(images, mean, std)
-    assert normalised.dtype == torch.float32
-    expected = (images.numpy().astype(np.float64) / 255 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
-    np.testing.assert_allclose(normalised.numpy(), expected, atol=1e-5)
-    # the model package normalises inside, from uint8 / 255: the same input reaches the backbone
     packaged = PackagedNetwork(torch.nn.Identity(), mean, std)
-    np.testing.assert_allclose(packaged(images.float() / 255).numpy(), normalised.numpy(), atol=1e-5)
-    with pytest.raises(TypeError, match="uint8"):
-        normalise_batch(normalised, mean, std)
+    from_uint8 = packaged(images)
+    assert from_uint8.dtype == torch.float32 and images.dtype == torch.uint8  # the batch itself is untouched
+    expected = (images.numpy().astype(np.float64) / 255 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(from_uint8.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(packaged(images.float() / 255).numpy(), from_uint8.numpy(), atol=1e-5)
+
+
+def test_training_trains_the_packaged_network() -> None:
+    from protloc.config import TrainConfig
+    from protloc.lightning_module import LocalizationModule
+    from protloc.models import PackagedNetwork
+
+    config = TrainConfig(model="seed-cnn", image_size=64)
+    module = LocalizationModule(config, mean=[0.1] * 4, std=[0.2] * 4)
+    assert isinstance(module.model, PackagedNetwork)
+    assert module.model.mean.flatten().tolist() == pytest.approx([0.1] * 4)
 
 
 def test_cached_dataset_serves_uint8_images(tmp_path: Path) -> None:

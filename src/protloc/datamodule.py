@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 from protloc.cache import ArrayCache
 from protloc.config import TrainConfig
 from protloc.dataset import (
-    BatchNormaliser,
     CachedDataset,
     ResumableLoader,
     ResumableSampler,
@@ -25,7 +24,8 @@ from protloc.transforms import eval_transform, train_transform
 class HPADataModule(L.LightningDataModule):
     """Loaders over the cache for one fold; the training loader is resumable and DDP-sharded by protloc.
 
-    Batches leave the loaders as ``uint8`` and are normalised on the device (:meth:`on_after_batch_transfer`).
+    Batches stay ``uint8`` through the workers, pinned memory and the host-to-device copy; the network being
+    trained (the packaged one) normalises them on the device.
     """
 
     def __init__(
@@ -35,14 +35,11 @@ class HPADataModule(L.LightningDataModule):
         labels: np.ndarray,
         train_rows: np.ndarray,
         val_rows: np.ndarray,
-        mean: list[float],
-        std: list[float],
         workers: int,
     ) -> None:
         super().__init__()
         self.config = config
         self.workers = workers
-        self.normalise = BatchNormaliser(mean, std)
         self.train_set = CachedDataset(
             cache, train_rows, labels, train_transform(config.augment, config.stored_size, config.image_size)
         )
@@ -59,11 +56,6 @@ class HPADataModule(L.LightningDataModule):
             "pin_memory": torch.cuda.is_available(),
             "prefetch_factor": 4 if workers > 0 else None,
         }
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        # uint8 crosses the worker queues and the host-to-device copy; normalise where the model runs
-        batch["image"] = self.normalise(batch["image"])
-        return batch
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

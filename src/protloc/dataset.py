@@ -5,7 +5,7 @@
 * :class:`ResumableSampler` shuffles per epoch from (seed, epoch), shards across DDP ranks, can oversample
   rare classes, and can skip the batches a killed run already trained on, so resume is exact mid-epoch.
 * :class:`CachedDataset` serves ``{"image", "label", "index"}`` dicts from an :class:`~protloc.cache.ArrayCache`;
-  images stay ``uint8`` until a :class:`BatchNormaliser` turns a whole batch into network input on its device.
+  images stay ``uint8`` until the network being trained normalises a whole batch on its device.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class CachedDataset(Dataset[dict[str, Any]]):
 
     Images leave the workers as ``uint8`` (a quarter of the bytes of ``float32`` through worker queues, pinned
     memory and the host-to-GPU copy; on a GPU machine that copy, not the augmentation, is what starves the
-    model) and are normalised per batch, on the device, by a :class:`BatchNormaliser`.
+    model) and are normalised on the device by the network being trained (:class:`protloc.models.PackagedNetwork`).
 
     Args:
         cache: the array store.
@@ -212,30 +213,19 @@ class CachedDataset(Dataset[dict[str, Any]]):
         return sample
 
 
-class BatchNormaliser:
-    """``uint8`` ``(N, C, H, W)`` -> ``float32`` network input ``(x / 255 - mean) / std`` per channel, on the
-    images' device (mean and std on the 0-1 scale, as stored in the model card).
-
-    The per-channel constants are copied to each device once, not per batch: a copy from host memory per
-    training step would make the host wait for the GPU every step.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean, self.std = list(mean), list(std)
-        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8:
-            raise TypeError(f"normalise_batch expects uint8 images, got {images.dtype}")
-        constants = self._constants.get(images.device)
-        if constants is None:
-            offset = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-            scale = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-            constants = self._constants[images.device] = (offset.to(images.device), scale.to(images.device))
-        offset, scale = constants
-        return (images.float() - offset) / scale
-
-
 def normalise_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """One batch through a :class:`BatchNormaliser` (build one and reuse it in a loop)."""
-    return BatchNormaliser(mean, std)(images)
+    """Deprecated: ``uint8`` ``(N, C, H, W)`` -> the normalised ``float32`` input a backbone sees.
+
+    protloc normalises in one place, the packaged network (:class:`protloc.models.PackagedNetwork`), which
+    training now trains directly on ``uint8`` batches; this calls it.
+    """
+    warnings.warn(
+        "protloc.dataset.normalise_batch is deprecated: PackagedNetwork normalises uint8 batches itself",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalise_batch expects uint8 images, got {images.dtype}")
+    from protloc.models import PackagedNetwork
+
+    return PackagedNetwork(torch.nn.Identity(), list(mean), list(std)).to(images.device)(images)

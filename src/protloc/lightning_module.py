@@ -14,7 +14,7 @@ from torchmetrics.classification import MultilabelStatScores
 from protloc.classes import NUM_CLASSES
 from protloc.config import TrainConfig
 from protloc.losses import create_loss
-from protloc.models import create_model
+from protloc.models import PackagedNetwork, create_model
 from protloc.run_folder import append_metrics_row
 
 
@@ -28,19 +28,39 @@ def macro_f1_from_stats(stats: torch.Tensor) -> float:
 
 
 class LocalizationModule(L.LightningModule):
-    """A multi-label classifier: backbone -> 28 logits; loss on logits; macro F1 over each whole epoch."""
+    """A multi-label classifier: the packaged network (normalisation + backbone) -> one logit per class; loss on
+    logits; macro F1 over each whole epoch.
 
-    def __init__(self, config: TrainConfig, pos_weight: list[float] | None = None, total_steps: int = 1) -> None:
+    The network trained is the one packaged (:class:`~protloc.models.PackagedNetwork`): batches arrive as
+    ``uint8`` on the device and the network normalises them itself, with the per-channel ``mean`` and ``std``
+    of the training images, so training and every later prediction share one normalisation.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        pos_weight: list[float] | None = None,
+        total_steps: int = 1,
+        *,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.total_steps = max(1, total_steps)
-        self.model = create_model(
+        channels = len(config.channels)
+        backbone = create_model(
             config.model,
-            len(config.channels),
+            channels,
             NUM_CLASSES,
             pretrained=config.pretrained,
             image_size=config.image_size,
             drop_rate=config.drop_rate,
+        )
+        self.model: torch.nn.Module = PackagedNetwork(
+            backbone,
+            list(mean) if mean is not None else [0.0] * channels,
+            list(std) if std is not None else [1.0] * channels,
         )
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -56,6 +76,17 @@ class LocalizationModule(L.LightningModule):
         self._epoch_started = time.perf_counter()
         self._last_batch_end = self._epoch_started
         self._epoch_images = 0
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume a run whose checkpoints hold the bare backbone (protloc 0.1 normalised in the data module)."""
+        state = checkpoint.get("state_dict", {})
+        if state and "model.mean" not in state:
+            renamed = {
+                ("model.backbone." + k[len("model.") :] if k.startswith("model.") else k): v for k, v in state.items()
+            }
+            renamed["model.mean"] = self.model.mean
+            renamed["model.std"] = self.model.std
+            checkpoint["state_dict"] = renamed
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:

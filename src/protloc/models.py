@@ -137,10 +137,12 @@ def create_model(
 
 
 class PackagedNetwork(nn.Module):
-    """A backbone with its input normalisation built in: takes pixels scaled to 0-1, returns logits.
+    """A backbone with its input normalisation built in: takes pixels (``uint8``, or scaled to 0-1), returns logits.
 
-    Packaging the normalisation with the weights means every consumer (torch, ONNX Runtime, ensembles of
-    folds with slightly different statistics) feeds the same input, ``uint8 / 255``.
+    This is protloc's one implementation of the input normalisation, ``(x / 255 - mean) / std`` per channel:
+    training trains this very network (``uint8`` batches cross the loader and the host-to-device copy at a
+    quarter of the bytes of ``float32`` and are scaled here, on the device), and every consumer of a package
+    (torch, ONNX Runtime, ensembles of folds with slightly different statistics) feeds ``uint8 / 255``.
     """
 
     def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
@@ -152,6 +154,8 @@ class PackagedNetwork(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float().mul_(1.0 / 255.0)
         return self.backbone((pixels - self.mean) / self.std)
 
 

@@ -230,9 +230,13 @@ def train(
     total_steps = config.epochs * max(1, batches_per_epoch // max(world, 1)) + 10
     pos_weight = positive_weights(labels[train_rows], config.pos_weight)
     module = LocalizationModule(
-        config, pos_weight=None if pos_weight is None else pos_weight.tolist(), total_steps=total_steps
+        config,
+        pos_weight=None if pos_weight is None else pos_weight.tolist(),
+        total_steps=total_steps,
+        mean=mean,
+        std=std,
     )
-    datamodule = HPADataModule(config, cache, labels, train_rows, val_rows, mean, std, workers)
+    datamodule = HPADataModule(config, cache, labels, train_rows, val_rows, workers)
 
     checkpoints = run_dir / "checkpoints"
     # "best" by validation macro F1 (plus "last" at each epoch end); "last" also every N steps, for resume.
@@ -301,16 +305,20 @@ def train(
     # -- calibrate and score on the validation fold with the best weights
     with watch("calibrate"):
         best_path = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
-        network = create_model(config.model, len(config.channels), NUM_CLASSES, image_size=config.image_size)
+        backbone = create_model(config.model, len(config.channels), NUM_CLASSES, image_size=config.image_size)
+        network = PackagedNetwork(backbone, mean, std)  # the network trained, as it is packaged
         source = best_path if best_path and best_path.is_file() else last_checkpoint_path(run_dir)
         if source is None:
             raise DataError(f"{run_dir}: training produced no checkpoint (did it run a single step?)")
         from protloc.package import state_dict_from_lightning
 
-        network.load_state_dict(state_dict_from_lightning(source))
+        state = state_dict_from_lightning(source)
+        if "mean" not in state:  # a checkpoint of protloc 0.1, whose trained network was the bare backbone
+            state = {**{f"backbone.{k}": v for k, v in state.items()}, "mean": network.mean, "std": network.std}
+        network.load_state_dict(state)
         best_epoch = int(torch.load(str(source), map_location="cpu", weights_only=False)["epoch"])
         probabilities = predict_cached(
-            PackagedNetwork(network, mean, std),
+            network,
             datamodule.val_set,
             batch_size=config.batch_size * 2,
             workers=workers,
@@ -368,7 +376,7 @@ def train(
         )
         package_dir = save_package(
             run_dir / "model",
-            PackagedNetwork(network, mean, std),
+            network,
             card,
             extra_files={VALIDATION_FILE: run_dir / "val_predictions.csv"},
         )

@@ -4,8 +4,8 @@ Fluorescence fields have no up, down, left or right, so the 8 flips/rotations ar
 shifts, scales and rotations, and per-channel brightness/contrast changes (stainings and exposures differ
 per channel) add the rest. When the cache stores a larger image than the network's input, training takes a
 random crop and evaluation the centre crop. Normalisation (per-channel mean and std on the 0-1 scale) is
-computed from the training images, applied per batch on the device (:class:`protloc.dataset.BatchNormaliser`)
-and stored in the model card, so prediction normalises the same way.
+computed from the training images, applied per batch on the device by the packaged network
+(:class:`protloc.models.PackagedNetwork`) and stored in the model card, so prediction normalises the same way.
 """
 
 from __future__ import annotations
