@@ -47,7 +47,7 @@ def train_recipe(recipe: str, data: Path, out: Path, minutes: float, fold: int, 
         },
     )
     start = time.perf_counter()
-    result = train(config, overwrite=True, progress_bar=False)
+    result = train(config, overwrite=True)
     assert result is not None
     print(
         f"{recipe} fold {fold}: {epochs} epochs planned, {result.epochs_run} run, "

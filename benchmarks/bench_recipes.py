@@ -58,7 +58,7 @@ def run_variant(key: str, data: Path, work: Path, minutes: float) -> dict[str, A
         },
     )
     start = time.perf_counter()
-    result = train(config, overwrite=True, progress_bar=False)
+    result = train(config, overwrite=True)
     assert result is not None
     seconds = time.perf_counter() - start
     test = evaluate_model(result.package_dir, data, split="test", labels=data / "test_truth.csv").report

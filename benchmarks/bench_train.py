@@ -99,7 +99,7 @@ def main() -> None:
         for round_index in range(args.rounds):
             bare.append(bare_loop(base, cache, catalog.labels, rows, mean, std))
             config = resolve_config("cpu", overrides={**base.to_dict(), "out": str(Path(tmp) / f"run{round_index}")})
-            train(config, progress_bar=False)
+            train(config)
             engine.append(read_metrics(Path(config.out) / "metrics.csv")[-1]["images_per_second"])
             print(f"round {round_index}: bare {bare[-1]:.1f} img/s, protloc {engine[-1]:.1f} img/s", flush=True)
         ratio = median(engine) / median(bare)

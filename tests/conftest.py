@@ -60,5 +60,5 @@ def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
             "checkpoint_every_n_steps": 3,
         },
     )
-    train(config, progress_bar=False)
+    train(config)
     return run_dir

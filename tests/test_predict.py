@@ -91,7 +91,7 @@ def test_threshold_overrides(trained_run: Path, tmp_path: Path) -> None:
     by_name.write_text(json.dumps({"thresholds": [0.4] * 28}))
     assert resolve_thresholds(card, by_name) == [0.4] * 28
     for bad, fragment in [
-        ({"Nucleus": 0.5}, "not a class name"),
+        ({"Nucleus": 0.5}, "t.json: unknown class 'Nucleus'"),
         ([0.5] * 3, "expected 28"),
         ({"0": 1.5}, "between 0 and 1"),
     ]:

@@ -96,7 +96,7 @@ def test_thresholds_and_report_are_consistent(trained_run: Path) -> None:
 def test_existing_run_is_not_overwritten(trained_run: Path, synth_data: Path) -> None:
     config = resolve_config("cpu", overrides={"data": str(synth_data), "out": str(trained_run), "epochs": 1})
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
-        train(config, progress_bar=False)
+        train(config)
     assert (trained_run / "model" / "card.json").is_file()
 
 
@@ -112,7 +112,7 @@ def test_resume_refuses_changed_settings(trained_run: Path, synth_data: Path) ->
         },
     )
     with pytest.raises(ConfigError, match="cannot change .*lr.* when resuming"):
-        train(config, resume=True, progress_bar=False)
+        train(config, resume=True)
 
 
 def test_evaluate_cli_scores_the_test_truth(

@@ -22,7 +22,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from protloc.catalog import Catalog
 from protloc.errors import DataError
 from protloc.io import read_sample
 from protloc.utils import atomic_write_json, default_workers
+from protloc.workers import imap
 
 CACHE_FORMAT = 1
 
@@ -236,13 +236,15 @@ def build_cache(
     workers = workers or default_workers()
     last_flush = time.monotonic()
     init_args = (str(images_path), shape, channels, size, bit_depth)
-    if workers <= 1 or len(jobs) < 32:
-        _init_worker(*init_args)
-        results: Any = map(_fill, jobs)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args)
-        results = pool.map(_fill, jobs, chunksize=8)
+    results = imap(
+        _fill,
+        jobs,
+        workers=1 if len(jobs) < 32 else workers,
+        chunksize=8,
+        initializer=_init_worker,
+        initargs=init_args,
+        preload=[__name__],
+    )
     try:
         for index, error in results:
             if error is not None:
@@ -257,8 +259,7 @@ def build_cache(
                 last_flush = time.monotonic()
     finally:
         done.flush()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        results.close()  # stops the workers when a sample fails to read
         _WORKER.clear()
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +68,20 @@ class ThroughputLog(Callback):
         pl_module.log("img_per_s", pl_module.train_images_per_second(), prog_bar=True, rank_zero_only=True)
 
 
-def progress_bar_callback() -> Callback:
-    """Lightning's Rich progress bar without the logger's version number."""
-    from lightning.pytorch.callbacks import RichProgressBar
+class StepProgress(Callback):
+    """Reports training progress to the caller: ``on_progress(steps done, steps planned)`` after each step, on the
+    main process (the CLI draws its bar from it; the library draws nothing)."""
 
-    class Bar(RichProgressBar):
-        def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-            metrics = super().get_metrics(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return {k: (round(float(v), 3) if isinstance(v, float) else v) for k, v in metrics.items()}
+    def __init__(self, on_progress: Callable[[int, int], None]) -> None:
+        self.on_progress = on_progress
 
-    return Bar(leave=True)
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.is_global_zero:
+            planned = trainer.estimated_stepping_batches
+            done = int(trainer.global_step)
+            self.on_progress(done, int(planned) if math.isfinite(planned) else done)
 
 
 def check_ranks_agree(trainer: L.Trainer, module: LocalizationModule) -> bool:

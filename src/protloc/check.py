@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from protloc.catalog import LABEL_HEADER, SUBMISSION_HEADER, index_images, scan_
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
 from protloc.utils import atomic_write_text
+from protloc.workers import imap
 
 ERROR, WARNING = "error", "warning"
 
@@ -265,11 +265,12 @@ def _run_probes(jobs: list[Job], workers: int | None, on_progress: Callable[[int
             if on_progress:
                 on_progress(done, total)
         return found
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for done, result in enumerate(pool.map(_probe_sample, jobs, chunksize=16), start=1):
-            found.extend(result)
-            if on_progress:
-                on_progress(done, total)
+    for done, result in enumerate(
+        imap(_probe_sample, jobs, workers=workers, chunksize=16, preload=[__name__]), start=1
+    ):
+        found.extend(result)
+        if on_progress:
+            on_progress(done, total)
     return found
 
 

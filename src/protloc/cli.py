@@ -40,6 +40,13 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
     """A Rich progress bar with count, elapsed time and ETA; yields an ``on_progress(done, total)`` callback."""
+    with progress_bars(description) as (update,):
+        yield update
+
+
+@contextmanager
+def progress_bars(*descriptions: str) -> Iterator[tuple[Callable[[int, int], None], ...]]:
+    """Several Rich progress bars in one display; yields one ``on_progress(done, total)`` callback per bar."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -50,12 +57,16 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as progress:
-        task = progress.add_task(description, total=total)
 
-        def update(done: int, of: int) -> None:
-            progress.update(task, completed=done, total=of)
+        def bar(description: str) -> Callable[[int, int], None]:
+            task = progress.add_task(description, total=None)
 
-        yield update
+            def update(done: int, of: int) -> None:
+                progress.update(task, completed=done, total=of)
+
+            return update
+
+        yield tuple(bar(d) for d in descriptions)
 
 
 def _version(value: bool) -> None:
@@ -345,8 +356,10 @@ def train(
         config = out / "config.yaml"
     resolved = resolve_config(recipe, config, overrides)
     resolved.out = str(out) if out is not None else f"runs/{resolved.recipe}-fold{resolved.fold}"
-    with progress_bar("caching images") as update:
-        result = run_training(resolved, resume=resume, overwrite=overwrite, on_cache_progress=update)
+    with progress_bars("caching images", "training steps") as (cache_update, step_update):
+        result = run_training(
+            resolved, resume=resume, overwrite=overwrite, on_cache_progress=cache_update, on_progress=step_update
+        )
     if result is None:  # a DDP worker rank
         return
     _print_report(result.report, f"validation fold {resolved.fold}: per-class scores")

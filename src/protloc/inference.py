@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +28,7 @@ from protloc.card import ONNX_FILE, ModelCard, check_channels_available, read_ca
 from protloc.catalog import Catalog
 from protloc.errors import ConfigError, ModelError
 from protloc.io import read_sample, resize_plane
+from protloc.workers import imap
 
 # The 8 symmetries of the square (dihedral group D4): k quarter turns, then an optional horizontal flip.
 TTA_VIEWS: dict[str, tuple[int, bool]] = {
@@ -221,19 +220,9 @@ def load_onnx(model: str | Path, *, threads: int | None = None) -> tuple[ModelCa
 
 
 def bounded_map(function: Callable[[Any], Any], items: Iterable[Any], *, workers: int, window: int) -> Iterator[Any]:
-    """``map`` over a process pool with at most ``window`` tasks in flight, results in order (bounded memory)."""
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[Any]] = deque()
-        iterator = iter(items)
-        for item in iterator:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    """``map`` over worker processes with at most ``window`` tasks in flight, results in order (bounded memory);
+    see :func:`protloc.workers.imap`."""
+    return imap(function, items, workers=workers, window=window)
 
 
 @dataclass(frozen=True)

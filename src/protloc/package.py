@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from protloc.card import (
 from protloc.classes import CLASS_NAMES
 from protloc.errors import ModelError
 from protloc.models import EnsembleNetwork, PackagedNetwork, create_model
-from protloc.utils import atomic_write_json
+from protloc.utils import atomic_folder, atomic_write_json
 
 
 def new_card(
@@ -95,9 +94,7 @@ def save_package(
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         if model is not None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": CARD_FORMAT})
@@ -107,17 +104,6 @@ def save_package(
             shutil.copyfile(source, staging / name)
         typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
         atomic_write_json(staging / CARD_FILE, typed.to_dict())
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from protloc.backends import BACKENDS, load_backend, resolve_backend, torch_available
 from protloc.card import ModelCard
 from protloc.catalog import Catalog, index_images, open_dataset
-from protloc.classes import CLASS_NAMES
+from protloc.classes import CLASS_NAMES, resolve_class
 from protloc.errors import ConfigError
 from protloc.inference import parse_tta, predict_catalog
 from protloc.io import split_channel_filename
@@ -128,12 +128,10 @@ def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> 
 
 
 def _class_index(key: str, where: Path) -> int:
-    if key.isdigit() and int(key) < len(CLASS_NAMES):
-        return int(key)
-    lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
-    if key.lower() in lowered:
-        return lowered[key.lower()]
-    raise ConfigError(f"{where}: {key!r} is not a class name or id")
+    try:
+        return resolve_class(key)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _is_number(text: str) -> bool:

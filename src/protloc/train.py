@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from protloc import __version__
 from protloc.cache import build_cache
-from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, ThroughputLog, progress_bar_callback
+from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, StepProgress, ThroughputLog
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
@@ -171,9 +171,18 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     on_cache_progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool | None = None,
 ) -> TrainResult | None:
     """Run one training job as described by ``config``.
+
+    Args:
+        config: the settings (see :class:`protloc.config.TrainConfig`).
+        resume: continue the run in ``config.out`` from its last checkpoint.
+        overwrite: replace a finished or abandoned run in ``config.out``.
+        on_cache_progress: ``on_cache_progress(samples done, total)`` while the cache is built.
+        on_progress: ``on_progress(steps done, steps planned)`` after each training step (main process).
+        progress_bar: deprecated; ``True`` shows Lightning's own text bar. Draw a bar from ``on_progress``.
 
     Returns:
         The result on the main process; ``None`` on other DDP ranks.
@@ -276,14 +285,20 @@ def train(
     ]
     if config.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience))
-    if progress_bar:
-        callbacks.append(progress_bar_callback())
+    if on_progress is not None:
+        callbacks.append(StepProgress(on_progress))
+    if progress_bar is not None:
+        warnings.warn(
+            "train(progress_bar=...) is deprecated: pass on_progress(steps done, steps planned) and draw your own bar",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs")]
     if config.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard"))
 
     with _quiet_lightning():
-        trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch, progress_bar)
+        trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch, bool(progress_bar))
     if trainer.world_size > 1 and not torch.cuda.is_available():
         # CPU DDP: the processes share the cores; more threads than cores collapses throughput.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))

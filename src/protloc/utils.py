@@ -1,13 +1,15 @@
-"""Small helpers shared across modules: atomic writes, worker counts, timing."""
+"""Small helpers shared across modules: atomic writes of files and folders, worker counts, timing."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,56 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path, *, before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``target``; on success it becomes ``target`` (see :func:`swap_folder`).
+
+    On any failure, and on a kill before the swap, ``target`` stays as it was and the staging folder is removed
+    (after a kill, a hidden ``.<name>.partial-*`` folder is left, which nothing reads). ``before_replace(target)``
+    runs just before an existing ``target`` is replaced, to check it may still be (it may have changed meanwhile).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if before_replace is not None and target.exists():
+            before_replace(target)
+        swap_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def swap_folder(staging: Path, target: Path) -> None:
+    """Put the finished folder ``staging`` at ``target`` by renames: an existing ``target`` is renamed aside,
+    ``staging`` renamed into place, then the old one removed. ``target`` is at every moment absent, old or new,
+    never half of each.
+
+    Raises:
+        DataError: the rename failed (another file system, permissions).
+    """
+    from protloc.errors import DataError
+
+    try:
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        if target.exists():
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(trash)
+            try:
+                staging.rename(target)
+            except BaseException:
+                trash.rename(target)
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except OSError as exc:
+        raise DataError(f"could not move the finished folder into {target}: {exc}") from None
 
 
 def default_workers(limit: int = 8) -> int:

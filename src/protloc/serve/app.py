@@ -35,8 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from protloc import __version__
-from protloc.classes import CLASS_NAMES, NUM_CLASSES, SHORT_NAMES
-from protloc.errors import ConfigError, DependencyError, ProtlocError
+from protloc.classes import resolve_class
+from protloc.errors import DependencyError, ProtlocError
 from protloc.serve.decode import Upload
 from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusyError
 from protloc.serve.gate import RequestGate
@@ -63,27 +63,13 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: _error("missing or wrong be
 
 
 def resolve_class_id(value: str) -> int:
-    """A class id from ``"7"``, a class name or short name (any case), or an unambiguous name prefix.
+    """A class id from the ``class_id`` query: an id, a class name or short name, or an unambiguous prefix
+    (:func:`protloc.classes.resolve_class`).
 
     Raises:
         ConfigError: no class or several classes match.
     """
-    text = " ".join(value.split()).lower()
-    if text.isdigit():
-        if int(text) < NUM_CLASSES:
-            return int(text)
-        raise ConfigError(f"class_id {value!r} is out of range; class ids are 0-{NUM_CLASSES - 1}")
-    for names in (CLASS_NAMES, SHORT_NAMES):
-        for class_id, name in enumerate(names):
-            if name.lower() == text:
-                return class_id
-    matches = [i for i, name in enumerate(CLASS_NAMES) if text and name.lower().startswith(text)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        options = ", ".join(f"{CLASS_NAMES[i]} ({i})" for i in matches)
-        raise ConfigError(f"class_id {value!r} is ambiguous: {options}")
-    raise ConfigError(f"unknown class {value!r}: give a class id 0-{NUM_CLASSES - 1} or a class name (GET /model)")
+    return resolve_class(value)
 
 
 async def _read(upload: UploadFile | None) -> Upload | None:

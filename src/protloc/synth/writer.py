@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import multiprocessing
 import os
-import shutil
 import time
-import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +16,12 @@ import cv2
 import numpy as np
 
 from protloc.classes import NUM_CLASSES, format_labels
-from protloc.errors import ConfigError, DataError
+from protloc.errors import ConfigError
 from protloc.io import write_channel
 from protloc.synth.labels import sample_label_sets, synth_id
 from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample
+from protloc.utils import atomic_folder
+from protloc.workers import imap
 
 IMAGE_FORMATS: tuple[str, ...] = ("png", "tif", "jpg")
 _KEY_LABELS, _KEY_ID, _KEY_IMAGE = 0, 1, 2  # SeedSequence spawn keys: (purpose, split, index)
@@ -101,37 +99,24 @@ def _write_task(task: _Task) -> int:
     return task.index
 
 
-def _write_tasks(tasks: list[_Task]) -> int:
-    for task in tasks:
-        _write_task(task)
-    return len(tasks)
-
-
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
 def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[int]:
-    """Write the samples, yielding how many finished at each step (in this process when ``workers == 1``)."""
-    if workers == 1:
-        for task in tasks:
-            _write_task(task)
-            yield 1
-        return
+    """Write the samples, yielding 1 as each is written (in this process when ``workers == 1``)."""
     per_chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    chunks = [tasks[i : i + per_chunk] for i in range(0, len(tasks), per_chunk)]
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
-    try:
-        futures = [pool.submit(_write_tasks, chunk) for chunk in chunks]
-        for future in as_completed(futures):
-            yield future.result()
-    except BrokenProcessPool:
-        raise ConfigError(
-            "a worker process died before it finished (out of memory?). Workers re-import the calling script: "
-            'call make_dataset under `if __name__ == "__main__":`, or pass workers=1 to write in this process'
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    chunks = -(-len(tasks) // per_chunk)
+    for _ in imap(
+        _write_task,
+        tasks,
+        workers=workers,
+        chunksize=per_chunk,
+        window=max(2 * workers, chunks),  # every chunk queued at once: no worker waits for a slow one
+        initializer=_init_worker if workers > 1 else None,
+        preload=[__name__],
+    ):
+        yield 1
 
 
 def _default_workers() -> int:
@@ -213,20 +198,6 @@ def _make_ids(seed: int, split: int, n: int, taken: set[str]) -> list[str]:
     return ids
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Worker processes that start clean.
-
-    Plain fork is unsafe here: once OpenCV has run a parallel operation in the parent, a forked child that
-    calls OpenCV can hang on the copied thread pool. A fork server (POSIX) forks workers from a fresh process
-    that has only imported this module; elsewhere, spawn.
-    """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # imported once by the server, inherited by every worker
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def make_dataset(
     out: str | Path,
     *,
@@ -263,13 +234,20 @@ def make_dataset(
             calling script, so a script must call this under ``if __name__ == "__main__":``.
         overwrite: replace ``out`` if it already holds a data set. A folder holding anything the generator
             does not write is never replaced.
-        progress: show a Rich progress bar.
+        progress: deprecated, draws nothing (library functions never draw; use ``on_progress``).
         on_progress: called as ``on_progress(done, total)`` after each sample is written (for a caller's own
             progress display).
 
     Raises:
         ConfigError: an invalid argument, or an output folder that cannot be used.
     """
+    if progress:
+        warnings.warn(
+            "make_dataset(progress=True) is deprecated and draws nothing: pass on_progress(done, total) and draw "
+            "your own bar (the protloc command does)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     image_format = image_format.lower().lstrip(".") if isinstance(image_format, str) else image_format
     if image_format == "tiff":
         image_format = "tif"
@@ -294,10 +272,7 @@ def make_dataset(
     train_ids = _make_ids(seed, 0, n_train, taken)
     test_ids = _make_ids(seed, 1, n_test, taken)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+    with atomic_folder(target, before_replace=lambda old: _check_target(old, overwrite)) as staging:
         (staging / "train").mkdir()
         (staging / "test").mkdir()
         tasks = [
@@ -308,37 +283,17 @@ def make_dataset(
             for k, (i, lab) in enumerate(zip(test_ids, test_labels, strict=True))
         ]
         workers = max(1, min(workers, len(tasks)))
-        with contextlib.ExitStack() as stack:
-            if progress:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                bar = stack.enter_context(
-                    Progress(
-                        TextColumn(f"synth {out.name}"),
-                        BarColumn(),
-                        MofNCompleteColumn(),
-                        TextColumn("samples"),
-                        TimeRemainingColumn(),
-                    )
-                )
-                handle = bar.add_task("synth", total=len(tasks))
-            count = 0
-            for finished in _run_tasks(tasks, workers):
-                count += finished
-                if progress:
-                    bar.advance(handle, finished)
-                if on_progress is not None:
-                    on_progress(count, len(tasks))
+        count = 0
+        for finished in _run_tasks(tasks, workers):
+            count += finished
+            if on_progress is not None:
+                on_progress(count, len(tasks))
 
         train_rows = sorted(zip(train_ids, (format_labels(v) for v in train_labels), strict=True))
         test_rows = sorted(zip(test_ids, (format_labels(v) for v in test_labels), strict=True))
         _write_labels_csv(staging / _TRAIN_CSV, ("Id", "Target"), train_rows)
         _write_labels_csv(staging / _TEST_TRUTH_CSV, ("Id", "Target"), test_rows)
         _write_labels_csv(staging / _SUBMISSION_CSV, ("Id", "Predicted"), ((i, "0") for i, _ in test_rows))
-        _swap_into_place(staging, target, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return SynthSummary(
         out=out,
         n_train=n_train,
@@ -353,20 +308,3 @@ def make_dataset(
         workers=workers,
         files=4 * (n_train + n_test),
     )
-
-
-def _swap_into_place(staging: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished staging folder to ``out`` (replacing an old data set only with ``overwrite``)."""
-    if out.is_dir() and any(out.iterdir()):
-        _check_target(out, overwrite)  # it may have changed while we were writing
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(trash)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-        return
-    if out.is_dir():
-        out.rmdir()
-    try:
-        staging.rename(out)
-    except OSError as exc:
-        raise DataError(f"could not move the finished data set into {out}: {exc}") from None

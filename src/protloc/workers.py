@@ -1,0 +1,109 @@
+"""Worker processes: the one process pool of protloc (synthetic data, cache building, data checks, prediction).
+
+Workers start clean, never by a plain fork: once OpenCV (or a BLAS library) has run a parallel operation in the
+parent, a forked child that calls it can hang on the copied thread pool. On POSIX a fork server forks the
+workers from a fresh process that has imported only numpy, OpenCV and protloc's readers; elsewhere, spawn.
+Either way each worker imports the calling script again, so a script that starts workers must run its work
+under ``if __name__ == "__main__":`` (the ``protloc`` command and ``python -m protloc`` do).
+
+:func:`imap` is the one way to run a function over many items: in order, at most ``window`` chunks in flight
+(bounded memory whatever the number of items), in this process when ``workers <= 1``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from protloc.errors import ConfigError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PRELOAD = ("numpy", "cv2", "protloc.io")
+"""Modules the fork server imports once, so each worker starts with them loaded."""
+
+
+def pool_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """The start method of protloc's workers: a fork server where there is one (POSIX), else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([*PRELOAD, *preload])  # takes effect when the server first starts
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def process_pool(
+    workers: int,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    preload: Sequence[str] = (),
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started by :func:`pool_context`."""
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=pool_context(preload), initializer=initializer, initargs=initargs
+    )
+
+
+def _apply(function: Callable[[T], R], chunk: list[T]) -> list[R]:
+    return [function(item) for item in chunk]
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def imap(
+    function: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    chunksize: int = 1,
+    window: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    preload: Sequence[str] = (),
+) -> Generator[R, None, None]:
+    """``map(function, items)`` over ``workers`` processes, results in order.
+
+    Items go to the workers in chunks of ``chunksize``; at most ``window`` chunks (default ``2 * workers``) are in
+    flight, so memory stays bounded. With ``workers <= 1`` everything runs in this process (``initializer``
+    too). ``function``, ``initializer`` and the items must be picklable (module-level functions).
+
+    Raises:
+        ConfigError: a worker died (out of memory, or a calling script without a ``__main__`` guard).
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(function, items)
+        return
+    window = window or 2 * workers
+    pool = process_pool(workers, initializer=initializer, initargs=initargs, preload=preload)
+    try:
+        pending: deque[Future[list[R]]] = deque()
+        for chunk in _chunks(items, max(1, chunksize)):
+            pending.append(pool.submit(_apply, function, chunk))
+            if len(pending) >= window:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    except BrokenProcessPool:
+        raise ConfigError(
+            "a worker process died before it finished (out of memory?). Workers re-import the calling script: "
+            'run it under `if __name__ == "__main__":`, or use one worker (workers=1)'
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
