@@ -26,6 +26,8 @@ from protloc.explain import (
 from protloc.models import PackagedNetwork, SeedCNN, create_model
 from protloc.package import new_card, save_package
 from protloc.plots import save_figure
+from protloc.report import TestSet as ScoredTestSet
+from protloc.report import gallery_html
 
 CHANNELS = ["red", "green", "blue", "yellow"]
 
@@ -436,3 +438,39 @@ def test_explain_sample_errors_say_what_and_where(trained_run: Path, synth_data:
     with pytest.raises(ModelError, match="not an exported .onnx file"):
         explain_sample(tmp_path / "model.onnx", synth_data, first, tmp_path / "x.png")
     assert not list(tmp_path.glob("*.png"))
+
+
+def _test_set(folder: Path, count: int = 3) -> ScoredTestSet:
+    from protloc.metrics import evaluate
+    from tests.helpers import write_sample
+
+    ids = [f"s{i}" for i in range(count)]
+    for k, sample_id in enumerate(ids):
+        write_sample(folder, sample_id, size=48, seed=k)
+    files = {i: {c: folder / f"{i}_{c}.png" for c in CHANNELS} for i in ids}
+    truth = np.zeros((count, 28), np.uint8)
+    truth[:, 0] = 1
+    probabilities = np.full((count, 28), 0.1, np.float32)
+    probabilities[:, 7] = 0.9  # every sample predicted Golgi apparatus
+    predicted = (probabilities >= 0.5).astype(np.uint8)
+    report = evaluate(truth, probabilities, [0.5] * 28)
+    return ScoredTestSet(ids, truth, probabilities, predicted, report, files=files)
+
+
+def test_report_gallery_shows_each_sample_with_its_activation_map(resnet_package: Path, tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "images")
+    html = gallery_html(test, resnet_package, CHANNELS, count=3)
+    assert html.count('class="tile"') == 3
+    assert html.count("data:image/png;base64,") == 6, "a composite and an activation map per tile"
+    assert html.count("activation map for Golgi apparatus") == 3
+    assert "no activation maps" not in html
+
+
+def test_report_gallery_says_why_the_maps_are_missing(tmp_path: Path) -> None:
+    test = _test_set(tmp_path / "images", count=2)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{}")
+    html = gallery_html(test, broken, CHANNELS, count=2)
+    assert html.count('class="tile"') == 2 and html.count("data:image/png;base64,") == 2
+    assert "no activation maps:" in html and "not a protloc model card" in html

@@ -26,7 +26,7 @@ import numpy as np
 
 from protloc.card import ONNX_FILE, ModelCard, check_channels_available, read_card, resolve_package_path
 from protloc.catalog import Catalog
-from protloc.errors import ConfigError, ModelError
+from protloc.errors import ConfigError, DataError, ModelError
 from protloc.io import read_sample, resize_plane
 from protloc.workers import imap
 
@@ -323,7 +323,7 @@ def _warn_on_size(catalog: Catalog, preprocessor: Preprocessor, card: ModelCard)
     path = catalog.files[first_id][preprocessor.channels[0]]
     try:
         height, width = _image_shape(path)
-    except Exception:
+    except (DataError, OSError):  # an unreadable file is reported when it is read
         return
     if trained_on and [height, width] != list(trained_on):
         warnings.warn(

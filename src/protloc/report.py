@@ -21,6 +21,7 @@ import numpy as np
 from protloc import __version__
 from protloc.card import CARD_FILE, read_card
 from protloc.classes import CLASS_NAMES, SHORT_NAMES
+from protloc.errors import ProtlocError
 from protloc.metrics import EvaluationReport
 from protloc.utils import atomic_write_text
 
@@ -199,6 +200,7 @@ def gallery_html(
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(test.ids), size=min(count, len(test.ids)), replace=False).tolist())
     explainer = None
+    missing_maps = ""  # why the tiles show no activation maps, said once under the gallery
     if package_path is not None:
         try:
             from protloc.explain import explain_image, overlay_png
@@ -206,8 +208,10 @@ def gallery_html(
 
             package = load_package(package_path)
             explainer = (package, explain_image, overlay_png)
-        except Exception:  # explanations are a bonus: the gallery works without them
-            explainer = None
+        except ImportError as exc:  # a torch-free install: the gallery works without the maps
+            missing_maps = f"no activation maps: explanations need PyTorch and grad-cam ({exc.name} is not installed)"
+        except ProtlocError as exc:
+            missing_maps = f"no activation maps: {exc}"
     tiles = []
     for index in picks:
         sample_id = test.ids[index]
@@ -221,10 +225,12 @@ def gallery_html(
             top = max(predicted, key=lambda c: test.probabilities[index][c])
             try:
                 explanation = explain_image(package, image, [top])
+            except ProtlocError as exc:  # e.g. an architecture without a convolutional feature map
+                missing_maps = f"no activation maps: {exc}"
+                explainer = None
+            else:
                 pictures.append(png_data_uri(overlay_png(explanation, top)))
                 caption = f"<div class='muted'>right: activation map for {html.escape(CLASS_NAMES[top])}</div>"
-            except Exception:
-                pass
         images = "".join(f'<img src="{uri}" alt="">' for uri in pictures)
         tiles.append(
             f'<div class="tile"><div class="pair">{images}</div>{caption}'
@@ -235,6 +241,8 @@ def gallery_html(
         '<p class="muted"><span class="ok">✓ correct</span> · <span class="miss">✗ missed</span> · '
         '<span class="extra">+ predicted but not true</span>; numbers are probabilities.</p>'
     )
+    if missing_maps:
+        legend += f'<p class="muted">{html.escape(missing_maps)}</p>'
     return legend + '<div class="gallery">' + "".join(tiles) + "</div>"
 
 

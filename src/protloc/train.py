@@ -478,7 +478,7 @@ def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
 
     try:
         height, width = _image_shape(catalog.files[catalog.ids[0]][channel])
-    except Exception:
+    except (DataError, OSError):  # the card then records no source size
         return None
     return [height, width]
 
