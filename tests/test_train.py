@@ -43,8 +43,11 @@ def test_run_directory_has_everything(trained_run: Path) -> None:
         assert (trained_run / name).is_file(), name
     rows = read_metrics(trained_run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(0 <= r["val_macro_f1"] <= 1 and r["train_loss"] > 0 for r in rows)
     assert rows[1]["step"] > rows[0]["step"] > 0
+    # training learns: both losses fall from the first epoch to the second (a broken gradient, label or input
+    # pipeline leaves them flat or rising); 0.63 -> 0.51 validation loss on this run
+    assert rows[1]["train_loss"] < 0.95 * rows[0]["train_loss"]
+    assert rows[1]["val_loss"] < 0.95 * rows[0]["val_loss"]
 
 
 def test_package_card_describes_the_model(trained_run: Path) -> None:
@@ -197,10 +200,27 @@ def _checkpoint_step(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_reaches_the_same_step(synth_data: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """README: after a kill -9, --resume continues at the same epoch, step and optimizer state. Without random
+    augmentation or dropout, the resumed run must then end with exactly the weights of an uninterrupted one."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    settings = tmp_path / "deterministic.yaml"
+    settings.write_text("augment: none\ndrop_rate: 0.0\n")
+    reference = tmp_path / "uninterrupted"
+    finished = subprocess.run(
+        _train_command(synth_data, reference, tmp_path / "cache", "--epochs", "3", "--config", str(settings)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
     run = tmp_path / "killed"
-    command = _train_command(synth_data, run, tmp_path / "cache", "--epochs", "3", "--checkpoint-every", "2")
+    command = _train_command(
+        synth_data, run, tmp_path / "cache", "--epochs", "3", "--checkpoint-every", "2", "--config", str(settings)
+    )
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
     steps_per_epoch = 128 // 8  # 160 samples, 5 folds: 128 train rows, batch 8
@@ -228,12 +248,19 @@ def test_kill_9_mid_epoch_then_resume_reaches_the_same_step(synth_data: Path, tm
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 3 * steps_per_epoch
     assert summary["resumed_from_step"] >= killed_at  # continued from the checkpoint, not from scratch
-    assert summary["resumed_from_step"] % steps_per_epoch != 0 or summary["resumed_from_step"] > killed_at
     assert [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")] == [0, 1, 2]
-    assert load_package(run / "model").build_model() is not None
     from protloc.package import state_dict_from_lightning
 
-    assert state_dict_from_lightning(run / "checkpoints" / "last.ckpt")
+    resumed_weights = state_dict_from_lightning(run / "checkpoints" / "last.ckpt")
+    reference_weights = state_dict_from_lightning(reference / "checkpoints" / "last.ckpt")
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        np.testing.assert_allclose(resumed_weights[name].numpy(), tensor.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    from protloc.prediction_files import read_probabilities_table
+
+    _, resumed_probabilities, _ = read_probabilities_table(run / "val_predictions.csv")
+    _, reference_probabilities, _ = read_probabilities_table(reference / "val_predictions.csv")
+    np.testing.assert_allclose(resumed_probabilities, reference_probabilities, atol=1e-4)
 
 
 @pytest.mark.slow

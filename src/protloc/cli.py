@@ -637,7 +637,6 @@ TRAIN_EXTRA_MODULES = frozenset(
         "onnx",
         "onnxscript",
         "pytorch_grad_cam",
-        "psutil",
     }
 )
 

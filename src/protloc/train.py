@@ -275,11 +275,28 @@ def train(
         save_on_train_epoch_end=True,
         **timing,
     )
+    # A timer does not save at epoch ends (and "best" refreshes last.ckpt only when it improves), so without this
+    # last.ckpt could be epochs old and --resume would repeat them (found by the kill -9 resume test).
+    epoch_checkpoints: list[Callback] = []
+    if not config.checkpoint_every_n_steps:
+        epoch_checkpoints.append(
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                filename="last",
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                enable_version_counter=False,
+                save_on_train_epoch_end=True,
+                every_n_epochs=1,
+            )
+        )
     consistency = RankConsistency()
     callbacks: list[Callback] = [
         ResumePosition(),
         best_checkpoint,
         last_checkpoint,
+        *epoch_checkpoints,
         ThroughputLog(),
         consistency,
     ]
