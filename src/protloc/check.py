@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protloc.catalog import LABEL_HEADER, SUBMISSION_HEADER, index_images, scan_labels_csv
+from protloc.decoder import probe
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
 from protloc.utils import atomic_write_text
@@ -83,13 +84,17 @@ Job = tuple[str, str, dict[str, Path], bool]
 
 
 def _probe_sample(job: Job) -> list[Problem]:
-    """Decode (or read the header of) every channel of one sample; return its problems."""
+    """Decode (or probe the header of) every channel of one sample; return its problems.
+
+    The quick probe applies the same header, structure, pixel-type and budget checks as the decoder, so a
+    file the quick check passes is one the full check (and ``predict``) accepts, short of corrupt pixel data.
+    """
     split, sample_id, files, decode = job
     found: list[Problem] = []
     shapes: dict[str, tuple[int, int]] = {}
     for channel, path in sorted(files.items(), key=lambda kv: CHANNELS.index(kv[0])):
         try:
-            shape = _image_shape(path) if not decode else read_channel_raw(path).shape[:2]
+            shape = probe(path).plane_shape if not decode else read_channel_raw(path).shape[:2]
         except DataError as exc:
             found.append(Problem("unreadable", sample_id, str(exc), ERROR, split))
             continue
@@ -103,29 +108,6 @@ def _probe_sample(job: Job) -> list[Problem]:
         message = f"sample {sample_id}: channel sizes differ ({described})"
         found.append(Problem("size-mismatch", sample_id, message, ERROR, split))
     return found
-
-
-def _image_shape(path: Path) -> tuple[int, int]:
-    """Height and width from the file header only (fast; does not detect truncated pixel data)."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page_shape = tif.pages[0].shape
-        except Exception as exc:
-            raise DataError(f"{path}: not a readable TIFF ({exc})") from None
-        return int(page_shape[0]), int(page_shape[1])
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-    return height, width
 
 
 def _check_split(

@@ -421,10 +421,10 @@ def train(
 
 def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
     """Height and width of the first sample's files (the fields the model learnt from, before resizing)."""
-    from protloc.check import _image_shape
+    from protloc.decoder import probe
 
     try:
-        height, width = _image_shape(catalog.files[catalog.ids[0]][channel])
+        height, width = probe(catalog.files[catalog.ids[0]][channel]).plane_shape
     except Exception:
         return None
     return [height, width]

@@ -1,0 +1,113 @@
+"""The reliability suite: every attack and fault a hostile or careless user tried (issue 10), replayed.
+
+Each test names the attack it replays and asserts the answer that must hold: a one-line error, nothing lost,
+nothing let in, memory bounded. Slow ones (a real service, training) are marked ``slow``; all run in CI.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from protloc.check import check_dataset
+from protloc.decoder import DEFAULT_MAX_PIXELS, probe
+from protloc.errors import DataError
+from protloc.io import read_channel, to_uint8, write_channel
+from protloc.serve.decode import Upload, decode_channel
+from tests.helpers import write_sample, zero_png
+
+# --- 6. one decoded-pixel budget, from the header, on every path --------------------------------------------
+
+
+def test_a_huge_png_is_refused_from_its_header_in_every_reader(tmp_path: Path) -> None:
+    # 11000x11000 16-bit zeros: ~0.2 MB on disk, 242 MB decoded (and 4x that as float): refused unread.
+    data = zero_png(11000, 11000)
+    assert len(data) < 1 << 20
+    path = tmp_path / "a_green.png"
+    path.write_bytes(data)
+    start = time.perf_counter()
+    for read in (lambda: probe(path), lambda: read_channel(path), lambda: decode_channel(Upload(data), "green")):
+        with pytest.raises(DataError, match=r"11000x11000 px \(121.0 Mpx\) exceeds the decoding budget"):
+            read()
+    assert time.perf_counter() - start < 1.0  # three refusals without decoding a pixel
+
+
+def test_check_full_and_quick_agree_on_the_budget(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    write_sample(folder, "ok", size=16)
+    write_sample(folder, "big", size=16)
+    (folder / "big_green.png").write_bytes(zero_png(8000, 8000))
+    for decode in (True, False):
+        report = check_dataset(folder, decode=decode, workers=1)
+        assert [(p.kind, p.sample_id) for p in report.errors] == [("unreadable", "big")], decode
+        assert "exceeds the decoding budget" in report.errors[0].message
+
+
+def test_the_budget_message_says_what_the_limit_is(tmp_path: Path) -> None:
+    # A 16384 px image used to be refused as "exceeds 16384 px per side": the message must be true.
+    path = tmp_path / "a_green.png"
+    path.write_bytes(zero_png(16384, 16, bit_depth=8))
+    assert probe(path).plane_shape == (16, 16384)  # within the budget: any side is fine
+    path.write_bytes(zero_png(16384, 16384, bit_depth=8))
+    with pytest.raises(DataError) as caught:
+        probe(path)
+    message = str(caught.value)
+    assert "16384x16384 px (268.4 Mpx) exceeds the decoding budget of 33.6 Mpx" in message
+    assert "per side" not in message
+
+
+def test_the_budget_can_be_raised_by_the_operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a_green.png"
+    path.write_bytes(zero_png(64, 64, bit_depth=8))
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", str(32 * 32))
+    with pytest.raises(DataError, match="64x64 px"):
+        read_channel(path)
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", str(DEFAULT_MAX_PIXELS))
+    assert read_channel(path).shape == (64, 64)
+
+
+def test_int8_tiff_is_refused_by_check_as_by_predict(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    write_sample(folder, "s", size=16)
+    (folder / "s_green.png").unlink()
+    tifffile.imwrite(folder / "s_green.tif", np.zeros((16, 16), np.int8))
+    with pytest.raises(DataError, match="unsupported pixel type int8"):
+        read_channel(folder / "s_green.tif")
+    for decode in (True, False):
+        report = check_dataset(folder, decode=decode, workers=1)
+        assert [p.kind for p in report.errors] == ["unreadable"], decode
+        assert "unsupported pixel type int8" in report.errors[0].message
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif"])
+def test_a_truncated_file_fails_the_quick_check_too(tmp_path: Path, ext: str) -> None:
+    folder = tmp_path / "data"
+    write_sample(folder, "s", size=64, ext=ext)
+    path = folder / f"s_blue{ext}"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    for decode in (True, False):
+        report = check_dataset(folder, decode=decode, workers=1)
+        assert [p.kind for p in report.errors] == ["unreadable"], (decode, report.problems)
+        assert str(path) in report.errors[0].message
+    with pytest.raises(DataError, match=str(path)):
+        read_channel(path)
+
+
+def test_uint16_lookup_matches_the_float_rule() -> None:
+    values = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    for bit_depth in (12, 14, 16):
+        expected = ((values.astype(np.float32) * (255.0 / (2**bit_depth - 1)) + 0.5).clip(0, 255)).astype(np.uint8)
+        np.testing.assert_array_equal(to_uint8(values, bit_depth=bit_depth), expected)
+
+
+def test_a_normal_16bit_png_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "a_green.png"
+    write_channel(path, np.full((20, 30), 65535, np.uint16))
+    header = probe(path)
+    assert (header.kind, header.plane_shape, header.dtype) == ("png", (20, 30), np.dtype(np.uint16))
+    assert read_channel(path).max() == 255
