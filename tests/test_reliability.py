@@ -7,12 +7,14 @@ nothing let in, memory bounded. Slow ones (a real service, training) are marked 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
+from protloc.catalog import read_labels_csv
 from protloc.check import check_dataset
 from protloc.decoder import DEFAULT_MAX_PIXELS, probe
 from protloc.errors import DataError
@@ -111,3 +113,18 @@ def test_a_normal_16bit_png_still_reads(tmp_path: Path) -> None:
     header = probe(path)
     assert (header.kind, header.plane_shape, header.dtype) == ("png", (20, 30), np.dtype(np.uint16))
     assert read_channel(path).max() == 255
+
+
+# --- 4. label rows with more fields than the header ---------------------------------------------------------
+
+
+def test_label_rows_with_extra_fields_are_errors_with_their_line(kaggle_dir: Callable[..., Path]) -> None:
+    root = kaggle_dir({"A": "0", "B": "1", "C": "2"})
+    (root / "train.csv").write_text("Id,Target\nA,0\nB,1 2\nC,1,2,3\n")
+    report = check_dataset(root, decode=False, workers=1)
+    assert [(p.kind, p.sample_id) for p in report.errors] == [("bad-row", "C")]
+    assert "train.csv line 4: 4 fields but the header 'Id,Target' has 2" in report.errors[0].message
+    with pytest.raises(DataError, match="line 4: 4 fields"):
+        read_labels_csv(root / "train.csv")
+    (root / "train.csv").write_text("Id,Target\nA,0\nB,1 2\nC,\"1,2,3\"\n")  # quoted: one field, then a bad label
+    assert [p.kind for p in check_dataset(root, decode=False, workers=1).errors] == ["bad-label"]

@@ -10,7 +10,7 @@ kind                      meaning
 ``csv-empty``             the CSV has no header or no rows
 ``csv-header``            the header is not ``Id,Target`` (``Id,Predicted`` for a submission)
 ``csv-unreadable``        the CSV is not UTF-8 text
-``bad-row``               a row has too few fields or an empty Id
+``bad-row``               a row has too few fields, more fields than the header, or an empty Id
 ``bad-label``             a label is not a number, not a class id 0-27, repeated, or empty
 ``duplicate-id``          an Id appears twice in the CSV
 ``folder-missing``        the CSV exists but its image folder does not
@@ -130,7 +130,7 @@ def _check_split(
         for csv_problem in csv_problems:
             add(csv_problem.kind, csv_problem.sample_id, csv_problem.message)
         # Ids whose labels were bad still name files: keep them for the file checks.
-        ids = scanned_ids + [p.sample_id for p in csv_problems if p.kind == "bad-label" and p.sample_id]
+        ids = scanned_ids + [p.sample_id for p in csv_problems if p.kind in ("bad-label", "bad-row") and p.sample_id]
     if not folder.is_dir():
         add("folder-missing", None, f"{folder}: image folder not found (expected next to {csv_path})")
         report.samples[split] = len(ids or [])
