@@ -6,6 +6,8 @@ nothing let in, memory bounded. Slow ones (a real service, training) are marked 
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +19,10 @@ import tifffile
 from protloc.catalog import read_labels_csv
 from protloc.check import check_dataset
 from protloc.decoder import DEFAULT_MAX_PIXELS, probe
-from protloc.errors import DataError
+from protloc.errors import DataError, StorageError
 from protloc.io import read_channel, to_uint8, write_channel
 from protloc.serve.decode import Upload, decode_channel
+from protloc.utils import atomic_write_text
 from tests.helpers import write_sample, zero_png
 
 # --- 6. one decoded-pixel budget, from the header, on every path --------------------------------------------
@@ -126,5 +129,50 @@ def test_label_rows_with_extra_fields_are_errors_with_their_line(kaggle_dir: Cal
     assert "train.csv line 4: 4 fields but the header 'Id,Target' has 2" in report.errors[0].message
     with pytest.raises(DataError, match="line 4: 4 fields"):
         read_labels_csv(root / "train.csv")
-    (root / "train.csv").write_text("Id,Target\nA,0\nB,1 2\nC,\"1,2,3\"\n")  # quoted: one field, then a bad label
+    (root / "train.csv").write_text('Id,Target\nA,0\nB,1 2\nC,"1,2,3"\n')  # quoted: one field, then a bad label
     assert [p.kind for p in check_dataset(root, decode=False, workers=1).errors] == ["bad-label"]
+
+
+# --- 5. disk full and permission errors: one line naming the path, nothing half-written ----------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "the file system is read-only"),
+    ],
+)
+def test_a_refused_write_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, says: str
+) -> None:
+    target = tmp_path / "out" / "submission.csv"
+    atomic_write_text(target, "old\n")
+
+    def refuse(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(StorageError) as caught:
+        atomic_write_text(target, "new\n" * 1000)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {target}: {says}") and "\n" not in message
+    assert target.read_text() == "old\n"  # the old file stands, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["submission.csv"]  # no temporary left
+
+
+def test_the_cli_turns_a_storage_error_from_any_library_into_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import protloc.check
+    from protloc.cli import main
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.csv"))
+
+    monkeypatch.setattr(protloc.check, "check_dataset", full)
+    assert main(["check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {tmp_path / 'x.csv'}: no space left") and "\n" not in err
+    assert "Traceback" not in err

@@ -150,7 +150,7 @@ def scan_labels_csv(
                             line_number,
                             row[0].strip() or None,
                             f"{path.name} line {line_number}: {len(row)} fields but the header {fields!r} has "
-                            f"{len(got)}; separate labels with spaces (\"1 2 3\"), not commas",
+                            f'{len(got)}; separate labels with spaces ("1 2 3"), not commas',
                         )
                     )
                     continue

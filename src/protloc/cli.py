@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from protloc import __version__
-from protloc.errors import ProtlocError
+from protloc.errors import STORAGE_ERRNOS, ProtlocError, storage_error
 
 app = typer.Typer(
     name="protloc",
@@ -636,6 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = app(args=args, prog_name="protloc", standalone_mode=False)
     except ProtlocError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        err_console.print(f"[red]error:[/] {escape(str(storage_error(exc, action='access')))}")
         return 1
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
