@@ -19,8 +19,9 @@ import tifffile
 from protloc.catalog import read_labels_csv
 from protloc.check import check_dataset
 from protloc.decoder import DEFAULT_MAX_PIXELS, probe
-from protloc.errors import DataError, StorageError
+from protloc.errors import BusyError, DataError, StorageError
 from protloc.io import read_channel, to_uint8, write_channel
+from protloc.locks import hold, holder
 from protloc.serve.decode import Upload, decode_channel
 from protloc.utils import atomic_write_text
 from tests.helpers import write_sample, zero_png
@@ -176,3 +177,85 @@ def test_the_cli_turns_a_storage_error_from_any_library_into_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot write {tmp_path / 'x.csv'}: no space left") and "\n" not in err
     assert "Traceback" not in err
+
+
+# --- 2. one process per output folder; a resume key that covers what the rows depend on ---------------------
+
+
+def test_a_second_process_on_the_same_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    from protloc.predict import predict_folder
+
+    out = tmp_path / "out"
+    with hold(out, "protloc predict"):
+        # the lock is per open file: a second holder, even in this process, is refused before any work
+        with pytest.raises(BusyError) as caught:
+            predict_folder(tmp_path / "no-model", tmp_path / "no-data", out)
+        message = str(caught.value)
+        assert message.startswith(f"{out}: in use by protloc predict (pid {os.getpid()}, since ")
+        assert "\n" not in message
+    with hold(out, "again"):  # released on exit
+        assert holder(out) is not None and holder(out)["command"] == "again"  # type: ignore[index]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = f"from protloc.locks import hold\nwith hold({str(out)!r}, 'sleeper'):\n    print('held', flush=True)\n"
+    code += "    import time; time.sleep(60)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        with pytest.raises(BusyError, match=f"in use by sleeper \\(pid {child.pid}, since "), hold(out):
+            pass
+    finally:
+        child.kill()
+        child.wait()
+    with hold(out, "after"):
+        pass
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_resume_key_covers_inputs_package_and_settings(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from protloc.predict import _job_key, load_backend, open_for_prediction
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data / "test", data)
+    model = trained_run / "model"
+    card, _ = load_backend(model, "onnx" if (model / "model.onnx").exists() else "torch")
+    settings = {"tta": ("none",), "tiles": 1, "backend": "torch", "device": "auto"}
+
+    def key(**changed: object) -> str:
+        catalog = open_for_prediction(data, channels=card["input"]["channels"])
+        return _job_key(model, card, catalog, {**settings, **changed})
+
+    first = key()
+    assert key() == first
+    assert key(tiles=2) != first and key(backend="onnx") != first
+    some = sorted(data.iterdir())[5]
+    os.utime(some, ns=(some.stat().st_atime_ns, some.stat().st_mtime_ns + 1_000_000))
+    assert key() != first  # the same names, other pixels: never reuse their rows
+
+
+def test_a_subset_run_leaves_no_stale_full_run_beside_it(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    from protloc.catalog import read_id_column
+    from protloc.predict import predict_folder
+
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "notes.txt").write_text("mine")
+    full = predict_folder(trained_run / "model", synth_data, out, workers=1)
+    assert full is not None and (out / "submission.csv").is_file()
+    order = read_id_column(synth_data / "sample_submission.csv")
+    subset = predict_folder(trained_run / "model", synth_data, out, ids=order[:3], workers=1)
+    assert subset is not None
+    assert not (out / "submission.csv").exists()  # the full run's 40-row submission is gone
+    assert len((out / "probabilities.csv").read_text().splitlines()) == 4
+    assert (out / "notes.txt").read_text() == "mine"  # what protloc did not write stays
