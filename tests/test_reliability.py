@@ -18,10 +18,12 @@ import tifffile
 
 from protloc.catalog import read_labels_csv
 from protloc.check import check_dataset
+from protloc.config import TrainConfig
 from protloc.decoder import DEFAULT_MAX_PIXELS, probe
-from protloc.errors import BusyError, DataError, StorageError
+from protloc.errors import BusyError, ConfigError, DataError, ModelError, StorageError
 from protloc.io import read_channel, to_uint8, write_channel
 from protloc.locks import hold, holder
+from protloc.package import load_checkpoint_safely
 from protloc.serve.decode import Upload, decode_channel
 from protloc.utils import atomic_write_text
 from tests.helpers import write_sample, zero_png
@@ -259,3 +261,107 @@ def test_a_subset_run_leaves_no_stale_full_run_beside_it(trained_run: Path, synt
     assert not (out / "submission.csv").exists()  # the full run's 40-row submission is gone
     assert len((out / "probabilities.csv").read_text().splitlines()) == 4
     assert (out / "notes.txt").read_text() == "mine"  # what protloc did not write stays
+
+
+# --- 1. train --overwrite replaces only a protloc run, and only after the inputs are validated --------------
+
+
+def _train_config(data: Path, out: Path, cache: Path) -> TrainConfig:
+    from protloc.config import resolve_config
+
+    overrides = {
+        "data": str(data),
+        "out": str(out),
+        "model": "test_resnet",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 16,
+        "cache_dir": str(cache),
+        "workers": 0,
+    }
+    return resolve_config("cpu", overrides=overrides)
+
+
+def test_overwrite_refuses_a_folder_protloc_did_not_make(kaggle_dir: Callable[..., Path], tmp_path: Path) -> None:
+    from protloc.train import train
+
+    data = kaggle_dir({f"s{i}": str(i % 3) for i in range(8)})
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter3.tex").write_text("two years of work")
+    with pytest.raises(ConfigError, match=r"--overwrite replaces only a protloc run folder .* \(chapter3.tex\)"):
+        train(_train_config(data, thesis, tmp_path / "cache"), overwrite=True)
+    assert (thesis / "chapter3.tex").read_text() == "two years of work"
+
+
+def test_overwrite_validates_the_data_before_removing_anything(kaggle_dir: Callable[..., Path], tmp_path: Path) -> None:
+    from protloc.train import train
+
+    data = kaggle_dir({f"s{i}": str(i % 3) for i in range(8)})
+    run = tmp_path / "run"
+    run.mkdir()
+    _train_config(data, run, tmp_path / "cache").save(run / "config.yaml")  # a protloc run folder
+    (run / "metrics.csv").write_text("the previous run's\n")
+    (data / "train.csv").write_text("Id,Target\ns0,0\ns1,banana\n")
+    with pytest.raises(DataError, match="banana"):
+        train(_train_config(data, run, tmp_path / "cache"), overwrite=True)
+    assert (run / "metrics.csv").read_text() == "the previous run's\n"  # the bad label stopped it first
+
+
+def test_clear_run_dir_replaces_a_recognised_run_but_keeps_the_lock(tmp_path: Path) -> None:
+    from protloc.run_folder import clear_run_dir
+
+    run = tmp_path / "run"
+    with hold(run, "protloc train"):
+        _train_config(tmp_path, run, tmp_path / "cache").save(run / "config.yaml")
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        clear_run_dir(run)
+        assert [p.name for p in run.iterdir()] == [".protloc.lock"]
+
+
+# --- 9. nothing received from someone else runs code: checkpoints, member names ----------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``exec``: what a hostile checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    import torch
+
+    from protloc.callbacks import AtomicCheckpointIO
+
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "last.ckpt"
+    torch.save({"epoch": 0, "global_step": 3, "state_dict": {}, "x": _Payload(marker)}, hostile)
+    for load in (lambda: AtomicCheckpointIO().load_checkpoint(hostile), lambda: load_checkpoint_safely(hostile)):
+        with pytest.raises(ModelError, match="refusing to load this checkpoint"):
+            load()
+    assert not marker.exists()
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"epoch": 1, "global_step": 3, "state_dict": {"model.w": torch.ones(2)}, "loops": {"a": [1]}}, plain)
+    assert AtomicCheckpointIO().load_checkpoint(plain)["global_step"] == 3
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "", "/abs", "c:evil", ".hidden", 3])
+def test_ensemble_member_names_cannot_leave_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: object
+) -> None:
+    import protloc.package
+
+    folder = tmp_path / "ens"
+    (folder / "members").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    # the card passes its schema check; only the member name is hostile
+    monkeypatch.setattr(protloc.package, "read_card", lambda path: {"kind": "ensemble", "members": [name]})
+    monkeypatch.setattr(protloc.package, "resolve_package_path", lambda path: Path(path))
+    with pytest.raises(ModelError, match="is not a plain folder name under members/"):
+        protloc.package.load_package(folder)
+    assert protloc.package.member_name("fold0", folder) == "fold0"

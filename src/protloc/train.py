@@ -34,7 +34,14 @@ from torch.utils.data import DataLoader
 
 from protloc import __version__
 from protloc.cache import build_cache
-from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, ThroughputLog, progress_bar_callback
+from protloc.callbacks import (
+    AtomicCheckpointIO,
+    RankConsistency,
+    ResumePosition,
+    ThroughputLog,
+    load_checkpoint_safely,
+    progress_bar_callback,
+)
 from protloc.card import VALIDATION_FILE
 from protloc.catalog import Catalog, open_dataset
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
@@ -48,6 +55,7 @@ from protloc.dataset import (
 )
 from protloc.errors import DataError
 from protloc.lightning_module import LocalizationModule
+from protloc.locks import hold
 from protloc.losses import positive_weights
 from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshold_gain
 from protloc.models import PackagedNetwork, count_parameters, create_model
@@ -175,15 +183,41 @@ def train(
 ) -> TrainResult | None:
     """Run one training job as described by ``config``.
 
+    The run folder is held (:func:`protloc.locks.hold`) for the whole run: a second ``train`` into it is
+    refused. The data is opened and its labels checked before ``overwrite`` removes anything.
+
     Returns:
         The result on the main process; ``None`` on other DDP ranks.
 
     Raises:
         ConfigError, DataError, ModelError: anything wrong with settings, data or model choice.
+        BusyError: another process holds the run folder.
     """
-    watch = Stopwatch()
     config = config.validate()
+    with hold(config.out, "protloc train"):
+        return _train(config, resume, overwrite, on_cache_progress, progress_bar)
+
+
+def _open_training_data(config: TrainConfig) -> Catalog:
+    catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
+    if catalog.labels is None:
+        raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
+    return catalog
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    on_cache_progress: Callable[[int, int], None] | None,
+    progress_bar: bool,
+) -> TrainResult | None:
+    watch = Stopwatch()
+    catalog: Catalog | None = None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        if not resume:  # validate the inputs before anything in the run folder is replaced
+            with watch("data"):
+                catalog = _open_training_data(config)
         config = prepare_run_dir(config, resume, overwrite)
     else:  # DDP child processes: the main process has prepared the run directory already
         config = TrainConfig.load(Path(config.out) / "config.yaml") if resume else config
@@ -193,9 +227,8 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
     with watch("data"):
-        catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
-        if catalog.labels is None:
-            raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
+        if catalog is None:
+            catalog = _open_training_data(config)
         folds_path = run_dir / "folds.csv"
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
@@ -290,7 +323,7 @@ def train(
     if resume and ckpt_path is None:
         log.warning("no checkpoint in %s yet; starting from the beginning", checkpoints)
     elif ckpt_path is not None:
-        resumed_from = int(torch.load(str(ckpt_path), map_location="cpu", weights_only=False)["global_step"])
+        resumed_from = int(load_checkpoint_safely(ckpt_path)["global_step"])
     with watch("fit"), _quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
@@ -308,7 +341,7 @@ def train(
         from protloc.package import state_dict_from_lightning
 
         network.load_state_dict(state_dict_from_lightning(source))
-        best_epoch = int(torch.load(str(source), map_location="cpu", weights_only=False)["epoch"])
+        best_epoch = int(load_checkpoint_safely(source)["epoch"])
         probabilities = predict_cached(
             PackagedNetwork(network, mean, std),
             datamodule.val_set,
