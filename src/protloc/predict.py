@@ -142,7 +142,7 @@ def resolve_thresholds(card: dict[str, Any], override: float | str | Path | None
 
 
 def _class_index(key: str, where: Path) -> int:
-    if key.isdigit() and int(key) < len(CLASS_NAMES):
+    if key.isascii() and key.isdecimal() and int(key) < len(CLASS_NAMES):
         return int(key)
     lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
     if key.lower() in lowered:

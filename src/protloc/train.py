@@ -44,7 +44,7 @@ from protloc.callbacks import (
 )
 from protloc.card import VALIDATION_FILE
 from protloc.catalog import Catalog, open_dataset
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.classes import CLASS_NAMES, NUM_CLASSES, is_integer_text
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
 from protloc.dataset import (
@@ -108,7 +108,7 @@ def _devices(value: str) -> Any:
     text = str(value).strip()
     if text == "auto":
         return "auto"
-    if text.lstrip("-").isdigit():
+    if is_integer_text(text):
         return int(text)
     return [int(v) for v in text.split(",") if v.strip()]
 
