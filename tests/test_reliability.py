@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
+from fastapi.testclient import TestClient
 
 from protloc.catalog import read_labels_csv
 from protloc.check import check_dataset
@@ -365,3 +368,221 @@ def test_ensemble_member_names_cannot_leave_the_package(
     with pytest.raises(ModelError, match="is not a plain folder name under members/"):
         protloc.package.load_package(folder)
     assert protloc.package.member_name("fold0", folder) == "fold0"
+
+
+# --- 8. bad input answered rightly: class ids, cut and doubled uploads ------------------------------------
+
+
+def test_class_ids_are_ascii_digits_only() -> None:
+    from protloc.classes import resolve_class
+    from protloc.serve.app import resolve_class_id
+
+    for text in ("²", "٣", "1.5", "-1"):
+        with pytest.raises(ConfigError):
+            resolve_class_id(text)
+        with pytest.raises(ConfigError):
+            resolve_class(text)
+    assert resolve_class_id("7") == resolve_class(" 7 ") == 7
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in parts
+    )
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.fixture(scope="module")
+def service(trained_run: Path) -> Iterator[TestClient]:
+    from fastapi.testclient import TestClient
+
+    from protloc.serve import create_app
+
+    app = create_app(trained_run / "model", backend="torch", cors_origins=("https://lab.example.org",))
+    with TestClient(app, base_url="http://localhost") as client:
+        yield client
+
+
+def _planes(size: int = 64) -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(0)
+    parts = []
+    for channel in ("red", "green", "blue", "yellow"):
+        plane = rng.integers(0, 256, (size, size), dtype=np.int64).astype(np.uint8)
+        parts.append((channel, cv2.imencode(".png", plane)[1].tobytes()))
+    return parts
+
+
+def test_a_multipart_body_cut_mid_file_is_a_400_and_a_doubled_channel_a_422(service: TestClient) -> None:
+    body, headers = _multipart(_planes())
+    assert service.post("/predict", content=body, headers=headers).status_code == 200
+    cut = body[: len(body) * 3 // 4]  # the client died mid-upload; its Content-Length matches what was sent
+    response = service.post("/predict", content=cut, headers=headers)
+    assert response.status_code == 400 and "ends before its closing boundary" in response.json()["detail"]
+    doubled, headers = _multipart([*_planes(), ("red", _planes()[0][1])])
+    response = service.post("/predict", content=doubled, headers=headers)
+    assert response.status_code == 422 and "'red' was sent 2 times" in response.json()["detail"]
+
+
+def test_the_service_refuses_a_huge_upload_from_its_header(service: TestClient) -> None:
+    parts = [(name, zero_png(11000, 11000)) for name, _ in _planes()]
+    body, headers = _multipart(parts)
+    started = time.perf_counter()
+    response = service.post("/predict", content=body, headers=headers)
+    assert response.status_code == 422 and "exceeds the decoding budget" in response.json()["detail"]
+    assert time.perf_counter() - started < 5
+
+
+def test_explain_class_id_superscript_is_a_422(service: TestClient) -> None:
+    body, headers = _multipart(_planes())
+    response = service.post("/explain?class_id=%C2%B2", content=body, headers=headers)
+    assert response.status_code == 422 and "²" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_explain_renders_a_bounded_picture_by_default(service: TestClient) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    body, headers = _multipart(_planes(1200))
+    response = service.post("/explain", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    picture = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR)
+    assert max(picture.shape[:2]) == 512  # the preview side, not the upload's 1200 px
+
+
+# --- 10. let no one in: Host allow-list, no cross-site posts, CORS only when asked, token off the ps line ---
+
+
+def test_a_foreign_host_header_is_refused(service: TestClient) -> None:
+    for host in ("evil.example", "127.0.0.1.evil.example", "localhost.evil:80"):
+        response = service.get("/health", headers={"host": host})
+        assert response.status_code == 400 and "is not served here" in response.json()["detail"], host
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert service.get("/health", headers={"host": host}).status_code == 200, host
+
+
+def test_cross_site_posts_are_refused_and_cors_is_only_for_named_origins(service: TestClient) -> None:
+    body, headers = _multipart(_planes())
+    evil = service.post("/predict", content=body, headers={**headers, "origin": "https://evil.example"})
+    assert evil.status_code == 403 and "cross-site request" in evil.json()["detail"]
+    assert "access-control-allow-origin" not in evil.headers
+    fetch = service.post("/predict", content=body, headers={**headers, "sec-fetch-site": "cross-site"})
+    assert fetch.status_code == 403
+    same = service.post("/predict", content=body, headers={**headers, "origin": "http://localhost"})
+    assert same.status_code == 200
+    lab = service.post("/predict", content=body, headers={**headers, "origin": "https://lab.example.org"})
+    assert lab.status_code == 200 and lab.headers["access-control-allow-origin"] == "https://lab.example.org"
+
+
+def test_no_cors_headers_unless_an_origin_is_configured(trained_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from protloc.serve import create_app
+
+    with TestClient(create_app(trained_run / "model", backend="torch"), base_url="http://localhost") as client:
+        response = client.options(
+            "/predict", headers={"origin": "https://lab.example.org", "access-control-request-method": "POST"}
+        )
+        assert "access-control-allow-origin" not in response.headers
+
+
+def test_the_token_can_come_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from protloc.serve.settings import TOKEN_ENV, check_origin, resolve_token
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert resolve_token(None, token_file) == "s3cret"
+    assert resolve_token(None) == "from-env"
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_token("x", token_file)
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        resolve_token(None, tmp_path / "empty")
+    with pytest.raises(ConfigError, match="'\\*' is refused"):
+        check_origin("*")
+
+
+# --- 7. slow clients hold connections, never the queue; headers and bodies have deadlines ------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def live_service(trained_run: Path) -> Iterator[str]:
+    """``protloc serve`` in its own process on loopback, with short read deadlines and a small queue."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    command = [sys.executable, "-m", "protloc", "serve", str(trained_run / "model"), "--port", str(port)]
+    command += ["--backend", "torch", "--max-pending", "4", "--header-timeout", "2", "--body-timeout", "3"]
+    server = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the service did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _slow_client(port: int, body_bytes: int, headers_done: bool = True) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", port))
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: 100000\r\n"
+    )
+    conn.sendall(head.encode() + (b"\r\n" + b"x" * body_bytes if headers_done else b""))
+    return conn
+
+
+@pytest.mark.slow
+def test_slow_clients_do_not_lock_out_a_good_request(live_service: str) -> None:
+    import httpx
+
+    port = int(live_service.rsplit(":", 1)[1])
+    slow = [_slow_client(port, 5) for _ in range(64)]  # 64 clients: headers and 5 body bytes, then nothing
+    try:
+        body, headers = _multipart(_planes())
+        started = time.perf_counter()
+        response = httpx.post(f"{live_service}/predict", content=body, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text  # max-pending is 4: the slow ones hold no place
+        assert time.perf_counter() - started < 10
+        # their bodies never come: each gets a 408 after the 3 s body deadline, and its connection closes
+        slow[0].settimeout(10)
+        answer = slow[0].recv(4096).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive in time" in answer
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+@pytest.mark.slow
+def test_a_client_that_never_finishes_its_headers_is_disconnected(live_service: str) -> None:
+    port = int(live_service.rsplit(":", 1)[1])
+    conn = _slow_client(port, 0, headers_done=False)
+    conn.settimeout(10)
+    started = time.perf_counter()
+    try:
+        assert conn.recv(4096) == b""  # closed by the server, without an answer
+    finally:
+        conn.close()
+    assert 1.5 < time.perf_counter() - started < 8  # the 2 s header deadline

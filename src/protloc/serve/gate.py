@@ -25,8 +25,11 @@ HEAVY_PATHS = frozenset(("/predict", "/predict/batch", "/explain"))
 """Paths whose requests count against ``max_pending`` (they carry uploads and run the network)."""
 
 
-SPOOL_MEMORY = 1 << 20
-"""Bytes of a request body kept in memory while it arrives; the rest is spooled to a temporary file."""
+SPOOL_MEMORY = 1 << 18
+"""Bytes of a request body kept in memory while it arrives (256 KiB); the rest goes to a temporary file."""
+
+MAX_RECEIVING = 1024
+"""Request bodies arriving at once (at most 256 MiB in memory); more are answered 503."""
 
 CHUNK = 1 << 16
 
@@ -42,11 +45,11 @@ class RequestGate:
     2. A cross-site ``POST`` (an ``Origin`` other than this service's and not a configured CORS origin, or
        ``Sec-Fetch-Site: cross-site``) is refused (403): a web page the user visits cannot post to the service.
     3. The token (401), and a declared ``Content-Length`` over the upload limit (413).
-    4. For the heavy routes, the body is received (spooled past 1 MB) with a total ``body_timeout`` and an idle
+    4. For the heavy routes, the body is received (to disk past 256 KiB) with a total ``body_timeout`` and an idle
        limit between chunks (408 when exceeded), cut off past the upload limit (413), and checked to be a
        complete multipart body (400 when its closing boundary is missing: an upload cut off mid-file). Only
        then is the request admitted (503 beyond ``max_pending``): a client that sends headers and a few body
-       bytes holds a connection, never a place in the queue. At most ``max_receiving`` bodies arrive at once.
+       bytes holds a connection, never a place in the queue. At most ``max_receiving`` (1024) bodies arrive at once.
 
     The routes check the token again (for the OpenAPI schema).
     """
@@ -70,7 +73,7 @@ class RequestGate:
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.cors_origins = frozenset(cors_origins)
         self.body_timeout = body_timeout
-        self.max_receiving = max_receiving or 4 * engine.max_pending
+        self.max_receiving = max_receiving or MAX_RECEIVING
         self.receiving = 0
 
     def _too_large(self, size: int | None) -> str:
@@ -163,7 +166,8 @@ class RequestGate:
         self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> None:
         if self.receiving >= self.max_receiving:
-            await _send_error(send, 503, self.engine.busy_message(), [(b"retry-after", b"1")])
+            detail = f"{self.receiving} uploads are arriving at once (limit {self.max_receiving}); retry in a moment"
+            await _send_error(send, 503, detail, [(b"retry-after", b"1")])
             return
         self.receiving += 1
         try:
