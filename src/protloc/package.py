@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -230,10 +231,11 @@ def load_checkpoint_safely(path: str | Path, map_location: Any = "cpu") -> dict[
     try:
         checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise ModelError(
-            f"{path}: refusing to load this checkpoint: it holds objects other than tensors and plain values, "
-            f"and unpickling them could run code ({first[:160]}); resume only runs protloc wrote"
+            f"{path}: refusing to load this checkpoint: it holds objects other than tensors and plain values{what}, "
+            "and unpickling them could run code; resume only runs protloc wrote"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {str(exc)[:160]})") from None
