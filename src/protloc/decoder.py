@@ -176,6 +176,7 @@ def decode(source: bytes | str | Path, where: str | None = None, *, budget: int 
     where = where or (str(source) if not isinstance(source, bytes) else "upload")
     header = probe(source, where, budget=budget)
     data = source if isinstance(source, bytes) else _read_bytes(Path(source), where)
+    image: np.ndarray | None
     try:
         if header.kind == "tiff":
             image = _decode_tiff(data, where)
@@ -358,7 +359,7 @@ def _other_header(handle: BinaryIO, where: str) -> ImageHeader:
                 bands = len(image.getbands())
                 wide = image.mode.startswith("I;16") or image.mode in ("I", "F")
     except Image.DecompressionBombError:
-        raise DataError(f"{where}: image exceeds the decoding budget ({Image.MAX_IMAGE_PIXELS * 2} px)") from None
+        raise DataError(f"{where}: image exceeds the decoding budget (a decompression bomb to Pillow)") from None
     except Exception:
         raise not_image from None
     dtype = np.dtype(np.uint16 if wide else np.uint8)

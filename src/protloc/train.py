@@ -198,11 +198,11 @@ def train(
         return _train(config, resume, overwrite, on_cache_progress, progress_bar)
 
 
-def _open_training_data(config: TrainConfig) -> Catalog:
+def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
     catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
     if catalog.labels is None:
         raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
-    return catalog
+    return catalog, catalog.labels
 
 
 def _train(
@@ -213,11 +213,11 @@ def _train(
     progress_bar: bool,
 ) -> TrainResult | None:
     watch = Stopwatch()
-    catalog: Catalog | None = None
+    opened: tuple[Catalog, np.ndarray] | None = None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         if not resume:  # validate the inputs before anything in the run folder is replaced
             with watch("data"):
-                catalog = _open_training_data(config)
+                opened = _open_training_data(config)
         config = prepare_run_dir(config, resume, overwrite)
     else:  # DDP child processes: the main process has prepared the run directory already
         config = TrainConfig.load(Path(config.out) / "config.yaml") if resume else config
@@ -227,13 +227,12 @@ def _train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
     with watch("data"):
-        if catalog is None:
-            catalog = _open_training_data(config)
+        catalog, labels = opened or _open_training_data(config)
         folds_path = run_dir / "folds.csv"
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
         else:
-            folds = make_folds(catalog.labels, config.folds, config.seed)
+            folds = make_folds(labels, config.folds, config.seed)
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 save_folds(folds_path, catalog.ids, folds)
     with watch("cache"):
@@ -251,7 +250,6 @@ def _train(
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise DataError(f"fold {config.fold} leaves no training or no validation samples")
     mean, std = cache.channel_statistics(train_rows, seed=config.seed)
-    labels = catalog.labels
 
     workers = _workers(config)
     batches_per_epoch = max(1, len(train_rows) // config.batch_size)

@@ -31,6 +31,8 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             self.header_timeout = 10.0
         self._arm_header_deadline()
 
+    _header_deadline: asyncio.TimerHandle | None = None
+
     def _arm_header_deadline(self) -> None:
         self._waiting_since_cycle: Any = self.cycle
         self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)

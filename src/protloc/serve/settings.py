@@ -139,8 +139,8 @@ def resolve_token(token: str | None, token_file: str | Path | None = None) -> st
         if not value:
             raise ConfigError(f"{path}: the token file is empty; put the token on its first line")
         return value
-    value = token if token is not None else os.environ.get(TOKEN_ENV)
-    return value.strip() if value and value.strip() else None
+    given = token if token is not None else os.environ.get(TOKEN_ENV)
+    return given.strip() if given and given.strip() else None
 
 
 def check_origin(origin: str) -> str:
