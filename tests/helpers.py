@@ -38,3 +38,21 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) 
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def zero_png(width: int, height: int, bit_depth: int = 16) -> bytes:
+    """A valid grayscale PNG of ``width`` x ``height`` zeros, compressed row by row (an 11000 px one is ~0.2 MB).
+
+    Hostile inputs are made this way: a small file whose decoded pixels would cost gigabytes.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    row = bytes(1 + width * bit_depth // 8)  # filter byte 0, then zeros
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")

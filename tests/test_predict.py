@@ -123,7 +123,8 @@ def test_resume_after_a_kill_continues_from_the_durable_rows(
     out = tmp_path / "resumed"
     card, _ = load_backend(trained_run / "model", "torch")
     catalog = open_for_prediction(synth_data, channels=list(card.channels))
-    key = _job_key(card, catalog, {"tta": parse_tta(None), "tiles": 1, "backend": "torch"})
+    settings = {"tta": parse_tta(None), "tiles": 1, "backend": "torch", "device": "auto"}
+    key = _job_key(trained_run / "model", card, catalog, settings)
     # a run that was killed after 16 durable rows (plus half a row of garbage past the mark)
     _, reference = read_probabilities(predicted / "probabilities.csv")
     partial = _PartialRows(out / PARTIAL_DIR, key, len(catalog), card.num_classes)

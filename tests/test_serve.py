@@ -67,18 +67,20 @@ def torch_app(package: Path) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def client(torch_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(torch_app) as test_client:
+    with TestClient(torch_app, base_url="http://localhost") as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def onnx_app(onnx_package: Path) -> FastAPI:
-    return create_app(onnx_package, backend="onnx")
+    return create_app(
+        onnx_package, backend="onnx", allowed_hosts=("localhost", "testserver")
+    )  # schemathesis: testserver
 
 
 @pytest.fixture(scope="module")
 def onnx_client(onnx_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(onnx_app) as test_client:
+    with TestClient(onnx_app, base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -303,7 +305,7 @@ def test_oversized_uploads_get_413_before_being_read(package: Path, synth_data: 
     app = create_app(package, backend="torch", max_upload_mb=0.05)  # 50 kB
     big = png_bytes(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8))
     assert len(big) > 60_000
-    with TestClient(app) as small_client:
+    with TestClient(app, base_url="http://localhost") as small_client:
         assert small_client.post("/predict", files=channel_files(synth_data, sample_ids[0])).status_code == 200
         files = {**channel_files(synth_data, sample_ids[0]), "red": ("r.png", big, "image/png")}
         assert_error(small_client.post("/predict", files=files), 413, "exceeds", "0.05 MB", "--max-upload-mb")
@@ -329,7 +331,7 @@ def test_busy_service_answers_503_with_retry_after(package: Path, synth_data: Pa
     with engine.admit(), pytest.raises(ServiceBusyError), engine.admit():
         pass
     app = create_app(package, engine=engine)
-    with TestClient(app) as busy_client, engine.admit():  # one request is "in progress"
+    with TestClient(app, base_url="http://localhost") as busy_client, engine.admit():  # one request is "in progress"
         response = busy_client.post("/predict", files=channel_files(synth_data, sample_ids[0]))
         assert_error(response, 503, "busy", "retry")
         assert response.headers["retry-after"] == "1"
@@ -369,7 +371,7 @@ def test_batch_predicts_every_sample_like_single_requests(
     assert_error(client.post("/predict/batch"), 422)
 
     limited = create_app(package, engine=client.app.state.engine, max_batch_samples=2)
-    with TestClient(limited) as limited_client:
+    with TestClient(limited, base_url="http://localhost") as limited_client:
         assert_error(limited_client.post("/predict/batch", files=uploads), 422, "at most 2")
 
 
@@ -402,7 +404,7 @@ def test_onnx_service_runs_without_torch(onnx_package: Path, synth_data: Path, s
 
         app = create_app({str(onnx_package)!r})  # backend auto -> onnx
         files = {{c: (p, open(p, "rb").read(), "image/png") for c, p in {files!r}.items()}}
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:
             assert client.get("/model").json()["explanations"] is False
             predicted = client.post("/predict", files=files)
             assert predicted.status_code == 200, predicted.text
@@ -440,7 +442,7 @@ def test_concurrent_requests_are_micro_batched(package: Path, synth_data: Path, 
 
 def test_token_protects_everything_but_health_and_the_page(package: Path, client: TestClient) -> None:
     app = create_app(package, engine=client.app.state.engine, token="s3cret")
-    with TestClient(app) as secured:
+    with TestClient(app, base_url="http://localhost") as secured:
         assert secured.get("/health").status_code == 200
         assert secured.get("/").status_code == 200
         assert_error(secured.get("/model"), 401, "token")

@@ -18,6 +18,7 @@ from protloc.dataset import (
     ResumableSampler,
 )
 from protloc.lightning_module import LocalizationModule
+from protloc.package import load_checkpoint_safely
 from protloc.utils import atomic_path, atomic_write_text
 
 
@@ -30,6 +31,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Resume loads tensors and plain values only, never arbitrary pickled objects (a run folder received
+        from someone else must not run their code): see :func:`load_checkpoint_safely`."""
+        return load_checkpoint_safely(path, map_location=map_location)
 
 
 class ResumePosition(Callback):

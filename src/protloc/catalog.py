@@ -142,6 +142,18 @@ def scan_labels_csv(
                         )
                     )
                     continue
+                if len(row) > len(got) and any(cell.strip() for cell in row[len(got) :]):
+                    fields = ",".join(got)
+                    problems.append(
+                        CsvProblem(
+                            "bad-row",
+                            line_number,
+                            row[0].strip() or None,
+                            f"{path.name} line {line_number}: {len(row)} fields but the header {fields!r} has "
+                            f'{len(got)}; separate labels with spaces ("1 2 3"), not commas',
+                        )
+                    )
+                    continue
                 sample_id = row[0].strip()
                 if not sample_id:
                     problems.append(

@@ -10,7 +10,7 @@ kind                      meaning
 ``csv-empty``             the CSV has no header or no rows
 ``csv-header``            the header is not ``Id,Target`` (``Id,Predicted`` for a submission)
 ``csv-unreadable``        the CSV is not UTF-8 text
-``bad-row``               a row has too few fields or an empty Id
+``bad-row``               a row has too few fields, more fields than the header, or an empty Id
 ``bad-label``             a label is not a number, not a class id 0-27, repeated, or empty
 ``duplicate-id``          an Id appears twice in the CSV
 ``folder-missing``        the CSV exists but its image folder does not
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protloc.catalog import LABEL_HEADER, SUBMISSION_HEADER, index_images, scan_labels_csv
+from protloc.decoder import probe
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
 from protloc.utils import atomic_write_text
@@ -83,13 +84,17 @@ Job = tuple[str, str, dict[str, Path], bool]
 
 
 def _probe_sample(job: Job) -> list[Problem]:
-    """Decode (or read the header of) every channel of one sample; return its problems."""
+    """Decode (or probe the header of) every channel of one sample; return its problems.
+
+    The quick probe applies the same header, structure, pixel-type and budget checks as the decoder, so a
+    file the quick check passes is one the full check (and ``predict``) accepts, short of corrupt pixel data.
+    """
     split, sample_id, files, decode = job
     found: list[Problem] = []
     shapes: dict[str, tuple[int, int]] = {}
     for channel, path in sorted(files.items(), key=lambda kv: CHANNELS.index(kv[0])):
         try:
-            shape = _image_shape(path) if not decode else read_channel_raw(path).shape[:2]
+            shape = probe(path).plane_shape if not decode else read_channel_raw(path).shape[:2]
         except DataError as exc:
             found.append(Problem("unreadable", sample_id, str(exc), ERROR, split))
             continue
@@ -103,29 +108,6 @@ def _probe_sample(job: Job) -> list[Problem]:
         message = f"sample {sample_id}: channel sizes differ ({described})"
         found.append(Problem("size-mismatch", sample_id, message, ERROR, split))
     return found
-
-
-def _image_shape(path: Path) -> tuple[int, int]:
-    """Height and width from the file header only (fast; does not detect truncated pixel data)."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page_shape = tif.pages[0].shape
-        except Exception as exc:
-            raise DataError(f"{path}: not a readable TIFF ({exc})") from None
-        return int(page_shape[0]), int(page_shape[1])
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-    return height, width
 
 
 def _check_split(
@@ -148,7 +130,7 @@ def _check_split(
         for csv_problem in csv_problems:
             add(csv_problem.kind, csv_problem.sample_id, csv_problem.message)
         # Ids whose labels were bad still name files: keep them for the file checks.
-        ids = scanned_ids + [p.sample_id for p in csv_problems if p.kind == "bad-label" and p.sample_id]
+        ids = scanned_ids + [p.sample_id for p in csv_problems if p.kind in ("bad-label", "bad-row") and p.sample_id]
     if not folder.is_dir():
         add("folder-missing", None, f"{folder}: image folder not found (expected next to {csv_path})")
         report.samples[split] = len(ids or [])

@@ -108,6 +108,16 @@ def label_names(multi_hot: Sequence[int] | np.ndarray) -> list[str]:
     return [CLASS_NAMES[i] for i in label_ids(multi_hot)]
 
 
+def is_integer_text(text: str) -> bool:
+    """True for ``"7"`` or ``"-1"`` in ASCII digits; false for ``"²"``, ``"٣"`` or ``"1.5"``.
+
+    ``str.isdigit`` is true for superscripts and other digits that ``int()`` then refuses, so user text is
+    checked with this instead.
+    """
+    body = text.strip().removeprefix("-")
+    return bool(body) and body.isascii() and body.isdecimal()
+
+
 def resolve_class(value: int | str) -> int:
     """A class id from an id (``7``, ``"7"``), a name or short name (any case), or an unambiguous name prefix.
 
@@ -116,7 +126,7 @@ def resolve_class(value: int | str) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
         raise ConfigError(f"class {value!r} is neither a class id (0-{NUM_CLASSES - 1}) nor a class name")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and is_integer_text(value):
         value = int(value.strip())
     if not isinstance(value, str):
         if not 0 <= int(value) < NUM_CLASSES:

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from protloc import __version__
-from protloc.errors import ProtlocError
+from protloc.errors import STORAGE_ERRNOS, ProtlocError, storage_error
 
 app = typer.Typer(
     name="protloc",
@@ -567,8 +567,27 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes, each with its own model copy.")] = 1,
-    token: Annotated[str | None, typer.Option(envvar="PROTLOC_TOKEN", help="Bearer token clients must send.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="PROTLOC_TOKEN", help="Bearer token clients must send (shows in ps: prefer the env var)."),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Read the bearer token from this file's first line (not shown in ps).")
+    ] = None,
     allow_remote: Annotated[bool, typer.Option(help="Listen beyond loopback without a token.")] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A Host name to answer besides loopback (repeatable; '*' for any). Stops DNS rebinding."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web origin (https://host[:port]) whose pages may call the API (repeatable; off by default)."
+        ),
+    ] = None,
+    max_pending: Annotated[int, typer.Option(help="Requests queued for the network at once (503 above).")] = 64,
+    header_timeout: Annotated[float, typer.Option(help="Seconds for a request's headers to arrive.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds for a request body to arrive (408 after).")] = 60.0,
     backend: Annotated[str, typer.Option(help="auto (onnx when model.onnx exists), onnx or torch.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: half the CPUs).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
@@ -584,11 +603,17 @@ def serve(
         port=port,
         workers=workers,
         token=token,
+        token_file=token_file,
         allow_remote=allow_remote,
+        allowed_hosts=tuple(allowed_host or ()),
+        cors_origins=tuple(cors_origin or ()),
         backend=backend,
         threads=threads,
         max_upload_mb=max_upload_mb,
         max_batch=max_batch,
+        max_pending=max_pending,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
     )
 
 
@@ -648,6 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = app(args=args, prog_name="protloc", standalone_mode=False)
     except ProtlocError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        err_console.print(f"[red]error:[/] {escape(str(storage_error(exc, action='access')))}")
         return 1
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]

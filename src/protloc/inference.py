@@ -316,13 +316,13 @@ def _warn_on_size(catalog: Catalog, preprocessor: Preprocessor, card: ModelCard)
     """One warning when the data's fields differ in size from the training data's (they are resized)."""
     if not catalog.ids:
         return
-    from protloc.check import _image_shape
+    from protloc.decoder import probe
 
     trained_on = card.source_size
     first_id = catalog.ids[0]
     path = catalog.files[first_id][preprocessor.channels[0]]
     try:
-        height, width = _image_shape(path)
+        height, width = probe(path).plane_shape
     except (DataError, OSError):  # an unreadable file is reported when it is read
         return
     if trained_on and [height, width] != list(trained_on):

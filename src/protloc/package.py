@@ -7,6 +7,8 @@ run code on your machine.
 from __future__ import annotations
 
 import datetime as dt
+import pickle
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,30 @@ class ModelPackage:
         return model.eval()
 
 
+def member_name(name: object, folder: Path) -> str:
+    """An ensemble member's folder name from a card, checked: one plain name under ``members/``, nothing else.
+
+    A card is data someone may have sent: a name with a path separator, ``..``, a drive or a NUL byte would
+    reach files outside the package.
+
+    Raises:
+        ModelError: the name is not a plain folder name.
+    """
+    text = name if isinstance(name, str) else ""
+    if (
+        not text
+        or text in (".", "..")
+        or any(bad in text for bad in ("/", "\\", "\0", ":"))
+        or text != text.strip()
+        or text.startswith(".")
+    ):
+        raise ModelError(
+            f"{folder}: ensemble member name {name!r} in card.json is not a plain folder name under members/; "
+            "refusing it (it could reach files outside the package)"
+        )
+    return text
+
+
 def load_package(path: str | Path) -> ModelPackage:
     """Load a package folder (or its card.json); for ensembles, every member too."""
     folder = resolve_package_path(path)
@@ -171,8 +197,10 @@ def load_package(path: str | Path) -> ModelPackage:
         names = card.members
         if not names:
             raise ModelError(f"{folder}: ensemble card lists no members")
+        if not isinstance(names, list):
+            raise ModelError(f"{folder}: the ensemble card's members must be a list of folder names")
         for name in names:
-            member = load_package(folder / "members" / name)
+            member = load_package(folder / "members" / member_name(name, folder))
             if member.is_ensemble:
                 raise ModelError(f"{folder}: nested ensembles are not supported ({name})")
             package.members.append(member)
@@ -180,7 +208,33 @@ def load_package(path: str | Path) -> ModelPackage:
 
 
 def state_dict_from_lightning(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights inside a Lightning checkpoint written by protloc's own training (trusted file)."""
-    checkpoint = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)
+    """The network weights inside a Lightning checkpoint (loaded without unpickling arbitrary objects)."""
+    checkpoint = load_checkpoint_safely(checkpoint_path)
     prefix = "model."
     return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def load_checkpoint_safely(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint loaded with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists
+    and dicts; a file that needs anything else is refused instead of unpickled.
+
+    Raises:
+        ModelError: the file is missing, not a checkpoint, or holds objects that loading would have to run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(
+            f"{path}: refusing to load this checkpoint: it holds objects other than tensors and plain values{what}, "
+            "and unpickling them could run code; resume only runs protloc wrote"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    if not isinstance(checkpoint, dict):
+        raise ModelError(f"{path}: not a Lightning checkpoint (holds a {type(checkpoint).__name__})")
+    return checkpoint

@@ -35,6 +35,7 @@ from protloc.classes import CLASS_NAMES, resolve_class
 from protloc.errors import ConfigError
 from protloc.inference import parse_tta, predict_catalog
 from protloc.io import split_channel_filename
+from protloc.locks import locked_output
 from protloc.metrics import decide
 from protloc.prediction_files import (
     predictions_csv,
@@ -198,17 +199,63 @@ class PredictionRun:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def _job_key(card: ModelCard, catalog: Catalog, settings: dict[str, Any]) -> str:
+def _job_key(model: str | Path, card: ModelCard, catalog: Catalog, settings: dict[str, Any]) -> str:
+    """What the probability rows depend on: the package's files, the inputs' files, the settings.
+
+    Every input file enters with its path, size and modification time, and every file of the package (or the
+    ``.onnx`` file) likewise, so rows computed for other images, another model or other settings are never
+    reused by a resumed run.
+    """
     digest = hashlib.sha256(
         json.dumps(
-            [card.created, card.thresholds, card.architecture.to_dict(), settings],
+            [card.created, card.thresholds, card.architecture.to_dict(), card.input.to_dict(), settings],
             sort_keys=True,
             default=str,
         ).encode()
     )
+    model_path = Path(model).resolve()
+    model_files = sorted(model_path.iterdir()) if model_path.is_dir() else [model_path]
+    for path in model_files:
+        digest.update(_file_stamp(path))
     for sample_id in catalog.ids:
         digest.update(sample_id.encode() + b"\0")
-    return digest.hexdigest()[:20]
+        for channel, path in sorted(catalog.files.get(sample_id, {}).items()):
+            digest.update(channel.encode() + b"\0" + _file_stamp(path))
+    return digest.hexdigest()[:32]
+
+
+def _file_stamp(path: Path) -> bytes:
+    """A file's absolute path, size and modification time (ns), as bytes for a digest."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return str(path).encode() + b"\0missing\0"
+    return f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
+
+
+OUTPUT_FILES = ("probabilities.csv", "predictions.csv", "submission.csv", "run.json")
+"""Every file a prediction run writes into ``--out`` (a run removes the previous run's before it starts)."""
+
+
+def _clear_previous_outputs(out: Path) -> list[str]:
+    """Remove the outputs a previous run left in ``out``, so that none sits beside this run's.
+
+    Only protloc's own output names are touched, and only in a folder whose ``run.json`` says a prediction
+    run wrote it; anything else in the folder stays.
+    """
+    run_file = out / "run.json"
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(previous, dict) or "samples_per_second" not in previous:
+        return []
+    removed = []
+    for name in OUTPUT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+            removed.append(name)
+    return removed
 
 
 class _PartialRows:
@@ -231,6 +278,8 @@ class _PartialRows:
                 self.completed = min(int(state.get("completed", 0)), total)
         if self.completed == 0:
             self.rows_path.unlink(missing_ok=True)
+        if self.rows_path.is_file():  # never extend a short file with zeros: resume only what is there
+            self.completed = min(self.completed, self.rows_path.stat().st_size // (self.columns * 4))
         self.key = key
         with self.rows_path.open("ab") as handle:  # drop anything written after the last durable mark
             handle.truncate(self.completed * self.columns * 4)
@@ -249,6 +298,7 @@ class _PartialRows:
         return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, self.columns)[: self.total]
 
 
+@locked_output("out", "protloc predict")
 def predict_folder(
     model: str | Path,
     data: str | Path,
@@ -283,6 +333,9 @@ def predict_folder(
 
     Returns:
         The run (on the main process; ``None`` on other DDP ranks).
+
+    Raises:
+        BusyError: another process is writing into ``out`` (the call holds an exclusive lock on it).
     """
     out = Path(out)
     parse_tta(tta)
@@ -312,13 +365,17 @@ def predict_folder(
             return None
         probabilities = probabilities_or_none
         resumed_from = 0
+        _clear_previous_outputs(out)
     else:
         workers = default_workers() if workers is None else workers
         threads = model_threads(workers)
         card, run = load_backend(model, backend, device=device, threads=threads)
         catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
-        settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
-        partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog), card.num_classes)
+        settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend, "device": device}
+        _clear_previous_outputs(out)
+        partial = _PartialRows(
+            out / PARTIAL_DIR, _job_key(model, card, catalog, settings), len(catalog), card.num_classes
+        )
         resumed_from = partial.completed
         if partial.completed < len(catalog):
             with torch_threads(threads if backend == "torch" else None):

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from protloc.config import TrainConfig
-from protloc.errors import ConfigError
+from protloc.errors import ConfigError, ProtlocError
+from protloc.locks import LOCK_NAME
 from protloc.metrics import EvaluationReport
 from protloc.utils import atomic_write_text
 
@@ -53,7 +54,11 @@ def append_metrics_row(path: Path, row: dict[str, float]) -> None:
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig:
-    """Create the run directory; on resume, return the saved config (only engine settings may change)."""
+    """Create the run directory; on resume, return the saved config (only engine settings may change).
+
+    With ``overwrite``, a previous run in ``config.out`` is replaced, but only a folder that is recognisably a
+    protloc run (see :func:`clear_run_dir`); call this after the inputs have been validated.
+    """
     run_dir = Path(config.out)
     saved = run_dir / "config.yaml"
     if resume:
@@ -71,16 +76,59 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Train
             setattr(previous, key, getattr(config, key))
         previous.out = str(run_dir)
         return previous.validate()
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if _has_content(run_dir):
         if not overwrite:
             raise ConfigError(
                 f"{run_dir}: already holds a run; pass --resume to continue it, --overwrite to replace it, "
                 "or another --out"
             )
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
     return config
+
+
+def _has_content(folder: Path) -> bool:
+    """True when ``folder`` holds anything but protloc's lock file."""
+    return folder.is_dir() and any(entry.name != LOCK_NAME for entry in folder.iterdir())
+
+
+def is_run_dir(folder: Path) -> bool:
+    """True when ``folder`` is recognisably a protloc training run: its ``config.yaml`` is a training config."""
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        TrainConfig.load(saved)
+    except ProtlocError:
+        return False
+    return True
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a previous run's folder for ``--overwrite``; a folder protloc did not make is refused, untouched.
+
+    The lock file stays (the caller holds it), everything else of the old run goes.
+
+    Raises:
+        ConfigError: ``run_dir`` is not a folder, or not recognisably a protloc run.
+    """
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file, not a run folder; choose another --out")
+    if not is_run_dir(run_dir):
+        names = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_NAME)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ConfigError(
+            f"{run_dir}: --overwrite replaces only a protloc run folder (with its config.yaml), and this one holds "
+            f"other files ({shown}); nothing was removed: choose another --out or empty it yourself"
+        )
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def last_checkpoint_path(run_dir: Path) -> Path | None:

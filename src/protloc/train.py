@@ -34,10 +34,17 @@ from torch.utils.data import DataLoader
 
 from protloc import __version__
 from protloc.cache import build_cache
-from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, StepProgress, ThroughputLog
+from protloc.callbacks import (
+    AtomicCheckpointIO,
+    RankConsistency,
+    ResumePosition,
+    StepProgress,
+    ThroughputLog,
+    load_checkpoint_safely,
+)
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.classes import CLASS_NAMES, NUM_CLASSES, is_integer_text
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
 from protloc.dataset import (
@@ -48,6 +55,7 @@ from protloc.dataset import (
 )
 from protloc.errors import DataError
 from protloc.lightning_module import LocalizationModule
+from protloc.locks import hold
 from protloc.losses import positive_weights
 from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshold_gain
 from protloc.models import PackagedNetwork, count_parameters, create_model
@@ -100,7 +108,7 @@ def _devices(value: str) -> Any:
     text = str(value).strip()
     if text == "auto":
         return "auto"
-    if text.lstrip("-").isdigit():
+    if is_integer_text(text):
         return int(text)
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -176,6 +184,9 @@ def train(
 ) -> TrainResult | None:
     """Run one training job as described by ``config``.
 
+    The run folder is held (:func:`protloc.locks.hold`) for the whole run: a second ``train`` into it is
+    refused. The data is opened and its labels checked before ``overwrite`` removes anything.
+
     Args:
         config: the settings (see :class:`protloc.config.TrainConfig`).
         resume: continue the run in ``config.out`` from its last checkpoint.
@@ -189,10 +200,34 @@ def train(
 
     Raises:
         ConfigError, DataError, ModelError: anything wrong with settings, data or model choice.
+        BusyError: another process holds the run folder.
     """
-    watch = Stopwatch()
     config = config.validate()
+    with hold(config.out, "protloc train"):
+        return _train(config, resume, overwrite, on_cache_progress, on_progress, progress_bar)
+
+
+def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
+    catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
+    if catalog.labels is None:
+        raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
+    return catalog, catalog.labels
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    on_cache_progress: Callable[[int, int], None] | None,
+    on_progress: Callable[[int, int], None] | None,
+    progress_bar: bool | None,
+) -> TrainResult | None:
+    watch = Stopwatch()
+    opened: tuple[Catalog, np.ndarray] | None = None
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        if not resume:  # validate the inputs before anything in the run folder is replaced
+            with watch("data"):
+                opened = _open_training_data(config)
         config = prepare_run_dir(config, resume, overwrite)
     else:  # DDP child processes: the main process has prepared the run directory already
         config = TrainConfig.load(Path(config.out) / "config.yaml") if resume else config
@@ -202,14 +237,12 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
     with watch("data"):
-        catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
-        if catalog.labels is None:
-            raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
+        catalog, labels = opened or _open_training_data(config)
         folds_path = run_dir / "folds.csv"
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
         else:
-            folds = make_folds(catalog.labels, config.folds, config.seed)
+            folds = make_folds(labels, config.folds, config.seed)
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 save_folds(folds_path, catalog.ids, folds)
     with watch("cache"):
@@ -227,7 +260,6 @@ def train(
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise DataError(f"fold {config.fold} leaves no training or no validation samples")
     mean, std = cache.channel_statistics(train_rows, seed=config.seed)
-    labels = catalog.labels
 
     workers = _workers(config)
     batches_per_epoch = max(1, len(train_rows) // config.batch_size)
@@ -326,7 +358,7 @@ def train(
     if resume and ckpt_path is None:
         log.warning("no checkpoint in %s yet; starting from the beginning", checkpoints)
     elif ckpt_path is not None:
-        resumed_from = int(torch.load(str(ckpt_path), map_location="cpu", weights_only=False)["global_step"])
+        resumed_from = int(load_checkpoint_safely(ckpt_path)["global_step"])
     with watch("fit"), _quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
@@ -348,7 +380,7 @@ def train(
         if "mean" not in state:  # a checkpoint of protloc 0.1, whose trained network was the bare backbone
             state = {**{f"backbone.{k}": v for k, v in state.items()}, "mean": network.mean, "std": network.std}
         network.load_state_dict(state)
-        best_epoch = int(torch.load(str(source), map_location="cpu", weights_only=False)["epoch"])
+        best_epoch = int(load_checkpoint_safely(source)["epoch"])
         probabilities = predict_cached(
             network,
             datamodule.val_set,
@@ -491,10 +523,10 @@ def training_card(
 
 def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
     """Height and width of the first sample's files (the fields the model learnt from, before resizing)."""
-    from protloc.check import _image_shape
+    from protloc.decoder import probe
 
     try:
-        height, width = _image_shape(catalog.files[catalog.ids[0]][channel])
+        height, width = probe(catalog.files[catalog.ids[0]][channel]).plane_shape
     except (DataError, OSError):  # the card then records no source size
         return None
     return [height, width]

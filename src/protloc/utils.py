@@ -13,24 +13,37 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from protloc.errors import STORAGE_ERRNOS, storage_error
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    A crash or kill while writing leaves ``path`` as it was (absent or old), never half-written.
+    A crash or kill while writing leaves ``path`` as it was (absent or old), never half-written. A write the
+    disk refuses (full, over quota, read-only, not permitted) raises a one-line
+    :class:`~protloc.errors.StorageError` naming ``path``, and the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            raise storage_error(exc, path) from None
+        raise
     os.close(handle)
     temp = Path(temp_name)
-    temp.chmod(0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should have the usual permissions
     try:
+        temp.chmod(0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should have the usual permissions
         yield temp
         temp.replace(path)
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:  # disk full, quota, read-only, not permitted: one line, not a traceback
+            raise storage_error(exc, path) from None
+        raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             temp.unlink()
 
 

@@ -42,7 +42,7 @@ from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusy
 from protloc.serve.gate import RequestGate
 from protloc.serve.schemas import BatchResponse, ErrorResponse, Health, ModelInfo, PredictionResponse
 from protloc.serve.service import PredictionService
-from protloc.serve.settings import ServiceSettings
+from protloc.serve.settings import LOOPBACK_HOSTS, ServiceSettings
 
 log = logging.getLogger("protloc.serve")
 
@@ -149,7 +149,25 @@ def create_app(
     )
     app.state.engine = engine
     app.state.settings = settings
-    app.add_middleware(RequestGate, engine=engine, max_bytes=settings.max_upload_bytes, token=settings.token)
+    app.add_middleware(
+        RequestGate,
+        engine=engine,
+        max_bytes=settings.max_upload_bytes,
+        token=settings.token,
+        allowed_hosts=(*LOOPBACK_HOSTS, *settings.allowed_hosts),
+        cors_origins=settings.cors_origins,
+        body_timeout=settings.body_timeout,
+    )
+    if settings.cors_origins:  # off unless asked: only the named origins' pages may call the API from a browser
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Class-Id", "X-Class-Name", "X-Probability", "X-Threshold"],
+        )
     _add_error_handlers(app)
 
     auth: list[Any] = []
@@ -286,14 +304,17 @@ def create_app(
             None, max_length=64, description="class id (0-27) or name; default: the most probable class"
         ),
         stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
-        max_side: int | None = Query(None, ge=64, le=4096, description="shrink the picture to at most this side"),
+        max_side: int | None = Query(
+            None, ge=64, le=4096, description="the picture's longest side in px (default: the preview side, 512)"
+        ),
     ) -> Response:
         uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
         files = await _read_channels(uploads)
         stacked = await _read(stack)
         await service.reject_unknown_fields(request)
         chosen = resolve_class_id(class_id) if class_id is not None and class_id.strip() else None
-        png, headers = await service.explain(files, stacked, stack_channels, chosen, max_side)
+        side = max_side or settings.preview_side  # always a bounded picture, whatever the upload's size
+        png, headers = await service.explain(files, stacked, stack_channels, chosen, side)
         return Response(content=png, media_type="image/png", headers=headers)
 
     return app

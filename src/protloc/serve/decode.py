@@ -4,43 +4,26 @@ The HTTP service receives files, not paths, so this is the bytes-based twin of :
 and it reuses that module's conversions (``to_uint8``, ``stack_to_chw``, the colour-to-plane rule) so that a
 file gives the same pixels whether ``protloc predict`` reads it from disk or the service receives it.
 
-The format is recognised from the first bytes, never from the file name: PNG, JPEG, TIFF (including
-multi-page and BigTIFF), NumPy ``.npy``; other formats OpenCV can decode (BMP, WebP...) are accepted as
-channel images too. Every failure is a :class:`~protloc.errors.DataError` whose message names the upload and
-says what was expected. Before any pixel is decoded, the declared size is checked (image header, TIFF pages,
-``.npy`` header), so a small file that claims a gigantic image is refused instead of exhausting memory.
+Decoding is :mod:`protloc.decoder`'s, the one decoder for files and uploads alike: the format is recognised
+from the first bytes, never from the file name, and the header is checked against the pixel budget before any
+pixel is decoded. Every failure is a :class:`~protloc.errors.DataError` whose message names the upload and says
+what was expected.
 
 Nothing here imports torch or the web framework.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from protloc.decoder import decode, sniff
 from protloc.errors import DataError
-from protloc.io import CHANNELS, MAX_SIDE, stack_to_chw, to_plane, to_uint8
+from protloc.io import CHANNELS, MIN_SIDE, stack_to_chw, to_plane, to_uint8
 
-MIN_SIDE = 8
-"""Smallest accepted side in pixels (as :func:`protloc.io.stack_to_chw`)."""
-
-MAX_DECODED_BYTES = 1 << 30
-"""Largest decoded array accepted, in bytes (a 4 x 16384 x 16384 16-bit stack is 2 GiB: refused)."""
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),
-    (b"MM\x00+", "tiff"),
-    (b"\x93NUMPY", "npy"),
-)
+__all__ = ["Upload", "decode_array", "decode_channel", "decode_stack", "read_upload_sample", "sniff"]
 
 
 @dataclass(frozen=True)
@@ -55,106 +38,13 @@ class Upload:
         return f"{field} ({self.filename})" if self.filename else field
 
 
-def sniff(data: bytes) -> str | None:
-    """The format of a file from its first bytes: ``png``, ``jpeg``, ``tiff``, ``npy``, or ``None``."""
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            return kind
-    return None
-
-
-def _check_shape(shape: Sequence[int], itemsize: int, where: str) -> None:
-    """Refuse declared shapes with a side outside 8..MAX_SIDE px or more than MAX_DECODED_BYTES in all."""
-    spatial = [int(s) for s in shape if int(s) > 4] or [int(s) for s in shape]
-    if any(side > MAX_SIDE for side in spatial):
-        raise DataError(f"{where}: image of shape {tuple(shape)} exceeds {MAX_SIDE} px per side")
-    total = int(np.prod([max(int(s), 0) for s in shape], dtype=np.float64)) * itemsize
-    if total > MAX_DECODED_BYTES:
-        raise DataError(f"{where}: image of shape {tuple(shape)} is too large to decode ({total / 2**20:.0f} MiB)")
-
-
-def _decode_npy(data: bytes, where: str) -> np.ndarray:
-    buffer = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
-    except Exception as exc:
-        raise DataError(f"{where}: not a readable .npy array ({exc})") from None
-    if dtype.hasobject:
-        raise DataError(f"{where}: .npy arrays of Python objects are refused; save a numeric array")
-    _check_shape(shape, dtype.itemsize, where)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - buffer.tell() < expected:
-        raise DataError(f"{where}: truncated .npy file (header says {shape} {dtype}, data is shorter)")
-    try:
-        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
-    except Exception as exc:
-        raise DataError(f"{where}: not a readable .npy array ({exc})") from None
-
-
-def _decode_tiff(data: bytes, where: str) -> np.ndarray:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            if not tiff.series:
-                raise DataError(f"{where}: TIFF file holds no image")
-            series = tiff.series[0]
-            _check_shape(series.shape, np.dtype(series.dtype).itemsize, where)
-            return np.asarray(series.asarray())
-    except DataError:
-        raise
-    except Exception as exc:  # tifffile raises many types for bad files
-        raise DataError(f"{where}: not a readable TIFF ({exc.__class__.__name__}: {exc})") from None
-
-
-def _decode_raster(data: bytes, where: str, kind: str | None) -> np.ndarray:
-    """PNG, JPEG and the other formats OpenCV reads, after checking the header's size with Pillow."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the size ourselves
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-    except Image.DecompressionBombError:
-        raise DataError(f"{where}: image exceeds {MAX_SIDE} px per side (or {Image.MAX_IMAGE_PIXELS} pixels)") from None
-    except Exception:
-        if kind is not None:
-            raise DataError(f"{where}: not a readable {kind.upper()} image (corrupt or truncated?)") from None
-        raise DataError(
-            f"{where}: not an image; send PNG, TIFF or JPG channel files (8 or 16 bit), or a .npy/.tif stack"
-        ) from None
-    _check_shape((height, width, 4), 2, where)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{where}: not a readable {(kind or 'image').upper()} file (corrupt or truncated?)")
-    if image.ndim == 3:  # OpenCV decodes colour as BGR(A); callers expect RGB order, as protloc.io gives
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return np.asarray(image)
-
-
 def decode_array(data: bytes, where: str = "upload") -> np.ndarray:
-    """Decode an uploaded file at its native pixel type (uint8, uint16, float...).
-
-    Args:
-        data: the file's bytes.
-        where: what to call the upload in error messages (``"red (cell_red.png)"``).
+    """Decode an uploaded file at its native pixel type, after :func:`protloc.decoder.probe` checked its header.
 
     Raises:
-        DataError: the file is empty, corrupt, of an unknown format, or declares an absurd size.
+        DataError: the file is empty, truncated, of an unknown format, or over the pixel budget.
     """
-    if not data:
-        raise DataError(f"{where}: file is empty")
-    kind = sniff(data)
-    if kind == "npy":
-        return _decode_npy(data, where)
-    if kind == "tiff":
-        return _decode_tiff(data, where)
-    return _decode_raster(data, where, kind)
+    return decode(data, where)
 
 
 def decode_channel(upload: Upload, where: str, *, bit_depth: int = 16) -> np.ndarray:
@@ -168,8 +58,8 @@ def decode_channel(upload: Upload, where: str, *, bit_depth: int = 16) -> np.nda
     if plane.ndim != 2:
         raise DataError(f"{where}: expected a single-channel image, got an array of shape {plane.shape}")
     height, width = plane.shape
-    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
-        raise DataError(f"{where}: image of {width}x{height} px is out of range ({MIN_SIDE}-{MAX_SIDE} px per side)")
+    if min(height, width) < MIN_SIDE:
+        raise DataError(f"{where}: image of {width}x{height} px is too small (at least {MIN_SIDE} px a side)")
     return to_uint8(plane, bit_depth=bit_depth, where=where)
 
 

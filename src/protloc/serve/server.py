@@ -6,7 +6,16 @@ import os
 from pathlib import Path
 
 from protloc.errors import ConfigError, require
-from protloc.serve.settings import SETTINGS_ENV, TOKEN_ENV, ServiceSettings, check_bind, check_model_path, resolve_token
+from protloc.serve.protocol import HEADER_TIMEOUT_ENV, HeaderTimeoutH11Protocol
+from protloc.serve.settings import (
+    SETTINGS_ENV,
+    TOKEN_ENV,
+    ServiceSettings,
+    check_bind,
+    check_model_path,
+    host_allow_list,
+    resolve_token,
+)
 
 
 def run(
@@ -16,7 +25,12 @@ def run(
     port: int = 8000,
     workers: int = 1,
     token: str | None = None,
+    token_file: str | Path | None = None,
     allow_remote: bool = False,
+    allowed_hosts: tuple[str, ...] = (),
+    cors_origins: tuple[str, ...] = (),
+    header_timeout: float = 10.0,
+    body_timeout: float = 60.0,
     backend: str = "auto",
     device: str = "cpu",
     threads: int | None = None,
@@ -38,7 +52,12 @@ def run(
         workers: server processes, each with its own copy of the model (1 is right for most machines: the
             network already uses every core).
         token: bearer token clients must send (``Authorization: Bearer TOKEN``); default ``$PROTLOC_TOKEN``.
+        token_file: read the token from the first line of this file instead (it then shows in no process list).
         allow_remote: listen on a non-loopback address without a token (anyone who reaches it can use it).
+        allowed_hosts: ``Host`` names to accept besides loopback (and a specific ``host``); ``"*"``: any.
+        cors_origins: web origins whose pages may call the API (CORS); none by default.
+        header_timeout: seconds for a request's headers to arrive before the connection is closed.
+        body_timeout: seconds for a request body to arrive (408 after); only then is a request queued.
         backend: ``auto`` (ONNX Runtime when the package has model.onnx, else PyTorch), ``onnx`` or ``torch``.
         device: torch device for the torch backend and explanations.
         threads: ONNX Runtime intra-op threads per worker (default: half the CPUs, divided among ``workers``).
@@ -60,7 +79,7 @@ def run(
         raise ConfigError(f"port must be between 0 and 65535, got {port}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    chosen_token = resolve_token(token)
+    chosen_token = resolve_token(token, token_file)
     check_bind(host, chosen_token, allow_remote)
     check_model_path(model)
     if threads is None and workers > 1:
@@ -74,8 +93,19 @@ def run(
         max_batch=max_batch,
         max_pending=max_pending,
         token=chosen_token,
+        allowed_hosts=host_allow_list(host, tuple(allowed_hosts)),
+        cors_origins=tuple(cors_origins),
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
     )
-    common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10}
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "timeout_graceful_shutdown": 10,
+        "http": HeaderTimeoutH11Protocol,
+    }
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout)
     if workers == 1:
         from protloc.serve.app import create_app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import Counter
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -104,6 +105,13 @@ class PredictionService:
             raise DataError(
                 f"unknown form field {unknown[0]!r}; send the channel images as the fields "
                 f"{', '.join(CHANNELS)} or one stacked file as 'stack'"
+            )
+        counts = Counter(key for key, _ in form.multi_items())
+        repeated = [key for key in (*CHANNELS, "stack") if counts[key] > 1]
+        if repeated:
+            raise DataError(
+                f"the field {repeated[0]!r} was sent {counts[repeated[0]]} times; send each channel (or the stack) "
+                "once per request, or use /predict/batch for several samples"
             )
 
     def _decode(
@@ -251,6 +259,10 @@ class PredictionService:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(engine.inference_pool, engine.explainer)  # 501 before decoding, if unavailable
         image = await engine.in_decode_pool(self._decode, files, stack, stack_channels)
+        # Explain a copy no larger than the picture asked for (never below the model's input, which every field
+        # is resized to anyway): the maps are computed at the field's size, and a full-size field costs GBs.
+        if max_side is not None:
+            image = await engine.in_decode_pool(_shrink, image, max(max_side, engine.preprocessor.size))
         explanation, chosen = await loop.run_in_executor(engine.inference_pool, engine.explain, image, class_id)
         png = await engine.in_decode_pool(_overlay_png, explanation, chosen, max_side)
         probability = float(explanation.probabilities[chosen])

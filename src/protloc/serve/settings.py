@@ -35,6 +35,15 @@ class ServiceSettings:
         max_batch_samples: most samples in one ``/predict/batch`` request.
         preview_side: side in px of the pictures returned with ``?previews=true``.
         token: bearer token every API request must carry (``Authorization: Bearer TOKEN``); ``None``: open.
+        allowed_hosts: ``Host`` header names accepted besides the loopback names (``localhost``, ``127.0.0.1``,
+            ``[::1]``, always accepted); a request naming any other host is refused (400), which stops
+            DNS-rebinding pages. ``"*"`` accepts any host.
+        cors_origins: web origins (``https://lab.example.org``) whose pages may call the API from a browser;
+            empty (the default): no CORS headers, and a cross-site POST (one whose ``Origin`` is not this
+            service) is refused (403).
+        header_timeout: seconds a client may take to send a request's headers before the connection is closed.
+        body_timeout: seconds a client may take to send a request body (and at most a third of it between two
+            chunks) before it is answered 408; bodies are received before a request is admitted to the queue.
     """
 
     model: str
@@ -49,8 +58,21 @@ class ServiceSettings:
     max_batch_samples: int = 64
     preview_side: int = 512
     token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        self.allowed_hosts = tuple(str(h).strip().lower() for h in self.allowed_hosts if str(h).strip())
+        self.cors_origins = tuple(check_origin(o) for o in self.cors_origins if str(o).strip())
+        if not 0 < self.header_timeout <= 3600 or not 0 < self.body_timeout <= 3600:
+            raise ConfigError(
+                f"header_timeout and body_timeout must be between 0 and 3600 s, got "
+                f"{self.header_timeout} and {self.body_timeout}"
+            )
+        if self.max_pending < 1:
+            raise ConfigError(f"max_pending must be at least 1, got {self.max_pending}")
         self.model = str(self.model)
         if not self.max_upload_mb > 0:
             raise ConfigError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
@@ -93,10 +115,66 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_token(token: str | None) -> str | None:
-    """The token given, else :data:`TOKEN_ENV` from the environment, else ``None``."""
-    value = token if token is not None else os.environ.get(TOKEN_ENV)
-    return value.strip() if value and value.strip() else None
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+"""``Host`` names every service accepts (it listens on loopback by default)."""
+
+
+def resolve_token(token: str | None, token_file: str | Path | None = None) -> str | None:
+    """The token: ``token``, else the first line of ``token_file``, else :data:`TOKEN_ENV`, else ``None``.
+
+    A file (or the environment) keeps the token out of the process list, where ``--token VALUE`` shows.
+
+    Raises:
+        ConfigError: both a token and a token file, or a token file that is missing, unreadable or empty.
+    """
+    if token is not None and token_file is not None:
+        raise ConfigError("give the token either with --token or with --token-file, not both")
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the token file ({exc.__class__.__name__})") from None
+        value = lines[0].strip() if lines else ""
+        if not value:
+            raise ConfigError(f"{path}: the token file is empty; put the token on its first line")
+        return value
+    given = token if token is not None else os.environ.get(TOKEN_ENV)
+    return given.strip() if given and given.strip() else None
+
+
+def check_origin(origin: str) -> str:
+    """A CORS origin as browsers send it: ``scheme://host[:port]``, no path (``*`` is refused: name them).
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    from urllib.parse import urlsplit
+
+    text = str(origin).strip().rstrip("/")
+    parts = urlsplit(text)
+    if text == "*" or parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ConfigError(
+            f"CORS origin {origin!r} must be scheme://host[:port] (e.g. https://lab.example.org), one per "
+            "--cors-origin; '*' is refused, since any web page could then use the service"
+        )
+    return text.lower()
+
+
+def host_allow_list(host: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ``Host`` names a service listening on ``host`` accepts: loopback, a specific bind address, ``extra``.
+
+    A wildcard bind (``0.0.0.0``, ``::``) adds this machine's name; other names must be given (``--allowed-host``).
+    """
+    names = [*LOOPBACK_HOSTS, *extra]
+    bind = host.strip().lower()
+    if bind in ("0.0.0.0", "::", ""):
+        import socket
+
+        names += [socket.gethostname().lower(), socket.getfqdn().lower()]
+    elif not is_loopback(bind):
+        names.append(f"[{bind}]" if ":" in bind else bind)
+    return tuple(dict.fromkeys(names))
 
 
 def check_bind(host: str, token: str | None, allow_remote: bool) -> None:
