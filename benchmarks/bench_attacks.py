@@ -48,14 +48,16 @@ def measured(command: list[str]) -> tuple[subprocess.CompletedProcess[str], int,
     import psutil
 
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     handle, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):
             peak = max(peak, sum(p.memory_info().rss for p in (handle, *handle.children(recursive=True))))
         time.sleep(0.01)
-    out, err = process.communicate()
-    return subprocess.CompletedProcess(command, process.returncode, out, err), peak, time.perf_counter() - started
+    _, err = process.communicate()
+    return subprocess.CompletedProcess(command, process.returncode, "", err), peak, time.perf_counter() - started
 
 
 def env() -> dict[str, str]:
@@ -284,9 +286,18 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
     huge.mkdir()
     for channel in CHANNELS:
         (huge / f"big_{channel}.png").write_bytes(zero_png(11000, 11000))
+    fine = work / "fine"
+    fine.mkdir()
+    for channel in CHANNELS:
+        write_channel(fine / f"ok_{channel}.png", np.zeros((512, 512), np.uint8))
+    run(
+        "predict: one good 4 x 512 px sample, baseline",
+        [*python, "predict", str(model), str(fine), "--out", str(work / "p0"), "--backend", "onnx"],
+        last_line,
+    )
     run(
         "predict: 4 x 11000x11000 16-bit PNG",
-        [*python, "predict", str(model), str(huge), "--out", str(work / "p1")],
+        [*python, "predict", str(model), str(huge), "--out", str(work / "p1"), "--backend", "onnx"],
         last_line,
     )
     run("check (full): the same files", [*python, "check", str(huge)], last_line)
@@ -301,13 +312,25 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
     write_csv(data / "train.csv", ["Id", "Target"], [(f"s{i}", str(i % 3)) for i in range(7)] + [("s7", "1,2,3")])
     (data / "train.csv").write_text((data / "train.csv").read_text().replace('"1,2,3"', "1,2,3"))
     run("label row X,1,2,3 (unquoted)", [*python, "check", str(data), "--quick"], last_line)
+    good = work / "good"
+    shutil.copytree(data, good)
+    rows_text = (good / "train.csv").read_text().replace("s7,1,2,3", "s7,1 2 3")
+    (good / "train.csv").write_text(rows_text)
+    thesis_good = work / "thesis-good"
+    thesis_good.mkdir()
+    (thesis_good / "chapter3.tex").write_text("two years of work")
+    run(
+        "train --out THESIS --overwrite, good data",
+        [*python, "train", str(good), "--out", str(thesis_good), "--overwrite", "--epochs", "1"],
+        lambda r: ("chapter3.tex intact; " if (thesis_good / "chapter3.tex").is_file() else "DELETED; ") + last_line(r),
+    )
     thesis = work / "thesis"
     thesis.mkdir()
     (thesis / "chapter3.tex").write_text("two years of work")
     run(
-        "train --out THESIS --overwrite",
+        "train --out THESIS --overwrite, a bad label in the data",
         [*python, "train", str(data), "--out", str(thesis), "--overwrite", "--epochs", "1"],
-        lambda r: last_line(r) + (" | chapter3.tex intact" if (thesis / "chapter3.tex").is_file() else " | DELETED"),
+        lambda r: ("chapter3.tex intact; " if (thesis / "chapter3.tex").is_file() else "DELETED; ") + last_line(r),
     )
 
     # two predictions into one folder at once
@@ -358,7 +381,7 @@ def hostile_checkpoint(work: Path) -> dict[str, Any]:
         AtomicCheckpointIO().load_checkpoint(path)
         answer = "loaded"
     except ModelError as exc:
-        answer = str(exc).split("; resume")[0][-100:]
+        answer = str(exc).split(": ", 1)[1].split("; resume")[0]
     return {
         "attack": "resume from a checkpoint that runs code",
         "status": "refused" if not marker.exists() else "RAN CODE",
