@@ -34,6 +34,15 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console(highlight=False, soft_wrap=True)
+CLASSES_OPTION = typer.Option(
+    "--classes",
+    help="Class scheme of the labels: hpa2018, hpa2021, subcell31 or a scheme file (.json/.txt); "
+    "found from the labels file when not given.",
+)
+MAP_FROM_OPTION = typer.Option(
+    "--map-from",
+    help="Read the labels in this scheme and fold them into --classes (documented: hpa2018 -> hpa2021).",
+)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -123,6 +132,7 @@ def check(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
     show: Annotated[int, typer.Option(help="Problems listed per kind (all are counted).")] = 20,
     out: Annotated[Path | None, typer.Option(help="Also write every problem to this CSV.")] = None,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
 ) -> None:
     """Validate a data set in one pass and list every problem with its Id; exit 1 if anything is wrong."""
     from protloc.check import check_dataset, write_problems
@@ -130,8 +140,15 @@ def check(
 
     with progress_bar("reading images") as update:
         report = check_dataset(
-            data, channels=parse_channels(channels), decode=not quick, workers=workers, on_progress=update
+            data,
+            channels=parse_channels(channels),
+            decode=not quick,
+            workers=workers,
+            on_progress=update,
+            scheme=classes,
         )
+    for split, scheme in report.schemes.items():
+        console.print(f"{escape(split)}: labels in class scheme {escape(scheme.describe())}")
     if out is not None:
         write_problems(report, out)
     shown: dict[str, int] = {}
