@@ -126,7 +126,7 @@ def test_resume_after_a_kill_continues_from_the_durable_rows(
     key = _job_key(card, catalog, {"tta": parse_tta(None), "tiles": 1, "backend": "torch"})
     # a run that was killed after 16 durable rows (plus half a row of garbage past the mark)
     _, reference = read_probabilities(predicted / "probabilities.csv")
-    partial = _PartialRows(out / PARTIAL_DIR, key, len(catalog))
+    partial = _PartialRows(out / PARTIAL_DIR, key, len(catalog), card.num_classes)
     partial.append(0, reference[:16])
     with (out / PARTIAL_DIR / "rows.f32").open("ab") as handle:
         handle.write(b"\x00" * 50)

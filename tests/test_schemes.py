@@ -133,5 +133,5 @@ def test_mapping_a_2018_file_into_2021(tmp_path: Path) -> None:
     assert mapped.ids == ["x", "z"]  # y had only Rods & rings, which 2021 has no class for
     assert mapped.scheme.names_of(mapped.labels[0]) == ["Cytosol", "Vesicles and punctate cytosolic patterns"]
     assert mapped.scheme.names_of(mapped.labels[1]) == ["Actin filaments"]
-    ids, labels, scheme = read_labels(folder / "labels.csv")
+    _ids, labels, scheme = read_labels(folder / "labels.csv")
     assert scheme.name == "hpa2018" and labels.shape == (3, 28)

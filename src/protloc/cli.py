@@ -308,6 +308,8 @@ def train(
     cache_dir: Annotated[Path | None, typer.Option(help="Where caches live (default ~/.cache/protloc).")] = None,
     split: Annotated[str | None, typer.Option(help="Split of a Kaggle root.")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
     bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit images.")] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard")] = None,
@@ -352,6 +354,8 @@ def train(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "split": split,
         "labels": str(labels) if labels else None,
+        "classes": classes,
+        "map_from": map_from,
         "bit_depth": bit_depth,
         "compile": compile,
         "tensorboard": tensorboard,
@@ -388,6 +392,7 @@ def evaluate(
     ),
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     labels: Annotated[Path | None, typer.Option(help="Labels CSV (e.g. the synthetic test_truth.csv).")] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
     backend: Annotated[
         str, typer.Option(help="auto (onnx for a .onnx file or without PyTorch, else torch), torch or onnx.")
     ] = "auto",
@@ -407,6 +412,7 @@ def evaluate(
             out=out,
             split=split,
             labels=labels,
+            map_from=map_from,
             backend=backend,
             device=device,
             tta=tta,

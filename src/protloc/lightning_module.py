@@ -28,16 +28,22 @@ def macro_f1_from_stats(stats: torch.Tensor) -> float:
 
 
 class LocalizationModule(L.LightningModule):
-    """A multi-label classifier: backbone -> 28 logits; loss on logits; macro F1 over each whole epoch."""
+    """A multi-label classifier: backbone -> one logit per class; loss on logits; macro F1 over each whole epoch."""
 
-    def __init__(self, config: TrainConfig, pos_weight: list[float] | None = None, total_steps: int = 1) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        pos_weight: list[float] | None = None,
+        total_steps: int = 1,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
         self.config = config
         self.total_steps = max(1, total_steps)
         self.model = create_model(
             config.model,
             len(config.channels),
-            NUM_CLASSES,
+            num_classes,
             pretrained=config.pretrained,
             image_size=config.image_size,
             drop_rate=config.drop_rate,
@@ -48,8 +54,8 @@ class LocalizationModule(L.LightningModule):
         self.loss = create_loss(config.loss, gamma=config.focal_gamma, pos_weight=weight)
         # Epoch metrics are torchmetrics states: exact over the whole epoch and synced across DDP ranks, in
         # the module's own hooks, which every rank runs in the same order (logging never syncs).
-        self.train_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
-        self.val_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
+        self.train_stats = MultilabelStatScores(num_labels=num_classes, average=None, validate_args=False)
+        self.val_stats = MultilabelStatScores(num_labels=num_classes, average=None, validate_args=False)
         self.train_loss_mean = MeanMetric()
         self.val_loss_mean = MeanMetric()
         self.epoch_metrics: dict[str, float] = {}

@@ -7,7 +7,13 @@ where it stopped, and the outputs appear only when complete (written atomically)
 
 * ``probabilities.csv``  ``Id`` + one probability column per class name
 * ``predictions.csv``    ``Id``, ``Predicted`` (class ids) and ``Labels`` (class names)
-* ``submission.csv``     Kaggle's ``Id,Predicted`` in the order of ``sample_submission.csv`` (when one exists)
+* ``submission.csv``     Kaggle 2018's ``Id,Predicted`` in the order of ``sample_submission.csv`` (when one exists)
+* ``field_submission.csv`` for a Kaggle 2021 ``sample_submission.csv`` (``ID,ImageWidth,ImageHeight,
+  PredictionString``): that competition scores per-cell masks, which a field-level model does not make, so
+  protloc writes the field-level labels in its order (``ID,ImageWidth,ImageHeight,Labels``) instead of
+  pretending; per-cell submissions come from the single-cell path
+
+Class columns, ids and names follow the package's class scheme (``card.scheme``).
 * ``run.json``           model, backend, TTA, thresholds, counts and timing
 
 Torch is imported only for the torch backend; ``backend="onnx"`` runs on ONNX Runtime alone.
@@ -33,11 +39,11 @@ import numpy as np
 
 from protloc.card import ModelCard
 from protloc.catalog import Catalog, index_images, open_dataset
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.errors import ConfigError, DataError
 from protloc.inference import Backend, load_onnx, parse_tta, predict_catalog
 from protloc.io import split_channel_filename
 from protloc.metrics import decide
+from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -105,7 +111,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
 def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> list[float]:
     """The package's thresholds, or one global value, or per-class values from a JSON file.
 
-    The JSON may be a list of 28 numbers, or an object mapping class names (or ids) to numbers; classes it
+    The JSON may be a list of one number per class, or an object mapping class names (or ids) to numbers; classes it
     does not name keep the package's threshold. A ``thresholds.json`` written by training also works.
     """
     thresholds = [float(t) for t in card.thresholds]
@@ -131,23 +137,24 @@ def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> 
             raise ConfigError(f"{path}: {len(data)} thresholds given, expected {len(thresholds)}")
         updates = dict(enumerate(data))
     elif isinstance(data, dict):
-        updates = {_class_index(str(key), path): value for key, value in data.items()}
+        updates = {_class_index(str(key), path, card.scheme): value for key, value in data.items()}
     else:
         raise ConfigError(f"{path}: expected a list of {len(thresholds)} numbers or a {{class: threshold}} object")
     for index, value in updates.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-            raise ConfigError(f"{path}: threshold for {CLASS_NAMES[index]} is {value!r}; must be between 0 and 1")
+            name = card.scheme.names[index]
+            raise ConfigError(f"{path}: threshold for {name} is {value!r}; must be between 0 and 1")
         thresholds[index] = float(value)
     return thresholds
 
 
-def _class_index(key: str, where: Path) -> int:
-    if key.isdigit() and int(key) < len(CLASS_NAMES):
+def _class_index(key: str, where: Path, scheme: ClassScheme) -> int:
+    if key.isdigit() and int(key) < len(scheme):
         return int(key)
-    lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
-    if key.lower() in lowered:
-        return lowered[key.lower()]
-    raise ConfigError(f"{where}: {key!r} is not a class name or id")
+    found = scheme.index_of_name(key)
+    if found is not None:
+        return found
+    raise ConfigError(f"{where}: {key!r} is not a class name or id of {scheme.describe()}")
 
 
 def _is_number(text: str) -> bool:
@@ -195,39 +202,70 @@ def open_for_prediction(
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def probabilities_csv(ids: Sequence[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> str:
-    """CSV text: ``Id``, one probability column per class name, and the true ``Target`` when given."""
-    from protloc.classes import format_labels
-
+def probabilities_csv(
+    ids: Sequence[str],
+    probabilities: np.ndarray,
+    truth: np.ndarray | None = None,
+    scheme: ClassScheme | None = None,
+) -> str:
+    """CSV text: ``Id``, one probability column per class name of ``scheme``, and the true ``Target`` when given."""
+    scheme = scheme or _scheme_of_width(probabilities.shape[1])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["Id", *CLASS_NAMES, *(["Target"] if truth is not None else [])])
+    writer.writerow(["Id", *scheme.names, *(["Target"] if truth is not None else [])])
     for i, sample_id in enumerate(ids):
         row = [sample_id, *(f"{p:.5f}" for p in probabilities[i])]
         if truth is not None:
-            row.append(format_labels(truth[i]))
+            row.append(scheme.format(truth[i]))
         writer.writerow(row)
     return buffer.getvalue()
 
 
-def predictions_csv(ids: Sequence[str], labels: np.ndarray) -> str:
+def _scheme_of_width(width: int) -> ClassScheme:
+    from protloc.schemes import BUILTIN_SCHEMES
+
+    for name in BUILTIN_SCHEMES:
+        if len(get_scheme(name)) == width:
+            return get_scheme(name)
+    raise ValueError(f"no built-in class scheme has {width} classes; pass the scheme")
+
+
+def predictions_csv(ids: Sequence[str], labels: np.ndarray, scheme: ClassScheme | None = None) -> str:
+    """CSV text: ``Id``, ``Predicted`` (ids in the scheme's separator) and ``Labels`` (names)."""
+    scheme = scheme or _scheme_of_width(labels.shape[1])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["Id", "Predicted", "Labels"])
     for sample_id, row in zip(ids, labels, strict=True):
-        chosen = np.flatnonzero(row)
-        writer.writerow([sample_id, " ".join(str(i) for i in chosen), "; ".join(CLASS_NAMES[i] for i in chosen)])
+        writer.writerow([sample_id, scheme.format(row), "; ".join(scheme.names_of(row))])
     return buffer.getvalue()
 
 
 def submission_csv(order: Sequence[str], ids: Sequence[str], labels: np.ndarray) -> str:
-    """Kaggle's ``Id,Predicted`` in the order of ``order`` (the sample submission's)."""
+    """Kaggle 2018's ``Id,Predicted`` in the order of ``order`` (the sample submission's)."""
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["Id", "Predicted"])
     for sample_id in order:
         writer.writerow([sample_id, " ".join(str(i) for i in np.flatnonzero(labels[position[sample_id]]))])
+    return buffer.getvalue()
+
+
+def field_submission_csv(order_file: Path, ids: Sequence[str], labels: np.ndarray, scheme: ClassScheme) -> str:
+    """For a Kaggle 2021 ``sample_submission.csv``: its ``ID,ImageWidth,ImageHeight`` in its order, with the
+    field-level labels (``|``-separated ids) in ``Labels``; the competition's per-cell ``PredictionString``
+    needs cell masks, which a field-level model does not make."""
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["ID", "ImageWidth", "ImageHeight", "Labels"])
+    with order_file.open(newline="", encoding="utf-8-sig") as handle:
+        for row in csv.DictReader(handle):
+            sample_id = row["ID"].strip()
+            writer.writerow(
+                [sample_id, row["ImageWidth"], row["ImageHeight"], scheme.format(labels[position[sample_id]], "|")]
+            )
     return buffer.getvalue()
 
 
@@ -266,9 +304,10 @@ def _job_key(card: ModelCard, catalog: Catalog, settings: dict[str, Any]) -> str
 class _PartialRows:
     """Probabilities appended row by row to ``rows.f32``; ``progress.json`` records how many are durable."""
 
-    def __init__(self, folder: Path, key: str, total: int) -> None:
+    def __init__(self, folder: Path, key: str, total: int, width: int) -> None:
         self.folder = folder
         self.total = total
+        self.width = width
         folder.mkdir(parents=True, exist_ok=True)
         progress = folder / "progress.json"
         self.rows_path = folder / "rows.f32"
@@ -284,7 +323,7 @@ class _PartialRows:
             self.rows_path.unlink(missing_ok=True)
         self.key = key
         with self.rows_path.open("ab") as handle:  # drop anything written after the last durable mark
-            handle.truncate(self.completed * NUM_CLASSES * 4)
+            handle.truncate(self.completed * self.width * 4)
 
     def append(self, first: int, probabilities: np.ndarray) -> None:
         if first != self.completed:
@@ -297,7 +336,7 @@ class _PartialRows:
         atomic_write_json(self.folder / "progress.json", {"key": self.key, "completed": self.completed})
 
     def read(self) -> np.ndarray:
-        return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, NUM_CLASSES)[: self.total]
+        return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, self.width)[: self.total]
 
 
 def predict_folder(
@@ -369,7 +408,7 @@ def predict_folder(
         card, run = load_backend(model, backend, device=device, threads=threads)
         catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
-        partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog))
+        partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog), card.num_classes)
         resumed_from = partial.completed
         if partial.completed < len(catalog):
             with torch_threads(threads if backend == "torch" else None):
@@ -399,9 +438,12 @@ def predict_folder(
         resumed_from=resumed_from,
     )
     result.written["probabilities"] = atomic_write_text(
-        out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities)
+        out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities, scheme=card.scheme)
     )
-    result.written["predictions"] = atomic_write_text(out / "predictions.csv", predictions_csv(catalog.ids, labels))
+    result.written["predictions"] = atomic_write_text(
+        out / "predictions.csv", predictions_csv(catalog.ids, labels, card.scheme)
+    )
+    submission_note = None
     order_file = (
         catalog.labels_file if catalog.labels_file and catalog.labels_file.name == "sample_submission.csv" else None
     )
@@ -410,7 +452,17 @@ def predict_folder(
 
         order = read_id_column(order_file)
         missing = [i for i in order if i not in set(catalog.ids)]
-        if not missing:
+        with order_file.open(newline="", encoding="utf-8-sig") as handle:
+            release_2021 = next(csv.reader(handle), [""])[0].strip() == "ID"
+        if not missing and release_2021:
+            result.written["field_submission"] = atomic_write_text(
+                out / "field_submission.csv", field_submission_csv(order_file, catalog.ids, labels, card.scheme)
+            )
+            submission_note = (
+                "the 2021 competition scores per-cell masks (PredictionString); this field-level model wrote "
+                "field_submission.csv with one label set per field instead"
+            )
+        elif not missing:
             result.written["submission"] = atomic_write_text(
                 out / "submission.csv", submission_csv(order, catalog.ids, labels)
             )
@@ -425,23 +477,33 @@ def predict_folder(
             "tta": list(parse_tta(tta)),
             "tiles": tiles,
             "min_one": min_one,
-            "thresholds": dict(zip(CLASS_NAMES, chosen, strict=True)),
+            "scheme": card.scheme.name,
+            "thresholds": dict(zip(card.scheme.names, chosen, strict=True)),
             "resumed_from": resumed_from,
             "seconds": round(seconds, 3),
             "samples_per_second": round(result.rate, 2),
-            "label_counts": dict(zip(CLASS_NAMES, (int(c) for c in labels.sum(axis=0)), strict=True)),
+            "label_counts": dict(zip(card.scheme.names, (int(c) for c in labels.sum(axis=0)), strict=True)),
+            **({"submission_note": submission_note} if submission_note else {}),
         },
     )
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
     return result
 
 
-def read_probabilities(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read a ``probabilities.csv`` back (ids, ``(N, 28)``)."""
+def read_probabilities(path: str | Path, scheme: ClassScheme | None = None) -> tuple[list[str], np.ndarray]:
+    """Read a ``probabilities.csv`` back (ids, ``(N, C)`` in the order of ``scheme``'s classes).
+
+    Without ``scheme`` the columns after ``Id`` (up to ``Target``) are the classes, in file order.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-    return [r["Id"] for r in rows], np.array([[float(r[name]) for name in CLASS_NAMES] for r in rows], np.float32)
+        columns = [c for c in (reader.fieldnames or []) if c not in ("Id", "Target")]
+    names = list(scheme.names) if scheme is not None else columns
+    absent = [n for n in names if n not in columns]
+    if absent:
+        raise DataError(f"{path}: no probability column {absent[0]!r} (written for another class scheme?)")
+    return [r["Id"] for r in rows], np.array([[float(r[name]) for name in names] for r in rows], np.float32)

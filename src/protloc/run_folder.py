@@ -12,6 +12,7 @@ import numpy as np
 from protloc.config import TrainConfig
 from protloc.errors import ConfigError
 from protloc.metrics import EvaluationReport
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_text
 
 RESUME_ALLOWED = {"devices", "num_nodes", "strategy", "accelerator", "workers", "max_time", "cache_dir", "precision"}
@@ -88,11 +89,17 @@ def last_checkpoint_path(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def write_predictions(path: Path, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> Path:
+def write_predictions(
+    path: Path,
+    ids: list[str],
+    probabilities: np.ndarray,
+    truth: np.ndarray | None = None,
+    scheme: ClassScheme | None = None,
+) -> Path:
     """A CSV of ``Id``, one probability column per class name, and (when given) the true ``Target``."""
     from protloc.predict import probabilities_csv
 
-    return atomic_write_text(path, probabilities_csv(ids, probabilities, truth))
+    return atomic_write_text(path, probabilities_csv(ids, probabilities, truth, scheme))
 
 
 def write_figures(run_dir: Path, rows: list[dict[str, float]], report: EvaluationReport) -> None:
