@@ -187,17 +187,18 @@ def stats(
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
     pixel_images: Annotated[int, typer.Option(help="Images sampled for pixel statistics (0 = skip).")] = 200,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
 ) -> None:
     """Class distribution, labels per image, co-occurrence and pixel statistics: a table plus PNG figures."""
     from protloc.catalog import open_dataset
-    from protloc.classes import CLASS_NAMES
     from protloc.stats import dataset_statistics, write_statistics
 
-    catalog = open_dataset(data, split=split, labels=labels, channels=None)
+    catalog = open_dataset(data, split=split, labels=labels, channels=None, scheme=classes)
+    CLASS_NAMES = catalog.scheme.names  # noqa: N806 - the table below names the catalog's classes
     with progress_bar("pixel statistics") as update:
         result = dataset_statistics(catalog, pixel_images=pixel_images, on_progress=update)
     written = write_statistics(result, out, title=catalog.name)
-    table = Table(title=f"{catalog.name}: {result.n_images} images", show_edge=False)
+    table = Table(title=f"{catalog.name}: {result.n_images} images, {catalog.scheme.describe()}", show_edge=False)
     for column, justify in (("id", "right"), ("class", "left"), ("images", "right"), ("share", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     order = sorted(range(len(CLASS_NAMES)), key=lambda i: -result.class_counts[i])

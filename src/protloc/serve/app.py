@@ -35,8 +35,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from protloc import __version__
-from protloc.classes import CLASS_NAMES, NUM_CLASSES, SHORT_NAMES
-from protloc.errors import ConfigError, DependencyError, ProtlocError
+from protloc.classes import HPA2018
+from protloc.errors import DependencyError, ProtlocError
+from protloc.schemes import ClassScheme
 from protloc.serve.decode import Upload
 from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusyError
 from protloc.serve.gate import RequestGate
@@ -62,28 +63,14 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: _error("missing or wrong bearer token")}
 
 
-def resolve_class_id(value: str) -> int:
-    """A class id from ``"7"``, a class name or short name (any case), or an unambiguous name prefix.
+def resolve_class_id(value: str, scheme: ClassScheme | None = None) -> int:
+    """A class id of the model's scheme from ``"7"``, a class name or short name (any case), or an unambiguous
+    name prefix.
 
     Raises:
-        ConfigError: no class or several classes match.
+        ConfigError: no class or several classes match (the message names the scheme's id range).
     """
-    text = " ".join(value.split()).lower()
-    if text.isdigit():
-        if int(text) < NUM_CLASSES:
-            return int(text)
-        raise ConfigError(f"class_id {value!r} is out of range; class ids are 0-{NUM_CLASSES - 1}")
-    for names in (CLASS_NAMES, SHORT_NAMES):
-        for class_id, name in enumerate(names):
-            if name.lower() == text:
-                return class_id
-    matches = [i for i, name in enumerate(CLASS_NAMES) if text and name.lower().startswith(text)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        options = ", ".join(f"{CLASS_NAMES[i]} ({i})" for i in matches)
-        raise ConfigError(f"class_id {value!r} is ambiguous: {options}")
-    raise ConfigError(f"unknown class {value!r}: give a class id 0-{NUM_CLASSES - 1} or a class name (GET /model)")
+    return (scheme or HPA2018).resolve(value)
 
 
 async def _read(upload: UploadFile | None) -> Upload | None:
@@ -306,7 +293,11 @@ def create_app(
         files = await _read_channels(uploads)
         stacked = await _read(stack)
         await service.reject_unknown_fields(request)
-        chosen = resolve_class_id(class_id) if class_id is not None and class_id.strip() else None
+        chosen = (
+            resolve_class_id(class_id, service.engine.card.scheme)
+            if class_id is not None and class_id.strip()
+            else None
+        )
         png, headers = await service.explain(files, stacked, stack_channels, chosen, max_side)
         return Response(content=png, media_type="image/png", headers=headers)
 
