@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from protloc.errors import DataError, LabelError
 from protloc.io import CHANNELS, IMAGE_EXTENSIONS, split_channel_filename
+from protloc.microscope import field_id, field_planes, is_microscope_file, parse_channel_map
 from protloc.schemes import BUILTIN_SCHEMES, LABEL_HEADERS, ClassScheme, detect_scheme, get_mapping, get_scheme
 
 LABEL_HEADER = ("Id", "Target")
@@ -51,12 +53,15 @@ class ImageIndex:
     """Image files whose names are not ``<Id>_<channel>.<ext>``."""
 
 
-def index_images(folder: str | Path) -> ImageIndex:
+def index_images(folder: str | Path, channel_map: str | Mapping[str, str] | None = None) -> ImageIndex:
     """Group the channel files in ``folder`` (not recursive) by sample id.
 
     When one channel of a sample has several files, the extension that comes first in
-    :data:`~protloc.io.IMAGE_EXTENSIONS` wins and the clash is recorded in ``duplicates``.
+    :data:`~protloc.io.IMAGE_EXTENSIONS` wins and the clash is recorded in ``duplicates``. A microscope file
+    (OME-TIFF, CZI, ND2, LIF: one file per field) is one sample: its channels get their roles from their names
+    or ``channel_map`` (see :mod:`protloc.microscope`).
     """
+    roles = parse_channel_map(channel_map) if not isinstance(channel_map, Mapping) else dict(channel_map)
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
@@ -65,6 +70,11 @@ def index_images(folder: str | Path) -> ImageIndex:
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.is_file():
+                continue
+            if is_microscope_file(entry.name):
+                path = Path(entry.path)
+                for role, plane in field_planes(path, roles).items():
+                    found.setdefault(field_id(path), {}).setdefault(role, []).append(plane)
                 continue
             parsed = split_channel_filename(entry.name)
             if parsed is None:
@@ -358,8 +368,10 @@ def _catalog_from_csv(
     image_dir: Path,
     name: str,
     allow_empty: bool,
+    *,
     scheme: str | Path | ClassScheme | None,
     map_from: str | Path | ClassScheme | None,
+    channel_map: str | Mapping[str, str] | None = None,
 ) -> Catalog:
     if map_from is not None:
         mapping = get_mapping(map_from, scheme if scheme is not None else "hpa2021")
@@ -369,7 +381,7 @@ def _catalog_from_csv(
         ids, labels, chosen = [ids[i] for i in keep], mapped[keep], mapping.target
     else:
         ids, labels, chosen = read_labels(labels_file, scheme=scheme, allow_empty=allow_empty)
-    index = index_images(image_dir)
+    index = index_images(image_dir, channel_map)
     missing = [i for i in ids if i not in index.files]
     if missing:
         raise DataError(
@@ -409,7 +421,10 @@ def _scheme_of_root(root: Path, order_file: Path) -> ClassScheme:
 
 def _has_channel_images(folder: Path) -> bool:
     with os.scandir(folder) as entries:
-        return any(entry.is_file() and split_channel_filename(entry.name) for entry in entries)
+        return any(
+            entry.is_file() and (split_channel_filename(entry.name) or is_microscope_file(entry.name))
+            for entry in entries
+        )
 
 
 def open_dataset(
@@ -421,6 +436,7 @@ def open_dataset(
     allow_empty_labels: bool = False,
     scheme: str | Path | ClassScheme | None = None,
     map_from: str | Path | ClassScheme | None = None,
+    channel_map: str | Mapping[str, str] | None = None,
 ) -> Catalog:
     """Find the samples of one split of a data set (see the module docstring for the layouts).
 
@@ -434,6 +450,8 @@ def open_dataset(
             file when ``None`` (``ID,Label`` or ``|``: hpa2021; else hpa2018).
         map_from: read the labels in this scheme and fold them into ``scheme`` through the documented
             mapping (``map_from="hpa2018", scheme="hpa2021"``); fields left with no label are left out.
+        channel_map: roles of a microscope file's channels (``"DAPI=blue,Tub=red"``); found from the
+            channel names when ``None``.
 
     Raises:
         DataError: the path does not exist, holds no recognisable layout, or its CSV is malformed.
@@ -445,24 +463,29 @@ def open_dataset(
     if labels_file is not None and not labels_file.is_file():
         raise DataError(f"{labels_file}: labels file not found")
 
+    reading: dict[str, Any] = {"scheme": scheme, "map_from": map_from, "channel_map": channel_map}
     catalog: Catalog
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path}: expected a data folder or a labels CSV, got a {path.suffix or 'plain'} file")
         image_dir = images_beside(path)
-        catalog = _catalog_from_csv(labels_file or path, image_dir, path.stem, allow_empty_labels, scheme, map_from)
+        catalog = _catalog_from_csv(labels_file or path, image_dir, path.stem, allow_empty_labels, **reading)
     elif (path / split).is_dir() and ((path / f"{split}.csv").is_file() or labels_file is not None):
         catalog = _catalog_from_csv(
-            labels_file or path / f"{split}.csv", path / split, split, allow_empty_labels, scheme, map_from
+            labels_file or path / f"{split}.csv", path / split, split, allow_empty_labels, **reading
         )
     elif split == "train" and (path / "labels.csv").is_file() and (path / "images").is_dir():
         # a labelled folder: labels.csv + images/ (how ../shared/realdata and many exports hold fields)
         catalog = _catalog_from_csv(
-            labels_file or path / "labels.csv", path / "images", path.name, allow_empty_labels, scheme, map_from
+            labels_file or path / "labels.csv",
+            path / "images",
+            path.name,
+            allow_empty_labels,
+            **reading,
         )
     elif (path / split).is_dir():  # a split without labels, e.g. test/ ordered by sample_submission.csv
         image_dir = path / split
-        index = index_images(image_dir)
+        index = index_images(image_dir, channel_map)
         order_file = path / "sample_submission.csv"
         if order_file.is_file():
             ids = read_id_column(order_file)
@@ -484,9 +507,9 @@ def open_dataset(
         )
     elif path.is_dir() and _has_channel_images(path):
         if labels_file is not None:
-            catalog = _catalog_from_csv(labels_file, path, path.name, allow_empty_labels, scheme, map_from)
+            catalog = _catalog_from_csv(labels_file, path, path.name, allow_empty_labels, **reading)
         else:
-            index = index_images(path)
+            index = index_images(path, channel_map)
             catalog = Catalog(
                 ids=list(index.files),
                 files=index.files,

@@ -146,6 +146,7 @@ def _check_split(
     jobs: list[Job],
     decode: bool,
     scheme: str | Path | ClassScheme | None = None,
+    channel_map: str | None = None,
 ) -> None:
     def add(kind: str, sample_id: str | None, message: str, severity: str = ERROR) -> None:
         report.problems.append(Problem(kind, sample_id, message, severity, split))
@@ -178,7 +179,12 @@ def _check_split(
         add("folder-missing", None, f"{folder}: image folder not found (expected next to {csv_path})")
         report.samples[split] = len(ids or [])
         return
-    index = index_images(folder)
+    try:
+        index = index_images(folder, channel_map)
+    except DataError as exc:  # a microscope file whose channels have no roles, or that cannot be read
+        add("unreadable", None, str(exc))
+        report.samples[split] = len(ids or [])
+        return
     for sample_id, channel, paths in index.duplicates:
         names = ", ".join(p.name for p in paths)
         add(
@@ -226,6 +232,7 @@ def check_dataset(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     scheme: str | Path | ClassScheme | None = None,
+    channel_map: str | None = None,
 ) -> CheckReport:
     """Validate a data set and return every problem found (see the module docstring for the kinds).
 
@@ -236,6 +243,7 @@ def check_dataset(
         workers: processes used to decode (default: the number of CPUs, at most 8).
         on_progress: called with (samples done, samples total) as images are read.
         scheme: the class scheme of the labels (built-in name or scheme file); detected when ``None``.
+        channel_map: roles of microscope files' channels (``DAPI=blue,...``); from their names when ``None``.
 
     Raises:
         DataError: ``path`` does not exist (every other problem is reported, not raised).
@@ -248,10 +256,12 @@ def check_dataset(
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: expected a data folder or a labels CSV")
-        _check_split(report, root.stem, images_beside(root), root, True, channels, jobs, decode, scheme)
+        _check_split(report, root.stem, images_beside(root), root, True, channels, jobs, decode, scheme, channel_map)
     elif (root / "train.csv").exists() or (root / "train").is_dir() or (root / "test").is_dir():
         if (root / "train.csv").exists() or (root / "train").is_dir():
-            _check_split(report, "train", root / "train", root / "train.csv", True, channels, jobs, decode, scheme)
+            _check_split(
+                report, "train", root / "train", root / "train.csv", True, channels, jobs, decode, scheme, channel_map
+            )
         if (root / "test").is_dir() or (root / "sample_submission.csv").exists():
             submission = root / "sample_submission.csv"
             _check_split(
@@ -263,11 +273,15 @@ def check_dataset(
                 channels,
                 jobs,
                 decode,
+                None,
+                channel_map,
             )
     elif (root / "labels.csv").is_file() and (root / "images").is_dir():
-        _check_split(report, root.name, root / "images", root / "labels.csv", True, channels, jobs, decode, scheme)
+        _check_split(
+            report, root.name, root / "images", root / "labels.csv", True, channels, jobs, decode, scheme, channel_map
+        )
     else:
-        _check_split(report, root.name, root, None, True, channels, jobs, decode)
+        _check_split(report, root.name, root, None, True, channels, jobs, decode, None, channel_map)
         if not jobs and not report.problems:
             report.problems.append(
                 Problem(

@@ -10,6 +10,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protloc.catalog import Catalog, open_dataset
 from protloc.errors import DataError
@@ -50,6 +51,7 @@ def evaluate_model(
     min_one: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     map_from: str | Path | None = None,
+    channel_map: str | None = None,
 ) -> EvaluationResult:
     """Predict a labelled data set with a package and score it (per class, macro/micro F1, exact match).
 
@@ -60,7 +62,7 @@ def evaluate_model(
     threads = model_threads(workers)
     backend = resolve_backend(model, backend)
     card, run = load_backend(model, backend, device=device, threads=threads)
-    catalog = _labelled_catalog(data, split, labels, card.channels, card.scheme, map_from)
+    catalog = _labelled_catalog(data, split, labels, card.channels, card.scheme, map_from, channel_map)
     if catalog.labels is None:
         raise DataError(f"{data}: evaluation needs labels ({split}.csv, or --labels for a test truth file)")
     chosen = resolve_thresholds(card, thresholds)
@@ -110,13 +112,15 @@ def _labelled_catalog(
     channels: Sequence[str],
     scheme: ClassScheme,
     map_from: str | Path | None,
+    channel_map: str | None = None,
 ) -> Catalog:
     """The labelled samples, in the model's scheme: detected and compared, or mapped when asked."""
+    where: dict[str, Any] = {"split": split, "labels": labels, "channels": channels, "channel_map": channel_map}
     if map_from is not None:
-        return open_dataset(data, split=split, labels=labels, channels=channels, scheme=scheme, map_from=map_from)
+        return open_dataset(data, scheme=scheme, map_from=map_from, **where)
     if scheme.name not in ("hpa2018", "hpa2021"):  # detection tells only the two Kaggle releases apart
-        return open_dataset(data, split=split, labels=labels, channels=channels, scheme=scheme)
-    found = open_dataset(data, split=split, labels=labels, channels=channels)
+        return open_dataset(data, scheme=scheme, **where)
+    found = open_dataset(data, **where)
     require_same_scheme(scheme, found.scheme, what=f"{data}", where="evaluate")
     return found
 

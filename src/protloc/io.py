@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from protloc.errors import ConfigError, DataError
+from protloc.microscope import PlanePath, read_plane
 
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 """All channel names, in the default order (microtubules, protein, nucleus, endoplasmic reticulum)."""
@@ -179,10 +180,7 @@ def read_channel(path: str | Path, *, bit_depth: int = 16) -> np.ndarray:
     Raises:
         DataError: the file is missing, empty, corrupt, not single-channel, or of an unsupported type.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    image = to_plane(_decode(path), path)
+    image = read_channel_raw(path)
     if image.shape[0] > MAX_SIDE or image.shape[1] > MAX_SIDE:
         raise DataError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px exceeds {MAX_SIDE} px per side")
     if image.size == 0:
@@ -191,7 +189,13 @@ def read_channel(path: str | Path, *, bit_depth: int = 16) -> np.ndarray:
 
 
 def read_channel_raw(path: str | Path) -> np.ndarray:
-    """Read one channel file at its native pixel type (uint8, uint16, float), reduced to one plane."""
+    """Read one channel file at its native pixel type (uint8, uint16, float), reduced to one plane.
+
+    A :class:`protloc.microscope.PlanePath` (one channel of a multi-channel microscope file, as the catalog
+    records OME-TIFF and vendor files) reads that plane of its file.
+    """
+    if isinstance(path, PlanePath):
+        return read_plane(path)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")

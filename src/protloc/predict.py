@@ -43,6 +43,7 @@ from protloc.errors import ConfigError, DataError
 from protloc.inference import Backend, load_onnx, parse_tta, predict_catalog
 from protloc.io import split_channel_filename
 from protloc.metrics import decide
+from protloc.microscope import field_id, field_planes, is_microscope_file, parse_channel_map
 from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
@@ -174,6 +175,7 @@ def open_for_prediction(
     split: str | None = None,
     ids: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
+    channel_map: str | None = None,
 ) -> Catalog:
     """The samples to predict: a Kaggle root (its ``test/`` by default), a folder of channel images,
     one channel file (that sample alone), optionally narrowed to ``ids``."""
@@ -189,9 +191,17 @@ def open_for_prediction(
             name=sample_id,
         )
     elif split is None and path.is_dir() and (path / "test").is_dir():
-        catalog = open_dataset(path, split="test", channels=None)
+        catalog = open_dataset(path, split="test", channels=None, channel_map=channel_map)
+    elif path.is_file() and is_microscope_file(path.name):
+        catalog = Catalog(
+            ids=[field_id(path)],
+            files={field_id(path): field_planes(path, parse_channel_map(channel_map))},
+            labels=None,
+            image_dir=path.parent,
+            name=field_id(path),
+        )
     else:
-        catalog = open_dataset(path, split=split or "train", channels=None)
+        catalog = open_dataset(path, split=split or "train", channels=None, channel_map=channel_map)
     if ids:
         catalog = catalog.select_ids(list(ids))
     if channels is not None:
@@ -281,6 +291,8 @@ class PredictionRun:
     seconds: float
     resumed_from: int = 0
     written: dict[str, Path] = field(default_factory=dict)
+    scheme: ClassScheme = field(default_factory=lambda: get_scheme(None))
+    """the class scheme of ``probabilities`` and ``labels`` (the package's)."""
 
     @property
     def rate(self) -> float:
@@ -358,6 +370,7 @@ def predict_folder(
     num_nodes: int = 1,
     accelerator: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
+    channel_map: str | None = None,
 ) -> PredictionRun | None:
     """Predict every sample of ``data`` with the package ``model`` and write the outputs into ``out``.
 
@@ -399,14 +412,14 @@ def predict_folder(
         )
         if probabilities_or_none is None:
             return None
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
         probabilities = probabilities_or_none
         resumed_from = 0
     else:
         workers = default_workers() if workers is None else workers
         threads = model_threads(workers)
         card, run = load_backend(model, backend, device=device, threads=threads)
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend}
         partial = _PartialRows(out / PARTIAL_DIR, _job_key(card, catalog, settings), len(catalog), card.num_classes)
         resumed_from = partial.completed
@@ -436,6 +449,7 @@ def predict_folder(
         thresholds=chosen,
         seconds=seconds,
         resumed_from=resumed_from,
+        scheme=card.scheme,
     )
     result.written["probabilities"] = atomic_write_text(
         out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities, scheme=card.scheme)

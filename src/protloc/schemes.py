@@ -400,7 +400,7 @@ class SchemeMapping:
 MAPPINGS: dict[tuple[str, str], str] = {("hpa2018", "hpa2021"): "hpa2018-to-hpa2021.json"}
 
 
-def get_mapping(source: ClassScheme | str, target: ClassScheme | str) -> SchemeMapping:
+def get_mapping(source: ClassScheme | str | Path, target: ClassScheme | str | Path) -> SchemeMapping:
     """The documented mapping from ``source`` to ``target`` (raises :class:`ConfigError` when there is none)."""
     src, dst = get_scheme(source), get_scheme(target)
     key = (src.name, dst.name)

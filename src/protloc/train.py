@@ -201,6 +201,7 @@ def train(
             channels=config.channels,
             scheme=config.classes,
             map_from=config.map_from,
+            channel_map=config.channel_map,
         )
         scheme = catalog.scheme
         if catalog.labels is None:
