@@ -76,6 +76,9 @@ def test_stats_and_show_on_genuine_fields(real: Path, tmp_path: Path, capsys: py
     assert main(["show", str(real / "kaggle2018_akashpalrecha"), sample, "--out", str(tmp_path / "one.png")]) == 0
     with Image.open(tmp_path / "one.png") as image:
         assert image.size[0] > 3 * image.size[1]
+    negative = "a34d8680-bb99-11e8-b2b9-ac1f6b6435d0"  # a 2048 px 2021 field labelled Negative
+    assert main(["show", str(real / "hpa2021_trainandgain"), negative, "--out", str(tmp_path / "two.png")]) == 0
+    assert "(Negative)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

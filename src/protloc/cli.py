@@ -234,14 +234,14 @@ def show(
 ) -> None:
     """Draw one sample: the composite (yellow mixed in as in HPA's viewer) and each channel, with its labels."""
     from protloc.catalog import locate_sample
-    from protloc.classes import label_names
     from protloc.io import parse_channels, read_sample
     from protloc.plots import sample_figure, save_figure
 
     chosen = parse_channels(channels)
     found, index = locate_sample(data, sample_id, split=split)
     image = read_sample(found.paths(index), chosen, sample_id=sample_id)
-    label_text = ", ".join(label_names(found.labels[index])) if found.labels is not None else "(no labels)"
+    labels = found.labels
+    label_text = ", ".join(found.scheme.names_of(labels[index])) if labels is not None else "(no labels)"
     save_figure(sample_figure(image, chosen, title=sample_id, label_text=label_text), out)
     console.print(escape(f"wrote {out}: {sample_id} ({label_text})"))
 
