@@ -135,3 +135,60 @@ def test_mapping_a_2018_file_into_2021(tmp_path: Path) -> None:
     assert mapped.scheme.names_of(mapped.labels[1]) == ["Actin filaments"]
     _ids, labels, scheme = read_labels(folder / "labels.csv")
     assert scheme.name == "hpa2018" and labels.shape == (3, 28)
+
+
+def test_field_submission_keeps_the_2021_order_and_sizes(tmp_path: Path) -> None:
+    from protloc.predict import field_submission_csv
+
+    order = write_csv(
+        tmp_path / "sample_submission.csv",
+        ["ID", "ImageWidth", "ImageHeight", "PredictionString"],
+        [("b", "3072", "3072", ""), ("a", "2048", "2048", "")],
+    )
+    h21 = get_scheme("hpa2021")
+    labels = np.stack([h21.multi_hot([0, 16]), h21.multi_hot([18])])
+    text = field_submission_csv(order, ["a", "b"], labels, h21)
+    assert text.splitlines() == ["ID,ImageWidth,ImageHeight,Labels", "b,3072,3072,18", "a,2048,2048,0|16"]
+
+
+@pytest.mark.slow
+def test_a_2021_root_trains_a_19_class_model_that_predicts_a_field_submission(tmp_path: Path) -> None:
+    from protloc.card import read_card
+    from protloc.config import resolve_config
+    from protloc.predict import predict_folder
+    from protloc.train import train
+
+    root = tmp_path / "h21"
+    rows = [(f"s{i:02d}", ["0|16", "18", "2", "16|17", "14"][i % 5]) for i in range(10)]
+    for i, (sample_id, _) in enumerate(rows):
+        write_sample(root / "train", sample_id, size=32, seed=i, dtype=np.uint16)
+    write_csv(root / "train.csv", ["ID", "Label"], rows)
+    for i in range(2):
+        write_sample(root / "test", f"t{i}", size=32, seed=50 + i, dtype=np.uint16)
+    write_csv(
+        root / "sample_submission.csv",
+        ["ID", "ImageWidth", "ImageHeight", "PredictionString"],
+        [("t1", "32", "32", ""), ("t0", "32", "32", "")],
+    )
+    overrides = {
+        "data": str(root),
+        "out": str(tmp_path / "run"),
+        "model": "test_resnet",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 4,
+        "workers": 0,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    result = train(resolve_config("cpu", overrides=overrides), progress_bar=False)
+    assert result is not None
+    card = read_card(result.package_dir)
+    assert card.scheme.name == "hpa2021" and card.num_classes == 19 and len(card.thresholds) == 19
+    assert card.architecture.num_classes == 19
+    run = predict_folder(result.package_dir, root, tmp_path / "pred", workers=1)
+    assert run is not None and run.probabilities.shape == (2, 19)
+    lines = (tmp_path / "pred" / "field_submission.csv").read_text().splitlines()
+    assert lines[0] == "ID,ImageWidth,ImageHeight,Labels" and [line.split(",")[0] for line in lines[1:]] == ["t1", "t0"]
+    assert not (tmp_path / "pred" / "submission.csv").exists()
+    header = (tmp_path / "pred" / "probabilities.csv").read_text().splitlines()[0]
+    assert header.endswith("Vesicles and punctate cytosolic patterns,Negative")
