@@ -46,11 +46,11 @@ def test_an_old_card_loads_with_defaults(tmp_path: Path) -> None:
 
 
 def test_round_trip_keeps_unknown_fields() -> None:
-    data = {**OLD_CARD, "scheme": {"name": "future"}, "input": {**OLD_CARD["input"], "crop": "centre"}}
+    data = {**OLD_CARD, "lineage": {"name": "future"}, "input": {**OLD_CARD["input"], "crop": "centre"}}
     card = ModelCard.from_dict(data)
-    assert card.extra == {"scheme": {"name": "future"}} and card.input.extra == {"crop": "centre"}
+    assert card.extra == {"lineage": {"name": "future"}} and card.input.extra == {"crop": "centre"}
     again = card.to_dict()
-    assert again["scheme"] == {"name": "future"} and again["input"]["crop"] == "centre"
+    assert again["lineage"] == {"name": "future"} and again["input"]["crop"] == "centre"
     assert ModelCard.from_dict(again) == card
 
 
@@ -62,7 +62,8 @@ def test_round_trip_keeps_unknown_fields() -> None:
         (lambda c: c.update(thresholds=[0.5] * 3), "3 thresholds for 28 classes"),
         (lambda c: c.update(input="128 px"), "'input' is not an object"),
         (lambda c: c["input"].pop("size"), "'input' is incomplete"),
-        (lambda c: c.update(classes=["Nucleus"]), "differ from the 28 HPA classes"),
+        (lambda c: c.update(classes=["Nucleus"]), "28 thresholds for 1 classes"),
+        (lambda c: c.update(scheme={"name": "hpa2021"}), "differ from its scheme hpa2021"),
     ],
 )
 def test_damaged_cards_are_refused_with_one_line(change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -78,3 +79,17 @@ def test_the_dictionary_interface_still_answers_with_a_deprecation() -> None:
         assert card["thresholds"] == [0.4] * 28
     with pytest.deprecated_call():
         assert card.get("input")["size"] == 128
+
+
+def test_an_old_card_gets_the_2018_scheme_and_a_new_one_keeps_its_own() -> None:
+    from protloc.schemes import get_scheme
+
+    old = ModelCard.from_dict(OLD_CARD)
+    assert old.scheme is get_scheme("hpa2018") and "scheme" in old.to_dict()
+    h21 = get_scheme("hpa2021")
+    data = {**OLD_CARD, "classes": list(h21.names), "thresholds": [0.5] * 19, "scheme": h21.to_dict()}
+    card = ModelCard.from_dict(data)
+    assert card.scheme is h21 and card.num_classes == 19
+    assert ModelCard.from_dict(card.to_dict()).scheme is h21
+    with pytest.raises(ModelError, match="differ from its scheme hpa2021"):
+        ModelCard.from_dict({**data, "classes": list(get_scheme("hpa2018").names[:19])})

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from protloc import __version__
-from protloc.classes import CLASS_NAMES
-from protloc.errors import ModelError
+from protloc.errors import ConfigError, ModelError
 from protloc.io import CHANNELS
+from protloc.schemes import ClassScheme, get_scheme, scheme_for_names
 
 CARD_FORMAT = "protloc-model"
 CARD_VERSION = 1
@@ -238,6 +238,21 @@ class ModelCard:
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    class_scheme: ClassScheme | None = None
+    """The class scheme (``card.json`` key ``scheme``); cards written before schemes existed name only
+    ``classes`` and get the built-in scheme of those names (``hpa2018``) or a custom one. Read it as
+    :attr:`scheme`."""
+
+    def __post_init__(self) -> None:
+        if self.class_scheme is None:
+            self.class_scheme = scheme_for_names(self.classes)
+
+    @property
+    def scheme(self) -> ClassScheme:
+        """The class scheme the model predicts: names, short names, exclusive classes, label format."""
+        if self.class_scheme is None:  # pragma: no cover - set in __post_init__
+            self.class_scheme = scheme_for_names(self.classes)
+        return self.class_scheme
 
     # -- reading and writing
 
@@ -266,6 +281,11 @@ class ModelCard:
             thresholds = [float(t) for t in known["thresholds"]]
         except (TypeError, ValueError):
             raise ModelError(f"{where}: card thresholds are not numbers") from None
+        scheme_data = extra.pop("scheme", None)
+        try:
+            scheme = get_scheme(scheme_data) if scheme_data is not None else None
+        except ConfigError as exc:
+            raise ModelError(f"{where}: card scheme is damaged ({exc})") from None
         card = cls(
             kind=str(known["kind"]),
             input=InputSpec.from_dict(_section(known["input"], "input", where), where),
@@ -282,6 +302,7 @@ class ModelCard:
             format=CARD_FORMAT,
             format_version=CARD_VERSION,
             extra=extra,
+            class_scheme=scheme,
         )
         card.check(where=where)
         return card
@@ -297,6 +318,7 @@ class ModelCard:
             "architecture": self.architecture.to_dict(),
             "input": self.input.to_dict(),
             "classes": list(self.classes),
+            "scheme": self.scheme.to_dict(),
             "thresholds": [float(t) for t in self.thresholds],
             "decision": self.decision.to_dict(),
         }
@@ -308,11 +330,10 @@ class ModelCard:
 
     def check(self, *, where: str = "card") -> None:
         """Refuse a card this protloc cannot use, with a message that says why; warn on a version difference."""
-        if list(self.classes) != list(CLASS_NAMES):
+        if list(self.classes) != list(self.scheme.names):
             raise ModelError(
-                f"{where}: the package predicts {len(self.classes)} classes that differ from the "
-                f"{len(CLASS_NAMES)} HPA classes this protloc knows (e.g. {_first_difference(self.classes)}); "
-                "it cannot be used here"
+                f"{where}: the card's classes differ from its scheme {self.scheme.describe()} "
+                f"(e.g. {_first_difference(self.scheme.names, self.classes)}); the package is damaged"
             )
         channels = list(self.input.channels)
         if not channels or any(c not in CHANNELS for c in channels):
@@ -394,11 +415,11 @@ def check_card(card: Any, *, where: str = "card") -> ModelCard:
     return ModelCard.from_dict(card, where=where)
 
 
-def _first_difference(classes: Sequence[str]) -> str:
-    for i, (ours, theirs) in enumerate(zip(CLASS_NAMES, classes, strict=False)):
+def _first_difference(expected: Sequence[str], classes: Sequence[str]) -> str:
+    for i, (ours, theirs) in enumerate(zip(expected, classes, strict=False)):
         if ours != theirs:
             return f"class {i} is {theirs!r}, expected {ours!r}"
-    return f"{len(classes)} classes instead of {len(CLASS_NAMES)}"
+    return f"{len(classes)} classes instead of {len(expected)}"
 
 
 def check_channels_available(card: ModelCard, available: Sequence[str], *, where: str = "data") -> None:

@@ -1,17 +1,22 @@
 """Validating a whole data set in one pass: every problem, with the sample Id it concerns.
 
-:func:`check_dataset` looks at a Kaggle root (``train.csv`` + ``train/``, ``sample_submission.csv`` + ``test/``)
-or a bare folder of channel images, and reports all of these at once rather than stopping at the first:
+:func:`check_dataset` looks at a Kaggle root of either release (``train.csv`` + ``train/``,
+``sample_submission.csv`` + ``test/``), a folder with ``labels.csv`` + ``images/``, a labels CSV or a bare
+folder of channel images, and reports all of these at once rather than stopping at the first. The class
+scheme of each split's labels is detected (``ID,Label`` or ``|``: hpa2021) or named, and reported:
 
 ========================  ===================================================================
 kind                      meaning
 ========================  ===================================================================
 ``csv-missing``           the split's CSV does not exist
 ``csv-empty``             the CSV has no header or no rows
-``csv-header``            the header is not ``Id,Target`` (``Id,Predicted`` for a submission)
+``csv-header``            the header is not ``Id,Target`` or ``ID,Label`` (a submission: ``Id,Predicted`` or
+                          ``ID,ImageWidth,ImageHeight,PredictionString``)
+``scheme``                the labels file's release header contradicts the class scheme named
 ``csv-unreadable``        the CSV is not UTF-8 text
 ``bad-row``               a row has too few fields, more fields than the header, or an empty Id
-``bad-label``             a label is not a number, not a class id 0-27, repeated, or empty
+``bad-label``             a label is not a number, not a class id of the scheme, repeated, empty, or
+                          combines an exclusive class (``Negative``) with others
 ``duplicate-id``          an Id appears twice in the CSV
 ``folder-missing``        the CSV exists but its image folder does not
 ``no-files``              an Id of the CSV has no image file at all
@@ -32,10 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protloc.catalog import LABEL_HEADER, SUBMISSION_HEADER, index_images, scan_labels_csv
+from protloc.catalog import images_beside, index_images, read_id_column, scan_labels
 from protloc.decoder import probe
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_text
 from protloc.workers import imap
 
@@ -60,6 +66,8 @@ class CheckReport:
     root: Path
     samples: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    schemes: dict[str, ClassScheme] = field(default_factory=dict)
+    """split -> the class scheme its labels were read in (labelled splits only)."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -115,27 +123,50 @@ def _check_split(
     split: str,
     folder: Path,
     csv_path: Path | None,
-    header: Sequence[str],
+    labelled: bool,
     channels: Sequence[str],
     jobs: list[Job],
     decode: bool,
+    scheme: str | Path | ClassScheme | None = None,
+    channel_map: str | None = None,
 ) -> None:
     def add(kind: str, sample_id: str | None, message: str, severity: str = ERROR) -> None:
         report.problems.append(Problem(kind, sample_id, message, severity, split))
 
     ids: list[str] | None = None
-    if csv_path is not None:
-        labelled = tuple(header) == LABEL_HEADER
-        scanned_ids, _, csv_problems = scan_labels_csv(csv_path, header=header, allow_empty=not labelled)
+    if csv_path is not None and labelled:
+        scanned_ids, _, csv_problems, found = scan_labels(csv_path, scheme=scheme)
+        report.schemes[split] = found
         for csv_problem in csv_problems:
             add(csv_problem.kind, csv_problem.sample_id, csv_problem.message)
-        # Ids whose labels were bad still name files: keep them for the file checks.
-        ids = scanned_ids + [p.sample_id for p in csv_problems if p.kind in ("bad-label", "bad-row") and p.sample_id]
+        # Ids whose labels were bad still name files: keep them for the file checks. A file that could not be
+        # read at all names no ids: its folder's files are then checked without "no row" noise.
+        unread = any(p.kind in ("csv-header", "csv-empty", "csv-unreadable", "scheme") for p in csv_problems)
+        ids = (
+            None
+            if unread
+            else scanned_ids + [p.sample_id for p in csv_problems if p.kind in ("bad-label", "bad-row") and p.sample_id]
+        )
+    elif csv_path is not None:  # a sample_submission.csv of either release: only its ids matter
+        if not csv_path.is_file():
+            add("csv-missing", None, f"{csv_path}: not found")
+            ids = []
+        else:
+            try:
+                ids = read_id_column(csv_path)
+            except DataError as exc:
+                add("csv-header" if "header" in str(exc) else "csv-empty", None, str(exc))
+                ids = []
     if not folder.is_dir():
         add("folder-missing", None, f"{folder}: image folder not found (expected next to {csv_path})")
         report.samples[split] = len(ids or [])
         return
-    index = index_images(folder)
+    try:
+        index = index_images(folder, channel_map)
+    except DataError as exc:  # a microscope file whose channels have no roles, or that cannot be read
+        add("unreadable", None, str(exc))
+        report.samples[split] = len(ids or [])
+        return
     for sample_id, channel, paths in index.duplicates:
         names = ", ".join(p.name for p in paths)
         add(
@@ -182,6 +213,8 @@ def check_dataset(
     decode: bool = True,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    scheme: str | Path | ClassScheme | None = None,
+    channel_map: str | None = None,
 ) -> CheckReport:
     """Validate a data set and return every problem found (see the module docstring for the kinds).
 
@@ -191,6 +224,8 @@ def check_dataset(
         decode: decode every image (finds corrupt and truncated files); ``False`` reads only the headers.
         workers: processes used to decode (default: the number of CPUs, at most 8).
         on_progress: called with (samples done, samples total) as images are read.
+        scheme: the class scheme of the labels (built-in name or scheme file); detected when ``None``.
+        channel_map: roles of microscope files' channels (``DAPI=blue,...``); from their names when ``None``.
 
     Raises:
         DataError: ``path`` does not exist (every other problem is reported, not raised).
@@ -203,11 +238,12 @@ def check_dataset(
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: expected a data folder or a labels CSV")
-        folder = root.with_suffix("") if root.with_suffix("").is_dir() else root.parent
-        _check_split(report, root.stem, folder, root, LABEL_HEADER, channels, jobs, decode)
+        _check_split(report, root.stem, images_beside(root), root, True, channels, jobs, decode, scheme, channel_map)
     elif (root / "train.csv").exists() or (root / "train").is_dir() or (root / "test").is_dir():
         if (root / "train.csv").exists() or (root / "train").is_dir():
-            _check_split(report, "train", root / "train", root / "train.csv", LABEL_HEADER, channels, jobs, decode)
+            _check_split(
+                report, "train", root / "train", root / "train.csv", True, channels, jobs, decode, scheme, channel_map
+            )
         if (root / "test").is_dir() or (root / "sample_submission.csv").exists():
             submission = root / "sample_submission.csv"
             _check_split(
@@ -215,13 +251,19 @@ def check_dataset(
                 "test",
                 root / "test",
                 submission if submission.exists() else None,
-                SUBMISSION_HEADER,
+                False,
                 channels,
                 jobs,
                 decode,
+                None,
+                channel_map,
             )
+    elif (root / "labels.csv").is_file() and (root / "images").is_dir():
+        _check_split(
+            report, root.name, root / "images", root / "labels.csv", True, channels, jobs, decode, scheme, channel_map
+        )
     else:
-        _check_split(report, root.name, root, None, LABEL_HEADER, channels, jobs, decode)
+        _check_split(report, root.name, root, None, True, channels, jobs, decode, None, channel_map)
         if not jobs and not report.problems:
             report.problems.append(
                 Problem(

@@ -34,6 +34,20 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console(highlight=False, soft_wrap=True)
+CLASSES_OPTION = typer.Option(
+    "--classes",
+    help="Class scheme of the labels: hpa2018, hpa2021, subcell31 or a scheme file (.json/.txt); "
+    "found from the labels file when not given.",
+)
+CHANNEL_MAP_OPTION = typer.Option(
+    "--channel-map",
+    help="Roles of a microscope file's channels (OME-TIFF, CZI, ND2, LIF), by name or index: "
+    "DAPI=blue,Tubulin=red,Ab=green,ER=yellow; found from the channel names when not given.",
+)
+MAP_FROM_OPTION = typer.Option(
+    "--map-from",
+    help="Read the labels in this scheme and fold them into --classes (documented: hpa2018 -> hpa2021).",
+)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -134,6 +148,8 @@ def check(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
     show: Annotated[int, typer.Option(help="Problems listed per kind (all are counted).")] = 20,
     out: Annotated[Path | None, typer.Option(help="Also write every problem to this CSV.")] = None,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Validate a data set in one pass and list every problem with its Id; exit 1 if anything is wrong."""
     from protloc.check import check_dataset, write_problems
@@ -141,8 +157,16 @@ def check(
 
     with progress_bar("reading images") as update:
         report = check_dataset(
-            data, channels=parse_channels(channels), decode=not quick, workers=workers, on_progress=update
+            data,
+            channels=parse_channels(channels),
+            decode=not quick,
+            workers=workers,
+            on_progress=update,
+            scheme=classes,
+            channel_map=channel_map,
         )
+    for split, scheme in report.schemes.items():
+        console.print(f"{escape(split)}: labels in class scheme {escape(scheme.describe())}")
     if out is not None:
         write_problems(report, out)
     shown: dict[str, int] = {}
@@ -181,17 +205,19 @@ def stats(
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
     pixel_images: Annotated[int, typer.Option(help="Images sampled for pixel statistics (0 = skip).")] = 200,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Class distribution, labels per image, co-occurrence and pixel statistics: a table plus PNG figures."""
     from protloc.catalog import open_dataset
-    from protloc.classes import CLASS_NAMES
     from protloc.stats import dataset_statistics, write_statistics
 
-    catalog = open_dataset(data, split=split, labels=labels, channels=None)
+    catalog = open_dataset(data, split=split, labels=labels, channels=None, scheme=classes, channel_map=channel_map)
+    CLASS_NAMES = catalog.scheme.names  # noqa: N806 - the table below names the catalog's classes
     with progress_bar("pixel statistics") as update:
         result = dataset_statistics(catalog, pixel_images=pixel_images, on_progress=update)
     written = write_statistics(result, out, title=catalog.name)
-    table = Table(title=f"{catalog.name}: {result.n_images} images", show_edge=False)
+    table = Table(title=f"{catalog.name}: {result.n_images} images, {catalog.scheme.describe()}", show_edge=False)
     for column, justify in (("id", "right"), ("class", "left"), ("images", "right"), ("share", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     order = sorted(range(len(CLASS_NAMES)), key=lambda i: -result.class_counts[i])
@@ -219,14 +245,14 @@ def show(
 ) -> None:
     """Draw one sample: the composite (yellow mixed in as in HPA's viewer) and each channel, with its labels."""
     from protloc.catalog import locate_sample
-    from protloc.classes import label_names
     from protloc.io import parse_channels, read_sample
     from protloc.plots import sample_figure, save_figure
 
     chosen = parse_channels(channels)
     found, index = locate_sample(data, sample_id, split=split)
     image = read_sample(found.paths(index), chosen, sample_id=sample_id)
-    label_text = ", ".join(label_names(found.labels[index])) if found.labels is not None else "(no labels)"
+    labels = found.labels
+    label_text = ", ".join(found.scheme.names_of(labels[index])) if labels is not None else "(no labels)"
     save_figure(sample_figure(image, chosen, title=sample_id, label_text=label_text), out)
     console.print(escape(f"wrote {out}: {sample_id} ({label_text})"))
 
@@ -302,6 +328,8 @@ def train(
     cache_dir: Annotated[Path | None, typer.Option(help="Where caches live (default ~/.cache/protloc).")] = None,
     split: Annotated[str | None, typer.Option(help="Split of a Kaggle root.")] = None,
     labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
     bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit images.")] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard")] = None,
@@ -311,6 +339,7 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package."""
     from protloc.config import resolve_config
@@ -346,6 +375,9 @@ def train(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "split": split,
         "labels": str(labels) if labels else None,
+        "classes": classes,
+        "map_from": map_from,
+        "channel_map": channel_map,
         "bit_depth": bit_depth,
         "compile": compile,
         "tensorboard": tensorboard,
@@ -384,6 +416,7 @@ def evaluate(
     ),
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     labels: Annotated[Path | None, typer.Option(help="Labels CSV (e.g. the synthetic test_truth.csv).")] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
     backend: Annotated[
         str, typer.Option(help="auto (onnx for a .onnx file or without PyTorch, else torch), torch or onnx.")
     ] = "auto",
@@ -392,6 +425,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
     from protloc.evaluate import evaluate_model
@@ -403,6 +437,8 @@ def evaluate(
             out=out,
             split=split,
             labels=labels,
+            map_from=map_from,
+            channel_map=channel_map,
             backend=backend,
             device=device,
             tta=tta,
@@ -458,9 +494,9 @@ def predict(
     devices: Annotated[int, typer.Option(help="Devices for DDP prediction (torch backend).")] = 1,
     num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP prediction.")] = 1,
     accelerator: Annotated[str, typer.Option(help="auto, cpu, gpu (DDP prediction).")] = "auto",
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
-    from protloc.classes import CLASS_NAMES
     from protloc.predict import predict_folder
 
     with progress_bar("predicting") as update:
@@ -468,6 +504,7 @@ def predict(
             model,
             data,
             out,
+            channel_map=channel_map,
             split=split,
             ids=_split_ids(ids, ids_file),
             backend=backend,
@@ -486,7 +523,8 @@ def predict(
     if result is None:
         return
     counts = result.labels.sum(axis=0)
-    top = ", ".join(f"{CLASS_NAMES[i]} {int(counts[i])}" for i in counts.argsort()[::-1][:6] if counts[i] > 0)
+    names = result.scheme.names
+    top = ", ".join(f"{names[i]} {int(counts[i])}" for i in counts.argsort()[::-1][:6] if counts[i] > 0)
     resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
     console.print(
         f"predicted {len(result.ids)} samples{resumed} in {result.seconds:.1f} s "
@@ -547,15 +585,15 @@ def explain(
     max_classes: Annotated[int, typer.Option(help="At most this many predicted classes.")] = 6,
 ) -> None:
     """Class activation maps (Grad-CAM) for each predicted class, overlaid on the composite."""
-    from protloc.classes import CLASS_NAMES
     from protloc.explain import explain_sample
 
     explanation = explain_sample(
         model, data, sample_id, out, split=split, classes=class_ or None, max_classes=max_classes
     )
-    shown = ", ".join(f"{CLASS_NAMES[c]} {explanation.probabilities[c]:.2f}" for c in explanation.maps)
+    names = explanation.class_names
+    shown = ", ".join(f"{names[c]} {explanation.probabilities[c]:.2f}" for c in explanation.maps)
     truth = explanation.true_labels
-    known = f"; true: {', '.join(CLASS_NAMES[c] for c in truth)}" if truth else ""
+    known = f"; true: {', '.join(names[c] for c in truth)}" if truth else ""
     console.print(escape(f"wrote {out}: {shown}{known}"))
 
 

@@ -35,6 +35,12 @@ class TrainConfig:
     data: str = ""
     split: str = "train"
     labels: str | None = None
+    classes: str | None = None
+    """class scheme of the labels: hpa2018, hpa2021, subcell31 or a scheme file (default: found from the file)."""
+    map_from: str | None = None
+    """fold labels written in this scheme into ``classes`` through a documented mapping (hpa2018 -> hpa2021)."""
+    channel_map: str | None = None
+    """roles of a microscope file's channels (``DAPI=blue,Tubulin=red``); found from their names when unset."""
     channels: tuple[str, ...] = CHANNELS
     bit_depth: int = 16
     cache_dir: str | None = None

@@ -172,12 +172,11 @@ def run_demo(
         write_statistics(stats, out / "stats", title="training set")
         _sample_pictures(catalog, out / "stats")
     top = np.argsort(stats.class_counts)[::-1][:3]
-    from protloc.classes import CLASS_NAMES
-
+    names = stats.class_names
     say(
         "   commonest: "
-        + ", ".join(f"{CLASS_NAMES[i]} {stats.class_counts[i]}" for i in top)
-        + f"; rarest: {CLASS_NAMES[int(np.argmin(stats.class_counts))]} {min(stats.class_counts)}"
+        + ", ".join(f"{names[i]} {stats.class_counts[i]}" for i in top)
+        + f"; rarest: {names[int(np.argmin(stats.class_counts))]} {min(stats.class_counts)}"
     )
 
     # 4. train
@@ -306,12 +305,11 @@ def _no_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _sample_pictures(catalog: Any, folder: Path, count: int = 2) -> None:
-    from protloc.classes import label_names
     from protloc.io import CHANNELS, read_sample
     from protloc.plots import sample_figure, save_figure
 
     for index in range(min(count, len(catalog))):
         sample_id = catalog.ids[index]
         image = read_sample(catalog.paths(index), CHANNELS, sample_id=sample_id)
-        labels = ", ".join(label_names(catalog.labels[index])) if catalog.labels is not None else ""
+        labels = ", ".join(catalog.scheme.names_of(catalog.labels[index])) if catalog.labels is not None else ""
         save_figure(sample_figure(image, CHANNELS, title=sample_id, label_text=labels), folder / f"sample_{index}.png")

@@ -22,18 +22,19 @@ import numpy as np
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard, read_card, resolve_package_path
 from protloc.errors import ModelError
 from protloc.metrics import evaluate, fit_thresholds
+from protloc.schemes import ClassScheme
 
 THRESHOLD_METHODS = ("auto", "oof", "mean")
 
 
-def _read_validation(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_validation(folder: Path, scheme: ClassScheme) -> tuple[np.ndarray, np.ndarray] | None:
     """A member's validation predictions and their truth (``None`` when it carries none, or without labels)."""
     path = folder / VALIDATION_FILE
     if not path.is_file():
         return None
     from protloc.prediction_files import read_probabilities_table
 
-    _, probabilities, truth = read_probabilities_table(path)
+    _, probabilities, truth = read_probabilities_table(path, scheme)
     if truth is None or len(truth) == 0:
         return None
     return truth, probabilities
@@ -58,12 +59,17 @@ def make_ensemble(
     for folder, card in zip(folders, cards, strict=True):
         if card.kind != "model":
             raise ModelError(f"{folder}: is itself an ensemble; list its members instead")
+        if card.scheme.names != first.scheme.names:
+            raise ModelError(
+                f"{folder}: predicts {card.scheme.describe()} but {folders[0]} predicts {first.scheme.describe()}; "
+                "ensemble members must share a class scheme"
+            )
         if card.channels != first.channels or card.size != first.size:
             raise ModelError(
                 f"{folder}: takes {list(card.channels)} at {card.size} px but {folders[0]} takes "
                 f"{list(first.channels)} at {first.size} px; ensemble members must agree"
             )
-    pooled = [_read_validation(f) for f in folders]
+    pooled = [_read_validation(f, first.scheme) for f in folders]
     method = thresholds
     if method == "auto":
         method = "oof" if all(p is not None for p in pooled) else "mean"
@@ -78,7 +84,8 @@ def make_ensemble(
         fitted = fit_thresholds(truth, probabilities, min_positives)
         values = fitted.values
         info.update(methods=fitted.methods, min_positives=min_positives, oof_samples=len(truth))
-        metrics["out_of_fold"] = evaluate(truth, probabilities, values, min_one=True).summary()
+        scored = evaluate(truth, probabilities, values, min_one=True, class_names=first.scheme.names)
+        metrics["out_of_fold"] = scored.summary()
     else:
         values = [float(np.mean([c.thresholds[i] for c in cards])) for i in range(first.num_classes)]
     names = [f"m{i}-{Path(f).parent.name or Path(f).name}"[:60] for i, f in enumerate(folders)]
@@ -117,4 +124,5 @@ def _ensemble_card(
         metrics={**metrics, "members": [c.metrics.get("validation") for c in cards]},
         decision=Decision("mean member probability >= per-class threshold", min_one=True),
         training={"members": [c.training for c in cards], "source_size": first.source_size},
+        scheme=first.scheme,
     )

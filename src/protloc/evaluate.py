@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protloc.backends import load_backend, resolve_backend
-from protloc.catalog import open_dataset
+from protloc.catalog import Catalog, open_dataset
 from protloc.errors import DataError
 from protloc.inference import predict_catalog
 from protloc.metrics import EvaluationReport, evaluate, threshold_gain
 from protloc.predict import model_threads, resolve_thresholds, torch_threads
 from protloc.prediction_files import probabilities_csv
+from protloc.schemes import ClassScheme, require_same_scheme
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 
@@ -43,13 +45,19 @@ def evaluate_model(
     workers: int | None = None,
     min_one: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    map_from: str | Path | None = None,
+    channel_map: str | None = None,
 ) -> EvaluationResult:
-    """Predict a labelled data set with a package and score it (per class, macro/micro F1, exact match)."""
+    """Predict a labelled data set with a package and score it (per class, macro/micro F1, exact match).
+
+    The labels are read in the package's class scheme; labels of another scheme are refused, unless
+    ``map_from`` names their scheme and a documented mapping into the package's exists (hpa2018 -> hpa2021).
+    """
     workers = default_workers() if workers is None else workers
     threads = model_threads(workers)
     backend = resolve_backend(model, backend)
     card, run = load_backend(model, backend, device=device, threads=threads)
-    catalog = open_dataset(data, split=split, labels=labels, channels=card.channels)
+    catalog = _labelled_catalog(data, split, labels, card.channels, card.scheme, map_from, channel_map)
     if catalog.labels is None:
         raise DataError(f"{data}: evaluation needs labels ({split}.csv, or --labels for a test truth file)")
     chosen = resolve_thresholds(card, thresholds)
@@ -60,7 +68,7 @@ def evaluate_model(
     assert probabilities is not None
     if min_one is None:
         min_one = bool(card.decision.min_one)
-    report = evaluate(catalog.labels, probabilities, chosen, min_one=min_one)
+    report = evaluate(catalog.labels, probabilities, chosen, min_one=min_one, class_names=card.scheme.names)
     gain = threshold_gain(catalog.labels, probabilities)
     written: dict[str, Path] = {}
     if out is not None:
@@ -72,6 +80,7 @@ def evaluate_model(
                 "model": str(model),
                 "data": str(data),
                 "split": catalog.name,
+                "scheme": card.scheme.name,
                 "backend": backend,
                 "tta": tta or "none",
                 "summary": report.summary(),
@@ -81,7 +90,7 @@ def evaluate_model(
         )
         written["per_class"] = atomic_write_text(out / "per_class.csv", per_class_csv(report))
         written["predictions"] = atomic_write_text(
-            out / "predictions.csv", probabilities_csv(catalog.ids, probabilities, catalog.labels)
+            out / "predictions.csv", probabilities_csv(catalog.ids, probabilities, catalog.labels, card.scheme)
         )
         from protloc import plots
 
@@ -89,6 +98,26 @@ def evaluate_model(
             plots.per_class_f1(report, title=catalog.name), out / "per_class_f1.png"
         )
     return EvaluationResult(report=report, gain=gain, written=written)
+
+
+def _labelled_catalog(
+    data: str | Path,
+    split: str,
+    labels: str | Path | None,
+    channels: Sequence[str],
+    scheme: ClassScheme,
+    map_from: str | Path | None,
+    channel_map: str | None = None,
+) -> Catalog:
+    """The labelled samples, in the model's scheme: detected and compared, or mapped when asked."""
+    where: dict[str, Any] = {"split": split, "labels": labels, "channels": channels, "channel_map": channel_map}
+    if map_from is not None:
+        return open_dataset(data, scheme=scheme, map_from=map_from, **where)
+    if scheme.name not in ("hpa2018", "hpa2021"):  # detection tells only the two Kaggle releases apart
+        return open_dataset(data, scheme=scheme, **where)
+    found = open_dataset(data, **where)
+    require_same_scheme(scheme, found.scheme, what=f"{data}", where="evaluate")
+    return found
 
 
 def per_class_csv(report: EvaluationReport) -> str:

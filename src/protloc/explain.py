@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 
 from protloc.catalog import locate_sample
-from protloc.classes import label_ids, resolve_class, resolve_classes
+from protloc.classes import HPA2018, resolve_class, resolve_classes
 from protloc.errors import ConfigError, DataError, ModelError, ProtlocError
 from protloc.explain_figures import HEATMAP_CMAP, explanation_figure, overlay_png, overlay_rgb
 from protloc.inference import Preprocessor
@@ -125,6 +125,8 @@ class Explanation:
     layers: list[str] = field(default_factory=list)
     model_name: str = ""
     true_labels: list[int] | None = None
+    class_names: tuple[str, ...] = HPA2018.names
+    """the names of the model's classes (its card's scheme), indexed by class id."""
 
     @property
     def classes(self) -> list[int]:
@@ -407,6 +409,7 @@ class Explainer:
             layers=self.layers,
             model_name=self.model_name,
             true_labels=None if true_labels is None else [int(c) for c in true_labels],
+            class_names=self.package.card.scheme.names,
         )
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
@@ -486,14 +489,17 @@ def explain_sample(
         raise ConfigError(f"{out}: the explanation figure is a PNG; give a file name ending in .png")
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; give the PNG file to write")
-    chosen = resolve_classes(classes) if classes is not None else None
     catalog, index = locate_sample(data, sample_id, split=split)
     explainer = Explainer(model, device=device)
+    scheme = explainer.package.card.scheme
+    chosen = resolve_classes(classes, scheme) if classes is not None else None
     sample_id = catalog.ids[index]
     files = catalog.paths(index)
     check_channels_available(explainer.package.card, list(files), where=f"sample {sample_id} in {catalog.image_dir}")
     image = read_sample(files, explainer.channels, bit_depth=explainer.preprocessor.bit_depth, sample_id=sample_id)
-    truth = label_ids(catalog.labels[index]) if catalog.labels is not None else None
+    # the sample's labels are shown only when they are in the model's scheme (a 2021 field under a 2018 model: no)
+    same = catalog.scheme.names == scheme.names
+    truth = catalog.scheme.ids_of(catalog.labels[index]) if catalog.labels is not None and same else None
     explanation = explainer.explain(image, chosen, max_classes=max_classes, sample_id=sample_id, true_labels=truth)
     save_figure(explanation_figure(explanation), out)
     return explanation

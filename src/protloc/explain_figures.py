@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 import cv2
 import numpy as np
 
-from protloc.classes import CLASS_NAMES, resolve_class
+from protloc.classes import resolve_class
 from protloc.errors import ConfigError
+from protloc.schemes import scheme_for_names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +33,7 @@ class Explanation(Protocol):
     layers: list[str]
     model_name: str
     true_labels: list[int] | None
+    class_names: tuple[str, ...]
 
     @property
     def classes(self) -> list[int]: ...
@@ -69,10 +71,11 @@ def overlay_rgb(composite: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6) 
 
 
 def _explained_class(explanation: Explanation, class_id: int | str) -> int:
-    chosen = resolve_class(class_id)
+    chosen = resolve_class(class_id, scheme_for_names(explanation.class_names))
     if chosen not in explanation.maps:
-        listed = ", ".join(f"{CLASS_NAMES[c]} ({c})" for c in explanation.maps) or "none"
-        raise ConfigError(f"class {CLASS_NAMES[chosen]} ({chosen}) was not explained; explained: {listed}")
+        names = explanation.class_names
+        listed = ", ".join(f"{names[c]} ({c})" for c in explanation.maps) or "none"
+        raise ConfigError(f"class {names[chosen]} ({chosen}) was not explained; explained: {listed}")
     return chosen
 
 
@@ -113,7 +116,7 @@ def _panel_title(explanation: Explanation, class_id: int, truth: set[int] | None
     probability = float(explanation.probabilities[class_id])
     threshold = float(explanation.thresholds[class_id])
     relation = ">=" if probability >= threshold else "<"
-    lines = [f"{CLASS_NAMES[class_id]} ({class_id})", f"p={probability:.2f} {relation} t={threshold:.2f}"]
+    lines = [f"{explanation.class_names[class_id]} ({class_id})", f"p={probability:.2f} {relation} t={threshold:.2f}"]
     colour = "black"
     if truth is not None:
         labelled = class_id in truth
@@ -123,8 +126,8 @@ def _panel_title(explanation: Explanation, class_id: int, truth: set[int] | None
     return "\n".join(lines), colour
 
 
-def _name_list(class_ids: Sequence[int], limit: int = 12) -> str:
-    names = [CLASS_NAMES[c] for c in class_ids]
+def _name_list(class_ids: Sequence[int], class_names: Sequence[str], limit: int = 12) -> str:
+    names = [class_names[c] for c in class_ids]
     if len(names) > limit:
         return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
     return ", ".join(names)
@@ -178,10 +181,10 @@ def explanation_figure(
     name = explanation.sample_id or "field"
     layers = ", ".join(dict.fromkeys(explanation.layers))
     heading = title or f"{name}: Grad-CAM, {explanation.model_name} at {layers}"
-    predicted = _name_list(explanation.predicted) or "none over threshold"
+    predicted = _name_list(explanation.predicted, explanation.class_names) or "none over threshold"
     lines = [f"predicted: {predicted}"]
     if labels is not None:
-        lines.append("true: " + (_name_list(sorted(labels)) or "none"))
+        lines.append("true: " + (_name_list(sorted(labels), explanation.class_names) or "none"))
     width = int(figure.get_figwidth() * 12)
     caption = "\n".join(textwrap.fill(line, width, subsequent_indent="    ") for line in lines)
     figure.suptitle(heading + "\n" + caption, fontsize=10)

@@ -28,6 +28,7 @@ import numpy as np
 
 from protloc.decoder import decode
 from protloc.errors import ConfigError, DataError
+from protloc.microscope import PlanePath, read_plane
 
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 """All channel names, in the default order (microtubules, protein, nucleus, endoplasmic reticulum)."""
@@ -170,15 +171,20 @@ def read_channel(path: str | Path, *, bit_depth: int = 16) -> np.ndarray:
     Raises:
         DataError: the file is missing, empty, corrupt, not single-channel, or of an unsupported type.
     """
-    path = Path(path)
-    image = to_plane(decode(path), path)
+    image = read_channel_raw(path)
     if image.size == 0:
         raise DataError(f"{path}: image has no pixels")
     return to_uint8(image, bit_depth=bit_depth, where=str(path))
 
 
 def read_channel_raw(path: str | Path) -> np.ndarray:
-    """Read one channel file at its native pixel type (uint8, uint16, float), reduced to one plane."""
+    """Read one channel file at its native pixel type (uint8, uint16, float), reduced to one plane.
+
+    A :class:`protloc.microscope.PlanePath` (one channel of a multi-channel microscope file, as the catalog
+    records OME-TIFF and vendor files) reads that plane of its file.
+    """
+    if isinstance(path, PlanePath):
+        return read_plane(path)
     path = Path(path)
     return to_plane(decode(path), path)
 

@@ -41,6 +41,7 @@ class LocalizationModule(L.LightningModule):
         config: TrainConfig,
         pos_weight: list[float] | None = None,
         total_steps: int = 1,
+        num_classes: int = NUM_CLASSES,
         *,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -52,7 +53,7 @@ class LocalizationModule(L.LightningModule):
         backbone = create_model(
             config.model,
             channels,
-            NUM_CLASSES,
+            num_classes,
             pretrained=config.pretrained,
             image_size=config.image_size,
             drop_rate=config.drop_rate,
@@ -68,8 +69,8 @@ class LocalizationModule(L.LightningModule):
         self.loss = create_loss(config.loss, gamma=config.focal_gamma, pos_weight=weight)
         # Epoch metrics are torchmetrics states: exact over the whole epoch and synced across DDP ranks, in
         # the module's own hooks, which every rank runs in the same order (logging never syncs).
-        self.train_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
-        self.val_stats = MultilabelStatScores(num_labels=NUM_CLASSES, average=None, validate_args=False)
+        self.train_stats = MultilabelStatScores(num_labels=num_classes, average=None, validate_args=False)
+        self.val_stats = MultilabelStatScores(num_labels=num_classes, average=None, validate_args=False)
         self.train_loss_mean = MeanMetric()
         self.val_loss_mean = MeanMetric()
         self.epoch_metrics: dict[str, float] = {}

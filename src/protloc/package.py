@@ -29,9 +29,9 @@ from protloc.card import (
     read_card,
     resolve_package_path,
 )
-from protloc.classes import CLASS_NAMES
 from protloc.errors import ModelError
 from protloc.models import EnsembleNetwork, PackagedNetwork, create_model
+from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_folder, atomic_write_json
 
 
@@ -50,9 +50,14 @@ def new_card(
     threshold_info: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    scheme: ClassScheme | str | None = None,
     **extra: Any,
 ) -> ModelCard:
-    """A card for the current protloc with the required fields filled; the rest are reports for people."""
+    """A card for the current protloc with the required fields filled; the rest are reports for people.
+
+    ``scheme`` is the class scheme the model predicts (default ``hpa2018``); ``thresholds`` has one per class.
+    """
+    chosen = get_scheme(scheme)
     return ModelCard(
         kind=kind,
         input=InputSpec(
@@ -62,7 +67,8 @@ def new_card(
             std=[float(s) for s in std],
             bit_depth=int(bit_depth),
         ),
-        classes=list(CLASS_NAMES),
+        classes=list(chosen.names),
+        class_scheme=chosen,
         thresholds=[float(t) for t in thresholds],
         architecture=architecture if isinstance(architecture, Architecture) else Architecture.from_dict(architecture),
         decision=decision if isinstance(decision, Decision) else Decision.from_dict(decision or {}),

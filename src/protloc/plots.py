@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protloc.classes import CLASS_NAMES, NUM_CLASSES, SHORT_NAMES
+from protloc.classes import CLASS_NAMES, SHORT_NAMES
 from protloc.io import CHANNEL_ROLES
 from protloc.utils import atomic_path
 
@@ -122,15 +122,17 @@ def sample_figure(
     return figure
 
 
-def class_distribution(class_counts: Sequence[int], n_images: int, *, title: str = "") -> Figure:
+def class_distribution(
+    class_counts: Sequence[int], n_images: int, *, title: str = "", names: Sequence[str] = CLASS_NAMES
+) -> Figure:
     """Horizontal bar chart of images per class, commonest first, with counts and percentages."""
     counts = np.asarray(class_counts)
     order = np.argsort(-counts, kind="stable")
-    figure = _figure(9, 8.5)
+    figure = _figure(9, max(3.0, 0.3 * len(counts) + 0.5))
     axis = figure.subplots()
-    names = [f"{CLASS_NAMES[i]} ({i})" for i in order]
-    bars = axis.barh(range(NUM_CLASSES), counts[order], color=PALETTE["train"])
-    axis.set_yticks(range(NUM_CLASSES), names, fontsize=9)
+    labels = [f"{names[i]} ({i})" for i in order]
+    bars = axis.barh(range(len(counts)), counts[order], color=PALETTE["train"])
+    axis.set_yticks(range(len(counts)), labels, fontsize=9)
     axis.invert_yaxis()
     axis.set_xlabel("images")
     for bar, count in zip(bars, counts[order], strict=True):
@@ -159,7 +161,7 @@ def labels_per_image(histogram: Mapping[int, int], *, title: str = "") -> Figure
     return figure
 
 
-def cooccurrence_heatmap(cooccurrence: np.ndarray, *, title: str = "") -> Figure:
+def cooccurrence_heatmap(cooccurrence: np.ndarray, *, title: str = "", shorts: Sequence[str] = SHORT_NAMES) -> Figure:
     """Heatmap of P(column class | row class): how often a class comes with each other class."""
     matrix = np.asarray(cooccurrence, dtype=np.float64)
     counts = np.diag(matrix).copy()
@@ -168,11 +170,10 @@ def cooccurrence_heatmap(cooccurrence: np.ndarray, *, title: str = "") -> Figure
     figure = _figure(10, 9)
     axis = figure.subplots()
     shown = axis.imshow(conditional, cmap="magma_r", vmin=0, vmax=max(0.05, float(np.nanmax(conditional) or 0.05)))
-    labels = [f"{SHORT_NAMES[i]} ({i})" for i in range(NUM_CLASSES)]
-    axis.set_xticks(range(NUM_CLASSES), labels, rotation=90, fontsize=8)
-    axis.set_yticks(
-        range(NUM_CLASSES), [f"{lab}  n={int(c)}" for lab, c in zip(labels, counts, strict=True)], fontsize=8
-    )
+    n = len(counts)
+    labels = [f"{shorts[i]} ({i})" for i in range(n)]
+    axis.set_xticks(range(n), labels, rotation=90, fontsize=8)
+    axis.set_yticks(range(n), [f"{lab}  n={int(c)}" for lab, c in zip(labels, counts, strict=True)], fontsize=8)
     axis.set_xlabel("also labelled with")
     axis.set_ylabel("images of class")
     figure.colorbar(shown, ax=axis, shrink=0.8, label="P(column | row)")

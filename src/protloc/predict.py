@@ -7,7 +7,13 @@ where it stopped, and the outputs appear only when complete (written atomically)
 
 * ``probabilities.csv``  ``Id`` + one probability column per class name
 * ``predictions.csv``    ``Id``, ``Predicted`` (class ids) and ``Labels`` (class names)
-* ``submission.csv``     Kaggle's ``Id,Predicted`` in the order of ``sample_submission.csv`` (when one exists)
+* ``submission.csv``     Kaggle 2018's ``Id,Predicted`` in the order of ``sample_submission.csv`` (when one exists)
+* ``field_submission.csv`` for a Kaggle 2021 ``sample_submission.csv`` (``ID,ImageWidth,ImageHeight,
+  PredictionString``): that competition scores per-cell masks, which a field-level model does not make, so
+  protloc writes the field-level labels in its order (``ID,ImageWidth,ImageHeight,Labels``) instead of
+  pretending; per-cell submissions come from the single-cell path
+
+Class columns, ids and names follow the package's class scheme (``card.scheme``).
 * ``run.json``           model, backend, TTA, thresholds, counts and timing
 
 Torch is imported only for the torch backend; ``backend="onnx"`` runs on ONNX Runtime alone.
@@ -16,6 +22,7 @@ Torch is imported only for the torch backend; ``backend="onnx"`` runs on ONNX Ru
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -31,18 +38,20 @@ import numpy as np
 from protloc.backends import BACKENDS, load_backend, resolve_backend, torch_available
 from protloc.card import ModelCard
 from protloc.catalog import Catalog, index_images, open_dataset
-from protloc.classes import CLASS_NAMES, resolve_class
 from protloc.errors import ConfigError
 from protloc.inference import parse_tta, predict_catalog
 from protloc.io import split_channel_filename
 from protloc.locks import locked_output
 from protloc.metrics import decide
+from protloc.microscope import field_id, field_planes, is_microscope_file, parse_channel_map
 from protloc.prediction_files import (
+    field_submission_csv,
     predictions_csv,
     probabilities_csv,
     read_probabilities,
     submission_csv,
 )
+from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 __all__ = [  # the backend policy and the CSV files have homes of their own; these names stay importable here
@@ -92,7 +101,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
 def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> list[float]:
     """The package's thresholds, or one global value, or per-class values from a JSON file.
 
-    The JSON may be a list of 28 numbers, or an object mapping class names (or ids) to numbers; classes it
+    The JSON may be a list of one number per class, or an object mapping class names (or ids) to numbers; classes it
     does not name keep the package's threshold. A ``thresholds.json`` written by training also works.
     """
     thresholds = [float(t) for t in card.thresholds]
@@ -118,19 +127,20 @@ def resolve_thresholds(card: ModelCard, override: float | str | Path | None) -> 
             raise ConfigError(f"{path}: {len(data)} thresholds given, expected {len(thresholds)}")
         updates = dict(enumerate(data))
     elif isinstance(data, dict):
-        updates = {_class_index(str(key), path): value for key, value in data.items()}
+        updates = {_class_index(str(key), path, card.scheme): value for key, value in data.items()}
     else:
         raise ConfigError(f"{path}: expected a list of {len(thresholds)} numbers or a {{class: threshold}} object")
     for index, value in updates.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-            raise ConfigError(f"{path}: threshold for {CLASS_NAMES[index]} is {value!r}; must be between 0 and 1")
+            name = card.scheme.names[index]
+            raise ConfigError(f"{path}: threshold for {name} is {value!r}; must be between 0 and 1")
         thresholds[index] = float(value)
     return thresholds
 
 
-def _class_index(key: str, where: Path) -> int:
+def _class_index(key: str, where: Path, scheme: ClassScheme) -> int:
     try:
-        return resolve_class(key)
+        return scheme.resolve(key)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -152,6 +162,7 @@ def open_for_prediction(
     split: str | None = None,
     ids: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
+    channel_map: str | None = None,
 ) -> Catalog:
     """The samples to predict: a Kaggle root (its ``test/`` by default), a folder of channel images,
     one channel file (that sample alone), optionally narrowed to ``ids``."""
@@ -167,9 +178,17 @@ def open_for_prediction(
             name=sample_id,
         )
     elif split is None and path.is_dir() and (path / "test").is_dir():
-        catalog = open_dataset(path, split="test", channels=None)
+        catalog = open_dataset(path, split="test", channels=None, channel_map=channel_map)
+    elif path.is_file() and is_microscope_file(path.name):
+        catalog = Catalog(
+            ids=[field_id(path)],
+            files={field_id(path): field_planes(path, parse_channel_map(channel_map))},
+            labels=None,
+            image_dir=path.parent,
+            name=field_id(path),
+        )
     else:
-        catalog = open_dataset(path, split=split or "train", channels=None)
+        catalog = open_dataset(path, split=split or "train", channels=None, channel_map=channel_map)
     if ids:
         catalog = catalog.select_ids(list(ids))
     if channels is not None:
@@ -192,6 +211,8 @@ class PredictionRun:
     seconds: float
     resumed_from: int = 0
     written: dict[str, Path] = field(default_factory=dict)
+    scheme: ClassScheme = field(default_factory=lambda: get_scheme(None))
+    """the class scheme of ``probabilities`` and ``labels`` (the package's)."""
 
     @property
     def rate(self) -> float:
@@ -318,6 +339,7 @@ def predict_folder(
     num_nodes: int = 1,
     accelerator: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
+    channel_map: str | None = None,
 ) -> PredictionRun | None:
     """Predict every sample of ``data`` with the package ``model`` and write the outputs into ``out``.
 
@@ -363,6 +385,7 @@ def predict_folder(
         )
         if probabilities_or_none is None:
             return None
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
         probabilities = probabilities_or_none
         resumed_from = 0
         _clear_previous_outputs(out)
@@ -370,7 +393,7 @@ def predict_folder(
         workers = default_workers() if workers is None else workers
         threads = model_threads(workers)
         card, run = load_backend(model, backend, device=device, threads=threads)
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
+        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
         settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend, "device": device}
         _clear_previous_outputs(out)
         partial = _PartialRows(
@@ -403,11 +426,15 @@ def predict_folder(
         thresholds=chosen,
         seconds=seconds,
         resumed_from=resumed_from,
+        scheme=card.scheme,
     )
     result.written["probabilities"] = atomic_write_text(
-        out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities)
+        out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities, scheme=card.scheme)
     )
-    result.written["predictions"] = atomic_write_text(out / "predictions.csv", predictions_csv(catalog.ids, labels))
+    result.written["predictions"] = atomic_write_text(
+        out / "predictions.csv", predictions_csv(catalog.ids, labels, card.scheme)
+    )
+    submission_note = None
     order_file = (
         catalog.labels_file if catalog.labels_file and catalog.labels_file.name == "sample_submission.csv" else None
     )
@@ -416,7 +443,17 @@ def predict_folder(
 
         order = read_id_column(order_file)
         missing = [i for i in order if i not in set(catalog.ids)]
-        if not missing:
+        with order_file.open(newline="", encoding="utf-8-sig") as handle:
+            release_2021 = next(csv.reader(handle), [""])[0].strip() == "ID"
+        if not missing and release_2021:
+            result.written["field_submission"] = atomic_write_text(
+                out / "field_submission.csv", field_submission_csv(order_file, catalog.ids, labels, card.scheme)
+            )
+            submission_note = (
+                "the 2021 competition scores per-cell masks (PredictionString); this field-level model wrote "
+                "field_submission.csv with one label set per field instead"
+            )
+        elif not missing:
             result.written["submission"] = atomic_write_text(
                 out / "submission.csv", submission_csv(order, catalog.ids, labels)
             )
@@ -431,11 +468,13 @@ def predict_folder(
             "tta": list(parse_tta(tta)),
             "tiles": tiles,
             "min_one": min_one,
-            "thresholds": dict(zip(CLASS_NAMES, chosen, strict=True)),
+            "scheme": card.scheme.name,
+            "thresholds": dict(zip(card.scheme.names, chosen, strict=True)),
             "resumed_from": resumed_from,
             "seconds": round(seconds, 3),
             "samples_per_second": round(result.rate, 2),
-            "label_counts": dict(zip(CLASS_NAMES, (int(c) for c in labels.sum(axis=0)), strict=True)),
+            "label_counts": dict(zip(card.scheme.names, (int(c) for c in labels.sum(axis=0)), strict=True)),
+            **({"submission_note": submission_note} if submission_note else {}),
         },
     )
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)

@@ -20,9 +20,10 @@ import numpy as np
 
 from protloc import __version__
 from protloc.card import CARD_FILE, read_card
-from protloc.classes import CLASS_NAMES, SHORT_NAMES
+from protloc.classes import HPA2018
 from protloc.errors import ProtlocError
 from protloc.metrics import EvaluationReport
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_text
 
 STYLE = """
@@ -101,14 +102,14 @@ def error_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.divide(matrix, counts[:, None], out=np.zeros_like(matrix), where=counts[:, None] > 0)
 
 
-def error_figure(truth: np.ndarray, predicted: np.ndarray) -> Any:
+def error_figure(truth: np.ndarray, predicted: np.ndarray, scheme: ClassScheme = HPA2018) -> Any:
     from protloc.plots import _figure
 
     matrix = error_matrix(truth, predicted)
     figure = _figure(10, 9)
     axis = figure.subplots()
     shown = axis.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
-    labels = [f"{SHORT_NAMES[i]} ({i})" for i in range(len(SHORT_NAMES))]
+    labels = [f"{scheme.shorts[i]} ({i})" for i in range(len(scheme))]
     axis.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
     support = truth.sum(axis=0)
     axis.set_yticks(
@@ -121,7 +122,7 @@ def error_figure(truth: np.ndarray, predicted: np.ndarray) -> Any:
     return figure
 
 
-def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None) -> Any:
+def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None, scheme: ClassScheme = HPA2018) -> Any:
     from protloc.plots import PALETTE, _figure
 
     figure = _figure(10, 3.6)
@@ -133,7 +134,7 @@ def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None
     axis.bar(range(len(thresholds)), thresholds, color=colours)
     axis.axhline(0.5, color=PALETTE["val"], linestyle="--", linewidth=1, label="0.5")
     axis.set_xticks(
-        range(len(thresholds)), [f"{SHORT_NAMES[i]} ({i})" for i in range(len(thresholds))], rotation=90, fontsize=8
+        range(len(thresholds)), [f"{scheme.shorts[i]} ({i})" for i in range(len(thresholds))], rotation=90, fontsize=8
     )
     axis.set_ylim(0, 1)
     axis.set_ylabel("threshold")
@@ -174,10 +175,12 @@ def _cards(items: Sequence[tuple[str, str]]) -> str:
     )
 
 
-def _labels_html(truth: Sequence[int], predicted: Sequence[int], probabilities: np.ndarray) -> str:
+def _labels_html(
+    truth: Sequence[int], predicted: Sequence[int], probabilities: np.ndarray, names: Sequence[str]
+) -> str:
     parts = []
     for class_id in sorted(set(truth) | set(predicted)):
-        name = html.escape(CLASS_NAMES[class_id])
+        name = html.escape(names[class_id])
         probability = f" {probabilities[class_id]:.2f}"
         if class_id in truth and class_id in predicted:
             parts.append(f'<span class="ok" title="correct">✓ {name}{probability}</span>')
@@ -189,7 +192,12 @@ def _labels_html(truth: Sequence[int], predicted: Sequence[int], probabilities: 
 
 
 def gallery_html(
-    test: TestSet, package_path: Path | None, channels: Sequence[str], count: int = 8, seed: int = 0
+    test: TestSet,
+    package_path: Path | None,
+    channels: Sequence[str],
+    count: int = 8,
+    seed: int = 0,
+    scheme: ClassScheme = HPA2018,
 ) -> str:
     """Tiles of test samples: composite (and class activation map of the top prediction), true vs predicted."""
     from protloc.io import read_sample
@@ -230,12 +238,12 @@ def gallery_html(
                 explainer = None
             else:
                 pictures.append(png_data_uri(overlay_png(explanation, top)))
-                caption = f"<div class='muted'>right: activation map for {html.escape(CLASS_NAMES[top])}</div>"
+                caption = f"<div class='muted'>right: activation map for {html.escape(scheme.names[top])}</div>"
         images = "".join(f'<img src="{uri}" alt="">' for uri in pictures)
         tiles.append(
             f'<div class="tile"><div class="pair">{images}</div>{caption}'
             f"<div><b>{html.escape(sample_id[:18])}…</b></div>"
-            f"{_labels_html(truth, predicted, test.probabilities[index])}</div>"
+            f"{_labels_html(truth, predicted, test.probabilities[index], scheme.names)}</div>"
         )
     legend = (
         '<p class="muted"><span class="ok">✓ correct</span> · <span class="miss">✗ missed</span> · '
@@ -268,6 +276,7 @@ def build_report(
 
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model") if (run_dir / "model" / CARD_FILE).is_file() else None
+    scheme = card.scheme if card is not None else HPA2018
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     thresholds_info = (
         json.loads((run_dir / "thresholds.json").read_text()) if (run_dir / "thresholds.json").is_file() else {}
@@ -321,7 +330,7 @@ def build_report(
             (
                 "thresholds",
                 "Thresholds",
-                text + _img(_figure_uri(thresholds_figure(card.thresholds, methods)), "thresholds"),
+                text + _img(_figure_uri(thresholds_figure(card.thresholds, methods, card.scheme)), "thresholds"),
             )
         )
 
@@ -329,9 +338,13 @@ def build_report(
         body = _img(_figure_uri(per_class_f1(test.report, title="test")), "per-class F1 (test)")
         body += _per_class_table(test.report, methods)
         sections.append(("test", f"Test set: {test.report.n_samples} images", body))
-        sections.append(("errors", "Errors", _img(_figure_uri(error_figure(test.truth, test.predicted)), "errors")))
+        sections.append(
+            ("errors", "Errors", _img(_figure_uri(error_figure(test.truth, test.predicted, scheme)), "errors"))
+        )
         package = run_dir / "model" if (run_dir / "model").is_dir() else None
-        gallery = gallery_html(test, package, list(card.channels) if card is not None else [], count=gallery_size)
+        gallery = gallery_html(
+            test, package, list(card.channels) if card is not None else [], count=gallery_size, scheme=scheme
+        )
         if gallery:
             sections.append(("gallery", "Gallery: test samples, true vs predicted", gallery))
 

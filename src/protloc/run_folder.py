@@ -13,6 +13,7 @@ from protloc.config import TrainConfig
 from protloc.errors import ConfigError, ProtlocError
 from protloc.locks import LOCK_NAME
 from protloc.metrics import EvaluationReport
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_text
 
 RESUME_ALLOWED = {"devices", "num_nodes", "strategy", "accelerator", "workers", "max_time", "cache_dir", "precision"}
@@ -136,11 +137,17 @@ def last_checkpoint_path(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def write_predictions(path: Path, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None = None) -> Path:
+def write_predictions(
+    path: Path,
+    ids: list[str],
+    probabilities: np.ndarray,
+    truth: np.ndarray | None = None,
+    scheme: ClassScheme | None = None,
+) -> Path:
     """A CSV of ``Id``, one probability column per class name, and (when given) the true ``Target``."""
     from protloc.prediction_files import probabilities_csv
 
-    return atomic_write_text(path, probabilities_csv(ids, probabilities, truth))
+    return atomic_write_text(path, probabilities_csv(ids, probabilities, truth, scheme))
 
 
 def write_figures(run_dir: Path, rows: list[dict[str, float]], report: EvaluationReport) -> None:

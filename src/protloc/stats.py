@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from protloc.catalog import Catalog
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.classes import CLASS_NAMES, HPA2018, SHORT_NAMES
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_text
 
 
@@ -41,8 +42,12 @@ class DatasetStats:
     labels_per_image: dict[int, int]
     """number of labels -> number of images with that many."""
     cooccurrence: list[list[int]]
-    """(28, 28): images carrying both classes; the diagonal holds the class counts."""
+    """(C, C): images carrying both classes; the diagonal holds the class counts."""
     channels: dict[str, ChannelStats] = field(default_factory=dict)
+    scheme: str = "hpa2018"
+    """the class scheme the counts are over (its names come from :func:`protloc.schemes.get_scheme`)."""
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    short_names: list[str] = field(default_factory=lambda: list(SHORT_NAMES))
 
     @property
     def class_fractions(self) -> list[float]:
@@ -50,14 +55,15 @@ class DatasetStats:
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
-        data["class_names"] = list(CLASS_NAMES)
+        data.pop("short_names")
         return data
 
 
-def label_statistics(labels: np.ndarray) -> DatasetStats:
-    """Class counts, labels-per-image histogram and co-occurrence of a ``(N, 28)`` multi-hot matrix."""
-    if labels.ndim != 2 or labels.shape[1] != NUM_CLASSES:
-        raise ValueError(f"labels must have shape (N, {NUM_CLASSES}), got {labels.shape}")
+def label_statistics(labels: np.ndarray, scheme: ClassScheme | None = None) -> DatasetStats:
+    """Class counts, labels-per-image histogram and co-occurrence of a ``(N, C)`` multi-hot matrix."""
+    scheme = scheme or HPA2018
+    if labels.ndim != 2 or labels.shape[1] != scheme.num_classes:
+        raise ValueError(f"labels must have shape (N, {scheme.num_classes}) for {scheme.name}, got {labels.shape}")
     matrix = labels.astype(np.int64)
     per_image = matrix.sum(axis=1)
     histogram = {int(k): int(v) for k, v in zip(*np.unique(per_image, return_counts=True), strict=True)}
@@ -66,6 +72,9 @@ def label_statistics(labels: np.ndarray) -> DatasetStats:
         class_counts=[int(c) for c in matrix.sum(axis=0)],
         labels_per_image=histogram,
         cooccurrence=(matrix.T @ matrix).tolist(),
+        scheme=scheme.name,
+        class_names=list(scheme.names),
+        short_names=list(scheme.shorts),
     )
 
 
@@ -119,7 +128,7 @@ def dataset_statistics(
     """All statistics of a labelled Catalog; pixel statistics from ``pixel_images`` samples (0 skips them)."""
     if catalog.labels is None:
         raise DataError(f"{catalog.image_dir}: no labels found; stats needs a labels CSV (train.csv)")
-    stats = label_statistics(catalog.labels)
+    stats = label_statistics(catalog.labels, catalog.scheme)
     if pixel_images > 0:
         channels = [c for c in CHANNELS if all(c in catalog.files[i] for i in catalog.ids[:1])]
         stats.channels = channel_statistics(catalog, channels, max_images=pixel_images, on_progress=on_progress)
@@ -135,18 +144,20 @@ def write_statistics(stats: DatasetStats, out: str | Path, *, title: str = "") -
     written: dict[str, Path] = {}
 
     rows = ["class_id,class_name,count,fraction"]
-    for class_id, (name, count) in enumerate(zip(CLASS_NAMES, stats.class_counts, strict=True)):
+    for class_id, (name, count) in enumerate(zip(stats.class_names, stats.class_counts, strict=True)):
         rows.append(f"{class_id},{_csv_cell(name)},{count},{count / max(stats.n_images, 1):.5f}")
     written["class_counts"] = atomic_write_text(out / "class_counts.csv", "\n".join(rows) + "\n")
     written["json"] = atomic_write_text(out / "stats.json", json.dumps(stats.to_json(), indent=1) + "\n")
     written["class_distribution"] = plots.save_figure(
-        plots.class_distribution(stats.class_counts, stats.n_images, title=title), out / "class_distribution.png"
+        plots.class_distribution(stats.class_counts, stats.n_images, title=title, names=stats.class_names),
+        out / "class_distribution.png",
     )
     written["labels_per_image"] = plots.save_figure(
         plots.labels_per_image(stats.labels_per_image, title=title), out / "labels_per_image.png"
     )
     written["cooccurrence"] = plots.save_figure(
-        plots.cooccurrence_heatmap(np.asarray(stats.cooccurrence), title=title), out / "cooccurrence.png"
+        plots.cooccurrence_heatmap(np.asarray(stats.cooccurrence), title=title, shorts=stats.short_names),
+        out / "cooccurrence.png",
     )
     if stats.channels:
         written["channel_intensity"] = plots.save_figure(

@@ -44,7 +44,7 @@ from protloc.callbacks import (
 )
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
-from protloc.classes import CLASS_NAMES, NUM_CLASSES, is_integer_text
+from protloc.classes import HPA2018, is_integer_text
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
 from protloc.dataset import (
@@ -61,6 +61,7 @@ from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshol
 from protloc.models import PackagedNetwork, count_parameters, create_model
 from protloc.package import new_card, save_package
 from protloc.run_folder import last_checkpoint_path, prepare_run_dir, read_metrics, write_figures, write_predictions
+from protloc.schemes import ClassScheme
 from protloc.utils import Stopwatch, atomic_write_json, default_workers
 
 log = logging.getLogger("protloc")
@@ -208,7 +209,15 @@ def train(
 
 
 def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
-    catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
+    catalog = open_dataset(
+        config.data,
+        split=config.split,
+        labels=config.labels,
+        channels=config.channels,
+        scheme=config.classes,
+        map_from=config.map_from,
+        channel_map=config.channel_map,
+    )
     if catalog.labels is None:
         raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
     return catalog, catalog.labels
@@ -238,6 +247,7 @@ def _train(
 
     with watch("data"):
         catalog, labels = opened or _open_training_data(config)
+        scheme = catalog.scheme
         folds_path = run_dir / "folds.csv"
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
@@ -274,6 +284,7 @@ def _train(
         config,
         pos_weight=None if pos_weight is None else pos_weight.tolist(),
         total_steps=total_steps,
+        num_classes=scheme.num_classes,
         mean=mean,
         std=std,
     )
@@ -369,7 +380,7 @@ def _train(
     # -- calibrate and score on the validation fold with the best weights
     with watch("calibrate"):
         best_path = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
-        backbone = create_model(config.model, len(config.channels), NUM_CLASSES, image_size=config.image_size)
+        backbone = create_model(config.model, len(config.channels), scheme.num_classes, image_size=config.image_size)
         network = PackagedNetwork(backbone, mean, std)  # the network trained, as it is packaged
         source = best_path if best_path and best_path.is_file() else last_checkpoint_path(run_dir)
         if source is None:
@@ -393,19 +404,21 @@ def _train(
             fitted = fit_thresholds(truth, probabilities, config.threshold_min_positives)
             thresholds, methods = fitted.values, fitted.methods
         else:
-            thresholds, methods = [0.5] * NUM_CLASSES, ["fixed"] * NUM_CLASSES
+            thresholds, methods = [0.5] * scheme.num_classes, ["fixed"] * scheme.num_classes
         # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
         min_one = config.threshold_method == "fit"
-        report = evaluate(truth, probabilities, thresholds, min_one=min_one)
+        report = evaluate(truth, probabilities, thresholds, min_one=min_one, class_names=scheme.names)
         gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
 
     with watch("write"):
-        write_predictions(run_dir / "val_predictions.csv", [catalog.ids[i] for i in val_rows], probabilities, truth)
+        write_predictions(
+            run_dir / "val_predictions.csv", [catalog.ids[i] for i in val_rows], probabilities, truth, scheme
+        )
         atomic_write_json(
             run_dir / "thresholds.json",
             {
-                "thresholds": dict(zip(CLASS_NAMES, thresholds, strict=True)),
-                "methods": dict(zip(CLASS_NAMES, methods, strict=True)),
+                "thresholds": dict(zip(scheme.names, thresholds, strict=True)),
+                "methods": dict(zip(scheme.names, methods, strict=True)),
                 "min_positives": config.threshold_min_positives,
                 "gain": gain,
             },
@@ -422,6 +435,7 @@ def _train(
             gain=gain,
             min_one=min_one,
             report=report,
+            scheme=scheme,
             training={
                 "data": str(Path(config.data).resolve()),
                 "n_samples": len(catalog),
@@ -488,13 +502,14 @@ def training_card(
     min_one: bool,
     report: EvaluationReport,
     training: dict[str, Any],
+    scheme: ClassScheme = HPA2018,
 ) -> ModelCard:
     """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts."""
     return new_card(
         architecture=Architecture(
             config.model,
             in_chans=len(config.channels),
-            num_classes=NUM_CLASSES,
+            num_classes=scheme.num_classes,
             image_size=config.image_size,
             extra={
                 "parameters": count_parameters(network),
@@ -518,6 +533,7 @@ def training_card(
             ],
         },
         training=training,
+        scheme=scheme,
     )
 
 
@@ -537,12 +553,12 @@ def measure_training_rate(model: str, channels: int, image_size: int, batch_size
     from protloc.models import create_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = create_model(model, channels, NUM_CLASSES, image_size=image_size).to(device)
+    network = create_model(model, channels, HPA2018.num_classes, image_size=image_size).to(device)
     network = network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     x = torch.rand(batch_size, channels, image_size, image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch_size, NUM_CLASSES, device=device) > 0.9).float()
+    y = (torch.rand(batch_size, HPA2018.num_classes, device=device) > 0.9).float()
     timings = []
     for step in range(steps + 1):
         start = time.perf_counter()
@@ -591,6 +607,5 @@ def predict_cached(
     backend = TorchBackend(network, device=device, channels_last=channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     outputs = [batch_probabilities(backend, batch["image"].numpy()[:, None]) for batch in loader]
-    if not outputs:
-        raise DataError("no samples to predict")
-    return np.concatenate(outputs)
+    width = dataset.labels.shape[1] if dataset.labels is not None else 0
+    return np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32)

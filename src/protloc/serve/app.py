@@ -35,8 +35,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from protloc import __version__
-from protloc.classes import resolve_class
+from protloc.classes import HPA2018
 from protloc.errors import DependencyError, ProtlocError
+from protloc.schemes import ClassScheme
 from protloc.serve.decode import Upload
 from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusyError
 from protloc.serve.gate import RequestGate
@@ -62,14 +63,14 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: _error("missing or wrong bearer token")}
 
 
-def resolve_class_id(value: str) -> int:
-    """A class id from the ``class_id`` query: an id, a class name or short name, or an unambiguous prefix
-    (:func:`protloc.classes.resolve_class`).
+def resolve_class_id(value: str, scheme: ClassScheme | None = None) -> int:
+    """A class id of the model's scheme from ``"7"``, a class name or short name (any case), or an unambiguous
+    name prefix.
 
     Raises:
-        ConfigError: no class or several classes match.
+        ConfigError: no class or several classes match (the message names the scheme's id range).
     """
-    return resolve_class(value)
+    return (scheme or HPA2018).resolve(value)
 
 
 async def _read(upload: UploadFile | None) -> Upload | None:
@@ -312,7 +313,11 @@ def create_app(
         files = await _read_channels(uploads)
         stacked = await _read(stack)
         await service.reject_unknown_fields(request)
-        chosen = resolve_class_id(class_id) if class_id is not None and class_id.strip() else None
+        chosen = (
+            resolve_class_id(class_id, service.engine.card.scheme)
+            if class_id is not None and class_id.strip()
+            else None
+        )
         side = max_side or settings.preview_side  # always a bounded picture, whatever the upload's size
         png, headers = await service.explain(files, stacked, stack_channels, chosen, side)
         return Response(content=png, media_type="image/png", headers=headers)

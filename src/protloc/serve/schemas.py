@@ -76,11 +76,20 @@ class ClassInfo(BaseModel):
     threshold: float
 
 
+class SchemeInfo(BaseModel):
+    """The class scheme the model predicts (hpa2018: 28 classes; hpa2021: 19; subcell31: 31; or a user's)."""
+
+    name: str
+    title: str = ""
+    exclusive: list[str] = Field(default_factory=list, description="classes that exclude every other (Negative)")
+
+
 class ModelInfo(BaseModel):
     """The model package's card, as far as a client needs it."""
 
     name: str = Field(description="architecture, or 'ensemble of N'")
     kind: str
+    scheme: SchemeInfo
     backend: Literal["onnx", "torch"]
     channels: list[str] = Field(description="channels the model reads, in order")
     size: int = Field(description="the model's input side in pixels; fields of any size are resized to it")

@@ -14,7 +14,6 @@ import numpy as np
 from fastapi import Request
 
 from protloc import __version__
-from protloc.classes import CLASS_NAMES, SHORT_NAMES
 from protloc.errors import DataError
 from protloc.io import CHANNELS, parse_channels, resize_plane, split_channel_filename
 from protloc.serve.decode import Upload, read_upload_sample, sniff
@@ -78,13 +77,18 @@ class PredictionService:
         return {
             "name": self.model_name,
             "kind": card.kind,
+            "scheme": {
+                "name": card.scheme.name,
+                "title": card.scheme.title,
+                "exclusive": [card.scheme.names[i] for i in card.scheme.exclusive],
+            },
             "backend": self.engine.backend_name,
             "channels": list(self.engine.channels),
             "size": card.size,
             "bit_depth": self.engine.bit_depth,
             "classes": [
-                {"id": i, "name": name, "short": SHORT_NAMES[i], "threshold": thresholds[i]}
-                for i, name in enumerate(CLASS_NAMES)
+                {"id": c.id, "name": c.name, "short": c.short, "threshold": thresholds[c.id]}
+                for c in card.scheme.classes
             ],
             "thresholds": thresholds,
             "decision": card.decision.to_dict(),
@@ -153,13 +157,13 @@ class PredictionService:
             "labels": [
                 {
                     "id": int(i),
-                    "name": CLASS_NAMES[i],
+                    "name": self.engine.card.scheme.names[i],
                     "probability": round(float(probabilities[i]), 6),
                     "threshold": float(thresholds[i]),
                 }
                 for i in chosen
             ],
-            "target": " ".join(str(i) for i in sorted(chosen)),
+            "target": self.engine.card.scheme.format(labels),
             "probabilities": [round(float(p), 6) for p in probabilities],
             "image": {
                 "width": int(image.shape[2]),
@@ -268,7 +272,7 @@ class PredictionService:
         probability = float(explanation.probabilities[chosen])
         headers = {
             "X-Class-Id": str(chosen),
-            "X-Class-Name": CLASS_NAMES[chosen],
+            "X-Class-Name": engine.card.scheme.names[chosen],
             "X-Probability": f"{probability:.6f}",
             "X-Threshold": f"{float(explanation.thresholds[chosen]):.6f}",
             "Cache-Control": "no-store",

@@ -286,7 +286,7 @@ function renderResult(result, elapsed) {
     `${image.width}×${image.height} px field (${image.source === "stack" ? "stacked file" : "channel files"}) · ` +
     `service ${(1000 * result.seconds).toFixed(0)} ms (decode ${(1000 * result.timing.decode).toFixed(0)} ms, ` +
     `model ${(1000 * result.timing.inference).toFixed(0)} ms) · round trip ${elapsed.toFixed(0)} ms · ` +
-    `Kaggle target "${result.target}"`;
+    `target "${result.target}"`;
   renderChart();
   $("result").setAttribute("data-state", "done");
 }

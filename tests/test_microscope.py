@@ -1,0 +1,83 @@
+"""Microscope files: OME-TIFF fields read with tifffile (channel names -> roles), bioio as the other reader."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protloc.catalog import open_dataset
+from protloc.check import check_dataset
+from protloc.errors import ConfigError, DataError
+from protloc.io import read_sample
+from protloc.microscope import (
+    PlanePath,
+    assign_roles,
+    field_planes,
+    parse_channel_map,
+    read_field,
+    write_ome_tiff,
+)
+from tests.helpers import write_csv
+
+NAMES = ["Hoechst 33342", "Alexa 488 antibody", "Tubulin", "Calreticulin"]
+
+
+def _field(seed: int, size: int = 24, dtype: type = np.uint16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 60000, size=(4, size, size + 4)).astype(dtype)
+
+
+def test_roles_come_from_channel_names_or_a_map() -> None:
+    assert assign_roles(NAMES, where="f") == {"blue": 0, "green": 1, "red": 2, "yellow": 3}
+    assert assign_roles(["C0", "C1", "C2", "C3"], where="f") == {"red": 0, "green": 1, "blue": 2, "yellow": 3}
+    mapping = parse_channel_map("0=green,ch2=blue")
+    assert assign_roles(["x", "y", "ch2"], mapping, where="f") == {"green": 0, "blue": 2}
+    with pytest.raises(DataError, match="cannot tell the roles"):
+        assign_roles(["foo", "bar"], where="f.ome.tif")
+    with pytest.raises(DataError, match="both look like blue"):
+        assign_roles(["DAPI", "Hoechst"], where="f")
+    with pytest.raises(ConfigError, match="not a role"):
+        parse_channel_map("DAPI=cyan")
+
+
+def test_ome_tiff_fields_are_samples_with_roles_and_native_16_bit(tmp_path: Path) -> None:
+    folder = tmp_path / "scope"
+    folder.mkdir()
+    fields = {f"w{i}": _field(i) for i in range(3)}
+    for name, planes in fields.items():
+        write_ome_tiff(folder / f"{name}.ome.tif", planes, NAMES)
+    write_csv(tmp_path / "scope.csv", ["Id", "Target"], [("w0", "0"), ("w1", "25 2"), ("w2", "7")])
+    catalog = open_dataset(tmp_path / "scope.csv")
+    assert catalog.ids == ["w0", "w1", "w2"] and catalog.image_dir == folder
+    image = read_sample(catalog.paths(1), ("red", "green", "blue", "yellow"), sample_id="w1")
+    expected = np.rint(fields["w1"][[2, 1, 0, 3]].astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image, expected)
+    # a plane survives the trip to a worker process
+    plane = catalog.paths(0)["blue"]
+    again = pickle.loads(pickle.dumps(plane))
+    assert isinstance(again, PlanePath) and again.plane == 0 and again.name == "w0.ome.tif"
+    report = check_dataset(tmp_path / "scope.csv", workers=1)
+    assert report.ok, report.problems
+    # unlabelled folder of fields, with the user's map overriding the names
+    swapped = open_dataset(folder, channel_map="Tubulin=blue,Hoechst 33342=red,Alexa 488 antibody=green,3=yellow")
+    assert swapped.paths(0)["blue"].plane == 2
+
+
+def test_bioio_reads_the_same_ome_tiff(tmp_path: Path) -> None:
+    pytest.importorskip("bioio_ome_tiff")
+    path = write_ome_tiff(tmp_path / "f.ome.tif", _field(5), NAMES)
+    by_tifffile, names = read_field(path, reader="tifffile")
+    by_bioio, bio_names = read_field(path, reader="bioio")
+    np.testing.assert_array_equal(by_tifffile, by_bioio)
+    assert names == bio_names == NAMES
+    assert set(field_planes(path)) == {"red", "green", "blue", "yellow"}
+
+
+def test_vendor_files_without_their_reader_say_what_to_install(tmp_path: Path) -> None:
+    fake = tmp_path / "plate.czi"
+    fake.write_bytes(b"not a czi")
+    with pytest.raises(DataError, match=r"plate.czi: (not readable with bioio|reading \.czi files needs)"):
+        read_field(fake)

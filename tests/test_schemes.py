@@ -1,0 +1,194 @@
+"""Class schemes as data: built-ins, user files, detection, exclusivity, mapping, and the 2021 layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protloc.catalog import open_dataset, read_id_column, read_labels
+from protloc.check import check_dataset
+from protloc.errors import ConfigError, DataError, LabelError
+from protloc.schemes import BUILTIN_SCHEMES, detect_scheme, get_mapping, get_scheme, load_scheme_file
+from tests.helpers import write_csv, write_sample
+
+
+def test_builtin_schemes_have_their_release_sizes_and_names() -> None:
+    sizes = {name: len(get_scheme(name)) for name in BUILTIN_SCHEMES}
+    assert sizes == {"hpa2018": 28, "hpa2021": 19, "subcell31": 31}
+    h21 = get_scheme("hpa2021")
+    assert h21.names[17] == "Vesicles and punctate cytosolic patterns" and h21.names[18] == "Negative"
+    assert h21.exclusive == (18,) and h21.header == ("ID", "Label") and h21.separator == "|"
+    sub = get_scheme("subcell31")
+    assert sub.names[0] == "Actin filaments" and sub.names[30] == "Negative" and "SubCellPortable" in sub.source
+
+
+def test_2021_labels_parse_with_bars_and_format_back() -> None:
+    h21 = get_scheme("hpa2021")
+    vector = h21.parse("7|1|2|0")
+    assert h21.ids_of(vector) == [0, 1, 2, 7]
+    assert h21.format(vector) == "0|1|2|7"
+    np.testing.assert_array_equal(h21.parse("7 1 2 0"), vector)  # spaces read too
+
+
+def test_negative_is_exclusive_in_2021_but_alone_is_fine() -> None:
+    h21 = get_scheme("hpa2021")
+    assert h21.ids_of(h21.parse("18")) == [18]
+    with pytest.raises(LabelError, match=r"Negative \(18\) excludes every other class"):
+        h21.parse("18|3", where="train.csv line 4")
+    with pytest.raises(LabelError, match="not a class id of hpa2021"):
+        h21.parse("19")
+
+
+def test_user_scheme_files_json_and_text(tmp_path: Path) -> None:
+    (tmp_path / "mine.json").write_text(
+        json.dumps({"classes": ["Nucleus", ["Cytosol", "Cyto."], "None"], "exclusive": ["None"]})
+    )
+    scheme = load_scheme_file(tmp_path / "mine.json")
+    assert scheme.name == "mine" and scheme.names == ("Nucleus", "Cytosol", "None") and scheme.exclusive == (2,)
+    assert scheme.resolve("cyto.") == 1
+    (tmp_path / "three.txt").write_text("# my classes\nA\nB\n\nC\n")
+    assert get_scheme(tmp_path / "three.txt").names == ("A", "B", "C")
+    (tmp_path / "bad.json").write_text(json.dumps({"classes": ["A", "a"]}))
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_scheme_file(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="unknown class scheme 'hpa2019'"):
+        get_scheme("hpa2019")
+
+
+def test_scheme_round_trips_through_card_data() -> None:
+    for name in BUILTIN_SCHEMES:
+        assert get_scheme(get_scheme(name).to_dict()) is get_scheme(name)
+    custom = get_scheme({"name": "x", "classes": ["A", "B"], "exclusive": ["B"]})
+    assert get_scheme(custom.to_dict()) == custom
+
+
+def test_detection_from_header_and_separators() -> None:
+    assert detect_scheme(["ID", "Label"], ["3"]).name == "hpa2021"
+    assert detect_scheme(["Id", "Target"], ["3|4"]).name == "hpa2021"
+    assert detect_scheme(["Id", "Target"], ["3 4", "25"]).name == "hpa2018"
+
+
+def test_2018_to_2021_mapping_merges_and_drops_as_documented() -> None:
+    mapping = get_mapping("hpa2018", "hpa2021")
+    h18, h21 = mapping.source, mapping.target
+    vesicles = h21.resolve("Vesicles and punctate cytosolic patterns")
+    for name in ("Peroxisomes", "Endosomes", "Lysosomes", "Lipid droplets", "Cytoplasmic bodies"):
+        assert h21.ids_of(mapping.apply(h18.multi_hot([h18.resolve(name)]))) == [vesicles]
+    assert set(mapping.dropped) == {"Cytokinetic bridge", "Rods & rings"}
+    assert mapping.merged["Actin filaments"] == ["Actin filaments", "Focal adhesion sites"]
+    assert "Rods & rings" in mapping.why
+    with pytest.raises(ConfigError, match="no mapping from hpa2021"):
+        get_mapping("hpa2021", "hpa2018")
+
+
+def _root_2021(tmp_path: Path) -> Path:
+    root = tmp_path / "hpa2021"
+    rows = [("a", "7|1|2|0"), ("b", "18"), ("c", "16|17")]
+    for i, (sample_id, _) in enumerate(rows):
+        write_sample(root / "train", sample_id, size=16, seed=i, dtype=np.uint16)
+    write_csv(root / "train.csv", ["ID", "Label"], rows)
+    write_sample(root / "test", "t1", size=16, seed=9, dtype=np.uint16)
+    write_csv(
+        root / "sample_submission.csv",
+        ["ID", "ImageWidth", "ImageHeight", "PredictionString"],
+        [("t1", "16", "16", "0 1 eNoLCAgIMAEABJkBdQ==")],
+    )
+    return root
+
+
+def test_2021_root_reads_checks_and_orders_test_by_its_submission(tmp_path: Path) -> None:
+    root = _root_2021(tmp_path)
+    train = open_dataset(root)
+    assert train.scheme.name == "hpa2021" and train.labels is not None and train.labels.shape == (3, 19)
+    assert train.scheme.names_of(train.labels[1]) == ["Negative"]
+    test = open_dataset(root, split="test")
+    assert test.ids == ["t1"] and test.scheme.name == "hpa2021"
+    assert read_id_column(root / "sample_submission.csv") == ["t1"]
+    report = check_dataset(root, workers=1)
+    assert report.ok, report.problems
+    assert report.schemes["train"].name == "hpa2021" and report.samples == {"train": 3, "test": 1}
+
+
+def test_a_wrong_scheme_is_refused_with_a_line_that_says_so(tmp_path: Path) -> None:
+    root = _root_2021(tmp_path)
+    with pytest.raises(DataError, match="'ID,Label' is the hpa2021 .* named hpa2018"):
+        open_dataset(root, scheme="hpa2018")
+    (root / "train.csv").write_text("ID,Label\na,7|18\n")
+    report = check_dataset(root, workers=1)
+    assert [p.kind for p in report.errors] == ["bad-label", "no-csv-row", "no-csv-row"]
+    assert "Negative (18) excludes" in report.errors[0].message
+
+
+def test_mapping_a_2018_file_into_2021(tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    rows = [("x", "8 25"), ("y", "27"), ("z", "13")]
+    for i, (sample_id, _) in enumerate(rows):
+        write_sample(folder / "images", sample_id, size=8, seed=i)
+    write_csv(folder / "labels.csv", ["Id", "Target"], rows)
+    assert open_dataset(folder).scheme.name == "hpa2018"
+    mapped = open_dataset(folder, scheme="hpa2021", map_from="hpa2018")
+    assert mapped.ids == ["x", "z"]  # y had only Rods & rings, which 2021 has no class for
+    assert mapped.scheme.names_of(mapped.labels[0]) == ["Cytosol", "Vesicles and punctate cytosolic patterns"]
+    assert mapped.scheme.names_of(mapped.labels[1]) == ["Actin filaments"]
+    _ids, labels, scheme = read_labels(folder / "labels.csv")
+    assert scheme.name == "hpa2018" and labels.shape == (3, 28)
+
+
+def test_field_submission_keeps_the_2021_order_and_sizes(tmp_path: Path) -> None:
+    from protloc.predict import field_submission_csv
+
+    order = write_csv(
+        tmp_path / "sample_submission.csv",
+        ["ID", "ImageWidth", "ImageHeight", "PredictionString"],
+        [("b", "3072", "3072", ""), ("a", "2048", "2048", "")],
+    )
+    h21 = get_scheme("hpa2021")
+    labels = np.stack([h21.multi_hot([0, 16]), h21.multi_hot([18])])
+    text = field_submission_csv(order, ["a", "b"], labels, h21)
+    assert text.splitlines() == ["ID,ImageWidth,ImageHeight,Labels", "b,3072,3072,18", "a,2048,2048,0|16"]
+
+
+@pytest.mark.slow
+def test_a_2021_root_trains_a_19_class_model_that_predicts_a_field_submission(tmp_path: Path) -> None:
+    from protloc.card import read_card
+    from protloc.config import resolve_config
+    from protloc.predict import predict_folder
+    from protloc.train import train
+
+    root = tmp_path / "h21"
+    rows = [(f"s{i:02d}", ["0|16", "18", "2", "16|17", "14"][i % 5]) for i in range(10)]
+    for i, (sample_id, _) in enumerate(rows):
+        write_sample(root / "train", sample_id, size=32, seed=i, dtype=np.uint16)
+    write_csv(root / "train.csv", ["ID", "Label"], rows)
+    for i in range(2):
+        write_sample(root / "test", f"t{i}", size=32, seed=50 + i, dtype=np.uint16)
+    write_csv(
+        root / "sample_submission.csv",
+        ["ID", "ImageWidth", "ImageHeight", "PredictionString"],
+        [("t1", "32", "32", ""), ("t0", "32", "32", "")],
+    )
+    overrides = {
+        "data": str(root),
+        "out": str(tmp_path / "run"),
+        "model": "test_resnet",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 4,
+        "workers": 0,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    result = train(resolve_config("cpu", overrides=overrides), progress_bar=False)
+    assert result is not None
+    card = read_card(result.package_dir)
+    assert card.scheme.name == "hpa2021" and card.num_classes == 19 and len(card.thresholds) == 19
+    assert card.architecture.num_classes == 19
+    run = predict_folder(result.package_dir, root, tmp_path / "pred", workers=1)
+    assert run is not None and run.probabilities.shape == (2, 19)
+    lines = (tmp_path / "pred" / "field_submission.csv").read_text().splitlines()
+    assert lines[0] == "ID,ImageWidth,ImageHeight,Labels" and [line.split(",")[0] for line in lines[1:]] == ["t1", "t0"]
+    assert not (tmp_path / "pred" / "submission.csv").exists()
+    header = (tmp_path / "pred" / "probabilities.csv").read_text().splitlines()[0]
+    assert header.endswith("Vesicles and punctate cytosolic patterns,Negative")
