@@ -600,6 +600,82 @@ def serve(
     )
 
 
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The folder the microscope writes <Id>_<channel>.<ext> files into.")],
+    model: Annotated[Path, typer.Option(help="Model package, exported .onnx, or protloc BioImage.IO package.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Results, journal and pictures (default: FOLDER/protloc-watch).")
+    ] = None,
+    table: Annotated[str, typer.Option(help="Results table format: csv or jsonl.")] = "csv",
+    pictures: Annotated[bool, typer.Option(help="Write a composite PNG with its labels per field.")] = False,
+    recursive: Annotated[bool, typer.Option(help="Watch sub-folders too (plates, wells).")] = False,
+    settle: Annotated[float, typer.Option(help="Seconds a field's files must stay unchanged before reading.")] = 2.0,
+    incomplete_after: Annotated[
+        float, typer.Option(help="Seconds after which a field lacking a channel is set aside.")
+    ] = 600.0,
+    poll: Annotated[bool, typer.Option(help="Poll instead of filesystem events (network shares).")] = False,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between polls with --poll.")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Classify what is there, then exit.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or views like id,flip.")] = "none",
+    threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
+    allow_empty: Annotated[bool, typer.Option(help="Allow fields with no label (default: at least one).")] = False,
+    tiles: Annotated[int, typer.Option(help="1 = resize each field; N = N x N tiles, max over tiles.")] = 1,
+    bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit files (default: card's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="At most this many ready fields per network call.")] = 8,
+    max_fields: Annotated[int | None, typer.Option(help="Exit after this many fields.", hidden=True)] = None,
+) -> None:
+    """Classify each acquisition as it lands in FOLDER; results appended to one table. Ctrl-C stops cleanly."""
+    import threading
+
+    from protloc.watch import WatchEvent, stop_on_signals, watch_folder
+
+    def show(event: WatchEvent) -> None:
+        if event.kind == "classified" and event.row is not None:
+            console.print(escape(f"{event.field}: {event.message}  ({event.row['seconds'] * 1000:.0f} ms)"))
+        elif event.kind in ("rejected", "waiting"):
+            err_console.print(f"[yellow]{event.kind}[/] {escape(str(event.field))}: {escape(event.message)}")
+        else:
+            err_console.print(escape(event.message))
+
+    stop = threading.Event()
+
+    def stopping(name: str) -> None:
+        err_console.print(f"{name}: finishing the field in hand, then stopping (again to abort)")
+
+    with stop_on_signals(stop, stopping):
+        summary = watch_folder(
+            folder,
+            model,
+            out=out,
+            table=table,
+            backend=backend,
+            tta=tta,
+            thresholds=threshold,
+            min_one=not allow_empty,
+            tiles=tiles,
+            bit_depth=bit_depth,
+            pictures=pictures,
+            recursive=recursive,
+            settle=settle,
+            incomplete_after=incomplete_after,
+            poll=poll,
+            poll_interval=poll_interval,
+            once=once,
+            batch_size=batch_size,
+            max_fields=max_fields,
+            stop=stop,
+            on_event=show,
+        )
+    console.print(
+        escape(
+            f"{summary.classified} fields classified, {summary.rejected} set aside in {summary.seconds:.1f} s; "
+            f"results in {summary.table}"
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
