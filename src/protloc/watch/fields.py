@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protloc.io import split_channel_filename
+from protloc.io import IMAGE_EXTENSIONS, split_channel_filename
 from protloc.watch.state import Signature
 
 
@@ -116,6 +116,12 @@ class FieldTracker:
         pending = self.pending.get(key)
         if pending is None:
             pending = self.pending[key] = PendingField(key, sample_id, {}, first_seen=self.clock())
+            for other in self.channels:  # files of the field already there (it was set aside, or events were lost)
+                for extension in IMAGE_EXTENSIONS:
+                    sibling = path.with_name(f"{sample_id}_{other}{extension}")
+                    if sibling.is_file():
+                        pending.files[other] = sibling
+                        break
         pending.files[channel] = path
         return True
 
