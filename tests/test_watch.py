@@ -187,7 +187,7 @@ def test_subfolders_pictures_and_own_output_ignored(onnx_model: Path, tmp_path: 
         picture = run.out / row["picture"]
         assert picture.is_file() and picture.stat().st_size > 1000
         assert row["labels"] and all(name in batch_classes(onnx_model) for name in row["labels"].split("; "))
-    assert [e.kind for e in events][0] == "started" and events[-1].kind == "stopped"
+    assert events[0].kind == "started" and events[-1].kind == "stopped"
 
 
 def test_two_watchers_on_one_folder_are_refused(onnx_model: Path, tmp_path: Path) -> None:

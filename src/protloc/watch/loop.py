@@ -322,9 +322,7 @@ def watch_folder(
                     take(ready[first : first + batch_size])
                 if stop.is_set() or _enough(summary, max_fields):
                     return True
-                return once and all(
-                    time.monotonic() - p.stable_since >= settle for p in tracker.pending.values()
-                )
+                return once and all(time.monotonic() - p.stable_since >= settle for p in tracker.pending.values())
 
             def accept(change: Change, path: str) -> bool:
                 return tracker.field_of(Path(path)) is not None
