@@ -385,7 +385,9 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model package folder, an exported .onnx file, or a protloc BioImage.IO zip.")
+    ],
     data: Annotated[Path, typer.Argument(help="Labelled data: Kaggle root, labels CSV, or folder + --labels.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, per_class.csv, predictions, chart.")] = Path(
         "evaluation"
@@ -440,7 +442,9 @@ def _split_ids(ids: str | None, ids_file: Path | None) -> list[str] | None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model package folder, an exported .onnx file, or a protloc BioImage.IO zip.")
+    ],
     data: Annotated[
         Path,
         typer.Argument(
@@ -509,8 +513,17 @@ def export(
     onnx: Annotated[Path | None, typer.Option("--onnx", help="ONNX file to write (default: MODEL/model.onnx).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     tolerance: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| on the logits.")] = 1e-4,
+    bioimageio: Annotated[
+        bool, typer.Option("--bioimageio", help="Also write a BioImage.IO model package (zip) for deepImageJ & co.")
+    ] = False,
+    bioimageio_out: Annotated[
+        Path | None, typer.Option(help="BioImage.IO zip to write (default: MODEL/bioimageio.zip).")
+    ] = None,
+    author: Annotated[list[str] | None, typer.Option(help="Author named in the BioImage.IO package.")] = None,
+    license: Annotated[str, typer.Option(help="SPDX licence id of the BioImage.IO package's weights.")] = "MIT",
 ) -> None:
-    """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs."""
+    """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs;
+    with --bioimageio, also as a validated BioImage.IO model package."""
     from protloc.export import export_onnx
 
     result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
@@ -519,6 +532,19 @@ def export(
         f"{result.max_abs_diff:.2e} on {escape(str(result.inputs))}, "
         f"batch sizes {', '.join(map(str, result.batch_sizes))}"
     )
+    if bioimageio:
+        from protloc.bioimageio import export_bioimageio
+
+        package = export_bioimageio(
+            model, bioimageio_out, tolerance=tolerance, opset=opset, authors=author, license=license
+        )
+        diffs = ", ".join(f"{fmt} {diff:.2e}" for fmt, diff in package.max_abs_diff.items())
+        console.print(
+            escape(
+                f"wrote {package.path} (BioImage.IO model, {' + '.join(package.weights)} weights, validated); "
+                f"max |spec pipeline - PyTorch|: {diffs} on {package.inputs}"
+            )
+        )
 
 
 @app.command()

@@ -48,10 +48,17 @@ def torch_available() -> bool:
 
 
 def resolve_backend(model: str | Path, backend: str = "auto") -> str:
-    """``auto`` -> ``onnx`` for an exported ``.onnx`` file or where PyTorch is not installed (the
-    ``protloc[runtime]`` install), else ``torch``. Asking for ``torch`` without PyTorch is a clear error."""
+    """``auto`` -> ``onnx`` for an exported ``.onnx`` file, a BioImage.IO package, or where PyTorch is not
+    installed (the ``protloc[runtime]`` install), else ``torch``. Asking for ``torch`` without PyTorch is a clear
+    error."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    from protloc.bioimageio import is_bioimageio
+
+    if is_bioimageio(model):
+        if backend == "torch":
+            raise ConfigError(f"{model}: a BioImage.IO package runs on ONNX Runtime; drop --backend torch")
+        return "onnx"
     if backend == "auto":
         return "onnx" if Path(model).suffix.lower() == ".onnx" or not torch_available() else "torch"
     if backend == "torch" and not torch_available():
@@ -68,6 +75,10 @@ def load_backend(
     """The card and a callable backend for a package: ``torch`` (PyTorch), ``onnx`` (ONNX Runtime) or
     ``auto`` (see :func:`resolve_backend`)."""
     backend = resolve_backend(model, backend)
+    from protloc.bioimageio import is_bioimageio, load_bioimageio
+
+    if is_bioimageio(model):
+        return load_bioimageio(model, threads=threads)
     if backend == "onnx":
         return load_onnx(model, threads=threads)
     if backend == "torch":
