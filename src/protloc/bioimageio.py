@@ -40,7 +40,7 @@ import numpy as np
 
 from protloc.bioimageio_compat import ensure_compatible
 from protloc.card import check_card
-from protloc.errors import DependencyError, ModelError
+from protloc.errors import ModelError
 from protloc.inference import OnnxBackend
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
@@ -322,7 +322,9 @@ def export_bioimageio(
     card = package.card
     single = not package.is_ensemble
     full = package.build_model().eval()
-    network = _Named(full.backbone if single else full).eval()
+    core = full.backbone if single else full
+    assert isinstance(core, torch.nn.Module)
+    network = _Named(core).eval()
     uint8, source = parity_inputs(package, count=2)
     pixels = Preprocessor.to_pixels(uint8)
     with torch.no_grad():
@@ -364,8 +366,8 @@ def export_bioimageio(
         np.save(work / "test_output.npy", probabilities[:1])
         import tifffile
 
-        tifffile.imwrite(work / "sample_input.tif", pixels[1] * np.float32(255.0))  # an image for viewers
-        tifffile.imwrite(work / "sample_output.tif", probabilities[1:2])
+        tifffile.imwrite(work / "sample_input.tif", pixels[1] * np.float32(255.0), photometric="minisblack")
+        tifffile.imwrite(work / "sample_output.tif", probabilities[1:2], photometric="minisblack")
         order = np.argsort(-probabilities[0])[:8]
         _cover(
             uint8[0],
@@ -425,7 +427,7 @@ def _describe(
     }
     try:
         with offline():
-            preprocessing = [
+            preprocessing: list[Any] = [
                 spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=pre[0]["kwargs"]["gain"], offset=0.0))
             ]
             if single:
@@ -483,7 +485,7 @@ def _describe(
                     task="multi-label classification",
                     target_structure=list(card["classes"]),
                 ),
-                protloc=protloc_config,
+                protloc=protloc_config,  # type: ignore[call-arg]  # Config allows extra keys
             )
             return spec.ModelDescr(
                 name=title,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from protloc.errors import ConfigError, DataError
+from protloc.errors import ConfigError, DataError, require
 from protloc.inference import Backend, Preprocessor, parse_tta, predict_inputs
 from protloc.io import read_sample
 from protloc.metrics import decide
@@ -194,6 +194,7 @@ def watch_folder(
         DataError: the folder does not exist.
         ConfigError: a setting is out of range, or another watcher holds the folder or the output.
     """
+    require("watchfiles", "watch")
     from watchfiles import Change
     from watchfiles import watch as watch_changes
 
