@@ -242,3 +242,27 @@ def test_ctrl_c_finishes_cleanly(onnx_model: Path, tmp_path: Path) -> None:
     assert (out / "watch.lock").read_text() == ""  # lock released
     rest = watch_folder(folder, onnx_model, out=out, backend="onnx", settle=0.1, once=True)
     assert rest.classified == 30 - len(table)
+
+
+def test_fields_landing_while_the_watcher_starts_are_not_missed(onnx_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scope"
+    folder.mkdir()
+    count = 300
+    # another process writes without pause while the watcher loads, scans and starts listening
+    writer = subprocess.Popen([sys.executable, str(WRITER), str(folder), "--stream", str(count)])
+    stop = threading.Event()
+    timer = threading.Timer(60, stop.set)  # a missed field would leave the watcher waiting: fail, not hang
+    timer.start()
+    try:
+        # only the first scan and the events can find the fields in time (no rescan for an hour)
+        run = watch_folder(
+            folder, onnx_model, backend="onnx", settle=0.3, rescan_every=3600, max_fields=count, stop=stop
+        )
+    finally:
+        timer.cancel()
+        writer.wait(timeout=60)
+    assert run.classified == count, f"missed {sorted({f's{i:04d}' for i in range(count)} - set(rows_of(run)))}"
+
+
+def rows_of(run: object) -> list[str]:
+    return [r["field"] for r in rows(run.table)]  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """A stand-in for a microscope's acquisition program, run as its own process by tests/test_watch.py.
 
-    python tests/watch_writer.py FOLDER
+    python tests/watch_writer.py FOLDER            # the mixed session below
+    python tests/watch_writer.py FOLDER --stream N # N fields back to back, as fast as the disk takes them
 
 writes fields into FOLDER the ways real writers do, and prints one line per field when it is complete:
 
@@ -77,4 +78,8 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) == 4 and sys.argv[2] == "--stream":
+        for n in range(int(sys.argv[3])):
+            field(Path(sys.argv[1]), f"s{n:04d}", n)
+    else:
+        main(Path(sys.argv[1]))

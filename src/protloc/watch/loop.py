@@ -242,15 +242,6 @@ def watch_folder(
                 incomplete_after=incomplete_after,
             )
             skip = journal.done.__contains__
-            for path in tracker.walk():
-                tracker.seen(path, skip=skip)
-            emit(
-                WatchEvent(
-                    "started",
-                    message=f"watching {folder} ({'polling' if poll else 'events'}): "
-                    f"{summary.already_done} fields classified before, {tracker.waiting()} to look at",
-                )
-            )
 
             def set_aside(pending: PendingField, reason: str) -> None:
                 rejected.append(pending.key, reason, pending.names())
@@ -329,32 +320,41 @@ def watch_folder(
                 return tracker.field_of(Path(path)) is not None
 
             tick_ms = max(50, int(min(settle / 2 if settle else 0.25, 0.5) * 1000))
-            last_scan = time.monotonic()
-            if not work():
-                for changes in watch_changes(
-                    folder,
-                    watch_filter=accept,
-                    stop_event=stop,
-                    rust_timeout=tick_ms,
-                    yield_on_timeout=True,
-                    debounce=tick_ms,
-                    step=min(50, tick_ms),
-                    force_polling=poll,
-                    poll_delay_ms=int(poll_interval * 1000),
-                    recursive=recursive,
-                    raise_interrupt=False,
-                ):
-                    for change, name in changes:
-                        if change == Change.deleted:
-                            tracker.gone(Path(name))
-                        else:
-                            tracker.seen(Path(name), skip=skip)
-                    if time.monotonic() - last_scan >= rescan_every:
-                        for path in tracker.walk():
-                            tracker.seen(path, skip=skip)
-                        last_scan = time.monotonic()
-                    if work():
-                        break
+            last_scan: float | None = None
+            for changes in watch_changes(
+                folder,
+                watch_filter=accept,
+                stop_event=stop,
+                rust_timeout=tick_ms,
+                yield_on_timeout=True,
+                debounce=tick_ms,
+                step=min(50, tick_ms),
+                force_polling=poll,
+                poll_delay_ms=int(poll_interval * 1000),
+                recursive=recursive,
+                raise_interrupt=False,
+            ):
+                # The first scan runs once the watcher is listening (its first answer), so a field written
+                # while the scan runs is in the scan, in the events, or in both: never in neither.
+                for change, name in changes:
+                    if change == Change.deleted:
+                        tracker.gone(Path(name))
+                    else:
+                        tracker.seen(Path(name), skip=skip)
+                if last_scan is None or time.monotonic() - last_scan >= rescan_every:
+                    for path in tracker.walk():
+                        tracker.seen(path, skip=skip)
+                    if last_scan is None:
+                        emit(
+                            WatchEvent(
+                                "started",
+                                message=f"watching {folder} ({'polling' if poll else 'events'}): "
+                                f"{summary.already_done} fields classified before, {tracker.waiting()} to look at",
+                            )
+                        )
+                    last_scan = time.monotonic()
+                if work():
+                    break
             summary.waiting = sorted(tracker.pending)
             for key in summary.waiting if once else ():
                 emit(WatchEvent("waiting", key, tracker.missing(tracker.pending[key]).split(" after ")[0]))
