@@ -148,3 +148,22 @@ def test_foreign_or_damaged_packages_are_refused(exported: tuple[Path, Path], tm
         load_bioimageio(damaged)
     with pytest.raises(ConfigError, match="runs on ONNX Runtime"):
         predict_folder(archive, tmp_path, tmp_path / "out", backend="torch")
+
+
+def test_the_watcher_runs_the_package(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    from protloc.watch import watch_folder
+    from tests.helpers import write_sample
+
+    package, archive = exported
+    for i in range(3):
+        write_sample(tmp_path / "scope", f"f{i}", size=40, seed=i)
+    zipped = watch_folder(tmp_path / "scope", archive, out=tmp_path / "z", settle=0.1, once=True, table="jsonl")
+    plain = watch_folder(tmp_path / "scope", package, out=tmp_path / "p", backend="onnx", settle=0.1, once=True)
+    assert zipped.classified == plain.classified == 3
+    by_zip = {row["field"]: row["probabilities"] for row in map(json.loads, zipped.table.read_text().splitlines())}
+    import csv
+
+    with plain.table.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for name, value in by_zip[row["field"]].items():
+                assert abs(float(row[name]) - value) < 1e-4
