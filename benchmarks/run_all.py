@@ -68,6 +68,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_attacks.py"],
         ["bench_attacks.py", "--quick"],
     ),
+    "watch": ("Watch folder: fields/s and memory over 3,000 fields", ["bench_watch.py"], ["bench_watch.py", "--quick"]),
     "quality": (
         "Quality: default recipe vs the seed recipe, TTA, 5-fold ensemble",
         ["bench_quality.py"],
@@ -128,7 +129,7 @@ def main() -> None:
     ]
     # every section with results, this run's and earlier runs' (``--only`` reruns a part of the suite)
     for name, (title, _, _) in SUITE.items():
-        table_file = RESULTS / f"{name}{'_quick' if args.quick and name == 'serve' else ''}.md"
+        table_file = RESULTS / f"{name}{'_quick' if args.quick and name in ('serve', 'watch') else ''}.md"
         if name in failed:
             lines += [f"## {title}", "", "(failed: see the console output)", ""]
         elif table_file.is_file():

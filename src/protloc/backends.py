@@ -58,8 +58,12 @@ def resolve_backend(model: str | Path, backend: str = "auto", *, prefer: Prefere
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    is_onnx_file = Path(model).suffix.lower() == ".onnx"
+    from protloc.bioimageio import is_bioimageio
+
+    is_onnx_file = Path(model).suffix.lower() == ".onnx" or is_bioimageio(model)
     if backend == "torch":
+        if is_bioimageio(model):
+            raise ConfigError(f"{model}: a BioImage.IO package runs on ONNX Runtime; drop --backend torch")
         if is_onnx_file:
             raise ConfigError(f"{model}: an exported ONNX file runs on the onnx backend; drop --backend torch")
         if not torch_available():
@@ -93,6 +97,10 @@ def load_backend(
 ) -> tuple[ModelCard, Backend]:
     """The card and a callable backend for a package (or an exported ``.onnx`` file); see :func:`resolve_backend`."""
     chosen = resolve_backend(model, backend, prefer=prefer)
+    from protloc.bioimageio import is_bioimageio, load_bioimageio
+
+    if is_bioimageio(model):
+        return load_bioimageio(model, threads=threads)
     if chosen == "onnx":
         from protloc.inference import load_onnx
 

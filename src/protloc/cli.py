@@ -409,7 +409,9 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model package folder, an exported .onnx file, or a protloc BioImage.IO zip.")
+    ],
     data: Annotated[Path, typer.Argument(help="Labelled data: Kaggle root, labels CSV, or folder + --labels.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, per_class.csv, predictions, chart.")] = Path(
         "evaluation"
@@ -468,7 +470,9 @@ def _split_ids(ids: str | None, ids_file: Path | None) -> list[str] | None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model package folder, or an exported .onnx file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model package folder, an exported .onnx file, or a protloc BioImage.IO zip.")
+    ],
     data: Annotated[
         Path,
         typer.Argument(
@@ -539,8 +543,17 @@ def export(
     onnx: Annotated[Path | None, typer.Option("--onnx", help="ONNX file to write (default: MODEL/model.onnx).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     tolerance: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| on the logits.")] = 1e-4,
+    bioimageio: Annotated[
+        bool, typer.Option("--bioimageio", help="Also write a BioImage.IO model package (zip) for deepImageJ & co.")
+    ] = False,
+    bioimageio_out: Annotated[
+        Path | None, typer.Option(help="BioImage.IO zip to write (default: MODEL/bioimageio.zip).")
+    ] = None,
+    author: Annotated[list[str] | None, typer.Option(help="Author named in the BioImage.IO package.")] = None,
+    license: Annotated[str, typer.Option(help="SPDX licence id of the BioImage.IO package's weights.")] = "MIT",
 ) -> None:
-    """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs."""
+    """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs;
+    with --bioimageio, also as a validated BioImage.IO model package."""
     from protloc.export import export_onnx
 
     result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
@@ -549,6 +562,19 @@ def export(
         f"{result.max_abs_diff:.2e} on {escape(str(result.inputs))}, "
         f"batch sizes {', '.join(map(str, result.batch_sizes))}"
     )
+    if bioimageio:
+        from protloc.bioimageio import export_bioimageio
+
+        package = export_bioimageio(
+            model, bioimageio_out, tolerance=tolerance, opset=opset, authors=author, license=license
+        )
+        diffs = ", ".join(f"{fmt} {diff:.2e}" for fmt, diff in package.max_abs_diff.items())
+        console.print(
+            escape(
+                f"wrote {package.path} (BioImage.IO model, {' + '.join(package.weights)} weights, validated); "
+                f"max |spec pipeline - PyTorch|: {diffs} on {package.inputs}"
+            )
+        )
 
 
 @app.command()
@@ -652,6 +678,82 @@ def serve(
         max_pending=max_pending,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
+    )
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="The folder the microscope writes <Id>_<channel>.<ext> files into.")],
+    model: Annotated[Path, typer.Option(help="Model package, exported .onnx, or protloc BioImage.IO package.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Results, journal and pictures (default: FOLDER/protloc-watch).")
+    ] = None,
+    table: Annotated[str, typer.Option(help="Results table format: csv or jsonl.")] = "csv",
+    pictures: Annotated[bool, typer.Option(help="Write a composite PNG with its labels per field.")] = False,
+    recursive: Annotated[bool, typer.Option(help="Watch sub-folders too (plates, wells).")] = False,
+    settle: Annotated[float, typer.Option(help="Seconds a field's files must stay unchanged before reading.")] = 2.0,
+    incomplete_after: Annotated[
+        float, typer.Option(help="Seconds after which a field lacking a channel is set aside.")
+    ] = 600.0,
+    poll: Annotated[bool, typer.Option(help="Poll instead of filesystem events (network shares).")] = False,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between polls with --poll.")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Classify what is there, then exit.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or views like id,flip.")] = "none",
+    threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
+    allow_empty: Annotated[bool, typer.Option(help="Allow fields with no label (default: at least one).")] = False,
+    tiles: Annotated[int, typer.Option(help="1 = resize each field; N = N x N tiles, max over tiles.")] = 1,
+    bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit files (default: card's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="At most this many ready fields per network call.")] = 8,
+    max_fields: Annotated[int | None, typer.Option(help="Exit after this many fields.", hidden=True)] = None,
+) -> None:
+    """Classify each acquisition as it lands in FOLDER; results appended to one table. Ctrl-C stops cleanly."""
+    import threading
+
+    from protloc.watch import WatchEvent, stop_on_signals, watch_folder
+
+    def show(event: WatchEvent) -> None:
+        if event.kind == "classified" and event.row is not None:
+            console.print(escape(f"{event.field}: {event.message}  ({event.row['seconds'] * 1000:.0f} ms)"))
+        elif event.kind in ("rejected", "waiting"):
+            err_console.print(f"[yellow]{event.kind}[/] {escape(str(event.field))}: {escape(event.message)}")
+        else:
+            err_console.print(escape(event.message))
+
+    stop = threading.Event()
+
+    def stopping(name: str) -> None:
+        err_console.print(f"{name}: finishing the field in hand, then stopping (again to abort)")
+
+    with stop_on_signals(stop, stopping):
+        summary = watch_folder(
+            folder,
+            model,
+            out=out,
+            table=table,
+            backend=backend,
+            tta=tta,
+            thresholds=threshold,
+            min_one=not allow_empty,
+            tiles=tiles,
+            bit_depth=bit_depth,
+            pictures=pictures,
+            recursive=recursive,
+            settle=settle,
+            incomplete_after=incomplete_after,
+            poll=poll,
+            poll_interval=poll_interval,
+            once=once,
+            batch_size=batch_size,
+            max_fields=max_fields,
+            stop=stop,
+            on_event=show,
+        )
+    console.print(
+        escape(
+            f"{summary.classified} fields classified, {summary.rejected} set aside in {summary.seconds:.1f} s; "
+            f"results in {summary.table}"
+        )
     )
 
 

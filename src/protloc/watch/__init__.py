@@ -1,0 +1,9 @@
+"""``protloc watch``: classify each acquisition as it lands in a folder (the microscope side).
+
+:func:`watch_folder` is the library function; :mod:`protloc.watch.fields` decides when a field is complete,
+:mod:`protloc.watch.state` keeps the lock, the journal and the results tables, :mod:`protloc.watch.loop` runs it.
+"""
+
+from protloc.watch.loop import WatchEvent, WatchSummary, stop_on_signals, watch_folder
+
+__all__ = ["WatchEvent", "WatchSummary", "stop_on_signals", "watch_folder"]
