@@ -67,4 +67,4 @@ def test_int8_refusals_write_nothing(package: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown calibration method"):
         quantize_onnx(package, target, method="magic")
     assert not target.exists()
-    assert not [p for p in tmp_path.iterdir()]
+    assert not list(tmp_path.iterdir())
