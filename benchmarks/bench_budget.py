@@ -36,14 +36,14 @@ def _spin(seconds: float) -> None:
         a /= np.abs(a).max() + 1e-9
 
 
+def _neighbour(delay: float, seconds: float) -> None:
+    time.sleep(delay)
+    _spin(seconds)
+
+
 def competitor(delay: float, seconds: float, processes: int) -> list[mp.Process]:
     """``processes`` busy loops that start after ``delay`` seconds and run for ``seconds``."""
-
-    def start() -> None:
-        time.sleep(delay)
-        _spin(seconds)
-
-    workers = [mp.Process(target=start, daemon=True) for _ in range(processes)]
+    workers = [mp.Process(target=_neighbour, args=(delay, seconds), daemon=True) for _ in range(processes)]
     for worker in workers:
         worker.start()
     return workers
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     data = args.work / "data"
     if not (data / "train.csv").is_file():
-        make_dataset(data, n_train=args.n_train, n_test=1, size=args.size, seed=3, min_per_class=5, overwrite=True)
+        make_dataset(data, n_train=args.n_train, n_test=300, size=args.size, seed=3, min_per_class=5, overwrite=True)
     rows, runs = [], []
     cores = mp.cpu_count()
     for minutes in args.minutes:

@@ -171,10 +171,15 @@ class TimeBudget(Callback):
             self._last_step_end = self.clock()
         elapsed = self.elapsed()
         per_epoch = _total(getattr(trainer, "num_training_batches", 0))
-        end = self.projected_end(trainer, elapsed, per_epoch - batch_idx)
+        remaining = per_epoch - batch_idx
+        end = self.projected_end(trainer, elapsed, remaining)
         steps = float(getattr(trainer, "global_step", 0))
         # the rate for the step about to run is the schedule's at that step's end, so the last step gets the floor
         progress = max((elapsed + (self._step_seconds or 0.0)) / end, (steps + 1) / self._step_ceiling(trainer))
+        if remaining >= 1 and end < self.deadline_for_steps(trainer) and self._step_seconds:
+            # training ends with this epoch: its steps are counted, so share what is left of the schedule
+            # among them and the last one reaches the floor however its steps' times vary
+            progress = max(progress, self.progress + (1.0 - self.progress) / remaining)
         # never backwards: a grown validation estimate moves the end earlier, not the schedule back
         progress = float(_agreed(trainer, max(min(progress, 1.0), self.progress)))
         self.progress = progress
@@ -216,6 +221,23 @@ class TimeBudget(Callback):
             # the largest recent pass: the final one must fit, and a neighbour may slow it
             self.validation_seconds = max(measured, 0.8 * (self.validation_seconds or 0.0))
             self._validation_started = None
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.used_seconds = self.elapsed()
+
+    def summary(self) -> dict[str, Any]:
+        """The budget, the training time used (to the end of the final validation) and how training ended."""
+        used = getattr(self, "used_seconds", self.elapsed())
+        return {
+            "seconds": self.seconds,
+            "used_seconds": round(used, 2),
+            "used_share": round(used / self.seconds, 4),
+            "stopped_by_budget": self.stopped_at is not None,
+            "validation_seconds": None if self.validation_seconds is None else round(self.validation_seconds, 2),
+            "final_progress": round(self.progress, 4),
+            "final_lr": self.history[-1][2] if self.history else None,
+            "schedule": self.schedule.kind,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed": self.elapsed(), "validation_seconds": self.validation_seconds}

@@ -219,7 +219,7 @@ def _quantize(source: Path, prepared: Path, out: Path, pixels: np.ndarray, metho
             quantize_static(
                 str(prepared),
                 str(out),
-                _Reader(input_name, pixels),  # type: ignore[arg-type]
+                _Reader(input_name, pixels),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
