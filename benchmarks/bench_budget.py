@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/results/budget-work"))
+    parser.add_argument("--results-name", default="budget", help="results/<name>.md and .json")
     args = parser.parse_args()
     data = args.work / "data"
     if not (data / "train.csv").is_file():
@@ -115,7 +116,7 @@ def main() -> None:
         f"\n\nresnet18 at {args.size} px, {args.n_train} synthetic training images (fold 0 of 5), epochs ceiling 40; "
         f"competing process: {cores} busy numpy loops started 25% into the budget."
     )
-    save("budget", {"runs": runs}, markdown)
+    save(args.results_name, {"runs": runs}, markdown)
 
 
 if __name__ == "__main__":

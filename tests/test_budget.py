@@ -97,6 +97,8 @@ def test_a_quiet_run_ends_by_the_deadline_annealed(budget: float) -> None:
     assert 0.9 * budget <= used <= budget  # the final validation fits too
     assert lrs[-1] < 1e-3 / 500  # annealed to near the floor (1e-3 / 4000)
     assert max(lrs) == pytest.approx(1e-3, rel=0.02)
+    # the schedule spans the whole run: warm-up in the first fifth, still high halfway, the floor only at the end
+    assert lrs[len(lrs) // 10] < 0.9e-3 and lrs[len(lrs) // 2] > 0.5e-3 and lrs[-2] < 1e-4
     assert validations >= budget // 30
 
 

@@ -176,7 +176,8 @@ class TimeBudget(Callback):
         steps = float(getattr(trainer, "global_step", 0))
         # the rate for the step about to run is the schedule's at that step's end, so the last step gets the floor
         progress = max((elapsed + (self._step_seconds or 0.0)) / end, (steps + 1) / self._step_ceiling(trainer))
-        if remaining >= 1 and end < self.deadline_for_steps(trainer) and self._step_seconds:
+        this_epoch_end = elapsed + remaining * (self._step_seconds or 0.0)
+        if remaining >= 1 and self._step_seconds and end < self.deadline_for_steps(trainer) and end <= this_epoch_end:
             # training ends with this epoch: its steps are counted, so share what is left of the schedule
             # among them and the last one reaches the floor however its steps' times vary
             progress = max(progress, self.progress + (1.0 - self.progress) / remaining)
