@@ -1,11 +1,15 @@
-"""CPU inference: PyTorch eager vs ONNX Runtime, and the end-to-end `protloc predict` rate.
+"""CPU inference: PyTorch eager vs ONNX Runtime float32 vs ONNX Runtime int8, and `protloc predict` end to end.
 
-    python benchmarks/bench_inference.py [--model PACKAGE] [--samples 1000] [--repeats 5]
+    python benchmarks/bench_inference.py [--model PACKAGE] [--samples 1000] [--repeats 5] [--train-minutes 4]
 
 1. Model only: images/s of the default model (resnet18, 4 channels) at its input size (128 px) and at 512 px,
-   batch 1 and batch 16, PyTorch eager (channels_last, inference mode) vs ONNX Runtime, interleaved,
+   batch 1 and batch 16, PyTorch eager (channels_last, inference mode) vs ONNX Runtime float32 vs ONNX
+   Runtime int8 (`protloc export --int8`: static QDQ quantisation calibrated on 128 images), interleaved,
    medians of ``--repeats`` timings.
-2. End to end: `protloc predict` (ONNX Runtime and torch backends) on ``--samples`` synthetic 4x512^2 PNG
+2. int8 accuracy: a default-recipe model trained for ``--train-minutes`` on synthetic data (or ``--model``
+   when it names its training data), exported float32 and int8, both scored on a held-out synthetic test set
+   with its truth (macro F1, micro F1, exact match under the card's thresholds). ``--train-minutes 0`` skips.
+3. End to end: `protloc predict` (ONNX Runtime and torch backends) on ``--samples`` synthetic 4x512^2 PNG
    samples, decoding and resizing included, compared with the model-only rate at the input size.
 """
 
@@ -23,13 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
+from protloc.config import resolve_config
+from protloc.evaluate import evaluate_model
 from protloc.export import export_onnx
 from protloc.inference import OnnxBackend
 from protloc.models import PackagedNetwork, create_model
 from protloc.package import load_package, new_card, save_package
 from protloc.predict import predict_folder
+from protloc.quantize import INT8_ONNX_FILE, quantize_onnx
 from protloc.synth import make_dataset
 from protloc.torch_backend import TorchBackend
+from protloc.train import train
 
 
 def make_package(folder: Path, model: str, size: int) -> Path:
@@ -57,16 +65,93 @@ def rate(backend: object, batch: np.ndarray, repeats: int) -> float:
     return len(batch) / median(seconds)
 
 
+def int8_quality(root: Path, args: argparse.Namespace, results: dict[str, object]) -> str:
+    """Train a default-recipe model briefly, export float32 and int8, score both on held-out synthetic data."""
+    if args.quality_model is not None:
+        data = args.quality_data
+        package = root / "quality-model"
+        shutil.copytree(args.quality_model, package)
+        epochs, what = load_package(package).card.training.get("epochs_run", "?"), f"given {args.quality_model.name}"
+    else:
+        data = root / "quality"
+        make_dataset(data, n_train=1200, n_test=400, size=128, seed=5, min_per_class=10)
+        config = resolve_config(
+            "cpu",
+            overrides={
+                "data": str(data),
+                "out": str(root / "quality-run"),
+                "epochs": 30,
+                "max_time": f"{args.train_minutes:.2f}",
+                "cache_dir": str(root / "cache"),
+            },
+        )
+        trained = train(config, overwrite=True, progress_bar=False)
+        assert trained is not None
+        package, epochs = trained.package_dir, trained.epochs_run
+        what = f"trained {args.train_minutes:g} min"
+    export_onnx(package)
+    quantized = quantize_onnx(package, data=data, method=args.calibration_method)
+    scores = {}
+    for label, model in (("float32", package / "model.onnx"), ("int8", package / INT8_ONNX_FILE)):
+        evaluation = evaluate_model(model, data, split="test", labels=data / "test_truth.csv", backend="onnx")
+        scores[label] = evaluation.report.summary()
+    results["int8_quality"] = {
+        "model": what,
+        "epochs_run": epochs,
+        "scores": scores,
+        "check": {
+            "max_prob_diff": quantized.max_prob_diff,
+            "mean_prob_diff": quantized.mean_prob_diff,
+            "decision_agreement": quantized.decision_agreement,
+        },
+    }
+    rows = [
+        [label, f"{s['macro_f1']:.4f}", f"{s['micro_f1']:.4f}", f"{s['exact_match']:.4f}"]
+        for label, s in scores.items()
+    ]
+    rows.append(
+        [
+            "int8 - float32",
+            f"{scores['int8']['macro_f1'] - scores['float32']['macro_f1']:+.4f}",
+            f"{scores['int8']['micro_f1'] - scores['float32']['micro_f1']:+.4f}",
+            f"{scores['int8']['exact_match'] - scores['float32']['exact_match']:+.4f}",
+        ]
+    )
+    return table(
+        [
+            f"{load_package(package).card.architecture.name} {load_package(package).card.size} px, {what} "
+            f"({epochs} epochs); held-out synthetic test set",
+            "macro F1",
+            "micro F1",
+            "exact match",
+        ],
+        rows,
+    ) + (
+        f"\n\nint8 check on 64 training images not used for calibration: max |int8 - fp32| probability "
+        f"{quantized.max_prob_diff:.3f}, mean {quantized.mean_prob_diff:.4f}, "
+        f"{quantized.decision_agreement:.2%} of decisions unchanged."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="a trained package (default: a fresh resnet18 at 128 px)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-minutes", type=float, default=4.0)
+    parser.add_argument("--calibration-method", default="minmax")
+    parser.add_argument("--quality-model", type=Path, help="score this trained package float32 vs int8 instead")
+    parser.add_argument("--quality-data", type=Path, help="its data set (a test split with test_truth.csv)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the int8 accuracy part")
+    parser.add_argument("--results-name", default="inference", help="results/<name>.md and .json")
     args = parser.parse_args()
     rows = []
     results: dict[str, object] = {"threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.skip_speed:
+            save(args.results_name, results, int8_quality(root, args, results))
+            return
         if args.model is not None:
             base = root / "given"
             shutil.copytree(args.model, base)
@@ -77,23 +162,50 @@ def main() -> None:
         packages = {size: base}
         if size != 512:
             packages[512] = make_package(root / f"{name}-512", name, 512)
+        calibration = root / "calibration"
+        make_dataset(calibration, n_train=192, n_test=1, size=128, seed=11)
         model_only: dict[str, float] = {}
         for input_size, package in packages.items():
             export_onnx(package)
-            eager = TorchBackend(load_package(package), device="cpu")
-            onnx = OnnxBackend(package / "model.onnx")
+            quantize_onnx(package, data=calibration, method=args.calibration_method)
+            backends = {
+                "eager": TorchBackend(load_package(package), device="cpu"),
+                "onnx": OnnxBackend(package / "model.onnx"),
+                "int8": OnnxBackend(package / INT8_ONNX_FILE),
+            }
             for batch_size in (1, 16):
                 batch = np.random.default_rng(0).random((batch_size, 4, input_size, input_size), dtype=np.float32)
-                eager_rates, onnx_rates = [], []
-                for _ in range(3):  # interleave the two backends
-                    eager_rates.append(rate(eager, batch, args.repeats))
-                    onnx_rates.append(rate(onnx, batch, args.repeats))
-                e, o = median(eager_rates), median(onnx_rates)
-                model_only[f"eager_{input_size}_b{batch_size}"] = e
-                model_only[f"onnx_{input_size}_b{batch_size}"] = o
-                rows.append([f"{name} {input_size} px, batch {batch_size}", f"{e:.1f}", f"{o:.1f}", f"{o / e:.2f}x"])
+                rates: dict[str, list[float]] = {key: [] for key in backends}
+                for _ in range(3):  # interleave the backends
+                    for key, backend in backends.items():
+                        rates[key].append(rate(backend, batch, args.repeats))
+                e, o, q = (median(rates[key]) for key in backends)
+                for key in backends:
+                    model_only[f"{key}_{input_size}_b{batch_size}"] = median(rates[key])
+                rows.append(
+                    [
+                        f"{name} {input_size} px, batch {batch_size}",
+                        f"{e:.1f}",
+                        f"{o:.1f}",
+                        f"{q:.1f}",
+                        f"{o / e:.2f}x",
+                        f"{q / e:.2f}x",
+                    ]
+                )
         results["model_only"] = model_only
-        markdown = table(["model only (images/s)", "PyTorch eager", "ONNX Runtime", "ORT / eager"], rows)
+        markdown = table(
+            [
+                "model only (images/s)",
+                "PyTorch eager",
+                "ONNX Runtime fp32",
+                "ONNX Runtime int8",
+                "fp32 / eager",
+                "int8 / eager",
+            ],
+            rows,
+        )
+        if args.train_minutes > 0 or args.quality_model is not None:
+            markdown += "\n\n" + int8_quality(root, args, results)
 
         data = root / "data"
         make_dataset(data, n_train=1, n_test=args.samples, size=512, seed=3)
@@ -118,7 +230,7 @@ def main() -> None:
             ],
             e2e_rows,
         )
-    save("inference", results, markdown)
+    save(args.results_name, results, markdown)
 
 
 if __name__ == "__main__":

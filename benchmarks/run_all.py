@@ -58,9 +58,14 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_train.py", "--samples", "200", "--rounds", "1"],
     ),
     "inference": (
-        "Inference: PyTorch eager vs ONNX Runtime, and end to end",
+        "Inference: PyTorch eager vs ONNX Runtime fp32 and int8, and end to end",
         ["bench_inference.py"],
-        ["bench_inference.py", "--samples", "40", "--repeats", "2"],
+        ["bench_inference.py", "--samples", "40", "--repeats", "2", "--train-minutes", "0.3"],
+    ),
+    "budget": (
+        "Time budgets: --max-time use and overshoot, quiet and with a competing process",
+        ["bench_budget.py"],
+        ["bench_budget.py", "--minutes", "0.3", "--n-train", "200", "--work", str(RESULTS / "budget-quick")],
     ),
     "serve": ("HTTP service latency and throughput", ["bench_serve.py"], ["bench_serve.py", "--quick"]),
     "attacks": (

@@ -4,8 +4,10 @@ synthesize (or take a real HPA folder) -> check -> statistics -> train the defau
 5-fold stratified split -> fit thresholds -> evaluate -> predict the test set into a submission -> score it
 against the synthetic test truth -> export ONNX -> one self-contained HTML report.
 
-The training length is set from a measured throughput so that the whole job takes about ``minutes``
-(10 by default; ``quick`` is a one-minute version) on the machine at hand.
+The time left after the data steps and the cache, less a reserve for what follows training, is the
+training budget: it drives the learning rate (:mod:`protloc.budget`), so training ends at its deadline
+with the rate annealed however fast the machine turns out to be, and the whole job takes about ``minutes``
+(10 by default; ``quick`` is a one-minute version).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ import numpy as np
 from rich.markup import escape
 
 from protloc.errors import ConfigError, DataError
+
+DEMO_EPOCH_CEILING = 60
+"""at most this many epochs; the time budget normally ends training first."""
 
 DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "report.html"}
 """What a demo writes into its folder; a folder holding anything else is never deleted."""
@@ -179,14 +184,8 @@ def run_demo(
         + f"; rarest: {names[int(np.argmin(stats.class_counts))]} {min(stats.class_counts)}"
     )
 
-    # 4. train
-    elapsed = time.perf_counter() - started
-    reserve = max(40.0, 0.08 * budget) if not settings.quick else 15.0  # predict, export, report (+ margin)
-    train_budget = max(30.0, budget - elapsed - reserve)
-    from protloc.train import epochs_for_budget, measure_training_rate
-
-    rate = measure_training_rate(settings.model, 4, settings.image_size)
-    epochs = epochs_for_budget(rate, int(len(catalog) * 0.8), train_budget)
+    # 4. train: the cache first, so the budget that remains is all training; the budget then drives the
+    # learning rate (protloc.budget), which ends training by the deadline annealed. Epochs are a ceiling.
     config = resolve_config(
         "cpu",
         overrides={
@@ -194,18 +193,38 @@ def run_demo(
             "out": str(out / "run"),
             "model": settings.model,
             "image_size": settings.image_size,
-            "epochs": epochs,
-            "max_time": f"{max(1.0, train_budget * 1.15 / 60):.2f}",
+            "epochs": DEMO_EPOCH_CEILING,
             "seed": settings.seed,
             "cache_dir": str(out / "cache"),
             "workers": settings.workers,
         },
     )
+    from protloc.cache import build_cache
+
+    with (
+        steps("cache", f"Decoding every training field once into a {config.stored_size} px cache"),
+        bar("caching") as update,
+    ):
+        train_catalog = open_dataset(data, split=config.split, labels=config.labels, channels=config.channels)
+        build_cache(
+            train_catalog,
+            config.channels,
+            config.stored_size,
+            cache_dir=config.cache_dir,
+            bit_depth=config.bit_depth,
+            workers=config.workers,
+            on_progress=update,
+        )
+    elapsed = time.perf_counter() - started
+    # after training: calibration on the validation fold, test prediction, export, report (+ margin)
+    reserve = max(40.0, 0.08 * budget) if not settings.quick else 15.0
+    train_budget = max(30.0, budget - elapsed - reserve)
+    config = replace(config, max_time=f"{train_budget / 60:.3f}")
     with (
         steps(
             "train",
-            f"Training {settings.model} at {settings.image_size} px for {epochs} epochs on fold 0 of 5 "
-            f"(~{rate:.0f} images/s measured; budget {train_budget / 60:.1f} min)",
+            f"Training {settings.model} at {settings.image_size} px on fold 0 of 5 for {train_budget / 60:.1f} min "
+            f"(the learning rate follows the clock and is annealed at the deadline; at most {config.epochs} epochs)",
         ),
         bar("caching") as update,
     ):

@@ -42,7 +42,8 @@ class ExportResult:
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
+    """Silence the exporters' and the quantiser's logging, warnings and prints."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -61,7 +62,7 @@ def _export(network: torch.nn.Module, example: torch.Tensor, path: Path, opset: 
     errors = []
     for dynamo in (True, False):
         try:
-            with _quiet_export():
+            with quiet_export():
                 if dynamo:
                     batch = torch.export.Dim("batch", min=1, max=4096)
                     torch.onnx.export(
@@ -155,7 +156,7 @@ def export_onnx(
         expected = network(torch.from_numpy(pixels)).numpy()
     with atomic_path(target) as temp:
         exporter = _export(network, torch.from_numpy(pixels[:2]), temp, opset)
-        _embed_card(temp, package.card, exporter)
+        embed_card(temp, package.card, exporter)
         backend = OnnxBackend(temp)
         worst = 0.0
         sizes = (1, len(pixels))
@@ -170,12 +171,14 @@ def export_onnx(
     return ExportResult(path=target, max_abs_diff=worst, inputs=source, exporter=exporter, batch_sizes=sizes)
 
 
-def _embed_card(path: Path, card: ModelCard, exporter: str) -> None:
+def embed_card(path: Path, card: ModelCard, exporter: str, extra: dict[str, str] | None = None) -> None:
+    """Replace an ONNX file's metadata with the package's card, the exporter's name and ``extra`` entries."""
     import onnx
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in ((ONNX_CARD_KEY, json.dumps(card.to_dict())), ("protloc_exporter", exporter)):
+    entries = {ONNX_CARD_KEY: json.dumps(card.to_dict()), "protloc_exporter": exporter, **(extra or {})}
+    for key, value in entries.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     model.producer_name = "protloc"

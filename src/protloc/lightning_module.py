@@ -167,8 +167,8 @@ class LocalizationModule(L.LightningModule):
             optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
             )
-        if config.scheduler == "none":
-            return optimizer
+        if config.scheduler == "none" or config.max_time:
+            return optimizer  # with a time budget, protloc.budget.TimeBudget sets the rate every step
         scheduler: torch.optim.lr_scheduler.LRScheduler
         if config.scheduler == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(

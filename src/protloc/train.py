@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from protloc import __version__
+from protloc.budget import BudgetSchedule, TimeBudget
 from protloc.cache import build_cache
 from protloc.callbacks import (
     AtomicCheckpointIO,
@@ -84,6 +85,8 @@ class TrainResult:
     global_step: int
     seconds: dict[str, float] = field(default_factory=dict)
     ddp_consistent: bool | None = None
+    budget: dict[str, Any] | None = None
+    """with ``max_time``: the budget, the time training used and how it ended (see :mod:`protloc.budget`)."""
 
 
 def _precision(config: TrainConfig) -> str:
@@ -158,7 +161,7 @@ def _make_trainer(
         strategy=config.strategy,
         precision=_precision(config),  # type: ignore[arg-type]
         max_epochs=config.epochs,
-        max_time=parse_max_time(config.max_time) if config.max_time else None,
+        max_time=None,  # max_time is a budget that drives the learning rate: protloc.budget.TimeBudget
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
@@ -343,6 +346,14 @@ def _train(
         ThroughputLog(),
         consistency,
     ]
+    time_budget = None
+    if config.max_time:
+        # the budget drives the learning rate and ends training by the deadline; epochs become a ceiling
+        time_budget = TimeBudget(
+            dt.timedelta(**parse_max_time(config.max_time)).total_seconds(),
+            BudgetSchedule(config.scheduler, peak=config.lr),
+        )
+        callbacks.append(time_budget)
     if config.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience))
     if on_progress is not None:
@@ -470,6 +481,7 @@ def _train(
             global_step=int(trainer.global_step),
             seconds=dict(watch.seconds),
             ddp_consistent=consistent,
+            budget=time_budget.summary() if time_budget is not None else None,
         )
         atomic_write_json(
             run_dir / "summary.json",
@@ -484,6 +496,7 @@ def _train(
                 "world_size": trainer.world_size,
                 "ddp_ranks_consistent": consistent,
                 "resumed_from_step": resumed_from,
+                "budget": result.budget,
                 "package": str(package_dir),
             },
         )
@@ -579,7 +592,7 @@ def epochs_for_budget(
     """Epochs that fit ``seconds`` of training at a measured model rate.
 
     The measured rate is the model alone; loading, augmentation and validation cost about 15-20% more on a
-    CPU, so the plan uses 80% of it. ``max_time`` stays the hard stop.
+    CPU, so the plan uses 80% of it. (A ``max_time`` budget plans better: see :mod:`protloc.budget`.)
     """
     return int(np.clip(seconds * images_per_second * 0.8 / max(train_images, 1), low, high))
 

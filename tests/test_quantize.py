@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protloc.card import read_card
+from protloc.cli import main
+from protloc.errors import ConfigError, ModelError
+from protloc.predict import predict_folder
+from protloc.quantize import INT8_ONNX_FILE, QUANT_KEY, quantize_onnx
+
+
+@pytest.fixture(scope="module")
+def package(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(trained_run / "model", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(package: Path) -> Path:
+    code = main(["export", str(package), "--int8", "--calibration-images", "32"])
+    assert code == 0
+    return package
+
+
+def _ops(path: Path) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def test_int8_export_is_quantised_and_self_describing(exported: Path) -> None:
+    int8, fp32 = exported / INT8_ONNX_FILE, exported / "model.onnx"
+    ops = _ops(int8)
+    assert ops.count("QuantizeLinear") >= 5 and "DequantizeLinear" in ops
+    assert "QuantizeLinear" not in _ops(fp32)
+    assert int8.stat().st_size < fp32.stat().st_size / 2  # int8 weights
+    assert read_card(int8) == read_card(exported)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    settings = json.loads(meta[QUANT_KEY])
+    assert "32 images from" in settings["calibration_images"]
+    assert 0 < settings["max_prob_diff"] < 0.1 and settings["decision_agreement"] > 0.8
+
+
+def test_int8_predictions_stay_close_to_float32(exported: Path, synth_data: Path, tmp_path: Path) -> None:
+    fp32 = predict_folder(exported / "model.onnx", synth_data, tmp_path / "f", backend="onnx", workers=1)
+    int8 = predict_folder(exported / INT8_ONNX_FILE, synth_data, tmp_path / "i", backend="onnx", workers=1)
+    assert fp32 is not None and int8 is not None
+    diff = np.abs(int8.probabilities - fp32.probabilities)
+    assert 0 < diff.max() < 0.1
+    assert diff.mean() < 0.02
+
+
+def test_int8_refusals_write_nothing(package: Path, tmp_path: Path) -> None:
+    target = tmp_path / "q.onnx"
+    with pytest.raises(ModelError, match="changes a probability"):
+        quantize_onnx(package, target, count=8, check_count=8, tolerance=1e-7)
+    with pytest.raises(ConfigError, match="calibration data not found"):
+        quantize_onnx(package, target, data=tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="unknown calibration method"):
+        quantize_onnx(package, target, method="magic")
+    assert not target.exists()
+    assert not list(tmp_path.iterdir())
