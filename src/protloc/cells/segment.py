@@ -134,7 +134,15 @@ def segment_nuclei(blue: np.ndarray, params: ClassicalParams) -> np.ndarray:
     distance = gaussian(distance, sigma=1.0, preserve_range=True)
     # Seeds: maxima of the distance that stand at least split_depth above the saddle to the next one, so an
     # elongated nucleus keeps one seed and two touching round ones get two.
-    markers, _ = ndimage.label(h_maxima(distance, params.split_depth) & mask)
+    # (computed per nucleus clump, inside its box: the same seeds, several times faster than on the whole plane)
+    components, _ = ndimage.label(mask)
+    peaks = np.zeros(mask.shape, dtype=bool)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        inside = components[box] == index
+        peaks[box] |= h_maxima(np.where(inside, distance[box], 0.0), params.split_depth).astype(bool) & inside
+    markers, _ = ndimage.label(peaks)
     nuclei = watershed(-distance, markers, mask=mask)
     areas = np.bincount(nuclei.ravel())
     small = np.flatnonzero(areas < params.min_nucleus_area)
