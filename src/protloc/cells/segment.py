@@ -4,7 +4,9 @@
 resolution: the field is shrunk (area interpolation) so its longer side is ``work_side`` px (512 by default:
 a 2048 px HPA field by 4, a 3072 px one by 6; Kaggle 2018's 512 px fields are the same field of view and
 are used as they are). Cost and memory are therefore nearly independent of the field size, and a nucleus
-has about the same size in working pixels whatever the camera. Then:
+has about the same size in working pixels whatever the camera. The lengths and areas of
+:class:`ClassicalParams` are given for a 512 px working plane and scaled to the actual one
+(:meth:`ClassicalParams.at`), so a finer ``work_side`` finds the same cells with smoother edges. Then:
 
 1. *Nuclei* (blue): Gaussian smoothing, Otsu threshold, holes filled, small specks removed; touching nuclei
    are split by a watershed on the distance transform, seeded at its maxima that stand ``split_depth`` px
@@ -32,7 +34,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,9 +68,14 @@ class Segmenter(Protocol):
 # ------------------------------------------------------------------------------------------ classical
 
 
+REFERENCE_SIDE = 512
+"""Working side for which :class:`ClassicalParams` lengths and areas are given."""
+
+
 @dataclass(frozen=True)
 class ClassicalParams:
-    """Settings of the classical segmenter; lengths and areas are in working-resolution pixels."""
+    """Settings of the classical segmenter; lengths and areas are in pixels of a 512 px working plane
+    (see :meth:`at`)."""
 
     work_side: int = 512
     """The field is shrunk so that its longer side is this many px (never enlarged)."""
@@ -85,11 +92,28 @@ class ClassicalParams:
     min_cell_area: int = 300
     """Cells smaller than this are dropped."""
 
+    def at(self, side: int) -> ClassicalParams:
+        """These settings for a working plane whose longer side is ``side`` px.
+
+        Lengths and areas above are given for a 512 px working side (a whole HPA field of view); a finer
+        working resolution scales them (lengths by ``side / 512``, areas by its square), so the same
+        physical cell is found whatever ``work_side`` is chosen.
+        """
+        k = side / REFERENCE_SIDE
+        return replace(
+            self,
+            smooth_sigma=self.smooth_sigma * k,
+            min_nucleus_area=max(1, round(self.min_nucleus_area * k * k)),
+            split_depth=self.split_depth * k,
+            max_cell_radius=max(1, round(self.max_cell_radius * k)),
+            min_cell_area=max(1, round(self.min_cell_area * k * k)),
+        )
+
     def __post_init__(self) -> None:
         if self.work_side < 64:
             raise ConfigError(f"work_side must be at least 64 px, got {self.work_side}")
-        for name in ("min_nucleus_area", "split_depth", "max_cell_radius", "min_cell_area"):
-            if getattr(self, name) < 1:
+        for name in ("smooth_sigma", "min_nucleus_area", "split_depth", "max_cell_radius", "min_cell_area"):
+            if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.cell_threshold <= 2:
             raise ConfigError(f"cell_threshold must lie in (0, 2], got {self.cell_threshold}")
@@ -215,11 +239,12 @@ class ClassicalSegmenter:
         scale = min(1.0, self.params.work_side / max(height, width))
         work = (max(1, round(height * scale)), max(1, round(width * scale)))
         planes = {name: resize_plane(image[i], work) for i, name in enumerate(self.channels)}
-        nuclei = segment_nuclei(planes["blue"], self.params)
+        params = self.params.at(max(work))
+        nuclei = segment_nuclei(planes["blue"], params)
         bodies = [_scaled(planes[name]) for name in ("red", "yellow") if name in planes]
         cytoplasm = np.mean(bodies, axis=0) if bodies else None
-        cells = grow_cells(nuclei, cytoplasm, self.params)
-        cells = _drop_small(cells, self.params.min_cell_area)
+        cells = grow_cells(nuclei, cytoplasm, params)
+        cells = _drop_small(cells, params.min_cell_area)
         return upsample_labels(_raster_order(cells), (height, width))
 
 
