@@ -63,6 +63,11 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_inference.py", "--samples", "40", "--repeats", "2"],
     ),
     "serve": ("HTTP service latency and throughput", ["bench_serve.py"], ["bench_serve.py", "--quick"]),
+    "segment": (
+        "Cell segmentation on 2048 and 3072 px fields",
+        ["bench_segment.py"],
+        ["bench_segment.py", "--quick"],
+    ),
     "quality": (
         "Quality: default recipe vs the seed recipe, TTA, 5-fold ensemble",
         ["bench_quality.py"],

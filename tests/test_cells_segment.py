@@ -41,6 +41,9 @@ EYE_COUNTS = {
     "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0": 8,
     "94e33c64-bb9b-11e8-b2b9-ac1f6b6435d0": 17,
     "a34d8680-bb99-11e8-b2b9-ac1f6b6435d0": 16,
+    "a7faf0b4-bb99-11e8-b2b9-ac1f6b6435d0": 11,
+    "b6a469d8-bbad-11e8-b2ba-ac1f6b6435d0": 11,
+    "f0ac7116-bb99-11e8-b2b9-ac1f6b6435d0": 48,
 }
 
 
