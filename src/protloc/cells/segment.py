@@ -324,6 +324,10 @@ class HpaCellSegmenter:
     """HPA's cell segmentation networks (``pip install hpacellseg``; github.com/CellProfiling/HPA-Cell-Segmentation)
     with both weights files on disk (``nuclei-model.pth``, ``cell-model.pth``).
 
+    Caution: hpacellseg loads those files with ``torch.load``, which unpickles whole models; use only the
+    files HPA publishes. protloc itself never unpickles anything (recent torch refuses such files by default,
+    so this adapter also needs a torch and hpacellseg that still load them).
+
     Args:
         nuclei_weights, cell_weights: the two weights files; required (hpacellseg would otherwise download them).
         scale_factor: hpacellseg's working scale (0.25 for 2048 px fields, as HPA uses).
