@@ -159,3 +159,24 @@ def test_segmentation_scores_by_hand() -> None:
     assert at_half.mean_matched_iou == pytest.approx((1 + 80 / 120) / 2)
     assert (at_three_quarters.true_positives, at_three_quarters.false_negatives) == (1, 1)
     assert at_three_quarters.f1 == pytest.approx(2 / 5)
+
+
+def test_iou_matrix_with_sparse_cell_ids() -> None:
+    from protloc.cells.metrics import iou_matrix
+
+    truth = np.zeros((10, 10), np.int32)
+    truth[0:4, 0:4] = 7  # 16 px
+    truth[6:10, 6:10] = 3
+    predicted = np.zeros_like(truth)
+    predicted[0:4, 0:2] = 40  # 8 px inside cell 7: IoU 0.5
+    predicted[6:10, 6:10] = 2
+    iou, pred_ids, true_ids = iou_matrix(predicted, truth)
+    assert pred_ids.tolist() == [2, 40] and true_ids.tolist() == [3, 7]
+    assert np.allclose(iou, [[1.0, 0.0], [0.0, 0.5]])
+
+
+def test_a_submission_refuses_a_cell_missing_from_its_labels(tmp_path: Path) -> None:
+    labels = _square_cells((10, 10), [(0, 0, 5, 5)])
+    with pytest.raises(DataError, match="cell 4 is not in"):
+        write_submission(tmp_path / "s.csv", [FieldCells("f", labels, np.array([4]), np.array([[0.9]]))])
+    assert not (tmp_path / "s.csv").exists()

@@ -106,12 +106,21 @@ def prediction_string(prediction: FieldCells, *, min_confidence: float = 0.0) ->
     significant digits.
     """
     probabilities = np.asarray(prediction.values, dtype=np.float64)
+    from scipy import ndimage
+
+    labels = prediction.labels
+    boxes = ndimage.find_objects(labels)
     parts: list[str] = []
     for cell, row in zip(prediction.cells, probabilities, strict=True):
         classes = np.flatnonzero(row >= min_confidence)
         if classes.size == 0:
             continue
-        encoded = encode_mask(prediction.labels == cell)
+        box = boxes[int(cell) - 1] if 0 < cell <= len(boxes) else None
+        if box is None:
+            raise DataError(f"field {prediction.id}: cell {int(cell)} is not in its label image")
+        mask = np.zeros(labels.shape, dtype=bool)
+        mask[box] = labels[box] == cell
+        encoded = encode_mask(mask)
         parts.extend(f"{k} {row[k]:.6g} {encoded}" for k in classes)
     return " ".join(parts)
 

@@ -59,9 +59,9 @@ def iou_matrix(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np
     true_ids = np.unique(truth)
     true_ids = true_ids[true_ids > 0]
     # Dense indices 0..n (0 = background) so one bincount gives every intersection.
-    pred_index = np.searchsorted(np.concatenate([[0], pred_ids]), predicted.ravel())
-    true_index = np.searchsorted(np.concatenate([[0], true_ids]), truth.ravel())
     n_pred, n_true = len(pred_ids) + 1, len(true_ids) + 1
+    pred_index = _dense(predicted, pred_ids).astype(np.int64)
+    true_index = _dense(truth, true_ids)
     joint = np.bincount(pred_index * n_true + true_index, minlength=n_pred * n_true).reshape(n_pred, n_true)
     pred_area = joint.sum(axis=1)[1:, None]
     true_area = joint.sum(axis=0)[None, 1:]
@@ -69,6 +69,13 @@ def iou_matrix(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np
     union = pred_area + true_area - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
     return iou, pred_ids, true_ids
+
+
+def _dense(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered so that ``ids[i]`` becomes ``i + 1`` (background stays 0), flattened."""
+    lookup = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.int32)
+    lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lookup[labels.ravel()]
 
 
 def average_precision(scores: np.ndarray, is_true: np.ndarray, n_true: int) -> float:
