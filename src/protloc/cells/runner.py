@@ -183,7 +183,7 @@ def segment_dataset(
         total = len(jobs)
         if on_progress:
             on_progress(0, total)
-        for sample_id, table, seconds in _run(jobs, segmenter, options, bit_depth, border_margin, workers):
+        for sample_id, table, seconds in _run(jobs, built, segmenter, options, bit_depth, border_margin, workers):
             tables[sample_id] = table
             segment_seconds += seconds
             if on_progress:
@@ -206,6 +206,7 @@ def segment_dataset(
 
 def _run(
     jobs: list[tuple[str, dict[str, Path], str, bool]],
+    built: Segmenter,
     segmenter: str,
     options: Mapping[str, Any],
     bit_depth: int,
@@ -215,7 +216,7 @@ def _run(
     workers = min(workers or default_workers(), max(1, sum(1 for job in jobs if not job[3])))
     init = (segmenter, options, bit_depth, border_margin)
     if workers <= 1:
-        _init_worker(*init)
+        _STATE.update(segmenter=built, bit_depth=bit_depth, border_margin=border_margin)
         try:
             yield from map(_segment_one, jobs)
         finally:

@@ -285,7 +285,7 @@ def _import(module: str, extra_hint: str) -> Any:
 def _weights(path: str | Path | None, what: str) -> Path:
     if path is None:
         raise ModelError(f"the {what} segmenter needs its weights file: pass weights=<path> (protloc never downloads)")
-    weights = Path(path)
+    weights = Path(path).expanduser()
     if not weights.is_file():
         raise ModelError(f"{weights}: {what} weights not found (download them once yourself; protloc never downloads)")
     return weights
