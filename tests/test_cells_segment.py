@@ -105,6 +105,7 @@ def test_an_empty_field_has_no_cells_and_a_field_without_cytoplasm_channels_gets
 
 def test_segmenter_settings_and_registry_errors() -> None:
     assert ClassicalSegmenter(work_side=256).settings()["work_side"] == 256
+    assert ClassicalSegmenter(channels="blue,red").channels == ("blue", "red")  # as -o channels=blue,red
     with pytest.raises(ConfigError, match="unknown classical segmenter setting"):
         ClassicalSegmenter(work_sde=256)
     with pytest.raises(ConfigError, match="work_side"):

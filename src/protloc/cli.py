@@ -197,7 +197,8 @@ def segment(
         typer.Option(
             "--option",
             "-o",
-            help="Segmenter setting KEY=VALUE, repeatable (work_side=768; weights=PATH for cellpose; "
+            help="Segmenter setting KEY=VALUE, repeatable (work_side=768, channels=blue,red; "
+            "weights=PATH for cellpose; "
             "nuclei_weights=PATH and cell_weights=PATH for hpacellseg).",
         ),
     ] = None,

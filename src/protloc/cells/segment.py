@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from protloc.errors import ConfigError, DataError, DependencyError, ModelError
-from protloc.io import resize_plane
+from protloc.io import parse_channels, resize_plane
 
 
 @runtime_checkable
@@ -213,7 +213,7 @@ class ClassicalSegmenter:
     def __init__(
         self,
         params: ClassicalParams | None = None,
-        channels: Sequence[str] = ("blue", "red", "yellow"),
+        channels: str | Sequence[str] = ("blue", "red", "yellow"),
         **settings: Any,
     ):
         """``settings`` are :class:`ClassicalParams` fields (``work_side=768``), applied over ``params``."""
@@ -225,7 +225,7 @@ class ClassicalSegmenter:
             )
         base = asdict(params or ClassicalParams())
         self.params = ClassicalParams(**{**base, **settings})
-        self.channels = tuple(channels)
+        self.channels = parse_channels(channels)  # also "blue,red" from the command line
         if "blue" not in self.channels:
             raise ConfigError("the classical segmenter needs the blue (nucleus) channel")
 
