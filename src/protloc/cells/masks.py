@@ -86,15 +86,6 @@ def read_labels(path: str | Path) -> np.ndarray:
     return image.astype(np.int32)
 
 
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber the cells ``1..N`` in order of their current ids (background stays 0), as ``int32``."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
-    lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lookup[labels]
-
-
 def border_cells(labels: np.ndarray, margin: int = 1) -> np.ndarray:
     """Sorted ids of the cells that reach within ``margin`` pixels of the field border (cut by it)."""
     if margin < 1:
