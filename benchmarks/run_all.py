@@ -74,6 +74,11 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_attacks.py", "--quick"],
     ),
     "watch": ("Watch folder: fields/s and memory over 3,000 fields", ["bench_watch.py"], ["bench_watch.py", "--quick"]),
+    "segment": (
+        "Cell segmentation on 2048 and 3072 px fields",
+        ["bench_segment.py"],
+        ["bench_segment.py", "--quick"],
+    ),
     "quality": (
         "Quality: default recipe vs the seed recipe, TTA, 5-fold ensemble",
         ["bench_quality.py"],

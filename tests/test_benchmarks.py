@@ -47,3 +47,24 @@ def test_watch_benchmark_keeps_up_with_a_streaming_writer(tmp_path: Path) -> Non
     (run,) = json.loads((tmp_path / "watch_quick.json").read_text())["results"]
     assert run["fields"] == 300
     assert run["seconds"] < 40, run  # the minute-long stall of a missed field would exceed this
+
+
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "realdata" / "hpa2021_trainandgain").is_dir()
+    and "PROTLOC_REALDATA" not in os.environ,
+    reason="real HPA 2021 fields not found",
+)
+def test_segmentation_benchmark_runs_in_its_quick_form(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_segment.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PROTLOC_BENCH_RESULTS": str(tmp_path), "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads((tmp_path / "segment_quick.json").read_text())
+    for side in ("2048", "3072"):
+        assert payload[side]["in_process"]["cells"] > 0
+        assert payload[side]["cli"][0]["peak_rss_mb"] > 0
