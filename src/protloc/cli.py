@@ -163,6 +163,73 @@ def check(
     raise typer.Exit(1)
 
 
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["work_side=768", "weights=cyto3"]`` -> ``{"work_side": 768, "weights": "cyto3"}`` (numbers parsed)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ProtlocError(f"option {pair!r} must look like KEY=VALUE")
+        value: Any = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        options[key.strip().replace("-", "_")] = value
+    return options
+
+
+@app.command()
+def segment(
+    data: Annotated[Path, typer.Argument(help="Kaggle root, labels CSV, or folder of channel images.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for <Id>_cells.png and cells.csv (default: <images>_cells).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
+    segmenter: Annotated[
+        str,
+        typer.Option(help="classical (no weights), or a learned one installed with its weights: cellpose, hpacellseg."),
+    ] = "classical",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="Segmenter setting KEY=VALUE, repeatable (work_side=768; weights=PATH for cellpose; "
+            "nuclei_weights=PATH and cell_weights=PATH for hpacellseg).",
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Segment fields again even when their labels exist.")] = False,
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="Significant bits of 16-bit files.")] = 16,
+) -> None:
+    """Segment each field into cells: label images (16-bit PNG, 0 = background) and a per-cell table."""
+    from protloc.cells.runner import segment_dataset
+
+    with progress_bar("segmenting") as update:
+        summary = segment_dataset(
+            data,
+            out,
+            split=split,
+            segmenter=segmenter,
+            options=_parse_options(option or []),
+            workers=workers,
+            overwrite=overwrite,
+            bit_depth=bit_depth,
+            on_progress=update,
+        )
+    reused = summary.fields - summary.segmented
+    note = f" ({reused} already done)" if reused else ""
+    console.print(
+        f"segmented {summary.fields} fields{note}: {summary.cells} cells "
+        f"({summary.cells / max(summary.fields, 1):.1f} per field, {summary.border_cells} cut by the border) "
+        f"in {summary.seconds:.1f} s"
+    )
+    console.print(escape(f"wrote {summary.out} (label images, {summary.table.name}, segmentation.json)"))
+
+
 @app.command()
 def stats(
     data: Annotated[Path, typer.Argument(help="Kaggle root or labels CSV.")],

@@ -1,0 +1,293 @@
+"""Scores for single cells: the 2021 HPA challenge metric and segmentation quality.
+
+**The 2021 challenge metric** (:func:`cell_map`). The competition scored "mAP, with the mean taken over the
+19 segmentable classes ... identical to the OpenImages Instance Segmentation Challenge evaluation ...
+Segmentation is calculated using IoU with a threshold of 0.6" (Kaggle, *Human Protein Atlas - Single Cell
+Classification*, Evaluation). This module computes it as the Open Images evaluator does
+(``tensorflow/models``, ``object_detection/utils/per_image_evaluation.py`` and ``metrics.py``):
+
+* A *detection* is one (predicted cell, class, confidence): every predicted cell is a detection for every
+  class whose confidence is at least ``min_confidence`` (a cell with several classes is several detections
+  with the same mask). A *true instance* of class ``k`` is a true cell labelled ``k``.
+* Per field and class, detections are taken by decreasing confidence; each is compared with the true
+  instances of that class by **mask IoU** and points to the one it overlaps most (the first on ties). It is
+  a true positive when that IoU is **>= 0.6** and that instance is not yet taken by a more confident
+  detection; otherwise it is a false positive (including a second detection of an already-found cell, even
+  if it overlaps another true cell less).
+* Per class, the detections of all fields are pooled and sorted by confidence (descending); precision and
+  recall (true positives / true instances of the class) are accumulated; precision is made non-increasing
+  from the right and **AP** is the area under that curve summed at each change of recall (Pascal VOC
+  "all points"; no 11-point interpolation). A class with true instances but no detections has AP 0.
+* **mAP** is the mean of AP over the classes that have at least one true instance in the evaluated fields
+  (a class without any has no AP and is left out, as ``np.nanmean`` does in the reference).
+* Open Images only counts a detection of class ``k`` in a field whose image-level labels were *verified*
+  for ``k``. Pass ``verified`` (fields x classes) to apply that rule; by default every class is verified in
+  every field, so a detection of a class in a field without it is a false positive. Group-of and difficult
+  boxes do not occur in the HPA data and are not modelled.
+
+**Segmentation quality** (:func:`segmentation_scores`): predicted and true cells are matched one to one
+(Hungarian assignment on IoU, a pair counting when IoU >= the threshold); over all fields, F1 =
+2 TP / (2 TP + FP + FN) and "AP" in the cell-segmentation sense (cellpose, StarDist) = TP / (TP + FP + FN),
+reported at IoU 0.5 and 0.75, with the mean IoU of matched pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protloc.cells.masks import FieldCells
+from protloc.errors import DataError
+
+CHALLENGE_IOU = 0.6
+"""The 2021 challenge's mask IoU threshold for a true positive."""
+
+
+def iou_matrix(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mask IoU between every predicted and every true cell of one field.
+
+    Returns:
+        ``(iou, predicted_ids, true_ids)``: ``iou[i, j]`` is the IoU of predicted cell ``predicted_ids[i]``
+        and true cell ``true_ids[j]`` (ids in increasing order).
+    """
+    if predicted.shape != truth.shape:
+        raise DataError(f"predicted labels {predicted.shape} and true labels {truth.shape} differ in size")
+    pred_ids = np.unique(predicted)
+    pred_ids = pred_ids[pred_ids > 0]
+    true_ids = np.unique(truth)
+    true_ids = true_ids[true_ids > 0]
+    # Dense indices 0..n (0 = background) so one bincount gives every intersection.
+    pred_index = np.searchsorted(np.concatenate([[0], pred_ids]), predicted.ravel())
+    true_index = np.searchsorted(np.concatenate([[0], true_ids]), truth.ravel())
+    n_pred, n_true = len(pred_ids) + 1, len(true_ids) + 1
+    joint = np.bincount(pred_index * n_true + true_index, minlength=n_pred * n_true).reshape(n_pred, n_true)
+    pred_area = joint.sum(axis=1)[1:, None]
+    true_area = joint.sum(axis=0)[None, 1:]
+    intersection = joint[1:, 1:].astype(np.float64)
+    union = pred_area + true_area - intersection
+    iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    return iou, pred_ids, true_ids
+
+
+def average_precision(scores: np.ndarray, is_true: np.ndarray, n_true: int) -> float:
+    """Open Images / Pascal VOC all-points AP of detections with ``scores`` and true-positive flags.
+
+    Returns ``nan`` when ``n_true`` is 0 (the class has no AP), ``0.0`` when there are no detections.
+    """
+    if n_true == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(scores, kind="stable")[::-1]
+    hits = np.asarray(is_true, dtype=np.float64)[order]
+    true_positives = np.cumsum(hits)
+    false_positives = np.cumsum(1.0 - hits)
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / n_true
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def match_detections(scores: np.ndarray, iou: np.ndarray, threshold: float = CHALLENGE_IOU) -> np.ndarray:
+    """True-positive flags of one field's detections of one class, by the Open Images greedy rule.
+
+    Args:
+        scores: ``(D,)`` detection confidences.
+        iou: ``(D, T)`` IoU of each detection with each true instance of the class.
+    """
+    flags = np.zeros(len(scores), dtype=bool)
+    if iou.shape[1] == 0 or len(scores) == 0:
+        return flags
+    best = np.argmax(iou, axis=1)
+    taken = np.zeros(iou.shape[1], dtype=bool)
+    for i in np.argsort(scores, kind="stable")[::-1]:
+        j = best[i]
+        if iou[i, j] >= threshold and not taken[j]:
+            flags[i] = True
+            taken[j] = True
+    return flags
+
+
+@dataclass
+class CellMapReport:
+    """The 2021 challenge metric over a set of fields.
+
+    Attributes:
+        map: mean AP over the classes with true instances (``nan`` if none has any).
+        ap: ``(K,)`` AP per class (``nan`` where the class has no true instance).
+        n_true: ``(K,)`` true instances per class.
+        n_detections: ``(K,)`` detections counted per class.
+        iou_threshold: the mask IoU a true positive needs.
+    """
+
+    map: float
+    ap: np.ndarray
+    n_true: np.ndarray
+    n_detections: np.ndarray
+    iou_threshold: float = CHALLENGE_IOU
+
+    def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
+        names = list(class_names) if class_names is not None else [str(k) for k in range(len(self.ap))]
+        return {
+            "map": None if np.isnan(self.map) else round(float(self.map), 6),
+            "iou_threshold": self.iou_threshold,
+            "per_class": {
+                name: {
+                    "ap": None if np.isnan(ap) else round(float(ap), 6),
+                    "true_cells": int(n),
+                    "detections": int(d),
+                }
+                for name, ap, n, d in zip(names, self.ap, self.n_true, self.n_detections, strict=True)
+            },
+        }
+
+
+def cell_map(
+    predictions: Sequence[FieldCells],
+    truths: Sequence[FieldCells],
+    *,
+    iou_threshold: float = CHALLENGE_IOU,
+    min_confidence: float = 0.0,
+    verified: np.ndarray | None = None,
+) -> CellMapReport:
+    """The 2021 challenge mAP of per-cell predictions against per-cell truth (see the module docstring).
+
+    Args:
+        predictions: per field, predicted labels and ``(N, K)`` per-class confidences.
+        truths: per field (same Ids, any order), true labels and ``(M, K)`` multi-hot classes.
+        iou_threshold: mask IoU for a true positive (0.6 in the challenge).
+        min_confidence: detections below this confidence are not submitted.
+        verified: optional ``(fields, K)`` bool in the order of ``truths``: classes whose detections count in
+            each field (a field's true classes always count).
+
+    Raises:
+        DataError: Ids differ between predictions and truth, or the class counts disagree.
+    """
+    by_id = {p.id: p for p in predictions}
+    missing = [t.id for t in truths if t.id not in by_id]
+    if missing or len(by_id) != len(truths):
+        extra = sorted(set(by_id) - {t.id for t in truths})
+        what = f"field {missing[0]} has no prediction" if missing else f"field {extra[0]} is not in the truth"
+        raise DataError(f"cell mAP: {what}")
+    if not truths:
+        raise DataError("cell mAP: no fields to score")
+    n_classes = np.asarray(truths[0].values).shape[1]
+    if verified is not None and np.asarray(verified).shape != (len(truths), n_classes):
+        raise DataError(f"cell mAP: verified must be ({len(truths)}, {n_classes}), got {np.asarray(verified).shape}")
+    scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    flags: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    n_true = np.zeros(n_classes, dtype=np.int64)
+    for index, truth in enumerate(truths):
+        prediction = by_id[truth.id]
+        confidence = np.asarray(prediction.values, dtype=np.float64)
+        classes = np.asarray(truth.values).astype(bool)
+        if confidence.shape[1] != n_classes or classes.shape[1] != n_classes:
+            raise DataError(f"field {truth.id}: predictions have {confidence.shape[1]} classes, truth {n_classes}")
+        iou, pred_ids, true_ids = iou_matrix(prediction.labels, truth.labels)
+        pred_rows = np.searchsorted(pred_ids, prediction.cells)
+        true_rows = np.searchsorted(true_ids, truth.cells)
+        if not (np.isin(prediction.cells, pred_ids).all() and np.isin(truth.cells, true_ids).all()):
+            raise DataError(f"field {truth.id}: a listed cell id is not in its label image")
+        for k in range(n_classes):
+            positives = true_rows[classes[:, k]]
+            n_true[k] += len(positives)
+            if verified is not None and not verified[index, k] and len(positives) == 0:
+                continue
+            submitted = confidence[:, k] >= min_confidence
+            if not submitted.any():
+                continue
+            class_iou = iou[np.ix_(pred_rows[submitted], positives)]
+            class_scores = confidence[submitted, k]
+            scores[k].append(class_scores)
+            flags[k].append(match_detections(class_scores, class_iou, iou_threshold))
+    ap = np.full(n_classes, np.nan)
+    n_detections = np.zeros(n_classes, dtype=np.int64)
+    for k in range(n_classes):
+        class_scores = np.concatenate(scores[k]) if scores[k] else np.zeros(0)
+        class_flags = np.concatenate(flags[k]) if flags[k] else np.zeros(0, dtype=bool)
+        n_detections[k] = len(class_scores)
+        ap[k] = average_precision(class_scores, class_flags, int(n_true[k]))
+    scored = ap[~np.isnan(ap)]
+    mean = float(scored.mean()) if scored.size else float("nan")
+    return CellMapReport(map=mean, ap=ap, n_true=n_true, n_detections=n_detections, iou_threshold=iou_threshold)
+
+
+@dataclass
+class SegmentationScores:
+    """Matched-cell segmentation quality at one IoU threshold, summed over fields."""
+
+    threshold: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    mean_matched_iou: float
+
+    @property
+    def f1(self) -> float:
+        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
+        return 2 * self.true_positives / denominator if denominator else 1.0
+
+    @property
+    def ap(self) -> float:
+        """TP / (TP + FP + FN), the "average precision" of cell-segmentation papers at this threshold."""
+        denominator = self.true_positives + self.false_positives + self.false_negatives
+        return self.true_positives / denominator if denominator else 1.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "iou": self.threshold,
+            "f1": round(self.f1, 6),
+            "ap": round(self.ap, 6),
+            "true_positives": self.true_positives,
+            "false_positives": self.false_positives,
+            "false_negatives": self.false_negatives,
+            "mean_matched_iou": round(self.mean_matched_iou, 6),
+        }
+
+
+@dataclass
+class _Tally:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    ious: list[np.ndarray] = field(default_factory=list)
+
+
+def segmentation_scores(
+    predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], thresholds: Sequence[float] = (0.5, 0.75)
+) -> list[SegmentationScores]:
+    """Matched-cell F1 and AP of predicted label images against true ones, one entry per IoU threshold."""
+    from scipy.optimize import linear_sum_assignment
+
+    if len(predicted) != len(truth):
+        raise DataError(f"{len(predicted)} predicted label images but {len(truth)} true ones")
+    tallies = {t: _Tally() for t in thresholds}
+    for pred_labels, true_labels in zip(predicted, truth, strict=True):
+        iou, pred_ids, true_ids = iou_matrix(pred_labels, true_labels)
+        rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
+        pair_iou = iou[rows, cols]
+        for threshold, tally in tallies.items():
+            good = pair_iou >= threshold
+            matched = int(good.sum())
+            tally.tp += matched
+            tally.fp += len(pred_ids) - matched
+            tally.fn += len(true_ids) - matched
+            tally.ious.append(pair_iou[good])
+    results = []
+    for threshold, tally in tallies.items():
+        ious = np.concatenate(tally.ious) if tally.ious else np.zeros(0)
+        results.append(
+            SegmentationScores(
+                threshold=threshold,
+                true_positives=tally.tp,
+                false_positives=tally.fp,
+                false_negatives=tally.fn,
+                mean_matched_iou=float(ious.mean()) if ious.size else 0.0,
+            )
+        )
+    return results
