@@ -90,6 +90,9 @@ def synth(
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 (png/tif).")] = 8,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    cells: Annotated[
+        bool, typer.Option("--cells", help="Also write single-cell truth (label images, per-cell classes).")
+    ] = False,
 ) -> None:
     """Write a synthetic HPA-like data set in the Kaggle layout (train.csv, train/, test/, sample_submission.csv)."""
     from protloc.synth import make_dataset
@@ -107,7 +110,10 @@ def synth(
             workers=workers,
             overwrite=overwrite,
             on_progress=update,
+            cells=cells,
         )
+    if cells:
+        console.print(f"single-cell truth: {summary.cells} cells in train_cells_truth/ and test_cells_truth/")
     rate = (summary.n_train + summary.n_test) / max(summary.seconds, 1e-9)
     console.print(
         f"wrote {summary.n_train} train + {summary.n_test} test samples of {summary.size}x{summary.size} px to "

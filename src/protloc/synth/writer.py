@@ -19,16 +19,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from protloc.cells.masks import labels_path, write_labels
+from protloc.cells.table import Columns, concat_tables, field_table, write_table
 from protloc.classes import NUM_CLASSES, format_labels
 from protloc.errors import ConfigError, DataError
 from protloc.io import write_channel
 from protloc.synth.labels import sample_label_sets, synth_id
-from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample
+from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample, generate_sample_with_cells
 
 IMAGE_FORMATS: tuple[str, ...] = ("png", "tif", "jpg")
 _KEY_LABELS, _KEY_ID, _KEY_IMAGE = 0, 1, 2  # SeedSequence spawn keys: (purpose, split, index)
 _TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV = "train.csv", "test_truth.csv", "sample_submission.csv"
-_LAYOUT_NAMES = frozenset({_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV, "train", "test"})
+CELL_TRUTH_FOLDERS = {"train": "train_cells_truth", "test": "test_cells_truth"}
+"""Single-cell truth of each split (``cells=True``): ``<Id>_cells.png`` label images and ``cells.csv``."""
+CELL_TRUTH_TABLE = "cells.csv"
+_LAYOUT_NAMES = frozenset({_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV, "train", "test", *CELL_TRUTH_FOLDERS.values()})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -53,6 +58,7 @@ class SynthSummary:
         bit_depth: 8 or 16.
         workers: worker processes used.
         files: image files written (4 per sample).
+        cells: single cells in the written truth (``cells=True``).
     """
 
     out: Path
@@ -67,6 +73,8 @@ class SynthSummary:
     bit_depth: int = 8
     workers: int = 1
     files: int = 0
+    cells: int = 0
+    """single cells in the written truth (0 without ``cells=True``)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -85,38 +93,44 @@ class _Task:
     size: int
     image_format: str
     bit_depth: int
+    cells_folder: str | None = None
+    """where the field's label image goes (``None``: no single-cell truth)."""
 
 
 def _sample_rng(seed: int, purpose: int, split: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, split, index)))
 
 
-def _write_task(task: _Task) -> int:
+def _write_task(task: _Task) -> tuple[str, Columns | None]:
+    """Write one sample's channel files (and its label image); return its per-cell truth rows, if asked."""
     rng = _sample_rng(task.seed, _KEY_IMAGE, task.split, task.index)
-    planes = generate_sample(task.labels, task.size, rng)
+    rows: Columns | None = None
+    if task.cells_folder is None:
+        planes = generate_sample(task.labels, task.size, rng)
+    else:
+        planes, truth = generate_sample_with_cells(task.labels, task.size, rng)
+        write_labels(labels_path(task.cells_folder, task.sample_id), truth.labels)
+        rows = field_table(task.sample_id, truth.labels, predicted=truth.classes)
     folder = Path(task.folder)
     for channel, plane in planes.items():
         data = plane.astype(np.uint16) * np.uint16(257) if task.bit_depth == 16 else plane
         write_channel(folder / f"{task.sample_id}_{channel}.{task.image_format}", data)
-    return task.index
+    return task.sample_id, rows
 
 
-def _write_tasks(tasks: list[_Task]) -> int:
-    for task in tasks:
-        _write_task(task)
-    return len(tasks)
+def _write_tasks(tasks: list[_Task]) -> list[tuple[str, Columns | None]]:
+    return [_write_task(task) for task in tasks]
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[int]:
-    """Write the samples, yielding how many finished at each step (in this process when ``workers == 1``)."""
+def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[list[tuple[str, Columns | None]]]:
+    """Write the samples, yielding the ones finished at each step (in this process when ``workers == 1``)."""
     if workers == 1:
         for task in tasks:
-            _write_task(task)
-            yield 1
+            yield [_write_task(task)]
         return
     per_chunk = max(1, min(16, len(tasks) // (workers * 8)))
     chunks = [tasks[i : i + per_chunk] for i in range(0, len(tasks), per_chunk)]
@@ -241,6 +255,7 @@ def make_dataset(
     overwrite: bool = False,
     progress: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    cells: bool = False,
 ) -> SynthSummary:
     """Write a synthetic data set in the Kaggle HPA 2018 layout (see the module docstring).
 
@@ -266,6 +281,10 @@ def make_dataset(
         progress: show a Rich progress bar.
         on_progress: called as ``on_progress(done, total)`` after each sample is written (for a caller's own
             progress display).
+        cells: also write each split's single-cell truth (see :mod:`protloc.synth.cells`) into
+            ``train_cells_truth/`` and ``test_cells_truth/``: a 16-bit label image ``<Id>_cells.png`` per field
+            (the format of ``protloc segment``) and ``cells.csv`` (field ``id``, ``cell``, box, area, centroid,
+            border flag, ``labels`` = the cell's class ids ``|``-separated). The images do not change.
 
     Raises:
         ConfigError: an invalid argument, or an output folder that cannot be used.
@@ -300,13 +319,22 @@ def make_dataset(
         staging.mkdir()
         (staging / "train").mkdir()
         (staging / "test").mkdir()
+        truth_dirs = {split: staging / name for split, name in CELL_TRUTH_FOLDERS.items()}
+        if cells:
+            for folder in truth_dirs.values():
+                folder.mkdir()
+
+        def cells_dir(split: str) -> str | None:
+            return str(truth_dirs[split]) if cells else None
+
         tasks = [
-            _Task(str(staging / "train"), i, lab, seed, 0, k, size, image_format, bit_depth)
+            _Task(str(staging / "train"), i, lab, seed, 0, k, size, image_format, bit_depth, cells_dir("train"))
             for k, (i, lab) in enumerate(zip(train_ids, train_labels, strict=True))
         ] + [
-            _Task(str(staging / "test"), i, lab, seed, 1, k, size, image_format, bit_depth)
+            _Task(str(staging / "test"), i, lab, seed, 1, k, size, image_format, bit_depth, cells_dir("test"))
             for k, (i, lab) in enumerate(zip(test_ids, test_labels, strict=True))
         ]
+        cell_rows: dict[str, Columns] = {}
         workers = max(1, min(workers, len(tasks)))
         with contextlib.ExitStack() as stack:
             if progress:
@@ -324,9 +352,10 @@ def make_dataset(
                 handle = bar.add_task("synth", total=len(tasks))
             count = 0
             for finished in _run_tasks(tasks, workers):
-                count += finished
+                count += len(finished)
+                cell_rows.update((sample_id, rows) for sample_id, rows in finished if rows is not None)
                 if progress:
-                    bar.advance(handle, finished)
+                    bar.advance(handle, len(finished))
                 if on_progress is not None:
                     on_progress(count, len(tasks))
 
@@ -335,6 +364,10 @@ def make_dataset(
         _write_labels_csv(staging / _TRAIN_CSV, ("Id", "Target"), train_rows)
         _write_labels_csv(staging / _TEST_TRUTH_CSV, ("Id", "Target"), test_rows)
         _write_labels_csv(staging / _SUBMISSION_CSV, ("Id", "Predicted"), ((i, "0") for i, _ in test_rows))
+        if cells:
+            for split, rows in (("train", train_rows), ("test", test_rows)):
+                table = concat_tables([cell_rows[sample_id] for sample_id, _ in rows])
+                write_table(truth_dirs[split] / CELL_TRUTH_TABLE, table)
         _swap_into_place(staging, target, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -352,6 +385,7 @@ def make_dataset(
         bit_depth=bit_depth,
         workers=workers,
         files=4 * (n_train + n_test),
+        cells=sum(len(rows["cell"]) for rows in cell_rows.values()),
     )
 
 
