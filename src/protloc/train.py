@@ -16,6 +16,7 @@ The story of :func:`train`, top to bottom:
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import logging
 import os
@@ -37,6 +38,7 @@ from protloc.cache import build_cache
 from protloc.callbacks import AtomicCheckpointIO, RankConsistency, ResumePosition, ThroughputLog, progress_bar_callback
 from protloc.card import VALIDATION_FILE
 from protloc.catalog import Catalog, open_dataset
+from protloc.cells.dataset import read_cell_settings
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
@@ -193,12 +195,25 @@ def train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
     with watch("data"):
-        catalog = open_dataset(config.data, split=config.split, labels=config.labels, channels=config.channels)
+        # A cell data set (protloc.cells.dataset) may hold cells without a class, and brings folds by field.
+        cell_settings = read_cell_settings(config.data)
+        catalog = open_dataset(
+            config.data,
+            split=config.split,
+            labels=config.labels,
+            channels=config.channels,
+            allow_empty_labels=cell_settings is not None,
+        )
         if catalog.labels is None:
             raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
         folds_path = run_dir / "folds.csv"
+        data_folds = _data_folds(config, cell_settings)
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
+        elif data_folds is not None:
+            folds = load_folds(data_folds, catalog.ids)
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                save_folds(folds_path, catalog.ids, folds)
         else:
             folds = make_folds(catalog.labels, config.folds, config.seed)
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -380,6 +395,7 @@ def train(
                 "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
                 "config": config.to_dict(),
             },
+            **({"cells": cell_settings} if cell_settings is not None else {}),
         )
         package_dir = save_package(
             run_dir / "model",
@@ -417,6 +433,19 @@ def train(
             },
         )
     return result
+
+
+def _data_folds(config: TrainConfig, cell_settings: dict[str, Any] | None) -> Path | None:
+    """A cell data set's own ``folds.csv`` (grouped by field), when it has the folds the config asks for."""
+    if cell_settings is None:
+        return None
+    folder = Path(config.data) if Path(config.data).is_dir() else Path(config.data).parent
+    path = folder / "folds.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        folds = {int(row["fold"]) for row in csv.DictReader(handle)}
+    return path if folds == set(range(config.folds)) else None
 
 
 def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
