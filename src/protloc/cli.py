@@ -452,9 +452,32 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="Per cell, against per-cell truth (<split>_cells_truth/): the 2021 mAP and segmentation F1/AP, "
+            "side by side with the baseline 'field labels to every cell' when --field-model is given.",
+        ),
+    ] = False,
+    field_model: Annotated[
+        Path | None, typer.Option("--field-model", help="With --cells: the field model (baseline and mix).")
+    ] = None,
+    mix: Annotated[
+        list[float] | None, typer.Option(help="With --cells: cell-model weights of the mix, repeatable.")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="With --cells: label images instead of segmenting.")] = None,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: segmenter setting KEY=VALUE over the card's, repeatable."),
+    ] = None,
 ) -> None:
     """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
     from protloc.evaluate import evaluate_model
+
+    if cells:
+        _evaluate_cells(model, data, out, field_model, mix or [0.5], masks, seg_option, split, backend, device, tta)
+        return
 
     with progress_bar("predicting") as update:
         result = evaluate_model(
@@ -473,6 +496,55 @@ def evaluate(
         )
     _print_report(result.report, f"{data}: per-class scores")
     console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
+
+
+def _evaluate_cells(
+    model: Path,
+    data: Path,
+    out: Path,
+    field_model: Path | None,
+    mixes: list[float],
+    masks: Path | None,
+    seg_option: list[str] | None,
+    split: str,
+    backend: str,
+    device: str,
+    tta: str,
+) -> None:
+    from rich.table import Table
+
+    from protloc.card import read_card
+    from protloc.cells.outputs import compare_cell_methods
+    from protloc.cells.predict import is_cell_model, open_cell_predictor
+    from protloc.utils import atomic_write_json
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    predictor = open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        tta=tta,
+        segmenter_options=_parse_options(seg_option or []),
+    )
+    with progress_bar("cells") as update:
+        results = compare_cell_methods(predictor, data, split=split, mixes=mixes, masks=masks, on_progress=update)
+    table = Table(title=f"{data} ({split}): per-cell scores")
+    for column in ("method", "mAP (IoU>=0.6)", "seg F1@0.5", "seg AP@0.5", "seg F1@0.75", "cells (pred/true)"):
+        table.add_column(column)
+    for method, result in results.items():
+        seg = {s["iou"]: s for s in result.segmentation}
+        table.add_row(
+            escape(method),
+            f"{result.map:.4f}",
+            f"{seg[0.5]['f1']:.3f}",
+            f"{seg[0.5]['ap']:.3f}",
+            f"{seg[0.75]['f1']:.3f}",
+            f"{result.predicted_cells}/{result.true_cells}",
+        )
+    console.print(table)
+    path = atomic_write_json(out / "cells_evaluation.json", {m: r.as_dict() for m, r in results.items()})
+    console.print(escape(f"wrote {path}"))
 
 
 # ---------------------------------------------------------------------------------------- deployment
@@ -518,10 +590,46 @@ def predict(
     devices: Annotated[int, typer.Option(help="Devices for DDP prediction (torch backend).")] = 1,
     num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP prediction.")] = 1,
     accelerator: Annotated[str, typer.Option(help="auto, cpu, gpu (DDP prediction).")] = "auto",
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="Per cell: segment, score each cell (MODEL = a cell model; a field model gives the baseline "
+            "'field labels to every cell'); writes cells.csv, the 2021 submission.csv, cells.h5ad.",
+        ),
+    ] = False,
+    field_model: Annotated[
+        Path | None, typer.Option("--field-model", help="With --cells: a field model mixed with the cell model.")
+    ] = None,
+    mix: Annotated[float, typer.Option(help="With --cells and --field-model: weight of the cell model.")] = 0.5,
+    masks: Annotated[Path | None, typer.Option(help="With --cells: label images to use instead of segmenting.")] = None,
+    pictures: Annotated[int, typer.Option(help="With --cells: outline pictures of the first N fields.")] = 0,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: segmenter setting KEY=VALUE over the card's, repeatable."),
+    ] = None,
 ) -> None:
     """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
     from protloc.classes import CLASS_NAMES
     from protloc.predict import predict_folder
+
+    if cells:
+        _predict_cells(
+            model,
+            data,
+            out,
+            field_model,
+            mix,
+            masks,
+            pictures,
+            seg_option,
+            split,
+            _split_ids(ids, ids_file),
+            backend,
+            device,
+            tta,
+        )
+        return
 
     with progress_bar("predicting") as update:
         result = predict_folder(
@@ -553,6 +661,51 @@ def predict(
         f"({result.rate:.1f} samples/s); most frequent: {top}"
     )
     console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
+
+
+def _predict_cells(
+    model: Path,
+    data: Path,
+    out: Path,
+    field_model: Path | None,
+    mix: float,
+    masks: Path | None,
+    pictures: int,
+    seg_option: list[str] | None,
+    split: str | None,
+    ids: list[str] | None,
+    backend: str,
+    device: str,
+    tta: str,
+) -> None:
+    from protloc.card import read_card
+    from protloc.cells.outputs import predict_cells
+    from protloc.cells.predict import METHOD_BASELINE, is_cell_model, open_cell_predictor
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    predictor = open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        mix=mix,
+        tta=tta,
+        segmenter_options=_parse_options(seg_option or []),
+    )
+    with progress_bar("cells") as update:
+        summary = predict_cells(
+            predictor, data, out, split=split, ids=ids, masks=masks, pictures=pictures, on_progress=update
+        )
+    note = (
+        " [yellow](no cell model: every cell gets its field's probabilities)[/]"
+        if summary.method == METHOD_BASELINE
+        else ""
+    )
+    console.print(
+        f"{summary.cells} cells in {summary.fields} fields in {summary.seconds:.1f} s, method: "
+        f"[bold]{escape(summary.method)}[/]{note}"
+    )
+    console.print(escape("wrote " + ", ".join(str(p) for p in summary.written.values())))
 
 
 @app.command()

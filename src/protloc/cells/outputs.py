@@ -31,7 +31,14 @@ from protloc.cells.draw import draw_outlines, write_picture
 from protloc.cells.encode import write_submission
 from protloc.cells.masks import FieldCells, labels_path, read_labels, write_labels
 from protloc.cells.metrics import cell_map, segmentation_scores
-from protloc.cells.predict import CellPredictor, FieldCellPrediction, predict_field_cells
+from protloc.cells.predict import (
+    METHOD_BASELINE,
+    METHOD_CELL,
+    METHOD_MIX,
+    CellPredictor,
+    FieldCellPrediction,
+    predict_field_cells,
+)
 from protloc.cells.table import concat_tables, field_table, read_table, write_anndata, write_table
 from protloc.cells.truth import read_cell_truth, truth_folder
 from protloc.classes import CLASS_NAMES
@@ -259,3 +266,62 @@ def evaluate_cells(
     evaluation = score_cells(predicted, truths, method=method)
     atomic_write_json(Path(out or folder) / "cells_evaluation.json", evaluation.as_dict())
     return evaluation
+
+
+def compare_cell_methods(
+    predictor: CellPredictor,
+    data: str | Path,
+    *,
+    truth: str | Path | None = None,
+    split: str = "test",
+    mixes: Sequence[float] = (0.5,),
+    masks: str | Path | None = None,
+    bit_depth: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, CellEvaluation]:
+    """Score, side by side on the same cells, every method the predictor's models allow.
+
+    Each field is segmented once (or its label image read from ``masks``); the cell model and the field model
+    each score it once, and every method is derived from those: ``"cell model"``, the baseline ``"baseline:
+    field labels to every cell"`` and ``"cell + field mix <w>"`` for each weight ``w`` of ``mixes``.
+
+    Args:
+        predictor: with a cell model, a field model, or both.
+        data: a Kaggle root whose ``<split>/`` fields have per-cell truth in ``<split>_cells_truth/``.
+        truth: the per-cell truth folder (default: found from ``data`` and ``split``).
+
+    Raises:
+        DataError: no per-cell truth for the fields.
+    """
+    from dataclasses import replace
+
+    from protloc.predict import open_for_prediction
+
+    catalog = open_for_prediction(data, split=split, channels=predictor.channels)
+    truths = read_cell_truth(truth_folder(truth or data, split), len(CLASS_NAMES), catalog.ids)
+    cell_only = replace(predictor, field_backend=None, field_card=None) if predictor.cell_backend else None
+    field_only = replace(predictor, cell_backend=None, cell_card=None) if predictor.field_backend else None
+    results: dict[str, list[FieldCells]] = {}
+    channels = predictor.channels
+    for index, field_id in enumerate(catalog.ids):
+        image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
+        labels = read_labels(labels_path(masks, field_id)) if masks is not None else None
+        scored: dict[str, FieldCellPrediction] = {}
+        for part in (cell_only, field_only):
+            if part is None:
+                continue
+            result = predict_field_cells(part, image, channels=channels, field_id=field_id, labels=labels)
+            labels = result.labels  # the second model scores the same cells
+            scored[result.method] = result
+        for method, result in scored.items():
+            results.setdefault(method, []).append(result.field_cells())
+        if len(scored) == 2:
+            cell, field = scored[METHOD_CELL], scored[METHOD_BASELINE]
+            for weight in mixes:
+                values = weight * cell.probabilities + (1 - weight) * field.probabilities
+                results.setdefault(f"{METHOD_MIX} {weight:g}", []).append(
+                    FieldCells(id=field_id, labels=cell.labels, cells=cell.cells, values=values)
+                )
+        if on_progress:
+            on_progress(index + 1, len(catalog))
+    return {method: score_cells(fields, truths, method=method) for method, fields in results.items()}
