@@ -236,6 +236,48 @@ def segment(
     console.print(escape(f"wrote {summary.out} (label images, {summary.table.name}, segmentation.json)"))
 
 
+@app.command("cell-data")
+def cell_data(
+    data: Annotated[Path, typer.Argument(help="Field data set with labels: Kaggle root or labels CSV.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the cell data set (train.csv, train/, folds.csv).")],
+    masks: Annotated[Path, typer.Option(help="Label images <Id>_cells.png (protloc segment, or a truth folder).")],
+    labels: Annotated[
+        str, typer.Option(help="field (weak: every cell gets its field's labels) or cells (per-cell truth).")
+    ] = "field",
+    truth: Annotated[
+        Path | None, typer.Option(help="Per-cell truth folder for --labels cells (default: --masks).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
+    size: Annotated[int, typer.Option(help="Crop side in px.")] = 64,
+    padding: Annotated[float, typer.Option(help="Margin around each cell's box, fraction of its side.")] = 0.05,
+    folds: Annotated[int, typer.Option(help="Folds by field written to folds.csv.")] = 5,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it holds a cell data set.")] = False,
+) -> None:
+    """Cut every cell into a masked, centred crop: a data set of cells that `protloc train` turns into a cell model."""
+    from protloc.cells.dataset import make_cell_dataset
+
+    with progress_bar("cutting cells") as update:
+        summary = make_cell_dataset(
+            data,
+            out,
+            masks=masks,
+            labels=labels,
+            truth=truth,
+            split=split,
+            size=size,
+            padding=padding,
+            n_folds=folds,
+            overwrite=overwrite,
+            on_progress=update,
+        )
+    skipped = f" ({summary.skipped} left out)" if summary.skipped else ""
+    console.print(
+        f"{summary.cells} cells of {summary.fields} fields{skipped} as {summary.size} px crops in "
+        f"{summary.seconds:.1f} s: {escape(str(summary.out))}; train a cell model with "
+        f"`protloc train {escape(str(summary.out))} --image-size {summary.size}`"
+    )
+
+
 @app.command()
 def stats(
     data: Annotated[Path, typer.Argument(help="Kaggle root or labels CSV.")],
