@@ -828,6 +828,11 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: half the CPUs).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
     max_batch: Annotated[int, typer.Option(help="Micro-batch size for concurrent requests (1 = off).")] = 8,
+    cells: Annotated[
+        Path | None, typer.Option(help="Cell model package for /predict?cells=true (default: field baseline).")
+    ] = None,
+    cell_mix: Annotated[float, typer.Option(help="Cell model's weight for cell_method=mix.")] = 0.5,
+    max_cell_mpx: Annotated[float, typer.Option(help="Largest field segmented for cells, in megapixels.")] = 16.0,
 ) -> None:
     """Serve a model over HTTP: JSON API, web page at /, API reference at /docs."""
     from protloc.serve import run
@@ -844,6 +849,9 @@ def serve(
         threads=threads,
         max_upload_mb=max_upload_mb,
         max_batch=max_batch,
+        cells=cells,
+        cell_mix=cell_mix,
+        max_cell_mpx=max_cell_mpx,
     )
 
 
