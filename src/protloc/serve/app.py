@@ -167,6 +167,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.service = service
     app.add_middleware(RequestGate, engine=engine, max_bytes=settings.max_upload_bytes, token=settings.token)
     _add_error_handlers(app)
 

@@ -35,7 +35,7 @@ from protloc.serve.settings import ServiceSettings
 MASK_ENCODING = "hpa2021-rle"
 """Name of the mask encoding in the answers: the 2021 challenge's (see :mod:`protloc.cells.encode`)."""
 
-OUTLINE_TOLERANCE = 1.0
+OUTLINE_TOLERANCE = 0.5
 """Largest distance, in field pixels, between a cell's true boundary and the outline polygon returned."""
 
 CellMethod = Literal["auto", "cell", "baseline", "mix"]

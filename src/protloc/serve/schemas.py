@@ -71,7 +71,7 @@ class Cell(BaseModel):
     mask: CellMask
     outline: list[list[float]] = Field(
         description="the cell's boundary as a closed polygon [[x, y], ...] in field pixel coordinates (pixel "
-        "(row, col) covers [col, col+1) x [row, row+1)), simplified to within 1 px: draw it without decoding"
+        "(row, col) covers [col, col+1) x [row, row+1)), simplified to within half a pixel: draw it without decoding"
     )
 
 
