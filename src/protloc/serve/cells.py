@@ -241,6 +241,7 @@ class CellService:
             "segmenter": predictor.segmenter.settings(),
             "mask_encoding": MASK_ENCODING,
             "palette": palette(len(predictor.thresholds)),
+            "thresholds": [float(t) for t in predictor.thresholds],
             "timing": {
                 "segment": round(segmented - started, 5),
                 "score": round(scored - segmented, 5),

@@ -93,6 +93,7 @@ class CellsSummary(BaseModel):
     segmenter: dict[str, Any] = Field(description="the segmenter and its settings")
     mask_encoding: Literal["hpa2021-rle"]
     palette: list[str] = Field(description="#rrggbb colour of every class id, for drawing outlines by top class")
+    thresholds: list[float] = Field(description="the per-class thresholds that decided the cells' labels")
     timing: CellTiming
 
 
