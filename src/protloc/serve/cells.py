@@ -57,16 +57,18 @@ def outline_polygon(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[
     ``offset`` ``(y0, x0)`` is where ``mask`` sits in the field (a cell's box). The polygon is simplified with
     Douglas-Peucker to within :data:`OUTLINE_TOLERANCE` px; the first point is not repeated at the end.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    import cv2
+    from skimage.measure import find_contours
 
     padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)
     contours = find_contours(padded, 0.5)
     if not contours:
         return []
     longest = max(contours, key=len)
-    simple = approximate_polygon(longest, tolerance=OUTLINE_TOLERANCE)
-    if len(simple) > 1 and np.array_equal(simple[0], simple[-1]):
-        simple = simple[:-1]
+    if len(longest) > 1 and np.array_equal(longest[0], longest[-1]):
+        longest = longest[:-1]
+    # Douglas-Peucker: OpenCV's, ~50x faster than scikit-image's approximate_polygon on long boundaries.
+    simple = cv2.approxPolyDP(longest.astype(np.float32)[:, None, :], OUTLINE_TOLERANCE, True)[:, 0, :]
     # find_contours works on pixel centres (row r, col c); a pixel covers [c, c + 1) on the page: +0.5, and
     # -1 for the padding.
     ys = simple[:, 0] - 0.5 + offset[0]
@@ -259,7 +261,7 @@ class CellService:
         cells = []
         for row, cell in enumerate(rows):
             y0, x0, y1, x1 = cell["box"]
-            full = np.zeros((height, width), dtype=bool)
+            full = np.zeros((height, width), dtype=bool, order="F")  # the encoder's order: no copy of the field
             full[y0:y1, x0:x1] = cell["mask"]
             probabilities = result.probabilities[row]
             chosen = sorted(np.flatnonzero(result.decisions[row]).tolist(), key=lambda k: -float(probabilities[k]))
