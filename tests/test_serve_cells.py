@@ -241,3 +241,42 @@ def test_outline_of_a_rectangle_follows_its_pixel_edges() -> None:
     assert abs(polygon_area(points) - 600) <= 0.5 * 100  # half a pixel along the perimeter at most
     assert len(points) <= 8  # simplified: corners, not every boundary pixel
     assert outline_polygon(np.zeros((4, 4), bool)) == []
+
+
+def test_run_refuses_a_missing_cell_model_before_listening(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    from protloc.serve import run
+
+    with pytest.raises(ModelError, match="model package not found"):
+        run(packages[1], port=0, cells=tmp_path / "nowhere")
+
+
+def test_fuzzed_cell_requests_never_give_5xx_and_match_the_schema(app: FastAPI) -> None:
+    """Schemathesis on POST /predict of a service with a cell model: ?cells and ?cell_method included."""
+    schemathesis = pytest.importorskip("schemathesis")
+    import sys
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        negative_data_rejection,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    parameters = {p["name"] for p in schema.raw_schema["paths"]["/predict"]["post"]["parameters"]}
+    assert {"cells", "cell_method"} <= parameters
+    operation = schema["/predict"]["POST"]
+    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    checks = [not_a_server_error, status_code_conformance, response_schema_conformance, negative_data_rejection]
+
+    @given(case=st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes)))
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(checks=checks)
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)  # see tests/test_serve.py: Hypothesis needs IEEE floats on this thread
+    fuzz()
