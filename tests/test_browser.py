@@ -210,3 +210,108 @@ def test_page_asks_for_the_token_when_the_service_has_one(
         page.wait_for_selector("#result[data-state=done]", timeout=30_000)
         assert _shown_labels(page)
         context.close()
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+
+@pytest.fixture(scope="module")
+def cell_fields(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic 128 px fields with several cells each."""
+    from protloc.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("browser-cells") / "data"
+    make_dataset(root, n_train=2, n_test=2, size=128, seed=4, workers=1, cells=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cells_server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The trained field model with an (untrained) cell model: `protloc serve MODEL --cells CELL_MODEL`."""
+    from protloc.serve import create_app
+    from tests.test_cells_predict import SEGMENTATION, _package
+
+    settings = {"crop_size": 32, "padding": 0.05, "segmentation": SEGMENTATION}
+    cell = _package(tmp_path_factory.mktemp("browser-cell-model") / "cell", size=32, cells=settings)
+    with LiveServer(create_app(trained_run / "model", backend="torch", cell_model=cell)) as live:
+        yield live
+
+
+def test_cells_are_outlined_and_a_clicked_cell_shows_its_probabilities(
+    browser: Any, cells_server: LiveServer, cell_fields: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from protloc.cells.encode import decode_mask
+
+    paths = _sample(cell_fields, 1)
+    files = {c: (p.name, p.read_bytes(), "image/png") for c, p in paths.items()}
+    api = httpx.post(f"{cells_server.url}/predict?cells=true", files=files, timeout=60)
+    assert api.status_code == 200, api.text
+    answer = api.json()
+    cells, info = answer["cells"], answer["cell_info"]
+    assert len(cells) >= 4
+    classes = [c["name"] for c in httpx.get(f"{cells_server.url}/model", timeout=30).json()["classes"]]
+
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(cells_server.url + "/")
+    page.wait_for_selector("#model-info .pill")
+    assert page.is_visible("#cells-controls")
+    page.check("#cells-toggle")
+    page.set_input_files("#file-input", [str(p) for p in paths.values()])
+    page.wait_for_selector("#result[data-state=done]", timeout=60_000)
+    page.wait_for_selector("#cell-layer polygon")
+
+    shown = page.eval_on_selector_all(
+        "#cell-layer polygon", "items => items.map(p => [Number(p.dataset.cell), p.getAttribute('stroke')])"
+    )
+    assert [cell for cell, _ in shown] == [c["cell"] for c in cells]
+    assert [colour for _, colour in shown] == [info["palette"][c["top"]] for c in cells]
+    assert str(len(cells)) in page.inner_text("#cells-summary") and info["method"] in page.inner_text("#cells-summary")
+
+    # A mouse click inside a cell (its centroid, when that pixel is the cell's) opens its panel.
+    height, width = answer["image"]["height"], answer["image"]["width"]
+    chosen = next(
+        c
+        for c in cells
+        if decode_mask(c["mask"]["counts"], height, width)[round(c["centroid"][0]), round(c["centroid"][1])]
+    )
+    point = page.eval_on_selector(
+        "#cell-layer",
+        """(layer, [x, y]) => { const p = layer.createSVGPoint(); p.x = x; p.y = y;
+             const s = p.matrixTransform(layer.getScreenCTM()); return [s.x, s.y]; }""",
+        [chosen["centroid"][1] + 0.5, chosen["centroid"][0] + 0.5],
+    )
+    page.mouse.click(point[0], point[1])
+    page.wait_for_selector("#cell-panel:not([hidden])")
+    assert page.inner_text("#cell-title") == f"Cell {chosen['cell']}"
+    assert page.get_attribute(f'#cell-layer polygon[data-cell="{chosen["cell"]}"]', "aria-pressed") == "true"
+    rows = page.eval_on_selector_all(
+        "#cell-chart li",
+        "items => items.map(i => [Number(i.dataset.classId), Number(i.dataset.probability), i.innerText])",
+    )
+    assert len(rows) == len(classes)
+    assert sorted(r[0] for r in rows) == list(range(len(classes)))
+    for class_id, probability, text in rows:
+        assert probability == pytest.approx(chosen["probabilities"][class_id], abs=1e-6)
+        assert classes[class_id] in text  # names from GET /model
+    assert rows[0][0] == chosen["top"]
+    predicted = [int(x) for x in page.eval_on_selector_all("#cell-labels li", "i => i.map(x => x.dataset.classId)")]
+    assert predicted == [label["id"] for label in chosen["labels"]]
+
+    # The keyboard reaches every cell: focus another outline and press Enter.
+    other = next(c for c in cells if c["cell"] != chosen["cell"])
+    page.focus(f'#cell-layer polygon[data-cell="{other["cell"]}"]')
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.getElementById('cell-title').textContent === 'Cell {other['cell']}'")
+    _screenshot(page, tmp_path, "service_cells")
+
+    # Switching cells off removes the outlines.
+    page.uncheck("#cells-toggle")
+    page.wait_for_selector("#cell-layer", state="hidden", timeout=60_000)
+    assert page.is_hidden("#cells-box")
+    context.close()
+    assert not errors, errors

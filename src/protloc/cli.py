@@ -115,6 +115,9 @@ def synth(
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 (png/tif).")] = 8,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    cells: Annotated[
+        bool, typer.Option("--cells", help="Also write single-cell truth (label images, per-cell classes).")
+    ] = False,
 ) -> None:
     """Write a synthetic HPA-like data set in the Kaggle layout (train.csv, train/, test/, sample_submission.csv)."""
     from protloc.synth import make_dataset
@@ -132,7 +135,10 @@ def synth(
             workers=workers,
             overwrite=overwrite,
             on_progress=update,
+            cells=cells,
         )
+    if cells:
+        console.print(f"single-cell truth: {summary.cells} cells in train_cells_truth/ and test_cells_truth/")
     rate = (summary.n_train + summary.n_test) / max(summary.seconds, 1e-9)
     console.print(
         f"wrote {summary.n_train} train + {summary.n_test} test samples of {summary.size}x{summary.size} px to "
@@ -264,6 +270,48 @@ def segment(
         f"in {summary.seconds:.1f} s"
     )
     console.print(escape(f"wrote {summary.out} (label images, {summary.table.name}, segmentation.json)"))
+
+
+@app.command("cell-data")
+def cell_data(
+    data: Annotated[Path, typer.Argument(help="Field data set with labels: Kaggle root or labels CSV.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the cell data set (train.csv, train/, folds.csv).")],
+    masks: Annotated[Path, typer.Option(help="Label images <Id>_cells.png (protloc segment, or a truth folder).")],
+    labels: Annotated[
+        str, typer.Option(help="field (weak: every cell gets its field's labels) or cells (per-cell truth).")
+    ] = "field",
+    truth: Annotated[
+        Path | None, typer.Option(help="Per-cell truth folder for --labels cells (default: --masks).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
+    size: Annotated[int, typer.Option(help="Crop side in px.")] = 64,
+    padding: Annotated[float, typer.Option(help="Margin around each cell's box, fraction of its side.")] = 0.05,
+    folds: Annotated[int, typer.Option(help="Folds by field written to folds.csv.")] = 5,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it holds a cell data set.")] = False,
+) -> None:
+    """Cut every cell into a masked, centred crop: a data set of cells that `protloc train` turns into a cell model."""
+    from protloc.cells.dataset import make_cell_dataset
+
+    with progress_bar("cutting cells") as update:
+        summary = make_cell_dataset(
+            data,
+            out,
+            masks=masks,
+            labels=labels,
+            truth=truth,
+            split=split,
+            size=size,
+            padding=padding,
+            n_folds=folds,
+            overwrite=overwrite,
+            on_progress=update,
+        )
+    skipped = f" ({summary.skipped} left out)" if summary.skipped else ""
+    console.print(
+        f"{summary.cells} cells of {summary.fields} fields{skipped} as {summary.size} px crops in "
+        f"{summary.seconds:.1f} s: {escape(str(summary.out))}; train a cell model with "
+        f"`protloc train {escape(str(summary.out))} --image-size {summary.size}`"
+    )
 
 
 @app.command()
@@ -496,9 +544,32 @@ def evaluate(
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="Per cell, against per-cell truth (<split>_cells_truth/): the 2021 mAP and segmentation F1/AP, "
+            "side by side with the baseline 'field labels to every cell' when --field-model is given.",
+        ),
+    ] = False,
+    field_model: Annotated[
+        Path | None, typer.Option("--field-model", help="With --cells: the field model (baseline and mix).")
+    ] = None,
+    mix: Annotated[
+        list[float] | None, typer.Option(help="With --cells: cell-model weights of the mix, repeatable.")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="With --cells: label images instead of segmenting.")] = None,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: segmenter setting KEY=VALUE over the card's, repeatable."),
+    ] = None,
 ) -> None:
     """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
     from protloc.evaluate import evaluate_model
+
+    if cells:
+        _evaluate_cells(model, data, out, field_model, mix or [0.5], masks, seg_option, split, backend, device, tta)
+        return
 
     with progress_bar("predicting") as update:
         result = evaluate_model(
@@ -519,6 +590,55 @@ def evaluate(
         )
     _print_report(result.report, f"{data}: per-class scores")
     console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
+
+
+def _evaluate_cells(
+    model: Path,
+    data: Path,
+    out: Path,
+    field_model: Path | None,
+    mixes: list[float],
+    masks: Path | None,
+    seg_option: list[str] | None,
+    split: str,
+    backend: str,
+    device: str,
+    tta: str,
+) -> None:
+    from rich.table import Table
+
+    from protloc.card import read_card
+    from protloc.cells.outputs import compare_cell_methods
+    from protloc.cells.predict import is_cell_model, open_cell_predictor
+    from protloc.utils import atomic_write_json
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    predictor = open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        tta=tta,
+        segmenter_options=_parse_options(seg_option or []),
+    )
+    with progress_bar("cells") as update:
+        results = compare_cell_methods(predictor, data, split=split, mixes=mixes, masks=masks, on_progress=update)
+    table = Table(title=f"{data} ({split}): per-cell scores")
+    for column in ("method", "mAP (IoU>=0.6)", "seg F1@0.5", "seg AP@0.5", "seg F1@0.75", "cells (pred/true)"):
+        table.add_column(column)
+    for method, result in results.items():
+        seg = {s["iou"]: s for s in result.segmentation}
+        table.add_row(
+            escape(method),
+            f"{result.map:.4f}",
+            f"{seg[0.5]['f1']:.3f}",
+            f"{seg[0.5]['ap']:.3f}",
+            f"{seg[0.75]['f1']:.3f}",
+            f"{result.predicted_cells}/{result.true_cells}",
+        )
+    console.print(table)
+    path = atomic_write_json(out / "cells_evaluation.json", {m: r.as_dict() for m, r in results.items()})
+    console.print(escape(f"wrote {path}"))
 
 
 # ---------------------------------------------------------------------------------------- deployment
@@ -567,9 +687,45 @@ def predict(
     num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP prediction.")] = 1,
     accelerator: Annotated[str, typer.Option(help="auto, cpu, gpu (DDP prediction).")] = "auto",
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="Per cell: segment, score each cell (MODEL = a cell model; a field model gives the baseline "
+            "'field labels to every cell'); writes cells.csv, the 2021 submission.csv, cells.h5ad.",
+        ),
+    ] = False,
+    field_model: Annotated[
+        Path | None, typer.Option("--field-model", help="With --cells: a field model mixed with the cell model.")
+    ] = None,
+    mix: Annotated[float, typer.Option(help="With --cells and --field-model: weight of the cell model.")] = 0.5,
+    masks: Annotated[Path | None, typer.Option(help="With --cells: label images to use instead of segmenting.")] = None,
+    pictures: Annotated[int, typer.Option(help="With --cells: outline pictures of the first N fields.")] = 0,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: segmenter setting KEY=VALUE over the card's, repeatable."),
+    ] = None,
 ) -> None:
     """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
     from protloc.predict import predict_folder
+
+    if cells:
+        _predict_cells(
+            model,
+            data,
+            out,
+            field_model,
+            mix,
+            masks,
+            pictures,
+            seg_option,
+            split,
+            _split_ids(ids, ids_file),
+            backend,
+            device,
+            tta,
+        )
+        return
 
     with progress_bar("predicting") as update:
         result = predict_folder(
@@ -603,6 +759,51 @@ def predict(
         f"({result.rate:.1f} samples/s); most frequent: {top}"
     )
     console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
+
+
+def _predict_cells(
+    model: Path,
+    data: Path,
+    out: Path,
+    field_model: Path | None,
+    mix: float,
+    masks: Path | None,
+    pictures: int,
+    seg_option: list[str] | None,
+    split: str | None,
+    ids: list[str] | None,
+    backend: str,
+    device: str,
+    tta: str,
+) -> None:
+    from protloc.card import read_card
+    from protloc.cells.outputs import predict_cells
+    from protloc.cells.predict import METHOD_BASELINE, is_cell_model, open_cell_predictor
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    predictor = open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        mix=mix,
+        tta=tta,
+        segmenter_options=_parse_options(seg_option or []),
+    )
+    with progress_bar("cells") as update:
+        summary = predict_cells(
+            predictor, data, out, split=split, ids=ids, masks=masks, pictures=pictures, on_progress=update
+        )
+    note = (
+        " [yellow](no cell model: every cell gets its field's probabilities)[/]"
+        if summary.method == METHOD_BASELINE
+        else ""
+    )
+    console.print(
+        f"{summary.cells} cells in {summary.fields} fields in {summary.seconds:.1f} s, method: "
+        f"[bold]{escape(summary.method)}[/]{note}"
+    )
+    console.print(escape("wrote " + ", ".join(str(p) for p in summary.written.values())))
 
 
 @app.command()
@@ -757,6 +958,11 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: half the CPUs).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
     max_batch: Annotated[int, typer.Option(help="Micro-batch size for concurrent requests (1 = off).")] = 8,
+    cells: Annotated[
+        Path | None, typer.Option(help="Cell model package for /predict?cells=true (default: field baseline).")
+    ] = None,
+    cell_mix: Annotated[float, typer.Option(help="Cell model's weight for cell_method=mix.")] = 0.5,
+    max_cell_mpx: Annotated[float, typer.Option(help="Largest field segmented for cells, in megapixels.")] = 16.0,
 ) -> None:
     """Serve a model over HTTP: JSON API, web page at /, API reference at /docs."""
     from protloc.serve import run
@@ -779,6 +985,9 @@ def serve(
         max_pending=max_pending,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
+        cells=cells,
+        cell_mix=cell_mix,
+        max_cell_mpx=max_cell_mpx,
     )
 
 

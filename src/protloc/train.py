@@ -16,6 +16,7 @@ The story of :func:`train`, top to bottom:
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import logging
 import os
@@ -45,6 +46,7 @@ from protloc.callbacks import (
 )
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
+from protloc.cells.dataset import read_cell_settings
 from protloc.classes import HPA2018, is_integer_text
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
@@ -212,6 +214,7 @@ def train(
 
 
 def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
+    # a cell data set (protloc.cells.dataset) may hold cells without a class
     catalog = open_dataset(
         config.data,
         split=config.split,
@@ -220,6 +223,7 @@ def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
         scheme=config.classes,
         map_from=config.map_from,
         channel_map=config.channel_map,
+        allow_empty_labels=read_cell_settings(config.data) is not None,
     )
     if catalog.labels is None:
         raise DataError(f"{config.data}: training needs labels (train.csv or --labels)")
@@ -249,11 +253,18 @@ def _train(
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
     with watch("data"):
+        # A cell data set (protloc.cells.dataset) may hold cells without a class, and brings folds by field.
+        cell_settings = read_cell_settings(config.data)
         catalog, labels = opened or _open_training_data(config)
         scheme = catalog.scheme
         folds_path = run_dir / "folds.csv"
+        data_folds = _data_folds(config, cell_settings)
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
+        elif data_folds is not None:
+            folds = load_folds(data_folds, catalog.ids)
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                save_folds(folds_path, catalog.ids, folds)
         else:
             folds = make_folds(labels, config.folds, config.seed)
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -462,6 +473,7 @@ def _train(
                 "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
                 "config": config.to_dict(),
             },
+            **({"cells": cell_settings} if cell_settings is not None else {}),
         )
         package_dir = save_package(
             run_dir / "model",
@@ -548,6 +560,19 @@ def training_card(
         training=training,
         scheme=scheme,
     )
+
+
+def _data_folds(config: TrainConfig, cell_settings: dict[str, Any] | None) -> Path | None:
+    """A cell data set's own ``folds.csv`` (grouped by field), when it has the folds the config asks for."""
+    if cell_settings is None:
+        return None
+    folder = Path(config.data) if Path(config.data).is_dir() else Path(config.data).parent
+    path = folder / "folds.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        folds = {int(row["fold"]) for row in csv.DictReader(handle)}
+    return path if folds == set(range(config.folds)) else None
 
 
 def _native_size(catalog: Catalog, channel: str) -> list[int] | None:

@@ -8,6 +8,9 @@ Endpoints (all JSON errors are ``{"detail": "one line"}``):
   ``green``, ``blue``, ``yellow`` (PNG/TIFF/JPG, 8 or 16 bit), or one multi-channel TIFF or ``.npy`` in the
   field ``stack``. Answers the predicted labels (id, name, probability, threshold), all 28 probabilities and
   the time taken; ``?previews=true`` adds PNG pictures of the composite and each channel.
+  ``?cells=true`` adds the field's cells (segmented on the service): box, area, centroid, border flag,
+  per-class probabilities, labels, the mask (2021 challenge RLE) and an outline polygon, and says whether a cell
+  model, the field baseline or their mix made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
 * ``POST /predict/batch``: several samples in the repeated field ``files``: channel images named
   ``<Id>_<channel>.<ext>`` (the Kaggle layout) and/or stacks named ``<Id>.tif`` / ``<Id>.npy``.
 * ``POST /explain``: the same inputs as ``/predict`` and ``?class_id=`` (id or name; default the most probable
@@ -38,6 +41,7 @@ from protloc import __version__
 from protloc.classes import HPA2018
 from protloc.errors import DependencyError, ProtlocError
 from protloc.schemes import ClassScheme
+from protloc.serve.cells import CellMethod, CellRequest
 from protloc.serve.decode import Upload
 from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusyError
 from protloc.serve.gate import RequestGate
@@ -150,6 +154,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.service = service
     app.add_middleware(
         RequestGate,
         engine=engine,
@@ -229,13 +234,25 @@ def create_app(
         "channels in the order given by stack_channels"
     )
     order_help = "channel order inside a stacked file, comma-separated"
+    cells_help = (
+        "add the field's cells: segmented here, each with its box, area, centroid, border flag, probabilities, "
+        "labels, mask (2021 challenge RLE) and outline polygon"
+    )
+    method_help = (
+        "how cells get probabilities: cell (the cell model), baseline (the field's probabilities to every cell), "
+        "mix (both), auto (the cell model if the service has one, else the baseline)"
+    )
+    cell_errors = {
+        **errors,
+        501: _error("cells need scikit-image and pycocotools, which are not installed here"),
+    }
 
     @app.post(
         "/predict",
         response_model=PredictionResponse,
         response_model_exclude_none=False,
         dependencies=auth,
-        responses=errors,
+        responses=cell_errors,
         tags=["prediction"],
         summary="Predict the localizations of one sample",
     )
@@ -248,13 +265,16 @@ def create_app(
         stack: UploadFile | None = File(None, description=stack_help),
         stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
         previews: bool = Query(False, description="add PNG pictures of the composite and channels (data URLs)"),
+        cells: bool = Query(False, description=cells_help),
+        cell_method: CellMethod = Query("auto", description=method_help),
     ) -> dict[str, Any]:
         started = time.perf_counter()
         uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
         files = await _read_channels(uploads)
         stacked = await _read(stack)
         await service.reject_unknown_fields(request)
-        result = await service.predict_one(files, stacked, stack_channels, previews=previews)
+        wanted = CellRequest(cell_method) if cells else None
+        result = await service.predict_one(files, stacked, stack_channels, previews=previews, cells=wanted)
         result["seconds"] = result["timing"]["total"] = round(time.perf_counter() - started, 5)
         return result
 
@@ -262,7 +282,7 @@ def create_app(
         "/predict/batch",
         response_model=BatchResponse,
         dependencies=auth,
-        responses=errors,
+        responses=cell_errors,
         tags=["prediction"],
         summary="Predict several samples in one request",
     )
@@ -272,10 +292,12 @@ def create_app(
             "Kaggle layout) and/or stacked files named <Id>.tif or <Id>.npy"
         ),
         stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
+        cells: bool = Query(False, description=cells_help),
+        cell_method: CellMethod = Query("auto", description=method_help),
     ) -> dict[str, Any]:
         started = time.perf_counter()
         uploads = [Upload(await f.read(), PurePath(f.filename or "").name) for f in files]
-        results = await service.predict_batch(uploads, stack_channels)
+        results = await service.predict_batch(uploads, stack_channels, CellRequest(cell_method) if cells else None)
         return {"results": results, "count": len(results), "seconds": round(time.perf_counter() - started, 5)}
 
     @app.post(

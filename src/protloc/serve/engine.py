@@ -179,6 +179,11 @@ class InferenceEngine:
                 pool = self._pools[name] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"protloc-{name}")
             return pool
 
+    def worker_pool(self, name: str, threads: int) -> ThreadPoolExecutor:
+        """A named pool of ``threads`` threads for other bounded work (e.g. ``"cells"``: segmentation), made on
+        first use and stopped by :meth:`close` with the others."""
+        return self._pool(name, threads)
+
     @property
     def decode_pool(self) -> ThreadPoolExecutor:
         """Threads that decode uploads (made on first use, again after :meth:`close`)."""

@@ -46,6 +46,57 @@ class Timing(BaseModel):
     total: float
 
 
+class CellMask(BaseModel):
+    """A cell's mask over the whole field, in the HPA 2021 single-cell challenge's encoding."""
+
+    encoding: Literal["hpa2021-rle"] = Field(
+        description="COCO run-length encoding (pycocotools, column-major) of the full-field binary mask, "
+        "zlib-compressed (level 9), base64: `protloc.cells.encode.decode_mask(counts, height, width)` reads it"
+    )
+    size: list[int] = Field(min_length=2, max_length=2, description="[height, width] of the field")
+    counts: str = Field(description="the encoded mask, as a 2021 submission carries it")
+
+
+class Cell(BaseModel):
+    """One segmented cell and its localizations."""
+
+    cell: int = Field(ge=1, description="cell id in the field's label image (1..N in raster order)")
+    box: list[int] = Field(min_length=4, max_length=4, description="[y0, x0, y1, x1] in field pixels, end exclusive")
+    area: int = Field(ge=1, description="pixels in the cell")
+    centroid: list[float] = Field(min_length=2, max_length=2, description="[y, x] in field pixels")
+    border: bool = Field(description="whether the cell touches the field's edge (cut by it)")
+    top: int = Field(ge=0, description="class id of the most probable class (colours the outline)")
+    labels: list[Label] = Field(description="classes at or over their threshold, most probable first")
+    probabilities: list[float] = Field(description="probability of every class, indexed by class id (GET /model)")
+    mask: CellMask
+    outline: list[list[float]] = Field(
+        description="the cell's boundary as a closed polygon [[x, y], ...] in field pixel coordinates (pixel "
+        "(row, col) covers [col, col+1) x [row, row+1)), simplified to within half a pixel: draw it without decoding"
+    )
+
+
+class CellTiming(BaseModel):
+    segment: float = Field(description="segmenting the field, in seconds")
+    score: float = Field(description="running the cell and/or field model on the cells")
+    encode: float = Field(description="encoding the masks and outlines")
+
+
+class CellsSummary(BaseModel):
+    """How the cells of a ``?cells=true`` answer were made."""
+
+    method: Literal["cell model", "baseline: field labels to every cell", "cell + field mix"] = Field(
+        description="a cell model on each cell's crop; the field model's probabilities given to every cell (the "
+        "2021 challenge's baseline); or mix x cell + (1 - mix) x field"
+    )
+    mix: float | None = Field(description="the cell model's weight, for the mix")
+    count: int = Field(ge=0, description="cells found")
+    segmenter: dict[str, Any] = Field(description="the segmenter and its settings")
+    mask_encoding: Literal["hpa2021-rle"]
+    palette: list[str] = Field(description="#rrggbb colour of every class id, for drawing outlines by top class")
+    thresholds: list[float] = Field(description="the per-class thresholds that decided the cells' labels")
+    timing: CellTiming
+
+
 class PredictionResponse(BaseModel):
     """One sample's prediction."""
 
@@ -59,6 +110,8 @@ class PredictionResponse(BaseModel):
     seconds: float = Field(description="time taken by the service for this request")
     timing: Timing
     previews: Previews | None = Field(default=None, description="only with ?previews=true")
+    cells: list[Cell] | None = Field(default=None, description="only with ?cells=true: the field's cells")
+    cell_info: CellsSummary | None = Field(default=None, description="only with ?cells=true: how they were made")
 
 
 class BatchResponse(BaseModel):
@@ -84,6 +137,18 @@ class SchemeInfo(BaseModel):
     exclusive: list[str] = Field(default_factory=list, description="classes that exclude every other (Negative)")
 
 
+class CellCapabilities(BaseModel):
+    """What ``?cells=true`` can do on this service."""
+
+    cell_model: str | None = Field(description="the cell model's architecture; null: only the field baseline")
+    crop_size: int | None = Field(description="side of the cell model's crops in px")
+    methods: list[Literal["auto", "cell", "baseline", "mix"]] = Field(description="values ?cell_method= takes")
+    default_method: str = Field(description="what cell_method=auto gives")
+    mix: float = Field(description="the cell model's weight in cell_method=mix")
+    mask_encoding: Literal["hpa2021-rle"]
+    max_pixels: int = Field(description="largest field (height x width) segmented; larger ones get 422")
+
+
 class ModelInfo(BaseModel):
     """The model package's card, as far as a client needs it."""
 
@@ -104,6 +169,7 @@ class ModelInfo(BaseModel):
     created: str | None
     service_version: str = Field(description="protloc version serving it")
     explanations: bool = Field(description="whether POST /explain can work here (PyTorch and weights present)")
+    cells: CellCapabilities | None = Field(default=None, description="per-cell prediction (?cells=true)")
 
 
 class Health(BaseModel):

@@ -38,6 +38,9 @@ def run(
     max_batch: int = 8,
     max_pending: int = 64,
     log_level: str = "info",
+    cells: str | Path | None = None,
+    cell_mix: float = 0.5,
+    max_cell_mpx: float = 16.0,
 ) -> None:
     """Serve a model package over HTTP until interrupted (Ctrl-C).
 
@@ -65,6 +68,10 @@ def run(
         max_batch: most concurrent requests run through the network together (1 turns micro-batching off).
         max_pending: most requests in progress; more get 503 with Retry-After.
         log_level: uvicorn's log level.
+        cells: a cell model package: ``/predict?cells=true`` then scores each cell with it (without one, cells
+            get the field model's probabilities: the baseline).
+        cell_mix: the cell model's weight when a request asks for ``cell_method=mix``.
+        max_cell_mpx: largest field, in megapixels, that ``?cells=true`` segments (one at a time).
 
     Raises:
         ConfigError: a non-loopback host without a token or ``allow_remote``, or a bad setting.
@@ -82,6 +89,8 @@ def run(
     chosen_token = resolve_token(token, token_file)
     check_bind(host, chosen_token, allow_remote)
     check_model_path(model)
+    if cells is not None:
+        check_model_path(cells)
     if threads is None and workers > 1:
         threads = max(1, (os.cpu_count() or 1) // (2 * workers))
     settings = ServiceSettings(
@@ -97,6 +106,9 @@ def run(
         cors_origins=tuple(cors_origins),
         header_timeout=header_timeout,
         body_timeout=body_timeout,
+        cell_model=None if cells is None else str(cells),
+        cell_mix=cell_mix,
+        max_cell_pixels=int(max_cell_mpx * 1_000_000),
     )
     common = {
         "host": host,

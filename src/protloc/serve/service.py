@@ -16,6 +16,7 @@ from fastapi import Request
 from protloc import __version__
 from protloc.errors import DataError
 from protloc.io import CHANNELS, parse_channels, resize_plane, split_channel_filename
+from protloc.serve.cells import CellRequest, CellService
 from protloc.serve.decode import Upload, read_upload_sample, sniff
 from protloc.serve.engine import InferenceEngine
 from protloc.serve.settings import ServiceSettings
@@ -62,6 +63,7 @@ class PredictionService:
         self.settings = settings
         self.engine = engine
         self.model_name = engine.card.model_name
+        self.cells = CellService(settings, engine)
 
     def model_info(self) -> dict[str, Any]:
         import importlib.util
@@ -99,6 +101,7 @@ class PredictionService:
             "created": card.created,
             "service_version": __version__,
             "explanations": explainable,
+            "cells": self.cells.describe(),
         }
 
     async def reject_unknown_fields(self, request: Request) -> None:
@@ -119,12 +122,17 @@ class PredictionService:
             )
 
     def _decode(
-        self, files: dict[str, Upload], stack: Upload | None, stack_channels: str, label: str = ""
+        self,
+        files: dict[str, Upload],
+        stack: Upload | None,
+        stack_channels: str,
+        label: str = "",
+        channels: tuple[str, ...] | None = None,
     ) -> np.ndarray:
         order = parse_channels(stack_channels) if stack is not None else CHANNELS
         return read_upload_sample(
             files,
-            self.engine.channels,
+            channels or self.engine.channels,
             stack=stack,
             stack_channels=order,
             bit_depth=self.engine.bit_depth,
@@ -132,11 +140,19 @@ class PredictionService:
         )
 
     def _decode_and_prepare(
-        self, files: dict[str, Upload], stack: Upload | None, stack_channels: str, previews: bool, label: str = ""
+        self,
+        files: dict[str, Upload],
+        stack: Upload | None,
+        stack_channels: str,
+        previews: bool,
+        label: str = "",
+        channels: tuple[str, ...] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
-        image = self._decode(files, stack, stack_channels, label)
-        inputs = self.engine.prepare(image)
-        shown = make_previews(image, self.engine.channels, self.settings.preview_side) if previews else None
+        """Decode in ``channels`` (default: the model's; for cells, the model's then those cells add)."""
+        image = self._decode(files, stack, stack_channels, label, channels)
+        field = image[: len(self.engine.channels)]
+        inputs = self.engine.prepare(field)
+        shown = make_previews(field, self.engine.channels, self.settings.preview_side) if previews else None
         return image, inputs, shown
 
     def _result(
@@ -181,17 +197,29 @@ class PredictionService:
         }
 
     async def predict_one(
-        self, files: dict[str, Upload], stack: Upload | None, stack_channels: str, *, previews: bool
+        self,
+        files: dict[str, Upload],
+        stack: Upload | None,
+        stack_channels: str,
+        *,
+        previews: bool,
+        cells: CellRequest | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        channels = self.cells.channels() if cells is not None else None
+        if cells is not None:
+            self.cells.predictor(cells.method)  # an impossible method is refused before decoding
         image, inputs, shown = await self.engine.in_decode_pool(
-            self._decode_and_prepare, files, stack, stack_channels, previews
+            self._decode_and_prepare, files, stack, stack_channels, previews, "", channels
         )
         decoded = time.perf_counter()
         probabilities = await self.engine.infer(inputs)
         finished = time.perf_counter()
         source = "stack" if stack is not None else "channels"
-        return self._result(image, probabilities, source, decoded - started, finished - decoded, previews=shown)
+        result = self._result(image, probabilities, source, decoded - started, finished - decoded, previews=shown)
+        if cells is not None and channels is not None:
+            result["cells"], result["cell_info"] = await self.cells.predict(image, channels, cells)
+        return result
 
     def group_batch(self, uploads: list[Upload]) -> dict[str, tuple[dict[str, Upload], Upload | None]]:
         """Sample Id -> (channel files, stacked file) from the uploads' file names.
@@ -230,22 +258,31 @@ class PredictionService:
             raise DataError(f"{len(samples)} samples in one request; this service takes at most {limit} per request")
         return samples
 
-    async def predict_batch(self, uploads: list[Upload], stack_channels: str) -> list[dict[str, Any]]:
+    async def predict_batch(
+        self, uploads: list[Upload], stack_channels: str, cells: CellRequest | None = None
+    ) -> list[dict[str, Any]]:
         import asyncio
 
         samples = self.group_batch(uploads)
+        channels = self.cells.channels() if cells is not None else None
+        if cells is not None:
+            self.cells.predictor(cells.method)
 
         async def one(sample_id: str, files: dict[str, Upload], stack: Upload | None) -> dict[str, Any]:
             started = time.perf_counter()
+            label = f"sample {sample_id}"
             image, inputs, _ = await self.engine.in_decode_pool(
-                self._decode_and_prepare, files, stack, stack_channels, False, f"sample {sample_id}"
+                self._decode_and_prepare, files, stack, stack_channels, False, label, channels
             )
             decoded = time.perf_counter()
             probabilities = await self.engine.infer(inputs)
             source = "stack" if stack is not None else "channels"
-            return self._result(
+            result = self._result(
                 image, probabilities, source, decoded - started, time.perf_counter() - decoded, sample_id
             )
+            if cells is not None and channels is not None:
+                result["cells"], result["cell_info"] = await self.cells.predict(image, channels, cells, label)
+            return result
 
         return list(await asyncio.gather(*(one(i, f, s) for i, (f, s) in samples.items())))
 

@@ -44,6 +44,10 @@ class ServiceSettings:
         header_timeout: seconds a client may take to send a request's headers before the connection is closed.
         body_timeout: seconds a client may take to send a request body (and at most a third of it between two
             chunks) before it is answered 408; bodies are received before a request is admitted to the queue.
+        cell_model: a cell model package for ``?cells=true`` (``None``: cells get the field baseline).
+        cell_mix: weight of the cell model in ``cell_method=mix`` (0-1).
+        cell_threads: fields segmented at the same time (each takes memory in proportion to its pixels).
+        max_cell_pixels: largest field (height x width) that ``?cells=true`` segments; larger ones get 422.
     """
 
     model: str
@@ -62,6 +66,10 @@ class ServiceSettings:
     cors_origins: tuple[str, ...] = ()
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    cell_model: str | None = None
+    cell_mix: float = 0.5
+    cell_threads: int = 1
+    max_cell_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
         self.allowed_hosts = tuple(str(h).strip().lower() for h in self.allowed_hosts if str(h).strip())
@@ -74,6 +82,14 @@ class ServiceSettings:
         if self.max_pending < 1:
             raise ConfigError(f"max_pending must be at least 1, got {self.max_pending}")
         self.model = str(self.model)
+        if self.cell_model is not None:
+            self.cell_model = str(self.cell_model)
+        if not 0.0 <= self.cell_mix <= 1.0:
+            raise ConfigError(f"cell_mix must lie between 0 and 1, got {self.cell_mix}")
+        if self.cell_threads < 1:
+            raise ConfigError(f"cell_threads must be at least 1, got {self.cell_threads}")
+        if self.max_cell_pixels < 64 * 64:
+            raise ConfigError(f"max_cell_pixels must be at least 4096 (64 x 64), got {self.max_cell_pixels}")
         if not self.max_upload_mb > 0:
             raise ConfigError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
         if self.max_batch_samples < 1:

@@ -8,6 +8,8 @@ Classification" (2018) competition shipped, plus the test truth::
     OUT/test/<Id>_<channel>.png
     OUT/sample_submission.csv      Id,Predicted (Predicted = 0 on every row, as Kaggle's)
     OUT/test_truth.csv             Id,Target   (the labels of test/, which Kaggle kept secret)
+    OUT/{train,test}_cells_truth/  with cells=True: <Id>_cells.png label images and cells.csv (per-cell
+                                   classes; see :mod:`.cells`); field labels are the union over cells
 
 What is drawn (see ``docs/synthetic-data.md`` for pictures): a field of cells of varying number, size, shape
 and brightness, from sparse to dense and touching; each cell has a nucleus (blue) with nucleoli, a
@@ -25,20 +27,26 @@ specified for a 512 px field and scaled, so a 128 px image looks like a downscal
 
 The package is split by what each part owns: :mod:`.labels` (label sets and ids), :mod:`.drawing` (primitives),
 :mod:`.field` (cells and the landmark channels), :mod:`.patterns` (the green pattern of each class, as a table),
-:mod:`.sample` (one sample and the brightness model) and :mod:`.writer` (:func:`make_dataset`).
+:mod:`.sample` (one sample and the brightness model), :mod:`.cells` (single-cell truth) and :mod:`.writer`
+(:func:`make_dataset`).
 """
 
+from protloc.synth.cells import CellTruth
 from protloc.synth.labels import sample_label_sets, synth_id
-from protloc.synth.sample import MAX_SIZE, MIN_SIZE, REAL_CHANNEL_STATS, generate_sample
-from protloc.synth.writer import IMAGE_FORMATS, SynthSummary, make_dataset
+from protloc.synth.sample import MAX_SIZE, MIN_SIZE, REAL_CHANNEL_STATS, generate_sample, generate_sample_with_cells
+from protloc.synth.writer import CELL_TRUTH_FOLDERS, CELL_TRUTH_TABLE, IMAGE_FORMATS, SynthSummary, make_dataset
 
 __all__ = [
+    "CELL_TRUTH_FOLDERS",
+    "CELL_TRUTH_TABLE",
     "IMAGE_FORMATS",
     "MAX_SIZE",
     "MIN_SIZE",
     "REAL_CHANNEL_STATS",
+    "CellTruth",
     "SynthSummary",
     "generate_sample",
+    "generate_sample_with_cells",
     "make_dataset",
     "sample_label_sets",
     "synth_id",

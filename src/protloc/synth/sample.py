@@ -10,6 +10,7 @@ import numpy as np
 from protloc.classes import NUM_CLASSES
 from protloc.errors import ConfigError
 from protloc.io import CHANNELS
+from protloc.synth.cells import CellTruth, cell_truth, per_cell_sums
 from protloc.synth.drawing import _F32, _blur, _lut
 from protloc.synth.field import _draw_blue, _draw_red, _draw_yellow, _Field, _make_field
 from protloc.synth.patterns import _CLASS_SCALE, _PATTERNS, _expression
@@ -80,6 +81,25 @@ def generate_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
             512 px one).
         rng: the random stream; the result is a pure function of its state.
     """
+    return _generate(labels, size, rng, with_cells=False)[0]
+
+
+def generate_sample_with_cells(
+    labels: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], CellTruth]:
+    """:func:`generate_sample` plus the field's single-cell truth (see :mod:`protloc.synth.cells`).
+
+    The planes are byte-identical to :func:`generate_sample`'s for the same ``rng`` state: the truth is
+    recorded from the drawing, it draws nothing.
+    """
+    planes, truth = _generate(labels, size, rng, with_cells=True)
+    assert truth is not None
+    return planes, truth
+
+
+def _generate(
+    labels: np.ndarray, size: int, rng: np.random.Generator, *, with_cells: bool
+) -> tuple[dict[str, np.ndarray], CellTruth | None]:
     labels = np.asarray(labels)
     if labels.shape != (NUM_CLASSES,):
         raise ValueError(f"labels must be a multi-hot vector of length {NUM_CLASSES}, got shape {labels.shape}")
@@ -96,9 +116,18 @@ def generate_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     }
     green = _F32(green_rng.uniform(0.04, 0.2)) * f.thick * (1 - 0.4 * (f.nuc > 0))  # unspecific background
     green = green * _lut(np.exp(green_rng.normal(0, 0.3, f.n)))[f.cell]
+    contributions: dict[int, np.ndarray] = {}
+    expression: dict[int, np.ndarray] = {}
     for class_id in np.flatnonzero(labels):
         amp = _expression(f, green_rng, int(class_id))
         weight = _CLASS_SCALE[class_id] * green_rng.uniform(0.5, 1.0)
-        green = green + _PATTERNS[class_id](f, amp, green_rng) * _F32(weight)
+        pattern = _PATTERNS[class_id](f, amp, green_rng) * _F32(weight)
+        if with_cells:
+            contributions[int(class_id)] = per_cell_sums(f.cell, pattern, f.n)
+            expression[int(class_id)] = amp
+        green = green + pattern
     planes["green"] = _expose(np.asarray(green, dtype=_F32), "green", f, green_rng, noise)
-    return {channel: planes[channel] for channel in CHANNELS}
+    ordered = {channel: planes[channel] for channel in CHANNELS}
+    if not with_cells:
+        return ordered, None
+    return ordered, cell_truth(f.cell, labels, contributions, expression)

@@ -15,18 +15,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from protloc.cells.masks import labels_path, write_labels
+from protloc.cells.table import Columns, concat_tables, field_table, write_table
 from protloc.classes import NUM_CLASSES, format_labels
 from protloc.errors import ConfigError
 from protloc.io import write_channel
 from protloc.synth.labels import sample_label_sets, synth_id
-from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample
+from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample, generate_sample_with_cells
 from protloc.utils import atomic_folder
 from protloc.workers import imap
 
 IMAGE_FORMATS: tuple[str, ...] = ("png", "tif", "jpg")
 _KEY_LABELS, _KEY_ID, _KEY_IMAGE = 0, 1, 2  # SeedSequence spawn keys: (purpose, split, index)
 _TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV = "train.csv", "test_truth.csv", "sample_submission.csv"
-_LAYOUT_NAMES = frozenset({_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV, "train", "test"})
+CELL_TRUTH_FOLDERS = {"train": "train_cells_truth", "test": "test_cells_truth"}
+"""Single-cell truth of each split (``cells=True``): ``<Id>_cells.png`` label images and ``cells.csv``."""
+CELL_TRUTH_TABLE = "cells.csv"
+_LAYOUT_NAMES = frozenset({_TRAIN_CSV, _TEST_TRUTH_CSV, _SUBMISSION_CSV, "train", "test", *CELL_TRUTH_FOLDERS.values()})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -51,6 +56,7 @@ class SynthSummary:
         bit_depth: 8 or 16.
         workers: worker processes used.
         files: image files written (4 per sample).
+        cells: single cells in the written truth (``cells=True``).
     """
 
     out: Path
@@ -65,6 +71,8 @@ class SynthSummary:
     bit_depth: int = 8
     workers: int = 1
     files: int = 0
+    cells: int = 0
+    """single cells in the written truth (0 without ``cells=True``)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -83,31 +91,41 @@ class _Task:
     size: int
     image_format: str
     bit_depth: int
+    cells_folder: str | None = None
+    """where the field's label image goes (``None``: no single-cell truth)."""
 
 
 def _sample_rng(seed: int, purpose: int, split: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, split, index)))
 
 
-def _write_task(task: _Task) -> int:
+def _write_task(task: _Task) -> tuple[str, Columns | None]:
+    """Write one sample's channel files (and its label image); return its per-cell truth rows, if asked."""
     rng = _sample_rng(task.seed, _KEY_IMAGE, task.split, task.index)
-    planes = generate_sample(task.labels, task.size, rng)
+    rows: Columns | None = None
+    if task.cells_folder is None:
+        planes = generate_sample(task.labels, task.size, rng)
+    else:
+        planes, truth = generate_sample_with_cells(task.labels, task.size, rng)
+        write_labels(labels_path(task.cells_folder, task.sample_id), truth.labels)
+        rows = field_table(task.sample_id, truth.labels, predicted=truth.classes)
     folder = Path(task.folder)
     for channel, plane in planes.items():
         data = plane.astype(np.uint16) * np.uint16(257) if task.bit_depth == 16 else plane
         write_channel(folder / f"{task.sample_id}_{channel}.{task.image_format}", data)
-    return task.index
+    return task.sample_id, rows
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[int]:
-    """Write the samples, yielding 1 as each is written (in this process when ``workers == 1``)."""
+def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[tuple[str, Columns | None]]:
+    """Write the samples, yielding each one's id and cell truth as it is written (in this process when
+    ``workers == 1``)."""
     per_chunk = max(1, min(16, len(tasks) // (workers * 8)))
     chunks = -(-len(tasks) // per_chunk)
-    for _ in imap(
+    yield from imap(
         _write_task,
         tasks,
         workers=workers,
@@ -115,8 +133,7 @@ def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[int]:
         window=max(2 * workers, chunks),  # every chunk queued at once: no worker waits for a slow one
         initializer=_init_worker if workers > 1 else None,
         preload=[__name__],
-    ):
-        yield 1
+    )
 
 
 def _default_workers() -> int:
@@ -212,6 +229,7 @@ def make_dataset(
     overwrite: bool = False,
     progress: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    cells: bool = False,
 ) -> SynthSummary:
     """Write a synthetic data set in the Kaggle HPA 2018 layout (see the module docstring).
 
@@ -237,6 +255,10 @@ def make_dataset(
         progress: deprecated, draws nothing (library functions never draw; use ``on_progress``).
         on_progress: called as ``on_progress(done, total)`` after each sample is written (for a caller's own
             progress display).
+        cells: also write each split's single-cell truth (see :mod:`protloc.synth.cells`) into
+            ``train_cells_truth/`` and ``test_cells_truth/``: a 16-bit label image ``<Id>_cells.png`` per field
+            (the format of ``protloc segment``) and ``cells.csv`` (field ``id``, ``cell``, box, area, centroid,
+            border flag, ``labels`` = the cell's class ids ``|``-separated). The images do not change.
 
     Raises:
         ConfigError: an invalid argument, or an output folder that cannot be used.
@@ -275,17 +297,26 @@ def make_dataset(
     with atomic_folder(target, before_replace=lambda old: _check_target(old, overwrite)) as staging:
         (staging / "train").mkdir()
         (staging / "test").mkdir()
+        truth_dirs = {split: staging / name for split, name in CELL_TRUTH_FOLDERS.items()}
+        if cells:
+            for folder in truth_dirs.values():
+                folder.mkdir()
+
+        def cells_dir(split: str) -> str | None:
+            return str(truth_dirs[split]) if cells else None
+
         tasks = [
-            _Task(str(staging / "train"), i, lab, seed, 0, k, size, image_format, bit_depth)
+            _Task(str(staging / "train"), i, lab, seed, 0, k, size, image_format, bit_depth, cells_dir("train"))
             for k, (i, lab) in enumerate(zip(train_ids, train_labels, strict=True))
         ] + [
-            _Task(str(staging / "test"), i, lab, seed, 1, k, size, image_format, bit_depth)
+            _Task(str(staging / "test"), i, lab, seed, 1, k, size, image_format, bit_depth, cells_dir("test"))
             for k, (i, lab) in enumerate(zip(test_ids, test_labels, strict=True))
         ]
+        cell_rows: dict[str, Columns] = {}
         workers = max(1, min(workers, len(tasks)))
-        count = 0
-        for finished in _run_tasks(tasks, workers):
-            count += finished
+        for count, (sample_id, rows) in enumerate(_run_tasks(tasks, workers), start=1):
+            if rows is not None:
+                cell_rows[sample_id] = rows
             if on_progress is not None:
                 on_progress(count, len(tasks))
 
@@ -294,6 +325,10 @@ def make_dataset(
         _write_labels_csv(staging / _TRAIN_CSV, ("Id", "Target"), train_rows)
         _write_labels_csv(staging / _TEST_TRUTH_CSV, ("Id", "Target"), test_rows)
         _write_labels_csv(staging / _SUBMISSION_CSV, ("Id", "Predicted"), ((i, "0") for i, _ in test_rows))
+        if cells:
+            for split, rows in (("train", train_rows), ("test", test_rows)):
+                table = concat_tables([cell_rows[sample_id] for sample_id, _ in rows])
+                write_table(truth_dirs[split] / CELL_TRUTH_TABLE, table)
     return SynthSummary(
         out=out,
         n_train=n_train,
@@ -307,4 +342,5 @@ def make_dataset(
         bit_depth=bit_depth,
         workers=workers,
         files=4 * (n_train + n_test),
+        cells=sum(len(rows["cell"]) for rows in cell_rows.values()),
     )

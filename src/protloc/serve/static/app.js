@@ -19,7 +19,9 @@ const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   request: 0,         // increases with every request, so a late answer never overwrites a newer one
   overlayUrl: null,
+  cell: null,         // the selected cell's id
 };
+const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
 
@@ -109,6 +111,7 @@ async function loadModel() {
     $("explain-hint").textContent =
       "Class activation maps need PyTorch and the package's weights, which this service does not have.";
   }
+  setupCells(model);
   renderSlots();
 }
 
@@ -212,6 +215,7 @@ function clearAll() {
   $("result").hidden = true;
   $("result").removeAttribute("data-state");
   $("result-empty").hidden = false;
+  renderCells(null);
   setStatus("");
   renderSlots();
 }
@@ -233,12 +237,13 @@ async function predict() {
   setStatus("Predicting…", "busy");
   const started = performance.now();
   try {
-    const response = await api("/predict?previews=true", { method: "POST", body: sampleForm() });
+    const response = await api(predictPath(), { method: "POST", body: sampleForm() });
     const result = await response.json();
     if (request !== state.request) return;
     state.result = result;
     renderImages(result);
     renderResult(result, performance.now() - started);
+    renderCells(result);
     setStatus("");
     if (state.model.explanations && result.labels.length) {
       $("explain-class").value = String(result.labels[0].id);
@@ -349,6 +354,136 @@ async function explain() {
   }
 }
 
+// ---------------------------------------------------------------------------------------------- cells
+
+const METHOD_NAMES = { auto: "automatic", cell: "cell model", baseline: "field baseline", mix: "cell + field mix" };
+
+function setupCells(model) {
+  const cells = model.cells;
+  $("cells-controls").hidden = !cells;
+  if (!cells) return;
+  const names = { ...METHOD_NAMES, auto: `automatic (${cells.default_method})`, mix: `cell + field mix (${cells.mix})` };
+  $("cell-method").replaceChildren(...cells.methods.map((m) => el("option", { value: m, text: names[m] || m })));
+  $("cell-method").disabled = !$("cells-toggle").checked;
+}
+
+function predictPath() {
+  let path = "/predict?previews=true";
+  if (state.model && state.model.cells && $("cells-toggle").checked) {
+    path += `&cells=true&cell_method=${encodeURIComponent($("cell-method").value || "auto")}`;
+  }
+  return path;
+}
+
+function className(id) {
+  const known = state.model && state.model.classes.find((c) => c.id === id);
+  return known ? known.name : `class ${id}`;
+}
+
+function svg(tag, attributes = {}) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+  return node;
+}
+
+function cellDescription(cell) {
+  const top = cell.labels.length ? cell.labels.map((l) => `${l.name} ${percent(l.probability)}`).join(", ") : "no label";
+  return `Cell ${cell.cell}: ${top}${cell.border ? " (touches the edge)" : ""}`;
+}
+
+function renderCells(result) {
+  const layer = $("cell-layer");
+  state.cell = null;
+  $("cell-panel").hidden = true;
+  if (!result || !result.cells || !result.cell_info) {
+    layer.toggleAttribute("hidden", true); // an SVG element has no .hidden property
+    layer.replaceChildren();
+    $("cells-box").hidden = true;
+    return;
+  }
+  const info = result.cell_info;
+  layer.setAttribute("viewBox", `0 0 ${result.image.width} ${result.image.height}`);
+  layer.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  const shapes = result.cells.map((cell) => {
+    const colour = info.palette[cell.top] || "#ffffff";
+    const shape = svg("polygon", {
+      class: "cell-outline",
+      points: cell.outline.map(([x, y]) => `${x},${y}`).join(" "),
+      fill: colour,
+      stroke: colour,
+      tabindex: 0,
+      role: "button",
+      "aria-pressed": "false",
+      "aria-label": cellDescription(cell),
+      "data-cell": cell.cell,
+      "data-top": cell.top,
+    });
+    const title = svg("title");
+    title.textContent = cellDescription(cell);
+    shape.append(title);
+    shape.addEventListener("click", () => selectCell(cell.cell));
+    shape.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        selectCell(cell.cell);
+      }
+    });
+    return shape;
+  });
+  layer.replaceChildren(...shapes);
+  layer.toggleAttribute("hidden", false);
+  const count = result.cells.length;
+  const edge = result.cells.filter((c) => c.border).length;
+  $("cells-summary").textContent = count
+    ? `${count} cell${count === 1 ? "" : "s"} (${edge} touching the edge) · ${info.method} · ` +
+      "click a cell outline (or Tab to it and press Enter) to see its probabilities"
+    : `No cells found in this field (${info.segmenter.segmenter} segmenter).`;
+  const tops = [...new Set(result.cells.map((c) => c.top))].sort((a, b) => a - b);
+  $("cell-legend").replaceChildren(...tops.map((id) =>
+    el("li", { "data-class-id": String(id) },
+      el("span", { class: "swatch", style: `background:${info.palette[id]}` }), className(id))));
+  $("cells-box").hidden = false;
+}
+
+function selectCell(id) {
+  const result = state.result;
+  if (!result || !result.cells) return;
+  const cell = result.cells.find((c) => c.cell === id);
+  if (!cell) return;
+  state.cell = id;
+  for (const shape of $("cell-layer").querySelectorAll("[data-cell]")) {
+    shape.setAttribute("aria-pressed", shape.dataset.cell === String(id) ? "true" : "false");
+  }
+  const info = result.cell_info;
+  $("cell-title").textContent = `Cell ${cell.cell}`;
+  $("cell-meta").textContent =
+    `${cell.area} px · centre (${cell.centroid[1].toFixed(0)}, ${cell.centroid[0].toFixed(0)}) · ` +
+    `${cell.border ? "touches the field's edge · " : ""}${info.method}`;
+  $("cell-labels").replaceChildren(...(cell.labels.length ? cell.labels.map((label) =>
+    el("li", { "data-class-id": String(label.id) },
+      el("span", { class: "n", text: label.name }),
+      el("span", { class: "p", text: percent(label.probability) }))) : [el("li", { class: "none", text: "no label" })]));
+  const predicted = new Set(cell.labels.map((l) => l.id));
+  const rows = state.model.classes
+    .map((c) => ({ id: c.id, name: c.name, probability: cell.probabilities[c.id], threshold: info.thresholds[c.id] }))
+    .sort((a, b) => b.probability - a.probability || a.id - b.id);
+  $("cell-chart").replaceChildren(...rows.map((row) => {
+    const on = predicted.has(row.id);
+    return el("li", {
+      class: `bar-row${on ? " predicted" : ""}`,
+      "data-class-id": String(row.id),
+      "data-probability": String(row.probability),
+      "aria-label": `${row.name}: ${percent(row.probability)}, threshold ${percent(row.threshold)}${on ? ", predicted" : ""}`,
+    },
+      el("span", { class: "bar-name", title: row.name }, el("span", { class: "cid", text: String(row.id) }), row.name),
+      el("span", { class: "bar-track", "aria-hidden": "true" },
+        el("span", { class: "bar-fill", style: `width:${(100 * row.probability).toFixed(2)}%` }),
+        el("span", { class: "bar-tick", style: `left:${(100 * row.threshold).toFixed(2)}%` })),
+      el("span", { class: "bar-value", "aria-hidden": "true", text: percent(row.probability) }));
+  }));
+  $("cell-panel").hidden = false;
+}
+
 // ---------------------------------------------------------------------------------------------- wiring
 
 function applyBrightness() {
@@ -383,6 +518,13 @@ function wire() {
   $("clear-button").addEventListener("click", clearAll);
   $("sort-toggle").addEventListener("change", renderChart);
   $("brightness").addEventListener("input", applyBrightness);
+  $("cells-toggle").addEventListener("change", () => {
+    $("cell-method").disabled = !$("cells-toggle").checked;
+    if (isReady()) predict();
+  });
+  $("cell-method").addEventListener("change", () => {
+    if (isReady()) predict();
+  });
   $("explain-form").addEventListener("submit", (event) => {
     event.preventDefault();
     explain();

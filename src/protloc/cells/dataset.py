@@ -1,0 +1,267 @@
+"""A cell data set: every cell of a field data set cut once into a masked, centred, square crop, with labels.
+
+A cell data set is an ordinary protloc data set in the Kaggle layout whose samples are cells, so the whole
+training engine (folds, the uint8 cache, the Lightning module and data module, thresholds, packaging, ONNX,
+ensembles) works on it unchanged::
+
+    OUT/train.csv               Id,Target    Id = <field Id>--c<cell id>, Target = the cell's class ids
+                                             (empty for a cell that shows none: a negative example)
+    OUT/train/<Id>_<channel>.png             the crop (see protloc.cells.masks.cells_of_field), lossless
+    OUT/folds.csv               Id,fold      folds by field: the cells of one field never straddle folds
+    OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels
+
+``protloc train OUT`` then trains a **cell model**; its card carries ``cells.json`` under ``"cells"``
+(input = masked crop, crop size, padding, the segmentation settings), which is how prediction knows to cut
+crops the same way. Crops are cut once; the training cache then stores them as any other samples.
+
+**Labels** (``labels=``):
+
+* ``"cells"`` - per-cell truth (a folder with ``<Id>_cells.png`` and a ``cells.csv`` with a ``labels``
+  column, see :mod:`protloc.cells.truth`). When the crops come from other masks (a segmentation), each cell
+  takes the classes of the true cell it overlaps with IoU >= ``match_iou``; cells without one are left out.
+* ``"field"`` - weak labels, as the 2021 competitors had: every cell takes its field's labels.
+* a mapping ``(field Id, cell id) -> multi-hot`` (e.g. pseudo-labels refined by a cell model).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protloc import __version__
+from protloc.catalog import Catalog, open_dataset
+from protloc.cells.masks import cells_of_field, labels_path, read_labels
+from protloc.cells.metrics import iou_matrix
+from protloc.cells.truth import read_cell_truth
+from protloc.classes import NUM_CLASSES, format_labels
+from protloc.errors import ConfigError, DataError
+from protloc.io import CHANNELS, read_sample, write_channel
+from protloc.utils import atomic_write_json, atomic_write_text
+
+CELL_SETTINGS_FILE = "cells.json"
+CELL_ID_SEPARATOR = "--c"
+LABEL_SOURCES = ("cells", "field")
+
+
+def cell_sample_id(field_id: str, cell: int) -> str:
+    """The sample Id of a cell crop: ``<field Id>--c<cell>``."""
+    return f"{field_id}{CELL_ID_SEPARATOR}{int(cell)}"
+
+
+def split_cell_sample_id(sample_id: str) -> tuple[str, int]:
+    """``<field Id>--c<cell>`` -> ``(field Id, cell)``."""
+    field_id, _, cell = sample_id.rpartition(CELL_ID_SEPARATOR)
+    if not field_id or not cell.isdigit():
+        raise DataError(f"{sample_id!r} is not a cell sample Id (<field Id>{CELL_ID_SEPARATOR}<cell>)")
+    return field_id, int(cell)
+
+
+@dataclass
+class CellDatasetSummary:
+    """What :func:`make_cell_dataset` wrote."""
+
+    out: Path
+    fields: int
+    cells: int
+    """cells written (with labels)."""
+    skipped: int
+    """cells left out: no matching true cell (``labels="cells"`` on other masks), or below ``min_area``."""
+    size: int
+    seconds: float
+    class_counts: list[int]
+
+
+def _read_settings(folder: Path) -> dict[str, Any]:
+    path = folder / "segmentation.json"
+    if path.is_file():
+        settings: dict[str, Any] = json.loads(path.read_text()).get("settings", {})
+        return settings
+    return {"segmenter": "ground truth"}
+
+
+def _match(
+    labels: np.ndarray, truth_labels: np.ndarray, truth_classes: Mapping[int, np.ndarray], iou: float
+) -> dict[int, np.ndarray]:
+    """Cell id -> classes of the true cell it overlaps best with IoU >= ``iou``."""
+    overlap, pred_ids, true_ids = iou_matrix(labels, truth_labels)
+    matched: dict[int, np.ndarray] = {}
+    if overlap.size == 0:
+        return matched
+    best = np.argmax(overlap, axis=1)
+    for row, cell in enumerate(pred_ids):
+        if overlap[row, best[row]] >= iou:
+            matched[int(cell)] = truth_classes[int(true_ids[best[row]])]
+    return matched
+
+
+def make_cell_dataset(
+    data: str | Path | Catalog,
+    out: str | Path,
+    *,
+    masks: str | Path,
+    labels: str | Mapping[tuple[str, int], np.ndarray] = "field",
+    truth: str | Path | None = None,
+    split: str = "train",
+    size: int = 64,
+    padding: float = 0.05,
+    channels: tuple[str, ...] = CHANNELS,
+    bit_depth: int = 16,
+    match_iou: float = 0.5,
+    min_area: int = 0,
+    n_folds: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CellDatasetSummary:
+    """Cut every cell of ``data`` into a crop data set at ``out`` (see the module docstring).
+
+    Args:
+        data: the field data set (Kaggle root, labels CSV, image folder) or a :class:`Catalog` with labels.
+        masks: folder of label images ``<Id>_cells.png`` (``protloc segment`` output, or a truth folder).
+        labels: ``"cells"`` (per-cell truth), ``"field"`` (weak: the field's labels) or a mapping
+            ``(field Id, cell) -> multi-hot`` (cells absent from it are left out).
+        truth: the per-cell truth folder for ``labels="cells"`` (default: ``masks``).
+        size: crop side in px.
+        padding: margin around each cell's box, as a fraction of its longer side.
+        match_iou: IoU a cell needs with a true cell to take its classes (``labels="cells"``).
+        min_area: cells smaller than this many field px are left out.
+        n_folds: folds written to ``folds.csv``, stratified over the fields' labels, grouped by field.
+        overwrite: replace ``out`` if it holds a cell data set.
+
+    Raises:
+        ConfigError: a bad argument or an output folder that cannot be used.
+        DataError: a field or label image cannot be read, or the truth is missing.
+    """
+    started = time.perf_counter()
+    if isinstance(labels, str) and labels not in LABEL_SOURCES:
+        raise ConfigError(f"cell labels must be one of {', '.join(LABEL_SOURCES)} or a mapping, got {labels!r}")
+    if size < 16:
+        raise ConfigError(f"crop size must be at least 16 px, got {size}")
+    catalog = data if isinstance(data, Catalog) else open_dataset(data, split=split, channels=channels)
+    if catalog.labels is None:
+        raise DataError(f"{catalog.image_dir}: a cell data set needs the fields' labels (train.csv or --labels)")
+    masks = Path(masks)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (overwrite and (out / CELL_SETTINGS_FILE).is_file()):
+        raise ConfigError(f"{out}: exists and is not empty; choose another folder (overwrite replaces cell data sets)")
+    truth_classes: dict[str, tuple[np.ndarray, dict[int, np.ndarray]]] = {}
+    if labels == "cells":
+        for cells in read_cell_truth(Path(truth) if truth else masks, NUM_CLASSES, catalog.ids):
+            truth_classes[cells.id] = (cells.labels, dict(zip(cells.cells.tolist(), cells.values, strict=True)))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    images = staging / "train"
+    images.mkdir(parents=True)
+    rows: list[tuple[str, str]] = []
+    groups: list[int] = []
+    skipped = 0
+    try:
+        for index, field_id in enumerate(catalog.ids):
+            field_labels = read_labels(labels_path(masks, field_id))
+            if not isinstance(labels, str):
+                per_cell = {cell: np.asarray(v) for (fid, cell), v in labels.items() if fid == field_id}
+            elif labels == "cells":
+                true_labels, classes = truth_classes[field_id]
+                same_masks = truth is None or Path(truth) == masks
+                per_cell = classes if same_masks else _match(field_labels, true_labels, classes, match_iou)
+            else:
+                field_hot = catalog.labels[index]
+                per_cell = {int(c): field_hot for c in np.unique(field_labels) if c > 0}
+            present = np.unique(field_labels)
+            present = present[present > 0]
+            if min_area:
+                areas = np.bincount(field_labels.ravel())
+                present = present[areas[present] >= min_area]
+            wanted = np.asarray([c for c in present if int(c) in per_cell], dtype=np.int64)
+            skipped += len(present) - len(wanted)
+            if len(wanted):
+                image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
+                crops = cells_of_field(image, field_labels, size, padding=padding, cells=wanted)
+                for cell, crop in zip(crops.cells, crops.images, strict=True):
+                    sample_id = cell_sample_id(field_id, int(cell))
+                    for channel, plane in zip(channels, crop, strict=True):
+                        write_channel(images / f"{sample_id}_{channel}.png", plane)
+                    rows.append((sample_id, format_labels(np.asarray(per_cell[int(cell)]))))
+                    groups.append(index)
+            if on_progress:
+                on_progress(index + 1, len(catalog))
+        if not rows:
+            raise DataError(f"{masks}: no labelled cells to cut (are the label images empty?)")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("Id", "Target"))
+        writer.writerows(rows)
+        atomic_write_text(staging / "train.csv", buffer.getvalue())
+        ids = [row[0] for row in rows]
+        _write_group_folds(staging / "folds.csv", ids, np.asarray(groups), catalog.labels, n_folds, seed)
+        atomic_write_json(
+            staging / CELL_SETTINGS_FILE,
+            {
+                "protloc_version": __version__,
+                "kind": "cell crops",
+                "input": "masked crop: the cell's pixels, others and background 0, centred square around its box",
+                "crop_size": size,
+                "padding": padding,
+                "channels": list(channels),
+                "labels": labels if isinstance(labels, str) else "given per cell",
+                "source": str(catalog.image_dir),
+                "masks": str(masks),
+                "segmentation": _read_settings(masks),
+            },
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    hot = np.zeros((len(rows), NUM_CLASSES), dtype=np.int64)
+    from protloc.classes import parse_labels
+
+    for row, (_, target) in enumerate(rows):
+        hot[row] = parse_labels(target, allow_empty=True)
+    return CellDatasetSummary(
+        out=out,
+        fields=len(catalog),
+        cells=len(rows),
+        skipped=skipped,
+        size=size,
+        seconds=time.perf_counter() - started,
+        class_counts=[int(c) for c in hot.sum(axis=0)],
+    )
+
+
+def _write_group_folds(
+    path: Path, ids: list[str], groups: np.ndarray, field_labels: np.ndarray, n_folds: int, seed: int
+) -> None:
+    """Folds stratified over the fields' labels; every cell of a field shares its field's fold."""
+    from protloc.dataset import make_folds, save_folds
+
+    used = np.unique(groups)
+    if len(used) < n_folds:
+        raise DataError(f"{len(used)} fields with cells cannot be split into {n_folds} folds")
+    field_folds = np.full(len(field_labels), -1, dtype=np.int64)
+    field_folds[used] = make_folds(field_labels[used], n_folds, seed)
+    save_folds(path, ids, field_folds[groups])
+
+
+def read_cell_settings(folder: str | Path) -> dict[str, Any] | None:
+    """The ``cells.json`` of a cell data set at ``folder`` (or beside a labels CSV in it); ``None`` if none."""
+    path = Path(folder)
+    path = path if path.is_dir() else path.parent
+    settings = path / CELL_SETTINGS_FILE
+    if not settings.is_file():
+        return None
+    data: dict[str, Any] = json.loads(settings.read_text())
+    return data

@@ -1,0 +1,321 @@
+"""Cell data sets, cell models, per-cell prediction and its scores (issue 13, parts 2-5)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protloc.catalog import open_dataset
+from protloc.cells.dataset import make_cell_dataset, read_cell_settings, split_cell_sample_id
+from protloc.cells.encode import decode_mask, read_submission
+from protloc.cells.masks import labels_path, read_labels, write_labels
+from protloc.cells.outputs import (
+    compare_cell_methods,
+    evaluate_cells,
+    predict_cells,
+    read_cell_predictions,
+    score_cells,
+)
+from protloc.cells.predict import (
+    METHOD_BASELINE,
+    METHOD_CELL,
+    METHOD_MIX,
+    is_cell_model,
+    open_cell_predictor,
+    predict_cells_in_field,
+    predict_field_cells,
+)
+from protloc.cells.pseudo import refine_labels
+from protloc.cells.table import read_table
+from protloc.cells.truth import read_cell_truth
+from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.errors import ConfigError, ModelError
+from protloc.io import CHANNELS, read_sample
+
+SEGMENTATION = {"segmenter": "classical", "channels": ["blue", "red", "yellow"], "smooth_sigma": 0.5}
+
+
+@pytest.fixture(scope="module")
+def cell_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from protloc.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("cells") / "data"
+    make_dataset(root, n_train=10, n_test=3, size=64, seed=4, workers=1, cells=True)
+    return root
+
+
+def _package(folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0) -> Path:
+    import torch
+
+    from protloc.models import PackagedNetwork, create_model
+    from protloc.package import new_card, save_package
+
+    torch.manual_seed(seed)
+    network = create_model("test_resnet", 4, NUM_CLASSES, image_size=size)
+    card = new_card(
+        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": NUM_CLASSES, "image_size": size},
+        channels=list(CHANNELS),
+        size=size,
+        mean=[0.1] * 4,
+        std=[0.2] * 4,
+        thresholds=[0.5] * NUM_CLASSES,
+        **({"cells": cells} if cells is not None else {}),
+    )
+    return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An untrained cell model (32 px crops) and an untrained field model (64 px): the plumbing, not quality."""
+    root = tmp_path_factory.mktemp("packages")
+    cell = _package(root / "cell", size=32, cells={"crop_size": 32, "padding": 0.05, "segmentation": SEGMENTATION})
+    field = _package(root / "field", size=64, cells=None, seed=1)
+    return cell, field
+
+
+def test_cell_data_set_weak_and_per_cell_labels_with_folds_by_field(cell_data: Path, tmp_path: Path) -> None:
+    truth = cell_data / "train_cells_truth"
+    weak = make_cell_dataset(cell_data, tmp_path / "weak", masks=truth, labels="field", size=32, n_folds=2)
+    per_cell = make_cell_dataset(cell_data, tmp_path / "cells", masks=truth, labels="cells", size=32, n_folds=2)
+    fields = open_dataset(cell_data)
+    assert fields.labels is not None
+    field_labels = dict(zip(fields.ids, fields.labels, strict=True))
+    true_cells = {f.id: dict(zip(f.cells.tolist(), f.values, strict=True)) for f in read_cell_truth(truth, NUM_CLASSES)}
+    assert weak.cells == per_cell.cells == sum(len(c) for c in true_cells.values())
+    weak_catalog = open_dataset(weak.out)
+    cell_catalog = open_dataset(weak.out.parent / "cells", allow_empty_labels=True)
+    assert weak_catalog.labels is not None and cell_catalog.labels is not None
+    for sample_id, labels in zip(weak_catalog.ids, weak_catalog.labels, strict=True):
+        field_id, _ = split_cell_sample_id(sample_id)
+        np.testing.assert_array_equal(labels, field_labels[field_id])
+    for sample_id, labels in zip(cell_catalog.ids, cell_catalog.labels, strict=True):
+        field_id, cell = split_cell_sample_id(sample_id)
+        np.testing.assert_array_equal(labels, true_cells[field_id][cell])
+    assert (cell_catalog.labels.sum(axis=1) == 0).any()  # cells without the protein are negative examples
+    # crops are 32 px, masked: the corner of a crop of a small cell is background
+    crop = read_sample(weak_catalog.files[weak_catalog.ids[0]], CHANNELS)
+    assert crop.shape == (4, 32, 32)
+    # folds: every cell of a field in its field's fold
+    with (weak.out / "folds.csv").open() as handle:
+        folds = {row["Id"]: int(row["fold"]) for row in csv.DictReader(handle)}
+    by_field: dict[str, set[int]] = {}
+    for sample_id, fold in folds.items():
+        by_field.setdefault(split_cell_sample_id(sample_id)[0], set()).add(fold)
+    assert all(len(v) == 1 for v in by_field.values()) and {f for v in by_field.values() for f in v} == {0, 1}
+    settings = read_cell_settings(weak.out)
+    assert settings is not None and settings["crop_size"] == 32 and settings["labels"] == "field"
+
+
+def test_per_cell_labels_follow_the_matching_true_cell(cell_data: Path, tmp_path: Path) -> None:
+    truth = cell_data / "train_cells_truth"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    fields = read_cell_truth(truth, NUM_CLASSES)
+    for field in fields:  # a "segmentation" that numbers the same cells in reverse
+        top = int(field.labels.max())
+        write_labels(labels_path(masks, field.id), np.where(field.labels > 0, top + 1 - field.labels, 0))
+    made = make_cell_dataset(cell_data, tmp_path / "c", masks=masks, truth=truth, labels="cells", size=32, n_folds=2)
+    catalog = open_dataset(made.out, allow_empty_labels=True)
+    assert catalog.labels is not None
+    by_id = {f.id: f for f in fields}
+    for sample_id, labels in zip(catalog.ids, catalog.labels, strict=True):
+        field_id, cell = split_cell_sample_id(sample_id)
+        field = by_id[field_id]
+        original = int(field.labels.max()) + 1 - cell
+        np.testing.assert_array_equal(labels, field.values[list(field.cells).index(original)])
+
+
+def test_cell_data_set_refuses_a_foreign_folder(cell_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        make_cell_dataset(cell_data, tmp_path / "x", masks=cell_data / "train_cells_truth", overwrite=True)
+    assert (tmp_path / "x" / "keep.txt").is_file()
+
+
+def test_predict_cells_writes_table_submission_anndata_and_pictures(
+    cell_data: Path, packages: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cell_model, _ = packages
+    predictor = open_cell_predictor(cell_model)
+    assert predictor.method == METHOD_CELL
+    masks = cell_data / "test_cells_truth"
+    summary = predict_cells(predictor, cell_data, tmp_path / "out", masks=masks, pictures=1)
+    table = read_table(tmp_path / "out" / "cells.csv")
+    assert summary.cells == len(table["cell"]) > 0
+    assert {"id", "cell", "y0", "area", "border", "labels", f"p_{CLASS_NAMES[0]}"} <= set(table)
+    # the 2021 submission: one row per field, each mask decodes back to its cell
+    submission = read_submission(tmp_path / "out" / "submission.csv")
+    predictions = read_cell_predictions(tmp_path / "out")
+    assert set(submission) == {p.id for p in predictions}
+    field = predictions[0]
+    width, height, text = submission[field.id]
+    parts = text.split()
+    cls, confidence, encoded = int(parts[0]), float(parts[1]), parts[2]
+    mask = decode_mask(encoded, height, width)
+    assert any(np.array_equal(mask, field.labels == c) for c in field.cells)
+    assert 0 <= cls < NUM_CLASSES and 0 <= confidence <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    assert adata.n_obs == summary.cells
+    assert adata.obsm["probabilities"].shape == (summary.cells, NUM_CLASSES)
+    assert adata.X.shape[1] != NUM_CLASSES or adata.var_names[0].startswith("emb_")  # embeddings in X
+    assert adata.uns["method"] == METHOD_CELL
+    provenance = json.loads((tmp_path / "out" / "cells_prediction.json").read_text())
+    assert provenance["method"] == METHOD_CELL
+    assert len(list((tmp_path / "out" / "pictures").glob("*_outlines.png"))) == 1
+
+
+def test_baseline_gives_every_cell_its_field_probabilities_and_the_mix_averages(
+    cell_data: Path, packages: tuple[Path, Path]
+) -> None:
+    cell_model, field_model = packages
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    field_id = catalog.ids[0]
+    image = read_sample(catalog.files[field_id], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", field_id))
+    baseline = predict_field_cells(
+        open_cell_predictor(field_model=field_model), image, channels=CHANNELS, labels=labels
+    )
+    assert baseline.method == METHOD_BASELINE and baseline.embeddings is None
+    assert np.allclose(baseline.probabilities, baseline.probabilities[0])
+    cell = predict_field_cells(open_cell_predictor(cell_model), image, channels=CHANNELS, labels=labels)
+    assert not np.allclose(cell.probabilities, cell.probabilities[0])  # cells differ
+    assert cell.embeddings is not None and len(cell.embeddings) == len(cell.cells)
+    mixed = predict_field_cells(
+        open_cell_predictor(cell_model, field_model, mix=0.25), image, channels=CHANNELS, labels=labels
+    )
+    assert mixed.method == METHOD_MIX
+    np.testing.assert_allclose(
+        mixed.probabilities, 0.25 * cell.probabilities + 0.75 * baseline.probabilities, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: tuple[Path, Path]) -> None:
+    cell_model, _ = packages
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", catalog.ids[0]))
+    rows = predict_cells_in_field(cell_model, image, labels=labels)
+    assert [r["cell"] for r in rows] == sorted(int(c) for c in np.unique(labels) if c > 0)
+    first = rows[0]
+    y0, x0, y1, x1 = first["box"]
+    assert first["mask"].shape == (y1 - y0, x1 - x0) and first["mask"].sum() == first["area"]
+    assert set(first["probabilities"]) == set(CLASS_NAMES) and first["method"] == METHOD_CELL
+
+
+def test_wrong_model_kinds_are_refused(packages: tuple[Path, Path]) -> None:
+    cell_model, field_model = packages
+    with pytest.raises(ConfigError, match="needs a cell model"):
+        open_cell_predictor()
+    with pytest.raises(ModelError, match="not a cell model"):
+        open_cell_predictor(field_model)
+    with pytest.raises(ModelError, match="is a cell model"):
+        open_cell_predictor(field_model=cell_model)
+    with pytest.raises(ConfigError, match="mix"):
+        open_cell_predictor(cell_model, field_model, mix=1.5)
+
+
+def test_truth_scored_against_itself_is_perfect_and_a_baseline_is_worse(
+    cell_data: Path, packages: tuple[Path, Path], tmp_path: Path
+) -> None:
+    truths = read_cell_truth(cell_data / "test_cells_truth", NUM_CLASSES)
+    perfect = score_cells(truths, truths)
+    assert perfect.map == pytest.approx(1.0)
+    assert perfect.segmentation[0]["f1"] == pytest.approx(1.0)
+    _, field_model = packages
+    predictor = open_cell_predictor(field_model=field_model)
+    results = compare_cell_methods(predictor, cell_data, masks=cell_data / "test_cells_truth")
+    assert list(results) == [METHOD_BASELINE]
+    assert results[METHOD_BASELINE].map < 1.0
+    assert results[METHOD_BASELINE].segmentation[0]["f1"] == pytest.approx(1.0)  # the true masks were given
+    predict_cells(predictor, cell_data, tmp_path / "p", masks=cell_data / "test_cells_truth")
+    evaluation = evaluate_cells(tmp_path / "p", cell_data)
+    assert evaluation.map == pytest.approx(results[METHOD_BASELINE].map)
+    assert evaluation.method == METHOD_BASELINE
+    assert json.loads((tmp_path / "p" / "cells_evaluation.json").read_text())["method"] == METHOD_BASELINE
+
+
+def test_pseudo_labels_only_remove_field_classes(cell_data: Path, packages: tuple[Path, Path], tmp_path: Path) -> None:
+    cell_model, _ = packages
+    weak = make_cell_dataset(
+        cell_data, tmp_path / "weak", masks=cell_data / "train_cells_truth", labels="field", size=32, n_folds=2
+    )
+    refined, stats = refine_labels(cell_model, weak.out, threshold=0.5)
+    catalog = open_dataset(weak.out)
+    assert catalog.labels is not None
+    for sample_id, labels in zip(catalog.ids, catalog.labels, strict=True):
+        new = refined[split_cell_sample_id(sample_id)]
+        assert not (new & ~labels.astype(bool)).any()
+    assert stats["labels_after"] <= stats["labels_before"] == catalog.labels.sum()
+    again = make_cell_dataset(
+        cell_data, tmp_path / "pseudo", masks=cell_data / "train_cells_truth", labels=refined, size=32, n_folds=2
+    )
+    assert again.cells == weak.cells
+    with pytest.raises(ConfigError):
+        refine_labels(cell_model, weak.out, threshold=2.0)
+
+
+@pytest.mark.slow
+def test_cli_predict_and_evaluate_cells(cell_data: Path, packages: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from protloc.cli import app
+
+    cell_model, field_model = packages
+    masks = str(cell_data / "test_cells_truth")
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["predict", str(field_model), str(cell_data), "--cells", "--masks", masks, "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.output and (tmp_path / "b" / "submission.csv").is_file()
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", str(cell_model), str(cell_data), "--cells", "--split", "test", "--field-model",
+            str(field_model), "--masks", masks, "--out", str(tmp_path / "e"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "e" / "cells_evaluation.json").read_text())
+    assert set(scores) == {METHOD_CELL, METHOD_BASELINE, f"{METHOD_MIX} 0.5"}
+    shutil.rmtree(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path: Path) -> None:
+    from protloc.config import resolve_config
+    from protloc.train import train
+
+    made = make_cell_dataset(
+        cell_data, tmp_path / "cells", masks=cell_data / "train_cells_truth", labels="cells", size=32, n_folds=2
+    )
+    config = resolve_config(
+        "cpu",
+        overrides={
+            "data": str(made.out),
+            "out": str(tmp_path / "run"),
+            "model": "test_resnet",
+            "image_size": 32,
+            "epochs": 1,
+            "folds": 2,
+            "batch_size": 32,
+            "cache_dir": str(tmp_path / "cache"),
+            "workers": 0,
+        },
+    )
+    result = train(config, progress_bar=False)
+    assert result is not None
+    card = json.loads((result.package_dir / "card.json").read_text())
+    assert is_cell_model(card) and card["cells"]["crop_size"] == 32 and card["input"]["size"] == 32
+    # the run used the data set's folds by field
+    assert (tmp_path / "run" / "folds.csv").read_text() == (made.out / "folds.csv").read_text()
+    predictor = open_cell_predictor(result.package_dir)
+    assert predictor.method == METHOD_CELL
