@@ -447,3 +447,11 @@ def test_classes_are_told_apart_by_pattern_not_by_brightness() -> None:
     chance = 1 / NUM_CLASSES
     assert _nearest_centroid_accuracy(features, per_class // 2) > 3 * chance
     assert _nearest_centroid_accuracy(brightness, per_class // 2) < 2.5 * chance
+
+
+def test_the_pattern_table_draws_class_i_in_row_i() -> None:
+    from protloc.classes import CLASS_NAMES
+    from protloc.synth.patterns import PATTERNS
+
+    assert [row.name for row in PATTERNS] == list(CLASS_NAMES)
+    assert all(row.scale > 0 and callable(row.draw) for row in PATTERNS)

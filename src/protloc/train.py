@@ -315,45 +315,12 @@ def _train(
         save_last=True,
         enable_version_counter=False,
     )
-    # Mid-epoch "last" checkpoints for resuming after a kill: every N steps when asked (tests, tiny epochs),
-    # else on a timer, which bounds their cost (a resnet18 checkpoint with optimizer state is ~135 MB, fsynced).
-    timing: dict[str, Any] = (
-        {"every_n_train_steps": config.checkpoint_every_n_steps}
-        if config.checkpoint_every_n_steps
-        else {"train_time_interval": dt.timedelta(minutes=config.checkpoint_minutes)}
-    )
-    last_checkpoint = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename="last",
-        save_top_k=1,
-        monitor="step",
-        mode="max",
-        enable_version_counter=False,
-        save_on_train_epoch_end=True,
-        **timing,
-    )
-    # A timer does not save at epoch ends (and "best" refreshes last.ckpt only when it improves), so without this
-    # last.ckpt could be epochs old and --resume would repeat them (found by the kill -9 resume test).
-    epoch_checkpoints: list[Callback] = []
-    if not config.checkpoint_every_n_steps:
-        epoch_checkpoints.append(
-            ModelCheckpoint(
-                dirpath=checkpoints,
-                filename="last",
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                enable_version_counter=False,
-                save_on_train_epoch_end=True,
-                every_n_epochs=1,
-            )
-        )
+    last_checkpoints = _last_checkpoints(checkpoints, config)
     consistency = RankConsistency()
     callbacks: list[Callback] = [
         ResumePosition(),
         best_checkpoint,
-        last_checkpoint,
-        *epoch_checkpoints,
+        *last_checkpoints,
         ThroughputLog(),
         consistency,
     ]
@@ -513,6 +480,32 @@ def _train(
             },
         )
     return result
+
+
+def _last_checkpoints(checkpoints: Path, config: TrainConfig) -> list[Callback]:
+    """The callbacks that keep ``last.ckpt`` current, for resuming after a kill.
+
+    Mid-epoch: every N steps when asked (tests, tiny epochs), else on a timer, which bounds their cost (a resnet18
+    checkpoint with optimizer state is ~135 MB, fsynced). A timer does not save at epoch ends (and "best" refreshes
+    last.ckpt only when it improves), so then a second callback saves at every epoch end; without it last.ckpt
+    could be epochs old and --resume would repeat them (found by the kill -9 resume test).
+    """
+
+    def last(**timing: Any) -> ModelCheckpoint:
+        return ModelCheckpoint(
+            dirpath=checkpoints,
+            filename="last",
+            save_top_k=1,
+            monitor="step",
+            mode="max",
+            enable_version_counter=False,
+            save_on_train_epoch_end=True,
+            **timing,
+        )
+
+    if config.checkpoint_every_n_steps:
+        return [last(every_n_train_steps=config.checkpoint_every_n_steps)]
+    return [last(train_time_interval=dt.timedelta(minutes=config.checkpoint_minutes)), last(every_n_epochs=1)]
 
 
 def training_card(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -373,45 +374,52 @@ def _p_rods_rings(f: _Field, amp: np.ndarray, rng: np.random.Generator) -> np.nd
     return np.asarray(shapes + _diffuse_cyto(f, amp, 0.03), dtype=_F32)
 
 
-_PATTERNS: tuple[_Pattern, ...] = (
-    _p_nucleoplasm,
-    _p_nuclear_membrane,
-    _p_nucleoli,
-    _p_fibrillar_center,
-    _p_speckles,
-    _p_nuclear_bodies,
-    _p_er,
-    _p_golgi,
-    _p_peroxisomes,
-    _p_endosomes,
-    _p_lysosomes,
-    _p_intermediate_filaments,
-    _p_actin,
-    _p_focal_adhesions,
-    _p_microtubules,
-    _p_microtubule_ends,
-    _p_cytokinetic_bridge,
-    _p_mitotic_spindle,
-    _p_mtoc,
-    _p_centrosome,
-    _p_lipid_droplets,
-    _p_plasma_membrane,
-    _p_cell_junctions,
-    _p_mitochondria,
-    _p_aggresome,
-    _p_cytosol,
-    _p_cytoplasmic_bodies,
-    _p_rods_rings,
-)
+@dataclass(frozen=True)
+class PatternRow:
+    """How the green channel draws one class: the class it stands for, the drawing, and its brightness scale."""
+
+    name: str
+    draw: _Pattern
+    scale: float
 
 
 # Brings the brightest structures of each class's pattern to about 1 (the 99th percentile of the pattern's
 # bright pixels, median over 512 px single-label fields), so the classes differ in where they draw, not in how
 # bright they are. Calibrated with `python benchmarks/bench_synth.py --calibrate`.
-_CLASS_SCALE: tuple[float, ...] = (
-    0.62, 1.09, 0.62, 0.53, 0.54, 0.9, 1.23, 0.42, 1.31, 0.99, 1.13, 1.32, 1.66, 0.79,
-    1.21, 0.9, 0.59, 0.67, 0.59, 0.8, 1.48, 0.9, 0.85, 1.29, 0.41, 0.96, 0.87, 0.75,
-)  # fmt: skip
+PATTERNS: tuple[PatternRow, ...] = (
+    PatternRow("Nucleoplasm", _p_nucleoplasm, 0.62),
+    PatternRow("Nuclear membrane", _p_nuclear_membrane, 1.09),
+    PatternRow("Nucleoli", _p_nucleoli, 0.62),
+    PatternRow("Nucleoli fibrillar center", _p_fibrillar_center, 0.53),
+    PatternRow("Nuclear speckles", _p_speckles, 0.54),
+    PatternRow("Nuclear bodies", _p_nuclear_bodies, 0.9),
+    PatternRow("Endoplasmic reticulum", _p_er, 1.23),
+    PatternRow("Golgi apparatus", _p_golgi, 0.42),
+    PatternRow("Peroxisomes", _p_peroxisomes, 1.31),
+    PatternRow("Endosomes", _p_endosomes, 0.99),
+    PatternRow("Lysosomes", _p_lysosomes, 1.13),
+    PatternRow("Intermediate filaments", _p_intermediate_filaments, 1.32),
+    PatternRow("Actin filaments", _p_actin, 1.66),
+    PatternRow("Focal adhesion sites", _p_focal_adhesions, 0.79),
+    PatternRow("Microtubules", _p_microtubules, 1.21),
+    PatternRow("Microtubule ends", _p_microtubule_ends, 0.9),
+    PatternRow("Cytokinetic bridge", _p_cytokinetic_bridge, 0.59),
+    PatternRow("Mitotic spindle", _p_mitotic_spindle, 0.67),
+    PatternRow("Microtubule organizing center", _p_mtoc, 0.59),
+    PatternRow("Centrosome", _p_centrosome, 0.8),
+    PatternRow("Lipid droplets", _p_lipid_droplets, 1.48),
+    PatternRow("Plasma membrane", _p_plasma_membrane, 0.9),
+    PatternRow("Cell junctions", _p_cell_junctions, 0.85),
+    PatternRow("Mitochondria", _p_mitochondria, 1.29),
+    PatternRow("Aggresome", _p_aggresome, 0.41),
+    PatternRow("Cytosol", _p_cytosol, 0.96),
+    PatternRow("Cytoplasmic bodies", _p_cytoplasmic_bodies, 0.87),
+    PatternRow("Rods & rings", _p_rods_rings, 0.75),
+)
+"""The 28 patterns, indexed by class id (row ``i`` draws class ``i``; a test checks the names)."""
+
+_PATTERNS: tuple[_Pattern, ...] = tuple(row.draw for row in PATTERNS)
+_CLASS_SCALE: tuple[float, ...] = tuple(row.scale for row in PATTERNS)
 
 
 def _expression(f: _Field, rng: np.random.Generator, class_id: int) -> np.ndarray:
