@@ -355,6 +355,7 @@ def train(
         )
         atomic_write_json(run_dir / "report.json", report.to_dict())
         metrics_rows = read_metrics(run_dir / "metrics.csv")
+        cell_card: dict[str, Any] = {"cells": cell_settings} if cell_settings is not None else {}
         card = new_card(
             architecture={
                 "name": config.model,
@@ -395,7 +396,7 @@ def train(
                 "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
                 "config": config.to_dict(),
             },
-            **({"cells": cell_settings} if cell_settings is not None else {}),
+            **cell_card,
         )
         package_dir = save_package(
             run_dir / "model",

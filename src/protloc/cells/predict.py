@@ -203,7 +203,7 @@ class FieldCellPrediction:
                     "centroid": [float(properties["centroid_y"][row]), float(properties["centroid_x"][row])],
                     "border": bool(properties["border"][row]),
                     "probabilities": {n: float(p) for n, p in zip(class_names, self.probabilities[row], strict=True)},
-                    "labels": [class_names[k] for k in np.flatnonzero(self.decisions[row])],
+                    "labels": [class_names[int(k)] for k in np.flatnonzero(self.decisions[row])],
                     "mask": self.labels[y0:y1, x0:x1] == cell,
                     "method": self.method,
                 }
@@ -237,7 +237,9 @@ def embed_crops(backend: Backend, pixels: np.ndarray) -> np.ndarray | None:
 
     with torch.inference_mode():
         images = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(backend.device)
-        normalised = (images - network.mean) / network.std
+        mean, std = network.mean, network.std
+        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
+        normalised = (images - mean) / std
         features = backbone.forward_head(backbone.forward_features(normalised), pre_logits=True)
     return np.asarray(features.float().cpu().numpy())
 
