@@ -240,6 +240,11 @@ def test_truth_scored_against_itself_is_perfect_and_a_baseline_is_worse(
     assert evaluation.map == pytest.approx(results[METHOD_BASELINE].map)
     assert evaluation.method == METHOD_BASELINE
     assert json.loads((tmp_path / "p" / "cells_evaluation.json").read_text())["method"] == METHOD_BASELINE
+    from protloc.cells.report import cells_section_html
+
+    html = cells_section_html(tmp_path / "p", evaluation=evaluation, rows=5)
+    assert "every cell is given its field" in html and f"{evaluation.map:.3f}" in html
+    assert html.count("<tr>") == 1 + 5
 
 
 def test_pseudo_labels_only_remove_field_classes(cell_data: Path, packages: tuple[Path, Path], tmp_path: Path) -> None:
