@@ -210,6 +210,21 @@ def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: t
     assert set(first["probabilities"]) == set(CLASS_NAMES) and first["method"] == METHOD_CELL
 
 
+def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    from protloc.ensemble import make_ensemble
+
+    cell_model, _ = packages
+    other = _package(
+        tmp_path / "other", size=32, cells={"crop_size": 32, "padding": 0.05, "segmentation": SEGMENTATION}, seed=3
+    )
+    ensemble = make_ensemble([cell_model, other], tmp_path / "ens", thresholds="mean")
+    predictor = open_cell_predictor(ensemble)
+    assert predictor.method == METHOD_CELL and predictor.cell_card is not None
+    assert predictor.cell_card["cells"]["crop_size"] == 32
+    with pytest.raises(ModelError, match="must agree"):
+        make_ensemble([cell_model, _package(tmp_path / "f32", size=32, cells=None)], tmp_path / "bad")
+
+
 def test_wrong_model_kinds_are_refused(packages: tuple[Path, Path]) -> None:
     cell_model, field_model = packages
     with pytest.raises(ConfigError, match="needs a cell model"):

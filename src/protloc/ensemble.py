@@ -67,6 +67,12 @@ def make_ensemble(
                 f"{folder}: takes {card['input']['channels']} at {card['input']['size']} px but {folders[0]} takes "
                 f"{first['input']['channels']} at {first['input']['size']} px; ensemble members must agree"
             )
+        crops = (card.get("cells") or {}).get("padding"), "cells" in card
+        if crops != ((first.get("cells") or {}).get("padding"), "cells" in first):
+            raise ModelError(
+                f"{folder}: cell models (cut from masked crops) and field models, or cell models cut with other "
+                "padding, cannot be averaged; ensemble members must agree"
+            )
     pooled = [_read_validation(f) for f in folders]
     method = thresholds
     if method == "auto":
@@ -124,4 +130,5 @@ def _ensemble_card(
             "members": [c.get("training", {}) for c in cards],
             "source_size": first.get("training", {}).get("source_size"),
         },
+        **({"cells": first["cells"]} if "cells" in first else {}),
     )
