@@ -197,6 +197,27 @@ def test_baseline_gives_every_cell_its_field_probabilities_and_the_mix_averages(
     )
 
 
+def test_a_cell_model_exported_to_onnx_predicts_the_same_cells(
+    cell_data: Path, packages: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from protloc.export import export_onnx
+
+    cell_model, _ = packages
+    copy = shutil.copytree(cell_model, tmp_path / "cell")
+    exported = export_onnx(copy)
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", catalog.ids[0]))
+    with_torch = predict_field_cells(open_cell_predictor(copy), image, channels=CHANNELS, labels=labels)
+    onnx = open_cell_predictor(exported.path, backend="onnx", tta="flips")
+    assert onnx.method == METHOD_CELL  # the card travels inside the .onnx file
+    with_onnx = predict_field_cells(onnx, image, channels=CHANNELS, labels=labels)
+    assert with_onnx.embeddings is None
+    flipped = predict_field_cells(open_cell_predictor(copy, tta="flips"), image, channels=CHANNELS, labels=labels)
+    np.testing.assert_allclose(with_onnx.probabilities, flipped.probabilities, atol=1e-4)
+    assert not np.allclose(with_torch.probabilities, flipped.probabilities, atol=1e-6)  # TTA changed something
+
+
 def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: tuple[Path, Path]) -> None:
     cell_model, _ = packages
     catalog = open_dataset(cell_data, split="test", channels=None)
