@@ -29,24 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
 from protloc.cells.dataset import make_cell_dataset
 from protloc.cells.outputs import compare_cell_methods
-from protloc.cells.predict import open_cell_predictor
+from protloc.cells.predict import open_cell_predictor, scaled_segmenter_options
 from protloc.cells.pseudo import refine_labels
 from protloc.cells.runner import segment_dataset
 from protloc.config import resolve_config
 from protloc.synth import make_dataset
 from protloc.train import train
-
-
-def segmenter_options(size: int) -> dict[str, Any]:
-    """The classical segmenter's lengths scaled to a synthetic field of ``size`` px (512 px = HPA scale)."""
-    scale = min(1.0, size / 512)
-    return {
-        "smooth_sigma": round(2.0 * scale, 3),
-        "min_nucleus_area": max(1, round(120 * scale * scale)),
-        "split_depth": max(1.0, 3.0 * scale),
-        "max_cell_radius": max(1, round(90 * scale)),
-        "min_cell_area": max(1, round(300 * scale * scale)),
-    }
 
 
 def train_model(data: Path, out: Path, cache: Path, image_size: int, minutes: float, epochs: int) -> Path:
@@ -93,7 +81,7 @@ def main() -> None:
         data, n_train=args.train, n_test=args.test, size=args.size, seed=13, cells=True, overwrite=True, workers=2
     )
     now = lap("synth", now)
-    options = segmenter_options(args.size)
+    options = scaled_segmenter_options(args.size)
     segmented = {
         split: segment_dataset(data, work / f"{split}_segmented", split=split, options=options, overwrite=True).out
         for split in ("train", "test")

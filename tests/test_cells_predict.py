@@ -197,6 +197,27 @@ def test_baseline_gives_every_cell_its_field_probabilities_and_the_mix_averages(
     )
 
 
+def test_a_cell_model_exported_to_onnx_predicts_the_same_cells(
+    cell_data: Path, packages: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from protloc.export import export_onnx
+
+    cell_model, _ = packages
+    copy = shutil.copytree(cell_model, tmp_path / "cell")
+    exported = export_onnx(copy)
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", catalog.ids[0]))
+    with_torch = predict_field_cells(open_cell_predictor(copy), image, channels=CHANNELS, labels=labels)
+    onnx = open_cell_predictor(exported.path, backend="onnx", tta="flips")
+    assert onnx.method == METHOD_CELL  # the card travels inside the .onnx file
+    with_onnx = predict_field_cells(onnx, image, channels=CHANNELS, labels=labels)
+    assert with_onnx.embeddings is None
+    flipped = predict_field_cells(open_cell_predictor(copy, tta="flips"), image, channels=CHANNELS, labels=labels)
+    np.testing.assert_allclose(with_onnx.probabilities, flipped.probabilities, atol=1e-4)
+    assert not np.allclose(with_torch.probabilities, flipped.probabilities, atol=1e-6)  # TTA changed something
+
+
 def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: tuple[Path, Path]) -> None:
     cell_model, _ = packages
     catalog = open_dataset(cell_data, split="test", channels=None)
@@ -208,6 +229,21 @@ def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: t
     y0, x0, y1, x1 = first["box"]
     assert first["mask"].shape == (y1 - y0, x1 - x0) and first["mask"].sum() == first["area"]
     assert set(first["probabilities"]) == set(CLASS_NAMES) and first["method"] == METHOD_CELL
+
+
+def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    from protloc.ensemble import make_ensemble
+
+    cell_model, _ = packages
+    other = _package(
+        tmp_path / "other", size=32, cells={"crop_size": 32, "padding": 0.05, "segmentation": SEGMENTATION}, seed=3
+    )
+    ensemble = make_ensemble([cell_model, other], tmp_path / "ens", thresholds="mean")
+    predictor = open_cell_predictor(ensemble)
+    assert predictor.method == METHOD_CELL and predictor.cell_card is not None
+    assert predictor.cell_card["cells"]["crop_size"] == 32
+    with pytest.raises(ModelError, match="must agree"):
+        make_ensemble([cell_model, _package(tmp_path / "f32", size=32, cells=None)], tmp_path / "bad")
 
 
 def test_wrong_model_kinds_are_refused(packages: tuple[Path, Path]) -> None:
@@ -240,6 +276,11 @@ def test_truth_scored_against_itself_is_perfect_and_a_baseline_is_worse(
     assert evaluation.map == pytest.approx(results[METHOD_BASELINE].map)
     assert evaluation.method == METHOD_BASELINE
     assert json.loads((tmp_path / "p" / "cells_evaluation.json").read_text())["method"] == METHOD_BASELINE
+    from protloc.cells.report import cells_section_html
+
+    html = cells_section_html(tmp_path / "p", evaluation=evaluation, rows=5)
+    assert "every cell is given its field" in html and f"{evaluation.map:.3f}" in html
+    assert html.count("<tr>") == 1 + 5
 
 
 def test_pseudo_labels_only_remove_field_classes(cell_data: Path, packages: tuple[Path, Path], tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
         "run/model/model.onnx",
         "run/training_curves.png",
         "predictions/submission.csv",
+        "cells/cells.csv",
+        "cells/submission.csv",
+        "cells/cells.h5ad",
+        "data/test_cells_truth/cells.csv",
         "report.html",
     ):
         assert (out / path).is_file(), path
@@ -42,6 +46,9 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
         "Test set",
         "Errors",
         "Gallery",
+        "Single cells",
+        "baseline: field labels to every cell",
+        "per-cell mAP (2021, IoU &gt;= 0.6)",
         "Configuration and timings",
     ):
         assert section in html, section

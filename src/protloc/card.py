@@ -367,6 +367,12 @@ class ModelCard:
         return len(self.classes)
 
     @property
+    def cells(self) -> dict[str, Any] | None:
+        """A cell model's crop settings (crop size, padding, segmenter), or ``None`` for a field model."""
+        value = self.extra.get("cells")
+        return dict(value) if isinstance(value, dict) else None
+
+    @property
     def model_name(self) -> str:
         """The architecture, or ``"ensemble of N"``."""
         return f"ensemble of {len(self.members)}" if self.is_ensemble else self.architecture.name

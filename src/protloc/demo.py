@@ -27,7 +27,7 @@ from protloc.errors import ConfigError, DataError
 DEMO_EPOCH_CEILING = 60
 """at most this many epochs; the time budget normally ends training first."""
 
-DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "report.html"}
+DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "cells", "report.html"}
 """What a demo writes into its folder; a folder holding anything else is never deleted."""
 
 
@@ -42,6 +42,8 @@ class DemoSettings:
     seed: int = 0
     n_train: int = 2400
     n_test: int = 400
+    cell_fields: int = 12
+    """test fields predicted cell by cell for the report's single-cell section (0 = none)."""
     size: int = 256
     image_size: int = 128
     model: str = "resnet18"
@@ -58,6 +60,7 @@ class DemoSettings:
                 seed=self.seed,
                 n_train=400,
                 n_test=100,
+                cell_fields=4,
                 size=128,
                 image_size=64,
                 model=self.model,
@@ -156,6 +159,7 @@ def run_demo(
                 min_per_class=max(3, settings.n_train // 200),
                 workers=settings.workers,
                 on_progress=update,
+                cells=settings.cell_fields > 0,
             )
     else:
         data = settings.data
@@ -275,6 +279,11 @@ def run_demo(
                 f"({test_report.n_samples} images, scored against test_truth.csv)"
             )
 
+    # 5b. single cells: segment a few test fields, give each cell its field's labels (the baseline), score
+    cell_sections: list[tuple[str, str, str]] = []
+    if settings.cell_fields > 0 and (data / "test").is_dir():
+        cell_sections = _single_cells(settings, data, out, result.package_dir, steps, say)
+
     # 6. ONNX
     onnx_path: Path | None = None
     with steps("export", "Exporting ONNX and checking it against PyTorch"):
@@ -304,6 +313,7 @@ def run_demo(
             test=test_set,
             timings=timings,
             notes=notes,
+            extra_sections=cell_sections,
         )
     total = time.perf_counter() - started
     steps.seconds["total"] = round(total, 1)
@@ -316,6 +326,31 @@ def run_demo(
         onnx=onnx_path,
         seconds=dict(steps.seconds),
     )
+
+
+def _single_cells(
+    settings: DemoSettings, data: Path, out: Path, package: Path, steps: Steps, say: Callable[[str], None]
+) -> list[tuple[str, str, str]]:
+    """Per-cell baseline on the first test fields; the report's single-cell section."""
+    from protloc.catalog import open_dataset
+    from protloc.cells.outputs import evaluate_cells, predict_cells
+    from protloc.cells.predict import open_cell_predictor, scaled_segmenter_options
+    from protloc.cells.report import cells_section_html
+    from protloc.cells.truth import truth_folder
+
+    ids = open_dataset(data, split="test", channels=None).ids[: settings.cell_fields]
+    options = scaled_segmenter_options(settings.size) if settings.data is None else {}
+    with steps("cells", f"Single cells: segmenting {len(ids)} test fields, the field model's labels to every cell"):
+        predictor = open_cell_predictor(field_model=package, segmenter_options=options)
+        summary = predict_cells(predictor, data, out / "cells", split="test", ids=ids, pictures=2)
+        try:
+            evaluation = evaluate_cells(summary.out, truth_folder(data, "test"))
+        except DataError:  # real data: no per-cell truth
+            evaluation = None
+    scored = f"; per-cell mAP {evaluation.map:.3f} (2021 metric)" if evaluation is not None else ""
+    say(f"   {summary.cells} cells ({summary.method}){scored}")
+    html = cells_section_html(summary.out, evaluation=evaluation)
+    return [("cells", f"Single cells: {summary.cells} cells of {summary.fields} test fields", html)]
 
 
 @contextmanager

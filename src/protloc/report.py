@@ -270,8 +270,10 @@ def build_report(
     timings: Mapping[str, float] | None = None,
     notes: Sequence[str] = (),
     gallery_size: int = 8,
+    extra_sections: Sequence[tuple[str, str, str]] = (),
 ) -> str:
-    """The report's HTML text (see :func:`write_report`)."""
+    """The report's HTML text (see :func:`write_report`); ``extra_sections`` are ``(anchor, heading, HTML)``
+    placed before the configuration (e.g. the single-cell section of :mod:`protloc.cells.report`)."""
     from protloc.plots import per_class_f1
 
     run_dir = Path(run_dir)
@@ -348,6 +350,7 @@ def build_report(
         if gallery:
             sections.append(("gallery", "Gallery: test samples, true vs predicted", gallery))
 
+    sections.extend(extra_sections)
     details = {"config": config, "timings_seconds": dict(timings or {}), "run": summary}
     sections.append(
         ("config", "Configuration and timings", f"<pre>{html.escape(json.dumps(details, indent=2, default=str))}</pre>")

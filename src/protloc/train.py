@@ -440,7 +440,7 @@ def _train(
                 "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
                 "config": config.to_dict(),
             },
-            **({"cells": cell_settings} if cell_settings is not None else {}),
+            cells=cell_settings,
         )
         package_dir = save_package(
             run_dir / "model",
@@ -521,8 +521,11 @@ def training_card(
     report: EvaluationReport,
     training: dict[str, Any],
     scheme: ClassScheme = HPA2018,
+    cells: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts."""
+    """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts
+    (and, for a cell model, how its crops were cut)."""
+    extra: dict[str, Any] = {"cells": cells} if cells is not None else {}
     return new_card(
         architecture=Architecture(
             config.model,
@@ -552,6 +555,7 @@ def training_card(
         },
         training=training,
         scheme=scheme,
+        **extra,
     )
 
 

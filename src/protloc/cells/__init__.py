@@ -10,6 +10,14 @@ The package is split by what each module owns:
 * :mod:`protloc.cells.metrics` - the 2021 challenge metric (mAP at mask IoU >= 0.6) and segmentation quality.
 * :mod:`protloc.cells.table` - the per-cell table (CSV) and the AnnData ``.h5ad`` writer.
 * :mod:`protloc.cells.draw` - the field with cell outlines coloured by their labels.
+* :mod:`protloc.cells.truth` - per-cell ground truth on disk (what ``protloc synth --cells`` writes).
+* :mod:`protloc.cells.dataset` - cell data sets: every cell cut once into a masked crop, labels per cell,
+  weak (the field's) or given, folds by field; ``protloc train`` makes a cell model of one.
+* :mod:`protloc.cells.pseudo` - one round of pseudo-labels refining weak cell labels.
+* :mod:`protloc.cells.predict` - per-cell prediction of a field: cell model, the field baseline, or a mix.
+* :mod:`protloc.cells.outputs` - a data set's per-cell table, 2021 submission, AnnData and pictures; scores
+  against per-cell truth, every method side by side.
+* :mod:`protloc.cells.report` - the single-cell section of the HTML report.
 
-Nothing here imports torch; scikit-image, pycocotools and anndata come with ``pip install 'protloc[cells]'``.
+Nothing here imports torch at import time (cell prediction loads it through the model backend); scikit-image, pycocotools and anndata come with ``pip install 'protloc[cells]'``.
 """

@@ -163,7 +163,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _draw(out: Path, result: FieldCellPrediction, image: np.ndarray, channels: Sequence[str]) -> Path:
-    classes = {int(c): list(np.flatnonzero(row)) for c, row in zip(result.cells, result.decisions, strict=True)}
+    classes = {
+        int(c): [int(k) for k in np.flatnonzero(row)] for c, row in zip(result.cells, result.decisions, strict=True)
+    }
     picture = draw_outlines(image, channels, result.labels, cell_classes=classes, n_classes=len(CLASS_NAMES))
     return write_picture(out / PICTURES_DIR / f"{result.id}_outlines.png", picture)
 

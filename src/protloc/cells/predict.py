@@ -61,6 +61,26 @@ def segmenter_from_card(card: Mapping[str, Any] | None, options: Mapping[str, An
     return create_segmenter(name, **settings)
 
 
+def scaled_segmenter_options(field_side: int, reference_side: int = 512) -> dict[str, Any]:
+    """Classical segmenter lengths for fields that show an HPA field of view shrunk to ``field_side`` px.
+
+    The classical defaults suit HPA fields at a 512 px working resolution; protloc's synthetic fields of
+    ``size`` px are 512 px fields shrunk by ``512 / size``, so lengths scale by ``size / 512`` and areas by
+    its square. Returns ``{}`` when no shrinking is involved.
+    """
+    scale = min(1.0, field_side / reference_side)
+    if scale >= 1.0:
+        return {}
+    defaults = ClassicalParams()
+    return {
+        "smooth_sigma": round(defaults.smooth_sigma * scale, 3),
+        "min_nucleus_area": max(1, round(defaults.min_nucleus_area * scale * scale)),
+        "split_depth": max(1.0, defaults.split_depth * scale),
+        "max_cell_radius": max(1, round(defaults.max_cell_radius * scale)),
+        "min_cell_area": max(1, round(defaults.min_cell_area * scale * scale)),
+    }
+
+
 @dataclass
 class CellPredictor:
     """Everything needed to score the cells of a field (see :func:`open_cell_predictor`)."""
@@ -203,7 +223,7 @@ class FieldCellPrediction:
                     "centroid": [float(properties["centroid_y"][row]), float(properties["centroid_x"][row])],
                     "border": bool(properties["border"][row]),
                     "probabilities": {n: float(p) for n, p in zip(class_names, self.probabilities[row], strict=True)},
-                    "labels": [class_names[k] for k in np.flatnonzero(self.decisions[row])],
+                    "labels": [class_names[int(k)] for k in np.flatnonzero(self.decisions[row])],
                     "mask": self.labels[y0:y1, x0:x1] == cell,
                     "method": self.method,
                 }
@@ -237,7 +257,9 @@ def embed_crops(backend: Backend, pixels: np.ndarray) -> np.ndarray | None:
 
     with torch.inference_mode():
         images = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(backend.device)
-        normalised = (images - network.mean) / network.std
+        mean, std = network.mean, network.std
+        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
+        normalised = (images - mean) / std
         features = backbone.forward_head(backbone.forward_features(normalised), pre_logits=True)
     return np.asarray(features.float().cpu().numpy())
 

@@ -314,9 +314,9 @@ def make_dataset(
         ]
         cell_rows: dict[str, Columns] = {}
         workers = max(1, min(workers, len(tasks)))
-        for count, (sample_id, rows) in enumerate(_run_tasks(tasks, workers), start=1):
-            if rows is not None:
-                cell_rows[sample_id] = rows
+        for count, (sample_id, truth_rows) in enumerate(_run_tasks(tasks, workers), start=1):
+            if truth_rows is not None:
+                cell_rows[sample_id] = truth_rows
             if on_progress is not None:
                 on_progress(count, len(tasks))
 
