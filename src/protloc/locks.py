@@ -73,6 +73,7 @@ def hold(folder: str | Path, command: str = "protloc") -> Iterator[Path]:
         yield folder
         return
     path = folder / LOCK_NAME
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle: IO[str] = path.open("a+", encoding="utf-8")
@@ -100,8 +101,20 @@ def hold(folder: str | Path, command: str = "protloc") -> Iterator[Path]:
             )
             handle.flush()
             yield folder
+        except BaseException:
+            if created:  # a run that failed before writing anything leaves no folder behind
+                _remove_if_only_lock(folder, path)
+            raise
         finally:
             _unlock(handle)
+
+
+def _remove_if_only_lock(folder: Path, lock: Path) -> None:
+    """Remove ``folder`` when it holds nothing but its lock file (a folder this process made and never used)."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in folder.iterdir()] == [lock.name]:
+            lock.unlink()
+            folder.rmdir()
 
 
 def _try_lock(handle: IO[str]) -> bool:
