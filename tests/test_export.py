@@ -156,7 +156,7 @@ def test_foreign_packages_are_refused_with_reasons(trained_run: Path, tmp_path: 
 
     for change, fragment in [
         (lambda c: c.update(format_version=99), "reads format 1 or older: upgrade protloc"),
-        (lambda c: c.update(classes=c["classes"][:27]), "28 thresholds for 27 classes"),
+        (lambda c: c.update(classes=c["classes"][:27]), "classes differ from its scheme hpa2018"),
         (lambda c: c["input"].update(channels=["red", "uv"]), "unknown channels"),
         (lambda c: c.update(format="something-else"), "not a protloc model card"),
     ]:
