@@ -37,6 +37,7 @@ from protloc.cells.truth import read_cell_truth
 from protloc.classes import HPA2018
 from protloc.errors import ConfigError, ModelError
 from protloc.io import CHANNELS, read_sample
+from protloc.schemes import ClassScheme
 
 SCHEME = HPA2018
 """The synthetic fields and their per-cell truth are 2018-style data."""
@@ -53,21 +54,25 @@ def cell_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _package(folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0) -> Path:
+def _package(
+    folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0, scheme: ClassScheme = SCHEME
+) -> Path:
     import torch
 
     from protloc.models import PackagedNetwork, create_model
     from protloc.package import new_card, save_package
 
     torch.manual_seed(seed)
-    network = create_model("test_resnet", 4, NUM_CLASSES, image_size=size)
+    n = scheme.num_classes
+    network = create_model("test_resnet", 4, n, image_size=size)
     card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": NUM_CLASSES, "image_size": size},
+        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": n, "image_size": size},
         channels=list(CHANNELS),
         size=size,
         mean=[0.1] * 4,
         std=[0.2] * 4,
-        thresholds=[0.5] * NUM_CLASSES,
+        thresholds=[0.5] * n,
+        scheme=scheme,
         **({"cells": cells} if cells is not None else {}),
     )
     return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
@@ -174,24 +179,10 @@ def test_a_2021_release_makes_a_cell_data_set_of_the_2021_scheme(cell_data: Path
 
 
 def test_a_mix_of_models_of_different_schemes_is_refused(packages: tuple[Path, Path], tmp_path: Path) -> None:
-    import torch
-
-    from protloc.models import PackagedNetwork, create_model
-    from protloc.package import new_card, save_package
+    from protloc.schemes import get_scheme
 
     cell_model, _ = packages
-    network = create_model("test_resnet", 4, 19, image_size=64)
-    card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": 19, "image_size": 64},
-        channels=list(CHANNELS),
-        size=64,
-        mean=[0.1] * 4,
-        std=[0.2] * 4,
-        thresholds=[0.5] * 19,
-        scheme="hpa2021",
-    )
-    torch.manual_seed(0)
-    field_2021 = save_package(tmp_path / "f21", PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
+    field_2021 = _package(tmp_path / "f21", size=64, cells=None, scheme=get_scheme("hpa2021"))
     assert open_cell_predictor(field_model=field_2021).class_names == read_card(field_2021).scheme.names
     with pytest.raises(ModelError, match="same classes"):
         open_cell_predictor(cell_model, field_2021)
