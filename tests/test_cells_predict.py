@@ -412,7 +412,7 @@ def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path:
             "workers": 0,
         },
     )
-    result = train(config, progress_bar=False)
+    result = train(config)
     assert result is not None
     card = read_card(result.package_dir)
     assert is_cell_model(card) and card.cells is not None and card.cells["crop_size"] == 32 and card.size == 32
