@@ -63,25 +63,25 @@ def test_the_description_validates_and_says_everything(exported: tuple[Path, Pat
     rdf = rdf_of(archive)
     assert str(rdf["format_version"]).startswith("0.5")
     pixels = rdf["inputs"][0]  # type: ignore[index]
-    assert pixels["axes"][1]["channel_names"] == card["input"]["channels"]
-    assert pixels["axes"][2]["size"] == pixels["axes"][3]["size"] == card["input"]["size"]
+    assert pixels["axes"][1]["channel_names"] == list(card.channels)
+    assert pixels["axes"][2]["size"] == pixels["axes"][3]["size"] == card.size
     steps = [step for step in pixels["preprocessing"] if step["id"] != "ensure_dtype"]
     assert [step["id"] for step in steps] == ["scale_linear", "fixed_zero_mean_unit_variance"]
     assert steps[0]["kwargs"]["gain"] == pytest.approx(1 / 255)
-    assert steps[1]["kwargs"] == {"mean": card["input"]["mean"], "std": card["input"]["std"], "axis": "channel"}
+    assert steps[1]["kwargs"] == {"mean": card.input.mean, "std": card.input.std, "axis": "channel"}
     output = rdf["outputs"][0]  # type: ignore[index]
-    assert output["axes"][1]["channel_names"] == card["classes"]
+    assert output["axes"][1]["channel_names"] == card.classes
     assert [s["id"] for s in output["postprocessing"] if s["id"] != "ensure_dtype"] == ["sigmoid"]
     protloc = rdf["config"]["protloc"]  # type: ignore[index]
-    assert protloc["thresholds"] == dict(zip(card["classes"], card["thresholds"], strict=True))
-    assert protloc["card"] == card
+    assert protloc["thresholds"] == dict(zip(card.classes, card.thresholds, strict=True))
+    assert protloc["card"] == card.to_dict()
     assert {c["doi"] for c in rdf["cite"]} >= {"10.1126/science.aal3321"}  # type: ignore[union-attr]
     assert rdf["license"] == "MIT" and rdf["authors"] == [{"name": "Test Author"}]
     with zipfile.ZipFile(archive) as handle:
         names = set(handle.namelist())
         readme = handle.read("README.md").decode()
     assert {"weights.onnx", "weights.torchscript.pt", "cover.png", "test_input.npy", "test_output.npy"} <= names
-    assert "## Validation" in readme and card["classes"][0] in readme
+    assert "## Validation" in readme and card.classes[0] in readme
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protloc.card import read_card
 from protloc.catalog import open_dataset
 from protloc.cells.dataset import make_cell_dataset, read_cell_settings, split_cell_sample_id
 from protloc.cells.encode import decode_mask, read_submission
@@ -33,10 +34,14 @@ from protloc.cells.predict import (
 from protloc.cells.pseudo import refine_labels
 from protloc.cells.table import read_table
 from protloc.cells.truth import read_cell_truth
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.classes import HPA2018
 from protloc.errors import ConfigError, ModelError
 from protloc.io import CHANNELS, read_sample
+from protloc.schemes import ClassScheme
 
+SCHEME = HPA2018
+"""The synthetic fields and their per-cell truth are 2018-style data."""
+NUM_CLASSES = SCHEME.num_classes
 SEGMENTATION = {"segmenter": "classical", "channels": ["blue", "red", "yellow"], "smooth_sigma": 0.5}
 
 
@@ -49,21 +54,25 @@ def cell_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _package(folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0) -> Path:
+def _package(
+    folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0, scheme: ClassScheme = SCHEME
+) -> Path:
     import torch
 
     from protloc.models import PackagedNetwork, create_model
     from protloc.package import new_card, save_package
 
     torch.manual_seed(seed)
-    network = create_model("test_resnet", 4, NUM_CLASSES, image_size=size)
+    n = scheme.num_classes
+    network = create_model("test_resnet", 4, n, image_size=size)
     card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": NUM_CLASSES, "image_size": size},
+        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": n, "image_size": size},
         channels=list(CHANNELS),
         size=size,
         mean=[0.1] * 4,
         std=[0.2] * 4,
-        thresholds=[0.5] * NUM_CLASSES,
+        thresholds=[0.5] * n,
+        scheme=scheme,
         **({"cells": cells} if cells is not None else {}),
     )
     return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
@@ -130,6 +139,55 @@ def test_per_cell_labels_follow_the_matching_true_cell(cell_data: Path, tmp_path
         np.testing.assert_array_equal(labels, field.values[list(field.cells).index(original)])
 
 
+def _release_2021(cell_data: Path, folder: Path) -> Path:
+    """The synthetic fields' labels as the 2021 release writes them (``ID,Label``, ``|``, 19 classes), mapped
+    through the documented 2018 -> 2021 mapping; a field left without a class is ``Negative``."""
+    from protloc.schemes import get_mapping
+
+    fields = open_dataset(cell_data)
+    assert fields.labels is not None
+    mapping = get_mapping("hpa2018", "hpa2021")
+    labels = mapping.apply(fields.labels)
+    negative = mapping.target.resolve("Negative")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "labels2021.csv"
+    rows = ["ID,Label"]
+    for field_id, hot in zip(fields.ids, labels, strict=True):
+        rows.append(f"{field_id},{mapping.target.format(hot) if hot.any() else negative}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_2021_release_makes_a_cell_data_set_of_the_2021_scheme(cell_data: Path, tmp_path: Path) -> None:
+    from protloc.cells.dataset import cell_dataset_scheme
+
+    labels = _release_2021(cell_data, tmp_path)
+    fields = open_dataset(cell_data, labels=labels)
+    assert fields.scheme.name == "hpa2021" and fields.labels is not None
+    made = make_cell_dataset(fields, tmp_path / "c", masks=cell_data / "train_cells_truth", size=32, n_folds=2)
+    assert len(made.class_counts) == 19 == fields.scheme.num_classes
+    text = (made.out / "train.csv").read_text().splitlines()
+    assert text[0] == "ID,Label"
+    cells = open_dataset(made.out, allow_empty_labels=True)
+    assert cells.scheme.name == "hpa2021" and cells.labels is not None and cells.labels.shape[1] == 19
+    field_labels = dict(zip(fields.ids, fields.labels, strict=True))
+    for sample_id, hot in zip(cells.ids, cells.labels, strict=True):
+        np.testing.assert_array_equal(hot, field_labels[split_cell_sample_id(sample_id)[0]])
+    scheme = cell_dataset_scheme(made.out)
+    assert scheme is not None and scheme.name == "hpa2021"
+    assert made.class_counts == [int(c) for c in cells.labels.sum(axis=0)]
+
+
+def test_a_mix_of_models_of_different_schemes_is_refused(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    from protloc.schemes import get_scheme
+
+    cell_model, _ = packages
+    field_2021 = _package(tmp_path / "f21", size=64, cells=None, scheme=get_scheme("hpa2021"))
+    assert open_cell_predictor(field_model=field_2021).class_names == read_card(field_2021).scheme.names
+    with pytest.raises(ModelError, match="same classes"):
+        open_cell_predictor(cell_model, field_2021)
+
+
 def test_cell_data_set_refuses_a_foreign_folder(cell_data: Path, tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
@@ -148,7 +206,7 @@ def test_predict_cells_writes_table_submission_anndata_and_pictures(
     summary = predict_cells(predictor, cell_data, tmp_path / "out", masks=masks, pictures=1)
     table = read_table(tmp_path / "out" / "cells.csv")
     assert summary.cells == len(table["cell"]) > 0
-    assert {"id", "cell", "y0", "area", "border", "labels", f"p_{CLASS_NAMES[0]}"} <= set(table)
+    assert {"id", "cell", "y0", "area", "border", "labels", f"p_{SCHEME.names[0]}"} <= set(table)
     # the 2021 submission: one row per field, each mask decodes back to its cell
     submission = read_submission(tmp_path / "out" / "submission.csv")
     predictions = read_cell_predictions(tmp_path / "out")
@@ -228,7 +286,7 @@ def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: t
     first = rows[0]
     y0, x0, y1, x1 = first["box"]
     assert first["mask"].shape == (y1 - y0, x1 - x0) and first["mask"].sum() == first["area"]
-    assert set(first["probabilities"]) == set(CLASS_NAMES) and first["method"] == METHOD_CELL
+    assert set(first["probabilities"]) == set(SCHEME.names) and first["method"] == METHOD_CELL
 
 
 def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], tmp_path: Path) -> None:
@@ -241,7 +299,7 @@ def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], 
     ensemble = make_ensemble([cell_model, other], tmp_path / "ens", thresholds="mean")
     predictor = open_cell_predictor(ensemble)
     assert predictor.method == METHOD_CELL and predictor.cell_card is not None
-    assert predictor.cell_card["cells"]["crop_size"] == 32
+    assert predictor.cell_card.cells is not None and predictor.cell_card.cells["crop_size"] == 32
     with pytest.raises(ModelError, match="must agree"):
         make_ensemble([cell_model, _package(tmp_path / "f32", size=32, cells=None)], tmp_path / "bad")
 
@@ -335,8 +393,10 @@ def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path:
     from protloc.config import resolve_config
     from protloc.train import train
 
+    # weak labels from a 2021 release: the cell model predicts the 2021 scheme
+    fields = open_dataset(cell_data, labels=_release_2021(cell_data, tmp_path))
     made = make_cell_dataset(
-        cell_data, tmp_path / "cells", masks=cell_data / "train_cells_truth", labels="cells", size=32, n_folds=2
+        fields, tmp_path / "cells", masks=cell_data / "train_cells_truth", labels="field", size=32, n_folds=2
     )
     config = resolve_config(
         "cpu",
@@ -352,11 +412,12 @@ def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path:
             "workers": 0,
         },
     )
-    result = train(config, progress_bar=False)
+    result = train(config)
     assert result is not None
-    card = json.loads((result.package_dir / "card.json").read_text())
-    assert is_cell_model(card) and card["cells"]["crop_size"] == 32 and card["input"]["size"] == 32
+    card = read_card(result.package_dir)
+    assert is_cell_model(card) and card.cells is not None and card.cells["crop_size"] == 32 and card.size == 32
+    assert card.scheme.name == "hpa2021" and len(card.thresholds) == 19
     # the run used the data set's folds by field
     assert (tmp_path / "run" / "folds.csv").read_text() == (made.out / "folds.csv").read_text()
     predictor = open_cell_predictor(result.package_dir)
-    assert predictor.method == METHOD_CELL
+    assert predictor.method == METHOD_CELL and predictor.class_names == card.scheme.names

@@ -53,12 +53,14 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def app(packages: tuple[Path, Path]) -> FastAPI:
     cell, field = packages
-    return create_app(field, backend="torch", cell_model=cell)
+    return create_app(
+        field, backend="torch", cell_model=cell, allowed_hosts=("localhost", "testserver")
+    )  # schemathesis: testserver
 
 
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -161,7 +163,7 @@ def test_batch_returns_cells_for_every_sample(client: TestClient, cell_fields: P
 def test_a_service_without_a_cell_model_gives_the_baseline_and_says_why_not_more(
     packages: tuple[Path, Path], cell_fields: Path
 ) -> None:
-    with TestClient(create_app(packages[1], backend="torch")) as client:
+    with TestClient(create_app(packages[1], backend="torch"), base_url="http://localhost") as client:
         auto = client.post("/predict?cells=true", files=field_files(cell_fields))
         assert auto.status_code == 200 and auto.json()["cell_info"]["method"] == METHOD_BASELINE
         refused = client.post("/predict?cells=true&cell_method=cell", files=field_files(cell_fields))
@@ -175,7 +177,7 @@ def test_fields_over_the_pixel_limit_are_refused_before_segmenting(
     packages: tuple[Path, Path], cell_fields: Path
 ) -> None:
     app = create_app(packages[1], backend="torch", max_cell_pixels=100 * 100)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         response = client.post("/predict?cells=true", files=field_files(cell_fields))
         assert response.status_code == 422
         detail = response.json()["detail"]
@@ -183,12 +185,22 @@ def test_fields_over_the_pixel_limit_are_refused_before_segmenting(
         assert client.post("/predict", files=field_files(cell_fields)).status_code == 200  # fields still work
 
 
-def test_wrong_kinds_of_package_are_refused_at_start(packages: tuple[Path, Path]) -> None:
+def test_wrong_kinds_of_package_are_refused_at_start(packages: tuple[Path, Path], tmp_path: Path) -> None:
     cell, field = packages
     with pytest.raises(ModelError, match="is a cell model"):
         create_app(cell, backend="torch")
     with pytest.raises(ModelError, match="not a cell model"):
         create_app(field, backend="torch", cell_model=field)
+    from protloc.schemes import get_scheme
+
+    cell_2021 = _package(
+        tmp_path / "cell21",
+        size=32,
+        cells={"crop_size": 32, "padding": 0.05, "segmentation": SEGMENTATION},
+        scheme=get_scheme("hpa2021"),
+    )
+    with pytest.raises(ModelError, match="same classes"):
+        create_app(field, backend="torch", cell_model=cell_2021)
 
 
 def test_segmentation_runs_at_most_cell_threads_at_a_time(app: FastAPI, cell_fields: Path) -> None:
@@ -218,7 +230,7 @@ def test_segmentation_runs_at_most_cell_threads_at_a_time(app: FastAPI, cell_fie
 
     async def together() -> list[int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             files = field_files(cell_fields)
             replies = await asyncio.gather(*(http.post("/predict?cells=true", files=files) for _ in range(4)))
         return [r.status_code for r in replies]

@@ -217,19 +217,19 @@ def _cover(image: np.ndarray, channels: Sequence[str], lines: Sequence[str], pat
     encoded.tofile(path)
 
 
-def _readme(card: dict[str, Any], name: str, single: bool, parity: dict[str, float], inputs: str) -> str:
-    spec = card["input"]
-    channels = ", ".join(spec["channels"])
-    size = int(spec["size"])
+def _readme(card: ModelCard, name: str, single: bool, parity: dict[str, float], inputs: str) -> str:
+    spec = card.input
+    channels = ", ".join(spec.channels)
+    size = spec.size
     classes = "\n".join(
-        f"| {i} | {c} | {t:.3f} |" for i, (c, t) in enumerate(zip(card["classes"], card["thresholds"], strict=True))
+        f"| {i} | {c} | {t:.3f} |" for i, (c, t) in enumerate(zip(card.classes, card.thresholds, strict=True))
     )
     normalised = (
         "then `fixed_zero_mean_unit_variance` per channel with the training mean and std (both in the description)"
         if single
         else "(each member of this ensemble normalises inside the network)"
     )
-    metrics = card.get("metrics", {}).get("validation", {})
+    metrics = card.metrics.get("validation", {})
     score = (
         f"macro F1 {metrics['macro_f1']:.4f} on the validation split at the thresholds above"
         if "macro_f1" in metrics
@@ -240,14 +240,14 @@ def _readme(card: dict[str, Any], name: str, single: bool, parity: dict[str, flo
 
 Multi-label subcellular localization of a protein from a four-channel immunofluorescence field
 (Human Protein Atlas style: red microtubules, green protein of interest, blue nucleus, yellow endoplasmic
-reticulum). Exported by protloc {card.get("protloc_version", "")} from a `{card["architecture"].get("name")}`
+reticulum). Exported by protloc {card.protloc_version or ""} from a `{card.architecture.name}`
 model.
 
 ## Input
 
 `pixels`: `(batch, channel, y, x)` float32, channels **{channels}** in this order, each an 8-bit intensity
 0-255, the **whole field resized to {size} x {size} px** (area interpolation when shrinking). 16-bit files map
-linearly onto 0-255 as `round(v * 255 / (2**{spec.get("bit_depth", 16)} - 1))`, the same for every image (no
+linearly onto 0-255 as `round(v * 255 / (2**{spec.bit_depth} - 1))`, the same for every image (no
 per-image stretching: brightness carries signal). Preprocessing (in the description): `scale_linear` by 1/255,
 {normalised}.
 
@@ -319,7 +319,7 @@ def export_bioimageio(
     target = Path(out) if out is not None else package.path / BIOIMAGEIO_FILE
     if target.suffix.lower() != ".zip":
         raise ModelError(f"{target}: a BioImage.IO package is written as a .zip")
-    card = package.card.to_dict()
+    card = package.card
     single = not package.is_ensemble
     full = package.build_model().eval()
     core = full.backbone if single else full
@@ -332,11 +332,10 @@ def export_bioimageio(
     probabilities = (1.0 / (1.0 + np.exp(-expected.astype(np.float64)))).astype(np.float32)
     pre: list[dict[str, Any]] = [{"id": "scale_linear", "kwargs": {"gain": 1.0 / 255.0, "offset": 0.0}}]
     if single:
-        spec = card["input"]
         pre.append(
             {
                 "id": "fixed_zero_mean_unit_variance",
-                "kwargs": {"mean": list(spec["mean"]), "std": list(spec["std"]), "axis": "channel"},
+                "kwargs": {"mean": list(card.input.mean), "std": list(card.input.std), "axis": "channel"},
             }
         )
     post = [{"id": "sigmoid"}]
@@ -372,10 +371,10 @@ def export_bioimageio(
         _cover(
             uint8[0],
             package.channels,
-            [f"{card['classes'][i][:24]}  {probabilities[0, i]:.2f}" for i in order],
+            [f"{card.classes[i][:24]}  {probabilities[0, i]:.2f}" for i in order],
             work / "cover.png",
         )
-        title = name or f"protloc {card['architecture'].get('name', 'model')} HPA protein localization"
+        title = name or f"protloc {card.architecture.name} HPA protein localization"
         (work / "README.md").write_text(_readme(card, title, single, worst, source), encoding="utf-8")
         description = _describe(
             card, work, pre, post, title, weights, opset, tolerance, authors or [getpass.getuser()], license, single
@@ -401,7 +400,7 @@ def _parity(got: np.ndarray, expected: np.ndarray) -> float:
 
 
 def _describe(
-    card: dict[str, Any],
+    card: ModelCard,
     work: Path,
     pre: list[dict[str, Any]],
     post: list[dict[str, Any]],
@@ -418,11 +417,11 @@ def _describe(
     import torch
     from bioimageio.spec.model import v0_5 as spec
 
-    size = int(card["input"]["size"])
-    channels = list(card["input"]["channels"])
+    size = card.size
+    channels = list(card.channels)
     protloc_config = {
-        "card": card,
-        "thresholds": dict(zip(card["classes"], card["thresholds"], strict=True)),
+        "card": card.to_dict(),
+        "thresholds": dict(zip(card.classes, card.thresholds, strict=True)),
         "resize": f"whole field to {size} x {size} px, area interpolation when shrinking",
     }
     try:
@@ -455,7 +454,7 @@ def _describe(
             outputs = spec.OutputTensorDescr(
                 id=spec.TensorId(OUTPUT_ID),
                 description="sigmoid probability per class; thresholds in config.protloc.thresholds",
-                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=list(card["classes"]))],
+                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=list(card.classes))],
                 test_tensor=spec.FileDescr(source=work / "test_output.npy"),
                 sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
                 data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
@@ -480,17 +479,17 @@ def _describe(
                     reproducibility_tolerance=[
                         spec.ReproducibilityTolerance(absolute_tolerance=tolerance, relative_tolerance=1e-4)
                     ],
-                    architecture_type=str(card["architecture"].get("name", ""))[:32],
+                    architecture_type=card.architecture.name[:32],
                     modality="fluorescence microscopy (immunofluorescence, 4 channels)",
                     task="multi-label classification",
-                    target_structure=list(card["classes"]),
+                    target_structure=list(card.classes),
                 ),
                 protloc=protloc_config,  # type: ignore[call-arg]  # Config allows extra keys
             )
             return spec.ModelDescr(
                 name=title,
                 description="Where in the cell a protein lives: multi-label localization of the green channel's "
-                f"protein over {len(card['classes'])} classes from a 4-channel HPA-style field.",
+                f"protein over {card.num_classes} classes from a 4-channel HPA-style field.",
                 authors=[spec.Author(name=a) for a in authors],
                 cite=[spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in CITATIONS],
                 license=spec.LicenseId(license),

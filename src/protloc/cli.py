@@ -329,17 +329,17 @@ def stats(
     from protloc.stats import dataset_statistics, write_statistics
 
     catalog = open_dataset(data, split=split, labels=labels, channels=None, scheme=classes, channel_map=channel_map)
-    CLASS_NAMES = catalog.scheme.names  # noqa: N806 - the table below names the catalog's classes
+    names = catalog.scheme.names
     with progress_bar("pixel statistics") as update:
         result = dataset_statistics(catalog, pixel_images=pixel_images, on_progress=update)
     written = write_statistics(result, out, title=catalog.name)
     table = Table(title=f"{catalog.name}: {result.n_images} images, {catalog.scheme.describe()}", show_edge=False)
     for column, justify in (("id", "right"), ("class", "left"), ("images", "right"), ("share", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    order = sorted(range(len(CLASS_NAMES)), key=lambda i: -result.class_counts[i])
+    order = sorted(range(len(names)), key=lambda i: -result.class_counts[i])
     for class_id in order:
         count = result.class_counts[class_id]
-        table.add_row(str(class_id), CLASS_NAMES[class_id], str(count), f"{100 * count / result.n_images:.2f}%")
+        table.add_row(str(class_id), names[class_id], str(count), f"{100 * count / result.n_images:.2f}%")
     console.print(table)
     per_image = ", ".join(f"{k}: {v}" for k, v in sorted(result.labels_per_image.items()))
     console.print(f"labels per image: {per_image}")

@@ -46,7 +46,7 @@ from protloc.callbacks import (
 )
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard
 from protloc.catalog import Catalog, open_dataset
-from protloc.cells.dataset import read_cell_settings
+from protloc.cells.dataset import cell_dataset_scheme, read_cell_settings
 from protloc.classes import HPA2018, is_integer_text
 from protloc.config import TrainConfig, parse_max_time
 from protloc.datamodule import HPADataModule
@@ -214,13 +214,13 @@ def train(
 
 
 def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
-    # a cell data set (protloc.cells.dataset) may hold cells without a class
+    # a cell data set (protloc.cells.dataset) may hold cells without a class, and records its class scheme
     catalog = open_dataset(
         config.data,
         split=config.split,
         labels=config.labels,
         channels=config.channels,
-        scheme=config.classes,
+        scheme=config.classes if config.classes is not None or config.map_from else cell_dataset_scheme(config.data),
         map_from=config.map_from,
         channel_map=config.channel_map,
         allow_empty_labels=read_cell_settings(config.data) is not None,

@@ -19,5 +19,7 @@ The package is split by what each module owns:
   against per-cell truth, every method side by side.
 * :mod:`protloc.cells.report` - the single-cell section of the HTML report.
 
-Nothing here imports torch at import time (cell prediction loads it through the model backend); scikit-image, pycocotools and anndata come with ``pip install 'protloc[cells]'``.
+Nothing here imports torch at import time (cell prediction loads it through the model backend); scikit-image,
+pycocotools and anndata come with ``pip install 'protloc[cells]'``. Class names and counts come from the model
+card's or the catalog's class scheme (:mod:`protloc.schemes`), never from a constant.
 """

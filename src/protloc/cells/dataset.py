@@ -5,10 +5,13 @@ training engine (folds, the uint8 cache, the Lightning module and data module, t
 ensembles) works on it unchanged::
 
     OUT/train.csv               Id,Target    Id = <field Id>--c<cell id>, Target = the cell's class ids
-                                             (empty for a cell that shows none: a negative example)
+                                             (empty for a cell that shows none: a negative example), in
+                                             the field labels' scheme and release layout (a 2021 source
+                                             writes ID,Label with |-separated ids over its 19 classes)
     OUT/train/<Id>_<channel>.png             the crop (see protloc.cells.masks.cells_of_field), lossless
     OUT/folds.csv               Id,fold      folds by field: the cells of one field never straddle folds
-    OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels
+    OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels,
+                                and the class scheme (read back by training, see cell_dataset_scheme)
 
 ``protloc train OUT`` then trains a **cell model**; its card carries ``cells.json`` under ``"cells"``
 (input = masked crop, crop size, padding, the segmentation settings), which is how prediction knows to cut
@@ -43,9 +46,9 @@ from protloc.catalog import Catalog, open_dataset
 from protloc.cells.masks import cells_of_field, labels_path, read_labels
 from protloc.cells.metrics import iou_matrix
 from protloc.cells.truth import read_cell_truth
-from protloc.classes import NUM_CLASSES, format_labels
 from protloc.errors import ConfigError, DataError
 from protloc.io import CHANNELS, read_sample, write_channel
+from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text
 
 CELL_SETTINGS_FILE = "cells.json"
@@ -154,9 +157,10 @@ def make_cell_dataset(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (overwrite and (out / CELL_SETTINGS_FILE).is_file()):
         raise ConfigError(f"{out}: exists and is not empty; choose another folder (overwrite replaces cell data sets)")
+    scheme = catalog.scheme
     truth_classes: dict[str, tuple[np.ndarray, dict[int, np.ndarray]]] = {}
     if labels == "cells":
-        for cells in read_cell_truth(Path(truth) if truth else masks, NUM_CLASSES, catalog.ids):
+        for cells in read_cell_truth(Path(truth) if truth else masks, len(scheme), catalog.ids):
             truth_classes[cells.id] = (cells.labels, dict(zip(cells.cells.tolist(), cells.values, strict=True)))
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +196,7 @@ def make_cell_dataset(
                     sample_id = cell_sample_id(field_id, int(cell))
                     for channel, plane in zip(channels, crop, strict=True):
                         write_channel(images / f"{sample_id}_{channel}.png", plane)
-                    rows.append((sample_id, format_labels(np.asarray(per_cell[int(cell)]))))
+                    rows.append((sample_id, scheme.format(np.asarray(per_cell[int(cell)]))))
                     groups.append(index)
             if on_progress:
                 on_progress(index + 1, len(catalog))
@@ -200,7 +204,7 @@ def make_cell_dataset(
             raise DataError(f"{masks}: no labelled cells to cut (are the label images empty?)")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(("Id", "Target"))
+        writer.writerow(scheme.header)
         writer.writerows(rows)
         atomic_write_text(staging / "train.csv", buffer.getvalue())
         ids = [row[0] for row in rows]
@@ -218,6 +222,7 @@ def make_cell_dataset(
                 "source": str(catalog.image_dir),
                 "masks": str(masks),
                 "segmentation": _read_settings(masks),
+                "scheme": scheme.to_dict(),
             },
         )
         if out.exists():
@@ -226,11 +231,9 @@ def make_cell_dataset(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    hot = np.zeros((len(rows), NUM_CLASSES), dtype=np.int64)
-    from protloc.classes import parse_labels
-
+    hot = scheme.zeros(len(rows)).astype(np.int64)
     for row, (_, target) in enumerate(rows):
-        hot[row] = parse_labels(target, allow_empty=True)
+        hot[row] = scheme.parse(target, allow_empty=True)
     return CellDatasetSummary(
         out=out,
         fields=len(catalog),
@@ -265,3 +268,20 @@ def read_cell_settings(folder: str | Path) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(settings.read_text())
     return data
+
+
+def cell_dataset_scheme(folder: str | Path) -> ClassScheme | None:
+    """The class scheme a cell data set's labels are in (recorded in its ``cells.json``); ``None`` for a
+    folder that is not a cell data set, or one made before schemes were recorded (its labels file says).
+
+    Raises:
+        DataError: the recorded scheme is damaged.
+    """
+    settings = read_cell_settings(folder)
+    recorded = settings.get("scheme") if settings else None
+    if recorded is None:
+        return None
+    try:
+        return get_scheme(recorded)
+    except ConfigError as exc:
+        raise DataError(f"{folder}: the class scheme in {CELL_SETTINGS_FILE} is damaged ({exc})") from None

@@ -41,7 +41,6 @@ from protloc.cells.predict import (
 )
 from protloc.cells.table import concat_tables, field_table, read_table, write_anndata, write_table
 from protloc.cells.truth import read_cell_truth, truth_folder
-from protloc.classes import CLASS_NAMES
 from protloc.errors import DataError
 from protloc.io import read_sample
 from protloc.utils import atomic_write_json
@@ -96,6 +95,7 @@ def predict_cells(
     out = Path(out)
     catalog = open_for_prediction(data, split=split, ids=ids, channels=predictor.channels)
     channels = predictor.channels
+    names = predictor.class_names
     (out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     tables = []
     probabilities = []
@@ -113,7 +113,7 @@ def predict_cells(
                 result.labels,
                 probabilities=result.probabilities,
                 predicted=result.decisions,
-                class_names=CLASS_NAMES,
+                class_names=names,
             )
         )
         probabilities.append(result.probabilities)
@@ -122,20 +122,20 @@ def predict_cells(
         else:
             features.append(result.embeddings)
         if index < pictures:
-            drawn.append(_draw(out, result, image, channels))
+            drawn.append(_draw(out, result, image, channels, len(names)))
         if on_progress:
             on_progress(index + 1, len(catalog))
     table = concat_tables(tables)
-    stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, len(names)), np.float32)
     provenance = {**predictor.describe(), "data": str(catalog.image_dir), "fields": len(catalog), "masks": str(masks)}
     written = {
         "table": write_table(out / TABLE_FILE, table),
-        "submission": write_submission(out / SUBMISSION_FILE, _read_back(out, catalog.ids, table)),
+        "submission": write_submission(out / SUBMISSION_FILE, _read_back(out, catalog.ids, table, names)),
         "anndata": write_anndata(
             out / ANNDATA_FILE,
             table,
             probabilities=stacked,
-            class_names=CLASS_NAMES,
+            class_names=names,
             embeddings=np.concatenate(features) if has_features and features else None,
             uns={"method": predictor.method, "provenance": _jsonable(provenance)},
         ),
@@ -162,11 +162,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _draw(out: Path, result: FieldCellPrediction, image: np.ndarray, channels: Sequence[str]) -> Path:
+def _draw(out: Path, result: FieldCellPrediction, image: np.ndarray, channels: Sequence[str], n_classes: int) -> Path:
     classes = {
         int(c): [int(k) for k in np.flatnonzero(row)] for c, row in zip(result.cells, result.decisions, strict=True)
     }
-    picture = draw_outlines(image, channels, result.labels, cell_classes=classes, n_classes=len(CLASS_NAMES))
+    picture = draw_outlines(image, channels, result.labels, cell_classes=classes, n_classes=n_classes)
     return write_picture(out / PICTURES_DIR / f"{result.id}_outlines.png", picture)
 
 
@@ -177,9 +177,11 @@ def _field_rows(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.int64) for k, v in rows.items()}
 
 
-def _read_back(out: Path, ids: Sequence[str], table: dict[str, np.ndarray]) -> Iterator[FieldCells]:
+def _read_back(
+    out: Path, ids: Sequence[str], table: dict[str, np.ndarray], class_names: Sequence[str]
+) -> Iterator[FieldCells]:
     """The predictions field by field, label images read back from disk (one field in memory at a time)."""
-    columns = [f"p_{name}" for name in CLASS_NAMES]
+    columns = [f"p_{name}" for name in class_names]
     rows = _field_rows(table)
     for field_id in ids:
         picked = rows.get(field_id, np.zeros(0, np.int64))
@@ -192,17 +194,39 @@ def _read_back(out: Path, ids: Sequence[str], table: dict[str, np.ndarray]) -> I
         )
 
 
-def read_cell_predictions(folder: str | Path) -> list[FieldCells]:
-    """The per-cell predictions of a :func:`predict_cells` folder, one :class:`FieldCells` per field."""
+def prediction_classes(folder: str | Path) -> tuple[str, ...]:
+    """The class names a :func:`predict_cells` folder's probabilities are over: the ``classes`` its
+    provenance records (the predicting model's scheme), else its table's ``p_<class>`` columns in order."""
+    import json
+
     folder = Path(folder)
+    provenance = folder / PROVENANCE_FILE
+    if provenance.is_file():
+        classes = json.loads(provenance.read_text()).get("classes")
+        if isinstance(classes, list) and classes:
+            return tuple(str(c) for c in classes)
+    columns = read_table(folder / TABLE_FILE)
+    names = tuple(name[2:] for name in columns if name.startswith("p_"))
+    if not names:
+        raise DataError(
+            f"{folder / TABLE_FILE}: no p_<class> columns; is it a prediction of `protloc predict --cells`?"
+        )
+    return names
+
+
+def read_cell_predictions(folder: str | Path) -> list[FieldCells]:
+    """The per-cell predictions of a :func:`predict_cells` folder, one :class:`FieldCells` per field, with
+    values over the classes of :func:`prediction_classes`."""
+    folder = Path(folder)
+    names = prediction_classes(folder)
     table = read_table(folder / TABLE_FILE)
-    missing = [f"p_{name}" for name in CLASS_NAMES if f"p_{name}" not in table]
+    missing = [f"p_{name}" for name in names if f"p_{name}" not in table]
     if missing:
         raise DataError(
             f"{folder / TABLE_FILE}: no {missing[0]} column; is it a prediction of `protloc predict --cells`?"
         )
     ids = list(dict.fromkeys(str(i) for i in table["id"]))
-    return list(_read_back(folder, ids, table))
+    return list(_read_back(folder, ids, table, names))
 
 
 @dataclass
@@ -229,14 +253,21 @@ class CellEvaluation:
         }
 
 
-def score_cells(predictions: Sequence[FieldCells], truths: Sequence[FieldCells], *, method: str = "") -> CellEvaluation:
-    """The 2021 mAP and segmentation F1/AP of per-cell predictions against truth (same fields)."""
+def score_cells(
+    predictions: Sequence[FieldCells],
+    truths: Sequence[FieldCells],
+    *,
+    method: str = "",
+    class_names: Sequence[str] | None = None,
+) -> CellEvaluation:
+    """The 2021 mAP and segmentation F1/AP of per-cell predictions against truth (same fields); per-class
+    scores are keyed by ``class_names`` (the predicting model's scheme), else by class index."""
     report = cell_map(predictions, truths)
     by_id = {p.id: p for p in predictions}
     segmentation = segmentation_scores([by_id[t.id].labels for t in truths], [t.labels for t in truths])
     return CellEvaluation(
         map=report.map,
-        per_class=report.as_dict(CLASS_NAMES)["per_class"],  # type: ignore[arg-type]
+        per_class=report.as_dict(class_names)["per_class"],  # type: ignore[arg-type]
         segmentation=[s.as_dict() for s in segmentation],
         fields=len(truths),
         true_cells=int(sum(len(t.cells) for t in truths)),
@@ -261,11 +292,12 @@ def evaluate_cells(
     import json
 
     folder = Path(predictions)
+    names = prediction_classes(folder)
     predicted = read_cell_predictions(folder)
-    truths = read_cell_truth(truth_folder(truth, split), len(CLASS_NAMES), [p.id for p in predicted])
+    truths = read_cell_truth(truth_folder(truth, split), len(names), [p.id for p in predicted])
     provenance = folder / PROVENANCE_FILE
     method = json.loads(provenance.read_text()).get("method", "") if provenance.is_file() else ""
-    evaluation = score_cells(predicted, truths, method=method)
+    evaluation = score_cells(predicted, truths, method=method, class_names=names)
     atomic_write_json(Path(out or folder) / "cells_evaluation.json", evaluation.as_dict())
     return evaluation
 
@@ -300,7 +332,8 @@ def compare_cell_methods(
     from protloc.predict import open_for_prediction
 
     catalog = open_for_prediction(data, split=split, channels=predictor.channels)
-    truths = read_cell_truth(truth_folder(truth or data, split), len(CLASS_NAMES), catalog.ids)
+    names = predictor.class_names
+    truths = read_cell_truth(truth_folder(truth or data, split), len(names), catalog.ids)
     cell_only = replace(predictor, field_backend=None, field_card=None) if predictor.cell_backend else None
     field_only = replace(predictor, cell_backend=None, cell_card=None) if predictor.field_backend else None
     results: dict[str, list[FieldCells]] = {}
@@ -326,4 +359,4 @@ def compare_cell_methods(
                 )
         if on_progress:
             on_progress(index + 1, len(catalog))
-    return {method: score_cells(fields, truths, method=method) for method, fields in results.items()}
+    return {method: score_cells(fields, truths, method=method, class_names=names) for method, fields in results.items()}

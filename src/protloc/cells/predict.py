@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from protloc.card import ModelCard
 from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
-from protloc.classes import CLASS_NAMES
 from protloc.errors import ConfigError, ModelError
 from protloc.inference import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
+from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"
 METHOD_BASELINE = "baseline: field labels to every cell"
@@ -38,18 +39,19 @@ METHOD_MIX = "cell + field mix"
 _NOT_SEGMENTER_SETTINGS = {"segmenter", "channels", "border_margin", "bit_depth", "label_format"}
 
 
-def is_cell_model(card: Mapping[str, Any]) -> bool:
+def is_cell_model(card: ModelCard) -> bool:
     """Whether a package's card describes a cell model (trained on masked cell crops)."""
-    return isinstance(card.get("cells"), dict) and "crop_size" in card["cells"]
+    return card.cells is not None
 
 
-def segmenter_from_card(card: Mapping[str, Any] | None, options: Mapping[str, Any] | None = None) -> Segmenter:
+def segmenter_from_card(card: ModelCard | None, options: Mapping[str, Any] | None = None) -> Segmenter:
     """The segmenter a cell model was trained with (from its card), with ``options`` over its settings; the
     default classical segmenter without a card."""
     settings: dict[str, Any] = {}
     name = "classical"
-    if card is not None and is_cell_model(card):
-        recorded = dict(card["cells"].get("segmentation") or {})
+    cells = card.cells if card is not None else None
+    if cells is not None:
+        recorded = dict(cells.get("segmentation") or {})
         name = str(recorded.get("segmenter", "classical"))
         if name == "ground truth":  # trained on true masks: segment with the classical defaults
             name = "classical"
@@ -86,9 +88,9 @@ class CellPredictor:
     """Everything needed to score the cells of a field (see :func:`open_cell_predictor`)."""
 
     segmenter: Segmenter
-    cell_card: dict[str, Any] | None = None
+    cell_card: ModelCard | None = None
     cell_backend: Backend | None = None
-    field_card: dict[str, Any] | None = None
+    field_card: ModelCard | None = None
     field_backend: Backend | None = None
     mix: float = 0.5
     views: tuple[str, ...] = ("id",)
@@ -106,10 +108,22 @@ class CellPredictor:
         wanted = set(self.segmenter.channels)
         for card in (self.cell_card, self.field_card):
             if card is not None:
-                wanted |= set(card["input"]["channels"])
+                wanted |= set(card.channels)
         from protloc.io import CHANNELS
 
         return tuple(c for c in CHANNELS if c in wanted)
+
+    @property
+    def scheme(self) -> ClassScheme:
+        """The classes the probabilities are over: the scheme of the cell model, else of the field model."""
+        card = self.cell_card if self.cell_card is not None else self.field_card
+        if card is None:
+            raise ConfigError("per-cell prediction needs a cell model, a field model, or both")
+        return card.scheme
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.scheme.names
 
     def describe(self) -> dict[str, Any]:
         """What made the predictions, for the outputs' provenance."""
@@ -118,8 +132,10 @@ class CellPredictor:
             "mix": self.mix if self.method == METHOD_MIX else None,
             "tta": list(self.views),
             "segmenter": self.segmenter.settings(),
-            "cell_model": (self.cell_card or {}).get("cells"),
+            "cell_model": self.cell_card.cells if self.cell_card is not None else None,
             "thresholds_from": "cell model" if self.cell_card is not None else "field model",
+            "scheme": self.scheme.name,
+            "classes": list(self.scheme.names),
         }
 
 
@@ -165,6 +181,11 @@ def open_cell_predictor(
         field_card, field_backend = load_backend(field_model, backend, device=device)
         if is_cell_model(field_card):
             raise ModelError(f"{field_model}: is a cell model, not a field model")
+    if cell_card is not None and field_card is not None and cell_card.scheme.names != field_card.scheme.names:
+        raise ModelError(
+            f"{cell_model} predicts {cell_card.scheme.describe()} but {field_model} predicts "
+            f"{field_card.scheme.describe()}; the mix needs models of the same classes"
+        )
     if segmenter is not None:
         built = create_segmenter(segmenter, **dict(segmenter_options or {}))
     else:
@@ -179,7 +200,7 @@ def open_cell_predictor(
         field_backend=field_backend,
         mix=mix,
         views=parse_tta(tta),
-        thresholds=[float(t) for t in thresholds_card["thresholds"]],
+        thresholds=[float(t) for t in thresholds_card.thresholds],
     )
 
 
@@ -209,8 +230,9 @@ class FieldCellPrediction:
         """As the 2021 encoder and metric take it: cells with per-class confidences."""
         return FieldCells(id=self.id, labels=self.labels, cells=self.cells, values=self.probabilities)
 
-    def as_dicts(self, class_names: Sequence[str] = CLASS_NAMES) -> list[dict[str, Any]]:
-        """One dict per cell: id, box, area, centroid, border, probabilities, labels, mask and the method."""
+    def as_dicts(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """One dict per cell: id, box, area, centroid, border, probabilities (over ``class_names``, the model's
+        scheme), labels, mask and the method."""
         properties = cell_properties(self.labels)
         rows = []
         for row, cell in enumerate(self.cells):
@@ -287,12 +309,13 @@ def predict_field_cells(
     n_classes = len(predictor.thresholds)
     probabilities = np.zeros((len(cells), n_classes), dtype=np.float32)
     features: np.ndarray | None = None
-    if predictor.cell_backend is not None and predictor.cell_card is not None and len(cells):
-        spec = predictor.cell_card["cells"]
+    cell_card = predictor.cell_card
+    spec = cell_card.cells if cell_card is not None else None
+    if predictor.cell_backend is not None and cell_card is not None and spec is not None and len(cells):
         crops = cells_of_field(
-            _select(image, channels, predictor.cell_card["input"]["channels"]),
+            _select(image, channels, cell_card.channels),
             labels,
-            int(predictor.cell_card["input"]["size"]),
+            cell_card.size,
             padding=float(spec.get("padding", 0.05)),
         )
         pixels = Preprocessor.to_pixels(crops.images)
@@ -368,4 +391,4 @@ def predict_cells_in_field(
     result = predict_field_cells(
         predictor, image, channels=tuple(channels or CHANNELS), field_id=field_id, labels=labels, embeddings=False
     )
-    return result.as_dicts()
+    return result.as_dicts(predictor.class_names)

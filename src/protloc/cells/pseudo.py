@@ -45,10 +45,10 @@ def refine_labels(
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"pseudo-label threshold must lie between 0 and 1, got {threshold}")
     card, run = load_backend(cell_model, backend)
-    catalog = open_dataset(cell_data, channels=card["input"]["channels"], allow_empty_labels=True)
+    channels = card.channels
+    size = card.size
+    catalog = open_dataset(cell_data, channels=channels, scheme=card.scheme, allow_empty_labels=True)
     assert catalog.labels is not None
-    channels = tuple(card["input"]["channels"])
-    size = int(card["input"]["size"])
     refined: dict[tuple[str, int], np.ndarray] = {}
     before = after = emptied = 0
     for start in range(0, len(catalog), batch_size):

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.cells.outputs import PICTURES_DIR, PROVENANCE_FILE, TABLE_FILE, CellEvaluation
+from protloc.cells.outputs import PICTURES_DIR, PROVENANCE_FILE, TABLE_FILE, CellEvaluation, prediction_classes
 from protloc.cells.table import read_table
-from protloc.classes import CLASS_NAMES
 
 
 def _picture(path: Path) -> str:
@@ -61,16 +60,17 @@ def cells_section_html(folder: str | Path, *, evaluation: CellEvaluation | None 
     head = "<tr><th>field</th><th>cell</th><th>box (y0, x0, y1, x1)</th><th>area</th><th>border</th>"
     head += "<th>labels</th><th>top probabilities</th></tr>"
     body = []
-    probabilities = np.stack([table[f"p_{name}"] for name in CLASS_NAMES], axis=1) if n else np.zeros((0, 0))
+    names = prediction_classes(folder)
+    probabilities = np.stack([table[f"p_{name}"] for name in names], axis=1) if n else np.zeros((0, 0))
     for i in range(min(rows, n)):
         top = np.argsort(probabilities[i])[::-1][:3]
-        labels = [CLASS_NAMES[int(k)] for k in str(table["labels"][i]).split("|") if k]
+        labels = [names[int(k)] for k in str(table["labels"][i]).split("|") if k]
         body.append(
             f"<tr><td>{html.escape(str(table['id'][i])[:13])}…</td><td>{int(table['cell'][i])}</td>"
             f"<td>{int(table['y0'][i])}, {int(table['x0'][i])}, {int(table['y1'][i])}, {int(table['x1'][i])}</td>"
             f"<td>{int(table['area'][i])}</td><td>{'yes' if table['border'][i] else ''}</td>"
             f"<td>{html.escape(', '.join(labels))}</td>"
-            f"<td>{html.escape(', '.join(f'{CLASS_NAMES[int(k)]} {probabilities[i, k]:.2f}' for k in top))}</td></tr>"
+            f"<td>{html.escape(', '.join(f'{names[int(k)]} {probabilities[i, k]:.2f}' for k in top))}</td></tr>"
         )
     parts.append(f"<p>{n} cells; the first {min(rows, n)}:</p>")
     parts.append(f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")

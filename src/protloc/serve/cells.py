@@ -119,6 +119,11 @@ class CellService:
                     f"{settings.cell_model}: not a cell model (its card has no 'cells' section); serve it as the "
                     "model instead"
                 )
+            if self.cell_card.scheme.names != engine.card.scheme.names:
+                raise ModelError(
+                    f"{settings.cell_model}: the cell model predicts {self.cell_card.scheme.describe()} but the "
+                    f"served model {engine.card.scheme.describe()}; serve models of the same classes"
+                )
             for module in ("skimage", "pycocotools"):  # a service started for cells fails now, not per request
                 require(module, "cells")
             import pycocotools.mask  # noqa: F401
@@ -235,7 +240,7 @@ class CellService:
             lambda: predict_field_cells(predictor, image, channels=channels, labels=labels, embeddings=False),
         )
         scored = time.perf_counter()
-        cells = await loop.run_in_executor(pool, self._shape, result, predictor.thresholds)
+        cells = await loop.run_in_executor(pool, self._shape, result, predictor.thresholds, predictor.class_names)
         summary = {
             "method": result.method,
             "mix": predictor.mix if result.method == METHOD_MIX else None,
@@ -252,12 +257,12 @@ class CellService:
         }
         return cells, summary
 
-    def _shape(self, result: Any, thresholds: list[float]) -> list[dict[str, Any]]:
-        """One JSON-ready dict per cell of a :class:`~protloc.cells.predict.FieldCellPrediction`."""
+    def _shape(self, result: Any, thresholds: list[float], names: tuple[str, ...]) -> list[dict[str, Any]]:
+        """One JSON-ready dict per cell of a :class:`~protloc.cells.predict.FieldCellPrediction`, its classes
+        named by ``names`` (the scheme of the model that scored the cells)."""
         from protloc.cells.encode import encode_mask
 
         height, width = result.labels.shape
-        names = self.engine.card.scheme.names
         rows = result.as_dicts(names)
         cells = []
         for row, cell in enumerate(rows):

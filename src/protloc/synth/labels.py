@@ -9,8 +9,12 @@ import uuid
 
 import numpy as np
 
-from protloc.classes import NUM_CLASSES
+from protloc.classes import HPA2018
 from protloc.errors import ConfigError
+
+SYNTH_SCHEME = HPA2018
+"""The class scheme of the synthetic data: the generator makes 2018-style data (the 28 classes of the Kaggle
+2018 release, its label-set frequencies and its ``Id,Target`` layout), so it names that scheme explicitly."""
 
 # --------------------------------------------------------------------------------------------------------------
 # Labels and ids
@@ -23,7 +27,7 @@ def _label_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     text = importlib.resources.files("protloc").joinpath("data/hpa_label_stats.json").read_text("utf-8")
     data = json.loads(text)
     sets = data["label_sets"]
-    hot = np.zeros((len(sets), NUM_CLASSES), dtype=np.uint8)
+    hot = np.zeros((len(sets), SYNTH_SCHEME.num_classes), dtype=np.uint8)
     for row, (ids, _count) in enumerate(sets):
         hot[row, [int(i) for i in ids]] = 1
     weights = np.array([count for _ids, count in sets], dtype=np.float64)
@@ -53,10 +57,10 @@ def sample_label_sets(n: int, rng: np.random.Generator, min_per_class: int = 0) 
         raise ConfigError(f"number of label sets must be >= 0, got {n}")
     if min_per_class < 0:
         raise ConfigError(f"min_per_class must be >= 0, got {min_per_class}")
-    if min_per_class * NUM_CLASSES > n:
+    if min_per_class * SYNTH_SCHEME.num_classes > n:
         raise ConfigError(
-            f"min_per_class={min_per_class} needs at least {min_per_class * NUM_CLASSES} samples "
-            f"({NUM_CLASSES} classes x {min_per_class}), but only {n} were asked for"
+            f"min_per_class={min_per_class} needs at least {min_per_class * SYNTH_SCHEME.num_classes} samples "
+            f"({SYNTH_SCHEME.num_classes} classes x {min_per_class}), but only {n} were asked for"
         )
     hot, weights, class_counts = _label_table()
     choice = rng.choice(len(weights), size=n, p=weights / weights.sum())

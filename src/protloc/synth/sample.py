@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protloc.classes import NUM_CLASSES
 from protloc.errors import ConfigError
 from protloc.io import CHANNELS
 from protloc.synth.cells import CellTruth, cell_truth, per_cell_sums
 from protloc.synth.drawing import _F32, _blur, _lut
 from protloc.synth.field import _draw_blue, _draw_red, _draw_yellow, _Field, _make_field
+from protloc.synth.labels import SYNTH_SCHEME
 from protloc.synth.patterns import _CLASS_SCALE, _PATTERNS, _expression
 
 MIN_SIZE = 32
@@ -101,8 +101,10 @@ def _generate(
     labels: np.ndarray, size: int, rng: np.random.Generator, *, with_cells: bool
 ) -> tuple[dict[str, np.ndarray], CellTruth | None]:
     labels = np.asarray(labels)
-    if labels.shape != (NUM_CLASSES,):
-        raise ValueError(f"labels must be a multi-hot vector of length {NUM_CLASSES}, got shape {labels.shape}")
+    if labels.shape != (SYNTH_SCHEME.num_classes,):
+        raise ValueError(
+            f"labels must be a multi-hot vector of length {SYNTH_SCHEME.num_classes}, got shape {labels.shape}"
+        )
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ConfigError(f"image size must be between {MIN_SIZE} and {MAX_SIZE} px, got {size}")
     seeds = rng.integers(0, 2**63 - 1, size=3)

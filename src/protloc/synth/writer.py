@@ -17,10 +17,9 @@ import numpy as np
 
 from protloc.cells.masks import labels_path, write_labels
 from protloc.cells.table import Columns, concat_tables, field_table, write_table
-from protloc.classes import NUM_CLASSES, format_labels
 from protloc.errors import ConfigError
 from protloc.io import write_channel
-from protloc.synth.labels import sample_label_sets, synth_id
+from protloc.synth.labels import SYNTH_SCHEME, sample_label_sets, synth_id
 from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample, generate_sample_with_cells
 from protloc.utils import atomic_folder
 from protloc.workers import imap
@@ -163,10 +162,10 @@ def _validate(
         raise ConfigError(f"seed must be 0 or more, got {seed}")
     if not is_int(min_per_class) or min_per_class < 0:
         raise ConfigError(f"min_per_class must be a whole number >= 0, got {min_per_class!r}")
-    if min_per_class * NUM_CLASSES > n_train:
+    if min_per_class * SYNTH_SCHEME.num_classes > n_train:
         raise ConfigError(
-            f"min_per_class={min_per_class} needs n_train >= {min_per_class * NUM_CLASSES} "
-            f"({NUM_CLASSES} classes x {min_per_class}); got n_train={n_train}"
+            f"min_per_class={min_per_class} needs n_train >= {min_per_class * SYNTH_SCHEME.num_classes} "
+            f"({SYNTH_SCHEME.num_classes} classes x {min_per_class}); got n_train={n_train}"
         )
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
@@ -288,7 +287,7 @@ def make_dataset(
     started = time.perf_counter()
 
     train_labels = sample_label_sets(n_train, _sample_rng(seed, _KEY_LABELS, 0), min_per_class)
-    test_min = min(math.ceil(min_per_class * n_test / n_train), n_test // NUM_CLASSES)
+    test_min = min(math.ceil(min_per_class * n_test / n_train), n_test // SYNTH_SCHEME.num_classes)
     test_labels = sample_label_sets(n_test, _sample_rng(seed, _KEY_LABELS, 1), test_min)
     taken: set[str] = set()
     train_ids = _make_ids(seed, 0, n_train, taken)
@@ -320,8 +319,8 @@ def make_dataset(
             if on_progress is not None:
                 on_progress(count, len(tasks))
 
-        train_rows = sorted(zip(train_ids, (format_labels(v) for v in train_labels), strict=True))
-        test_rows = sorted(zip(test_ids, (format_labels(v) for v in test_labels), strict=True))
+        train_rows = sorted(zip(train_ids, (SYNTH_SCHEME.format(v) for v in train_labels), strict=True))
+        test_rows = sorted(zip(test_ids, (SYNTH_SCHEME.format(v) for v in test_labels), strict=True))
         _write_labels_csv(staging / _TRAIN_CSV, ("Id", "Target"), train_rows)
         _write_labels_csv(staging / _TEST_TRUTH_CSV, ("Id", "Target"), test_rows)
         _write_labels_csv(staging / _SUBMISSION_CSV, ("Id", "Predicted"), ((i, "0") for i, _ in test_rows))
@@ -337,7 +336,7 @@ def make_dataset(
         seed=seed,
         seconds=time.perf_counter() - started,
         class_counts=[int(c) for c in train_labels.sum(axis=0)],
-        test_class_counts=[int(c) for c in test_labels.sum(axis=0)] if n_test else [0] * NUM_CLASSES,
+        test_class_counts=[int(c) for c in test_labels.sum(axis=0)] if n_test else [0] * SYNTH_SCHEME.num_classes,
         image_format=image_format,
         bit_depth=bit_depth,
         workers=workers,
