@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _realdata() -> Path:
     env = os.environ.get("PROTLOC_REALDATA")
-    candidates = [Path(env)] if env else [REPO.parent / "shared" / "realdata", Path("/work/shared/realdata")]
+    candidates = [Path(env)] if env else [REPO.parent / "shared" / "realdata"]
     for candidate in candidates:
         if (candidate / "kaggle2018_akashpalrecha" / "labels.csv").is_file():
             return candidate
