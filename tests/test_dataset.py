@@ -114,7 +114,7 @@ def test_training_trains_the_packaged_network() -> None:
     from protloc.models import PackagedNetwork
 
     config = TrainConfig(model="seed-cnn", image_size=64)
-    module = LocalizationModule(config, mean=[0.1] * 4, std=[0.2] * 4)
+    module = LocalizationModule(config, num_classes=28, mean=[0.1] * 4, std=[0.2] * 4)
     assert isinstance(module.model, PackagedNetwork)
     assert module.model.mean.flatten().tolist() == pytest.approx([0.1] * 4)
 

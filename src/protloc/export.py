@@ -118,14 +118,14 @@ def parity_inputs(package: ModelPackage, count: int = 4) -> tuple[np.ndarray, st
             return batch, f"{len(picks)} training images from {data}"
         except (DataError, OSError):
             pass
-    from protloc.classes import NUM_CLASSES
     from protloc.synth import generate_sample
+    from protloc.synth.labels import SYNTH_SCHEME
 
     rng = np.random.default_rng(0)
     fields = []
     for i in range(count):
-        labels = np.zeros(NUM_CLASSES, np.uint8)
-        labels[(i * 7) % NUM_CLASSES] = 1
+        labels = np.zeros(SYNTH_SCHEME.num_classes, np.uint8)  # the generator draws the 2018 classes
+        labels[(i * 7) % SYNTH_SCHEME.num_classes] = 1
         planes = generate_sample(labels, max(package.size, 64), rng)
         fields.append(preprocessor.prepare_uint8(np.stack([planes[c] for c in package.channels])))
     return np.concatenate(fields), f"{count} synthetic fields (training data not reachable)"

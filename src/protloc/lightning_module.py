@@ -11,7 +11,6 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelStatScores
 
-from protloc.classes import NUM_CLASSES
 from protloc.config import TrainConfig
 from protloc.losses import create_loss
 from protloc.models import PackagedNetwork, create_model
@@ -41,8 +40,8 @@ class LocalizationModule(L.LightningModule):
         config: TrainConfig,
         pos_weight: list[float] | None = None,
         total_steps: int = 1,
-        num_classes: int = NUM_CLASSES,
         *,
+        num_classes: int,
         mean: list[float] | None = None,
         std: list[float] | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 
 GRID = np.round(np.arange(0.02, 0.981, 0.01), 4)
 
@@ -120,7 +120,7 @@ def evaluate(
     truth: np.ndarray,
     probabilities: np.ndarray,
     thresholds: float | Sequence[float] | np.ndarray = 0.5,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str] = HPA2018.names,
     *,
     min_one: bool = False,
 ) -> EvaluationReport:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protloc.classes import CLASS_NAMES, SHORT_NAMES
+from protloc.classes import HPA2018
 from protloc.io import CHANNEL_ROLES
 from protloc.utils import atomic_path
 
@@ -123,7 +123,7 @@ def sample_figure(
 
 
 def class_distribution(
-    class_counts: Sequence[int], n_images: int, *, title: str = "", names: Sequence[str] = CLASS_NAMES
+    class_counts: Sequence[int], n_images: int, *, title: str = "", names: Sequence[str] = HPA2018.names
 ) -> Figure:
     """Horizontal bar chart of images per class, commonest first, with counts and percentages."""
     counts = np.asarray(class_counts)
@@ -161,7 +161,9 @@ def labels_per_image(histogram: Mapping[int, int], *, title: str = "") -> Figure
     return figure
 
 
-def cooccurrence_heatmap(cooccurrence: np.ndarray, *, title: str = "", shorts: Sequence[str] = SHORT_NAMES) -> Figure:
+def cooccurrence_heatmap(
+    cooccurrence: np.ndarray, *, title: str = "", shorts: Sequence[str] = HPA2018.shorts
+) -> Figure:
     """Heatmap of P(column class | row class): how often a class comes with each other class."""
     matrix = np.asarray(cooccurrence, dtype=np.float64)
     counts = np.diag(matrix).copy()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.catalog import Catalog
-from protloc.classes import CLASS_NAMES, HPA2018, SHORT_NAMES
+from protloc.classes import HPA2018
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel
 from protloc.schemes import ClassScheme
@@ -46,8 +46,8 @@ class DatasetStats:
     channels: dict[str, ChannelStats] = field(default_factory=dict)
     scheme: str = "hpa2018"
     """the class scheme the counts are over (its names come from :func:`protloc.schemes.get_scheme`)."""
-    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    short_names: list[str] = field(default_factory=lambda: list(SHORT_NAMES))
+    class_names: list[str] = field(default_factory=lambda: list(HPA2018.names))
+    short_names: list[str] = field(default_factory=lambda: list(HPA2018.shorts))
 
     @property
     def class_fractions(self) -> list[float]:
