@@ -118,8 +118,10 @@ def test_service_predicts_a_genuine_field(real: Path, trained_run: Path) -> None
     catalog = open_dataset(folder)
     paths = catalog.paths(0)
     files = {c: (p.name, p.read_bytes(), "image/png") for c, p in paths.items()}
-    with TestClient(create_app(trained_run / "model", backend="torch")) as client:
-        info = client.get("/model").json()
+    with TestClient(create_app(trained_run / "model", backend="torch"), base_url="http://localhost") as client:
+        response = client.get("/model")
+        assert response.status_code == 200, response.text
+        info = response.json()
         assert info["scheme"]["name"] == "hpa2018" and len(info["classes"]) == 28
         response = client.post("/predict", files=files)
         assert response.status_code == 200, response.text
