@@ -1,0 +1,265 @@
+"""Training commands: train, evaluate (fields and cells)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from protloc.cli.common import (
+    CHANNEL_MAP_OPTION,
+    CLASSES_OPTION,
+    MAP_FROM_OPTION,
+    _parse_options,
+    _print_report,
+    app,
+    console,
+    progress_bar,
+    progress_bars,
+)
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Kaggle root (train.csv + train/) or a labels CSV.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<recipe>-fold<k>).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings; flags override it.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu (resnet18, 128 px), gpu (densenet121, 512 px) or seed (the seed notebook's CNN, BCE, 0.5); "
+            "default: gpu when CUDA is available, else cpu."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Any timm model name, or seed-cnn.")] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (needs the network)."),
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Network input side in px.")] = None,
+    cache_size: Annotated[
+        int | None, typer.Option(help="Side stored in the cache (> image size: random crops).")
+    ] = None,
+    channels: Annotated[str | None, typer.Option(help="Channels and order: rgby, rgb, green, ...")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (per device).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[str | None, typer.Option(help="focal or bce.")] = None,
+    focal_gamma: Annotated[float | None, typer.Option(help="Focal loss gamma.")] = None,
+    pos_weight: Annotated[str | None, typer.Option(help="none, sqrt-inverse or inverse class weights.")] = None,
+    augment: Annotated[str | None, typer.Option(help="standard, light or none.")] = None,
+    oversample: Annotated[float | None, typer.Option(help="Rare-class oversampling strength 0-1.")] = None,
+    folds: Annotated[int | None, typer.Option(help="Number of stratified folds.")] = None,
+    fold: Annotated[int | None, typer.Option(help="Fold held out for validation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for folds, shuffling and initialisation.")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Time budget: minutes or HH:MM:SS.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs (0 = off).")] = None,
+    threshold_method: Annotated[str | None, typer.Option(help="fit (per class) or fixed (0.5).")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto, a count, or ids like 0,1.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines for multi-node DDP.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, ddp, ddp_spawn, fsdp, ...")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu, gpu.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, 32-true, bf16-mixed, 16-mixed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where caches live (default ~/.cache/protloc).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a Kaggle root.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV overriding the layout's.")] = None,
+    classes: Annotated[str | None, CLASSES_OPTION] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
+    bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit images.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    tensorboard: Annotated[bool | None, typer.Option("--tensorboard/--no-tensorboard")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save last.ckpt every N steps.")] = None,
+    checkpoint_minutes: Annotated[
+        float | None, typer.Option(help="Save last.ckpt at least this often inside an epoch (default 10).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+) -> None:
+    """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package."""
+    from protloc.config import resolve_config
+    from protloc.train import train as run_training
+
+    overrides: dict[str, Any] = {
+        "data": str(data),
+        "model": model,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "cache_size": cache_size,
+        "channels": channels,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "lr": lr,
+        "loss": loss,
+        "focal_gamma": focal_gamma,
+        "pos_weight": pos_weight,
+        "augment": augment,
+        "oversample": oversample,
+        "folds": folds,
+        "fold": fold,
+        "seed": seed,
+        "max_time": max_time,
+        "patience": patience,
+        "threshold_method": threshold_method,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "accelerator": accelerator,
+        "precision": precision,
+        "workers": workers,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+        "split": split,
+        "labels": str(labels) if labels else None,
+        "classes": classes,
+        "map_from": map_from,
+        "channel_map": channel_map,
+        "bit_depth": bit_depth,
+        "compile": compile,
+        "tensorboard": tensorboard,
+        "checkpoint_every_n_steps": checkpoint_every,
+        "checkpoint_minutes": checkpoint_minutes,
+    }
+    if resume and out is not None and (out / "config.yaml").is_file() and config is None:
+        config = out / "config.yaml"
+    resolved = resolve_config(recipe, config, overrides)
+    resolved.out = str(out) if out is not None else f"runs/{resolved.recipe}-fold{resolved.fold}"
+    with progress_bars("caching images", "training steps") as (cache_update, step_update):
+        result = run_training(
+            resolved, resume=resume, overwrite=overwrite, on_cache_progress=cache_update, on_progress=step_update
+        )
+    if result is None:  # a DDP worker rank
+        return
+    _print_report(result.report, f"validation fold {resolved.fold}: per-class scores")
+    gain = result.threshold_gain
+    console.print(
+        f"per-class thresholds vs one 0.5 threshold: {gain['gain_in_sample']:+.4f} macro F1 on the fitted fold, "
+        f"{gain['gain_cv']:+.4f} cross-validated"
+    )
+    console.print(
+        f"model package: [bold]{escape(str(result.package_dir))}[/]  (run: {escape(str(result.run_dir))}, "
+        f"{result.epochs_run} epochs, "
+        f"best epoch {result.best_epoch + 1}, {result.seconds.get('fit', 0):.0f} s fitting)"
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        Path, typer.Argument(help="Model package folder, an exported .onnx file, or a protloc BioImage.IO zip.")
+    ],
+    data: Annotated[Path, typer.Argument(help="Labelled data: Kaggle root, labels CSV, or folder + --labels.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, per_class.csv, predictions, chart.")] = Path(
+        "evaluation"
+    ),
+    split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (e.g. the synthetic test_truth.csv).")] = None,
+    map_from: Annotated[str | None, MAP_FROM_OPTION] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (onnx for a .onnx file or without PyTorch, else torch), torch or onnx.")
+    ] = "auto",
+    tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or a list of views.")] = "none",
+    threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="Per cell, against per-cell truth (<split>_cells_truth/): the 2021 mAP and segmentation F1/AP, "
+            "side by side with the baseline 'field labels to every cell' when --field-model is given.",
+        ),
+    ] = False,
+    field_model: Annotated[
+        Path | None, typer.Option("--field-model", help="With --cells: the field model (baseline and mix).")
+    ] = None,
+    mix: Annotated[
+        list[float] | None, typer.Option(help="With --cells: cell-model weights of the mix, repeatable.")
+    ] = None,
+    masks: Annotated[Path | None, typer.Option(help="With --cells: label images instead of segmenting.")] = None,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: segmenter setting KEY=VALUE over the card's, repeatable."),
+    ] = None,
+) -> None:
+    """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
+    from protloc.evaluate import evaluate_model
+
+    if cells:
+        _evaluate_cells(model, data, out, field_model, mix or [0.5], masks, seg_option, split, backend, device, tta)
+        return
+
+    with progress_bar("predicting") as update:
+        result = evaluate_model(
+            model,
+            data,
+            out=out,
+            split=split,
+            labels=labels,
+            map_from=map_from,
+            channel_map=channel_map,
+            backend=backend,
+            device=device,
+            tta=tta,
+            thresholds=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=update,
+        )
+    _print_report(result.report, f"{data}: per-class scores")
+    console.print(escape("wrote " + ", ".join(str(p) for p in result.written.values())))
+
+
+def _evaluate_cells(
+    model: Path,
+    data: Path,
+    out: Path,
+    field_model: Path | None,
+    mixes: list[float],
+    masks: Path | None,
+    seg_option: list[str] | None,
+    split: str,
+    backend: str,
+    device: str,
+    tta: str,
+) -> None:
+
+    from protloc.card import read_card
+    from protloc.cells.outputs import compare_cell_methods
+    from protloc.cells.predict import is_cell_model, open_cell_predictor
+    from protloc.utils import atomic_write_json
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    predictor = open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        tta=tta,
+        segmenter_options=_parse_options(seg_option or []),
+    )
+    with progress_bar("cells") as update:
+        results = compare_cell_methods(predictor, data, split=split, mixes=mixes, masks=masks, on_progress=update)
+    table = Table(title=f"{data} ({split}): per-cell scores")
+    for column in ("method", "mAP (IoU>=0.6)", "seg F1@0.5", "seg AP@0.5", "seg F1@0.75", "cells (pred/true)"):
+        table.add_column(column)
+    for method, result in results.items():
+        seg = {s["iou"]: s for s in result.segmentation}
+        table.add_row(
+            escape(method),
+            f"{result.map:.4f}",
+            f"{seg[0.5]['f1']:.3f}",
+            f"{seg[0.5]['ap']:.3f}",
+            f"{seg[0.75]['f1']:.3f}",
+            f"{result.predicted_cells}/{result.true_cells}",
+        )
+    console.print(table)
+    path = atomic_write_json(out / "cells_evaluation.json", {m: r.as_dict() for m, r in results.items()})
+    console.print(escape(f"wrote {path}"))
