@@ -80,7 +80,7 @@ def main() -> None:
             # quarter into training, measured from now plus a generous setup allowance is not needed: the
             # cache is already built after the first run, and the first run is quiet
             neighbours = competitor(0.25 * budget, budget, cores) if busy else []
-            result = train(config, overwrite=True, progress_bar=False)
+            result = train(config, overwrite=True)
             for worker in neighbours:
                 worker.terminate()
                 worker.join()

@@ -50,7 +50,7 @@ def train_model(data: Path, out: Path, cache: Path, image_size: int, minutes: fl
             "batch_size": 64,
         },
     )
-    result = train(config, overwrite=True, progress_bar=False)
+    result = train(config, overwrite=True)
     assert result is not None
     return result.package_dir
 

@@ -85,7 +85,7 @@ def int8_quality(root: Path, args: argparse.Namespace, results: dict[str, object
                 "cache_dir": str(root / "cache"),
             },
         )
-        trained = train(config, overwrite=True, progress_bar=False)
+        trained = train(config, overwrite=True)
         assert trained is not None
         package, epochs = trained.package_dir, trained.epochs_run
         what = f"trained {args.train_minutes:g} min"

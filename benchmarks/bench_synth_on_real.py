@@ -78,7 +78,7 @@ def main() -> None:
                 "seed": args.seed,
             },
         )
-        result = train(config, progress_bar=False)
+        result = train(config)
         assert result is not None
         scored = evaluate_model(result.package_dir, real, workers=1)
         report = scored.report

@@ -213,7 +213,7 @@ def test_train_with_max_time_ends_by_the_deadline_annealed(synth_data: Any, tmp_
             "workers": 0,
         },
     )
-    result = train(config, progress_bar=False)
+    result = train(config)
     assert result is not None and result.budget is not None
     budget = result.budget
     assert budget["stopped_by_budget"] and result.epochs_run < 500

@@ -180,7 +180,7 @@ def test_a_2021_root_trains_a_19_class_model_that_predicts_a_field_submission(tm
         "workers": 0,
         "cache_dir": str(tmp_path / "cache"),
     }
-    result = train(resolve_config("cpu", overrides=overrides), progress_bar=False)
+    result = train(resolve_config("cpu", overrides=overrides))
     assert result is not None
     card = read_card(result.package_dir)
     assert card.scheme.name == "hpa2021" and card.num_classes == 19 and len(card.thresholds) == 19

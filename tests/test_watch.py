@@ -129,7 +129,7 @@ def test_writer_process_slow_partial_corrupt_and_burst(onnx_model: Path, tmp_pat
 def batch_classes(model: Path) -> list[str]:
     from protloc.card import read_card
 
-    return list(read_card(model)["classes"])
+    return list(read_card(model).classes)
 
 
 def test_restart_never_twice_never_skipped(onnx_model: Path, tmp_path: Path) -> None:
