@@ -68,3 +68,22 @@ def test_int8_refusals_write_nothing(package: Path, tmp_path: Path) -> None:
         quantize_onnx(package, target, method="magic")
     assert not target.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_calibration_reader_rewinds_to_the_first_images() -> None:
+    from protloc.quantize import _Reader
+
+    pixels = np.arange(10 * 4 * 2 * 2, dtype=np.float32).reshape(10, 4, 2, 2)
+    reader = _Reader("input", pixels, batch=4)
+
+    def read_all() -> list[np.ndarray]:
+        out = []
+        while (chunk := reader.get_next()) is not None:
+            out.append(chunk["input"])
+        return out
+
+    first = read_all()
+    assert [len(c) for c in first] == [4, 4, 2]
+    reader.rewind()
+    again = read_all()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

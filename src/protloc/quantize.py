@@ -76,15 +76,20 @@ class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over float 0-1 pixels, a few images at a time."""
 
     def __init__(self, input_name: str, pixels: np.ndarray, batch: int = 8) -> None:
-        self._batches: Iterator[np.ndarray] = (pixels[i : i + batch] for i in range(0, len(pixels), batch))
         self.input_name = input_name
+        self._pixels = pixels
+        self._batch = batch
+        self._batches: Iterator[np.ndarray] = iter(())
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         chunk = next(self._batches, None)
         return None if chunk is None else {self.input_name: np.ascontiguousarray(chunk)}
 
-    def rewind(self) -> None:  # part of the protocol; calibration reads once
-        raise NotImplementedError
+    def rewind(self) -> None:
+        """Start again from the first images (ONNX Runtime asks when it calibrates more than once)."""
+        pixels, batch = self._pixels, self._batch
+        self._batches = (pixels[i : i + batch] for i in range(0, len(pixels), batch))
 
 
 def quantize_onnx(

@@ -139,6 +139,32 @@ class CellPredictor:
         }
 
 
+def predictor_for(
+    model: str | Path,
+    field_model: str | Path | None = None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    mix: float = 0.5,
+    tta: str | Sequence[str] | None = None,
+    segmenter_options: Mapping[str, Any] | None = None,
+) -> CellPredictor:
+    """The cell predictor for ``model`` as a user names it: a cell model (mixed with ``field_model`` when given),
+    or a field model, whose labels every cell then gets (the baseline)."""
+    from protloc.card import read_card
+
+    cell_model = model if is_cell_model(read_card(model)) else None
+    return open_cell_predictor(
+        cell_model,
+        field_model if cell_model is not None else model,
+        backend=backend,
+        device=device,
+        mix=mix,
+        tta=tta,
+        segmenter_options=segmenter_options,
+    )
+
+
 def open_cell_predictor(
     cell_model: str | Path | None = None,
     field_model: str | Path | None = None,

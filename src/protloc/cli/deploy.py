@@ -140,14 +140,12 @@ def _predict_cells(
     device: str,
     tta: str,
 ) -> None:
-    from protloc.card import read_card
     from protloc.cells.outputs import predict_cells
-    from protloc.cells.predict import METHOD_BASELINE, is_cell_model, open_cell_predictor
+    from protloc.cells.predict import METHOD_BASELINE, predictor_for
 
-    cell_model = model if is_cell_model(read_card(model)) else None
-    predictor = open_cell_predictor(
-        cell_model,
-        field_model if cell_model is not None else model,
+    predictor = predictor_for(
+        model,
+        field_model,
         backend=backend,
         device=device,
         mix=mix,

@@ -231,19 +231,12 @@ def _evaluate_cells(
     tta: str,
 ) -> None:
 
-    from protloc.card import read_card
     from protloc.cells.outputs import compare_cell_methods
-    from protloc.cells.predict import is_cell_model, open_cell_predictor
+    from protloc.cells.predict import predictor_for
     from protloc.utils import atomic_write_json
 
-    cell_model = model if is_cell_model(read_card(model)) else None
-    predictor = open_cell_predictor(
-        cell_model,
-        field_model if cell_model is not None else model,
-        backend=backend,
-        device=device,
-        tta=tta,
-        segmenter_options=_parse_options(seg_option or []),
+    predictor = predictor_for(
+        model, field_model, backend=backend, device=device, tta=tta, segmenter_options=_parse_options(seg_option or [])
     )
     with progress_bar("cells") as update:
         results = compare_cell_methods(predictor, data, split=split, mixes=mixes, masks=masks, on_progress=update)
