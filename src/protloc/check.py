@@ -31,7 +31,6 @@ kind                      meaning
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from protloc.decoder import probe
 from protloc.errors import DataError
 from protloc.io import CHANNELS, read_channel_raw
 from protloc.schemes import ClassScheme
-from protloc.utils import atomic_write_text
+from protloc.utils import atomic_write_text, default_workers
 from protloc.workers import imap
 
 ERROR, WARNING = "error", "warning"
@@ -281,7 +280,7 @@ def check_dataset(
 
 def _run_probes(jobs: list[Job], workers: int | None, on_progress: Callable[[int, int], None] | None) -> list[Problem]:
     total = len(jobs)
-    workers = workers or min(os.cpu_count() or 1, 8)
+    workers = workers or default_workers()
     found: list[Problem] = []
     if workers <= 1 or total < 64:
         for done, job in enumerate(jobs, start=1):

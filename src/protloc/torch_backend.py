@@ -9,7 +9,6 @@ runs is decided in :mod:`protloc.backends`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,7 @@ def predict_distributed(
     import lightning as L
 
     from protloc.dataset import ShardSampler
-    from protloc.utils import atomic_path, default_workers
+    from protloc.utils import atomic_path, default_workers, usable_cpus
 
     package = load_package(model)
     card = package.card
@@ -163,7 +162,7 @@ def predict_distributed(
         enable_model_summary=False,
     )
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+        torch.set_num_threads(max(1, usable_cpus() // max(1, trainer.num_devices)))
     trainer.predict(Module(), datamodule=Data(), return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:

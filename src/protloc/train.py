@@ -65,7 +65,7 @@ from protloc.models import PackagedNetwork, count_parameters, create_model
 from protloc.package import new_card, save_package
 from protloc.run_folder import last_checkpoint_path, prepare_run_dir, read_metrics, write_figures, write_predictions
 from protloc.schemes import ClassScheme
-from protloc.utils import Stopwatch, atomic_write_json, default_workers
+from protloc.utils import Stopwatch, atomic_write_json, default_workers, usable_cpus
 
 log = logging.getLogger("protloc")
 
@@ -250,7 +250,7 @@ def _train(
     run_dir = Path(config.out)
     L.seed_everything(config.seed, workers=True, verbose=False)
     if not torch.cuda.is_available() and "WORLD_SIZE" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        torch.set_num_threads(usable_cpus())
 
     with watch("data"):
         # A cell data set (protloc.cells.dataset) may hold cells without a class, and brings folds by field.
@@ -350,7 +350,7 @@ def _train(
         trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch, bool(progress_bar))
     if trainer.world_size > 1 and not torch.cuda.is_available():
         # CPU DDP: the processes share the cores; more threads than cores collapses throughput.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+        torch.set_num_threads(max(1, usable_cpus() // max(1, trainer.num_devices)))
     if config.compile:
         module.model = torch.compile(module.model)  # type: ignore[assignment]
     ckpt_path = last_checkpoint_path(run_dir) if resume else None

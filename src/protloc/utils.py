@@ -123,13 +123,17 @@ def swap_folder(staging: Path, target: Path) -> None:
         raise DataError(f"could not move the finished folder into {target}: {exc}") from None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, cgroup cpusets), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers(limit: int = 8) -> int:
     """Worker processes to use by default: the CPUs this process may run on, at most ``limit``."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(available, limit))
+    return max(1, min(usable_cpus(), limit))
 
 
 class Stopwatch:

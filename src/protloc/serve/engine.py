@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import threading
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from protloc.card import resolve_package_path
 from protloc.errors import ConfigError, ModelError, ProtlocError
 from protloc.inference import Preprocessor, batch_probabilities
 from protloc.metrics import decide
+from protloc.utils import usable_cpus
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ class InferenceEngine:
         self.model_path = Path(model)
         self.backend_name = resolve_backend(model, backend)
         self.device = device
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
         if threads is None and self.backend_name == "onnx":
             threads = max(1, cpus // 2)
         self.threads = threads

@@ -16,6 +16,7 @@ from protloc.serve.settings import (
     host_allow_list,
     resolve_token,
 )
+from protloc.utils import usable_cpus
 
 
 def run(
@@ -92,7 +93,7 @@ def run(
     if cells is not None:
         check_model_path(cells)
     if threads is None and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // (2 * workers))
+        threads = max(1, usable_cpus() // (2 * workers))
     settings = ServiceSettings(
         model=str(model),
         backend=backend,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ from protloc.errors import ConfigError
 from protloc.io import write_channel
 from protloc.synth.labels import SYNTH_SCHEME, sample_label_sets, synth_id
 from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample, generate_sample_with_cells
-from protloc.utils import atomic_folder
+from protloc.utils import atomic_folder, default_workers
 from protloc.workers import imap
 
 IMAGE_FORMATS: tuple[str, ...] = ("png", "tif", "jpg")
@@ -133,14 +132,6 @@ def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[tuple[str, Columns 
         initializer=_init_worker if workers > 1 else None,
         preload=[__name__],
     )
-
-
-def _default_workers() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(available, 8))
 
 
 def _validate(
@@ -280,7 +271,7 @@ def make_dataset(
             'make_dataset ran while a worker process was starting: call it under `if __name__ == "__main__":`'
         )
     if workers is None:  # a worker needs ~16 samples to pay for its start
-        workers = max(1, min(_default_workers(), (n_train + n_test) // 16))
+        workers = max(1, min(default_workers(), (n_train + n_test) // 16))
     out = Path(out)
     target = out.absolute()
     _check_target(target, overwrite)

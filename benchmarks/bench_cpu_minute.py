@@ -1,0 +1,242 @@
+"""Quality per CPU-minute on foreign data: protloc's recipe (and each lever) vs a plain reference script.
+
+    python benchmarks/bench_cpu_minute.py [--minutes 12] [--families sparse dense] [--variants default reference]
+
+The setting of issue 14: an HPA-like data set protloc's generator did not make (``benchmarks/hpa_like.py``,
+two families: sparse/bright and dense/dim, other renderings), 3,000 training and 1,000 test fields at 128 px
+with the real label frequencies, **one CPU core per run** for a fixed training budget. Jobs run two at a time,
+each pinned to its own core (``taskset``) with one compute thread, so the two runs of a pair share the machine
+evenly and are measured side by side.
+
+Every job writes its validation and test probabilities, so decision rules (one 0.5 cut-off, fitted per-class
+thresholds, shrunk thresholds) are compared afterwards on the same networks (``--rules-only`` redoes that part).
+
+Variants (``VARIANTS``): ``reference`` is ``benchmarks/reference_train.py`` (resnet18, 4 channels, AdamW, BCE,
+flips and 90-degree rotations, a one-cycle rate over wall-clock time, per-class thresholds on a stratified 20%
+validation split, the final weights); every other name is ``protloc train`` with the config changes listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, save, table  # noqa: E402
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    # protloc's `cpu` recipe as it stood when issue 14 was filed
+    "before": {},
+}
+
+
+def _run_reference(data: Path, out: Path, minutes: float) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(HERE / "reference_train.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--minutes",
+        str(minutes),
+        "--threads",
+        "1",
+    ]
+    subprocess.run(command, check=True)
+    result = json.loads((out / "result.json").read_text())
+    return {key: result.get(key) for key in ("epochs", "steps", "train_seconds", "images_per_second")}
+
+
+def _run_protloc(data: Path, out: Path, minutes: float, changes: dict[str, Any]) -> dict[str, Any]:
+    from protloc.config import resolve_config
+    from protloc.evaluate import evaluate_model
+    from protloc.train import train
+
+    overrides = {
+        "data": str(data),
+        "out": str(out / "run"),
+        "cache_dir": str(out / "cache"),
+        "max_time": f"{minutes:g}",
+        "epochs": 100,  # a ceiling: the budget ends training
+        "seed": 0,
+        **changes,
+    }
+    config = resolve_config("cpu", overrides=overrides)
+    start = time.perf_counter()
+    result = train(config, overwrite=True)
+    assert result is not None
+    seconds = time.perf_counter() - start
+    evaluate_model(result.package_dir, data, split="test", labels=data / "test_truth.csv", out=out / "test")
+    return {
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "steps": result.global_step,
+        "train_seconds": round(seconds, 1),
+        "fit_seconds": round(result.seconds.get("fit", 0.0), 1),
+        "budget": result.budget,
+    }
+
+
+def run_job(family: str, variant: str, data: Path, out: Path, minutes: float) -> None:
+    """One job in this process (the pinned child the orchestrator starts)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if variant == "reference":
+        info = _run_reference(data, out, minutes)
+    else:
+        info = _run_protloc(data, out, minutes, VARIANTS[variant])
+    info.update(family=family, variant=variant, minutes=minutes)
+    (out / "job.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def _read_truth(path: Path) -> tuple[list[str], np.ndarray]:
+    from protloc.catalog import open_dataset
+
+    catalog = open_dataset(path.parent, labels=path, split="test")
+    assert catalog.labels is not None
+    return list(catalog.ids), catalog.labels
+
+
+def job_probabilities(out: Path, variant: str, test_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(validation truth, validation probabilities, test probabilities in ``test_ids`` order)."""
+    from protloc.prediction_files import read_probabilities_table
+
+    if variant == "reference":
+        val = np.load(out / "val_probabilities.npy")
+        val_truth = np.load(out / "val_truth.npy")
+        ids = (out / "test_ids.txt").read_text().split()
+        test = np.load(out / "test_probabilities.npy")
+    else:
+        _, val, val_truth_or_none = read_probabilities_table(out / "run" / "val_predictions.csv")
+        assert val_truth_or_none is not None
+        val_truth = val_truth_or_none
+        ids, test, _ = read_probabilities_table(out / "test" / "predictions.csv")
+    order = {sample: i for i, sample in enumerate(ids)}
+    return val_truth, val, test[[order[s] for s in test_ids]]
+
+
+def score_rules(val_truth: np.ndarray, val: np.ndarray, truth: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """Test scores of each decision rule, every rule fitted on the validation split only."""
+    from protloc.metrics import evaluate, fit_thresholds
+
+    rules: dict[str, Any] = {}
+    half = np.full(truth.shape[1], 0.5)
+    fitted = fit_thresholds(val_truth, val, 5).values
+    shrunk = fit_thresholds(val_truth, val, 5, shrink=10).values
+    for name, cuts, min_one in (
+        ("0.5", half, False),
+        ("0.5 + at least one", half, True),
+        ("fitted", fitted, True),
+        ("fitted, shrunk", shrunk, True),
+    ):
+        report = evaluate(truth, test, cuts, min_one=min_one)
+        rules[name] = report.summary() | {"per_class_f1": [row.f1 for row in report.per_class]}
+    return rules
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--families", nargs="+", default=["sparse", "dense"])
+    parser.add_argument("--variants", nargs="+", default=["default", "reference"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/protloc-cpu-minute"))
+    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--cores", default="0,1", help="cores to pin jobs to, one job per core at a time")
+    parser.add_argument("--results-name", default="cpu_minute")
+    parser.add_argument("--rules-only", action="store_true", help="only rescore finished jobs")
+    parser.add_argument("--job", nargs=2, metavar=("FAMILY", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.work
+    if args.job:
+        family, variant = args.job
+        run_job(family, variant, work / family, work / "jobs" / f"{family}-{variant}", args.minutes)
+        return
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    import hpa_like
+
+    for family in args.families:
+        if not (work / family / "test_truth.csv").is_file():
+            print(f"generating the {family} family ...", flush=True)
+            hpa_like.make(work / family, family, args.n_train, args.n_test)
+    jobs = [(f, v) for f in args.families for v in args.variants]
+    if not args.rules_only:
+        cores = args.cores.split(",")
+        pending = [j for j in jobs if not (work / "jobs" / f"{j[0]}-{j[1]}" / "job.json").is_file()]
+        running: list[tuple[subprocess.Popen[bytes], str]] = []
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        while pending or running:
+            while pending and len(running) < len(cores):
+                free = next(c for c in cores if c not in {core for _, core in running})
+                family, variant = pending.pop(0)
+                log = work / "jobs" / f"{family}-{variant}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                command = ["taskset", "-c", free, sys.executable, __file__, "--work", str(work)]
+                command += ["--minutes", str(args.minutes), "--job", family, variant]
+                print(f"core {free}: {family} / {variant}", flush=True)
+                with open(log, "wb") as handle:
+                    running.append((subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT), free))
+            time.sleep(2)
+            for process, core in list(running):
+                if process.poll() is not None:
+                    running.remove((process, core))
+                    if process.returncode:
+                        print(f"a job on core {core} failed ({process.returncode}); see its log", flush=True)
+    results: dict[str, Any] = {"machine": machine(), "minutes": args.minutes, "jobs": {}}
+    rows = []
+    for family, variant in jobs:
+        out = work / "jobs" / f"{family}-{variant}"
+        if not (out / "job.json").is_file():
+            continue
+        info = json.loads((out / "job.json").read_text())
+        test_ids, truth = _read_truth(work / family / "test_truth.csv")
+        val_truth, val, test = job_probabilities(out, variant, test_ids)
+        rules = score_rules(val_truth, val, truth, test)
+        results["jobs"][f"{family}/{variant}"] = info | {"rules": rules}
+        main_rule = rules["fitted, shrunk"] if variant != "reference" else rules["fitted"]
+        rows.append(
+            [
+                family,
+                variant,
+                f"{info.get('epochs')}",
+                f"{main_rule['macro_f1']:.3f}",
+                f"{rules['fitted']['macro_f1']:.3f}",
+                f"{rules['0.5 + at least one']['macro_f1']:.3f}",
+                f"{main_rule['micro_f1']:.3f}",
+                f"{main_rule['exact_match']:.3f}",
+            ]
+        )
+    markdown = table(
+        [
+            "family",
+            "variant",
+            "epochs",
+            "test macro F1 (its rule)",
+            "macro F1, fitted",
+            "macro F1, 0.5 + one",
+            "micro F1 (its rule)",
+            "exact match",
+        ],
+        rows,
+    )
+    print(markdown)
+    save(args.results_name, results, markdown)
+
+
+if __name__ == "__main__":
+    main()
