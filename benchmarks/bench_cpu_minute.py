@@ -33,10 +33,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, save, table  # noqa: E402
 
+BEFORE = {"oversample": 0.0, "ema": 0.0, "resolution_schedule": "none", "threshold_shrink": 0.0}
+LEVERS = {"oversample": 0.5, "ema": 0.99, "resolution_schedule": "progressive", "threshold_shrink": 10.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "reference": {},
     # protloc's `cpu` recipe as it stood when issue 14 was filed
-    "before": {},
+    "before": BEFORE,
+    # every lever of issue 14 on, and each taken away in turn
+    "levers": LEVERS,
+    "levers-no-ema": {**LEVERS, "ema": 0.0},
+    "levers-no-oversample": {**LEVERS, "oversample": 0.0},
+    "levers-no-resolution": {**LEVERS, "resolution_schedule": "none"},
+    # protloc's `cpu` recipe as it is now
+    "default": {},
 }
 
 

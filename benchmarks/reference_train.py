@@ -16,7 +16,8 @@ predictions are timed apart from the training budget.
 
 Reads DIR/train.csv and DIR/test_truth.csv (``Id,Target``, Target = space-separated class ids) with images
 DIR/{train,test}/<Id>_{red,green,blue,yellow}.png. Writes to OUT: test_probabilities.npy (float32, rows in
-test_truth.csv order), test_ids.txt, thresholds.json and, last, result.json.
+test_truth.csv order), val_probabilities.npy and val_truth.npy (the validation split, for rescoring other
+decision rules), test_ids.txt, thresholds.json and, last, result.json.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ def main() -> None:
         "test_at_0_5": scores(test_truth, test_probabilities >= 0.5),
     }
     np.save(args.out / "test_probabilities.npy", test_probabilities)
+    np.save(args.out / "val_probabilities.npy", val_probabilities.astype(np.float32))
+    np.save(args.out / "val_truth.npy", y_val.astype(np.uint8))
     (args.out / "test_ids.txt").write_text("".join(f"{i}\n" for i in test_ids))
     (args.out / "thresholds.json").write_text(json.dumps(thresholds))
     (args.out / "result.json.tmp").write_text(json.dumps(result, indent=2))

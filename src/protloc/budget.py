@@ -184,6 +184,7 @@ class TimeBudget(Callback):
         # never backwards: a grown validation estimate moves the end earlier, not the schedule back
         progress = float(_agreed(trainer, max(min(progress, 1.0), self.progress)))
         self.progress = progress
+        pl_module.training_progress = progress  # for what else follows the schedule (the resolution)
         lr = self.schedule.lr(progress)
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:

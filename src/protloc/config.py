@@ -25,6 +25,11 @@ SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AUGMENTATIONS = ("standard", "light", "none")
 THRESHOLD_METHODS = ("fit", "fixed")
+RESOLUTION_SCHEDULES: dict[str, tuple[tuple[float, float], ...]] = {
+    "none": (),
+    # (until this share of training, this fraction of image_size): a quarter of the pixels first, full size last
+    "progressive": ((0.35, 0.5), (0.65, 0.75)),
+}
 
 
 @dataclass
@@ -72,6 +77,12 @@ class TrainConfig:
     augment: str = "standard"
     oversample: float = 0.0
     """0 = plain shuffling; 0.5 = sample images ~ (1/frequency of their rarest class)^0.5; 1 = fully balanced."""
+    ema: float = 0.0
+    """decay of an exponential moving average of the weights, which validation, checkpoints and the package
+    use (0 = off; 0.99-0.999 typical)."""
+    resolution_schedule: str = "none"
+    """``progressive``: train at half the image size for the first 35% of the budget, three quarters until 65%,
+    then full size (more images per minute early on); ``none``: full size throughout."""
 
     # folds
     folds: int = 5
@@ -82,6 +93,8 @@ class TrainConfig:
     threshold_method: str = "fit"
     threshold_min_positives: int = 5
     """classes with fewer validation positives get the global fallback threshold."""
+    threshold_shrink: float = 0.0
+    """pull each fitted threshold towards the fallback by ``k / (positives + k)`` (0 = off)."""
 
     # hardware and engine
     accelerator: str = "auto"
@@ -113,6 +126,11 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
+        _choice("resolution_schedule", self.resolution_schedule, tuple(RESOLUTION_SCHEDULES))
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be a decay between 0 (off) and 1 (exclusive), got {self.ema}")
+        if self.threshold_shrink < 0:
+            raise ConfigError(f"threshold_shrink must be >= 0, got {self.threshold_shrink}")
         if not self.data:
             raise ConfigError("no data set given: pass DATA (a Kaggle root or a labels CSV)")
         if not 16 <= self.image_size <= 4096:

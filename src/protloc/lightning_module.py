@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelStatScores
 
-from protloc.config import TrainConfig
+from protloc.config import RESOLUTION_SCHEDULES, TrainConfig
 from protloc.losses import create_loss
 from protloc.models import PackagedNetwork, create_model
 from protloc.run_folder import append_metrics_row
@@ -64,6 +65,14 @@ class LocalizationModule(L.LightningModule):
         )
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Weight averaging: an exponential moving average of the weights (and BatchNorm statistics) is what
+        # validation scores, the best checkpoint keeps and the package ships (``ema`` = its decay; 0 = off).
+        self.ema_model: torch.nn.Module | None = None
+        if config.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.training_progress = 0.0
+        """share of the training done, 0-1: set by the time budget every step, else steps / planned steps."""
         weight = torch.tensor(pos_weight) if pos_weight is not None else None
         self.loss = create_loss(config.loss, gamma=config.focal_gamma, pos_weight=weight)
         # Epoch metrics are torchmetrics states: exact over the whole epoch and synced across DDP ranks, in
@@ -93,8 +102,20 @@ class LocalizationModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
+    def training_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at the side the resolution schedule gives this point of training (full size at the end)."""
+        stages = RESOLUTION_SCHEDULES[self.config.resolution_schedule]
+        scale = next((s for until, s in stages if self.training_progress < until), 1.0)
+        side = max(16, round(self.config.image_size * scale / 8) * 8)
+        if side >= images.shape[-1]:
+            return images
+        pixels = images.float().mul_(1.0 / 255.0) if images.dtype == torch.uint8 else images
+        return torch.nn.functional.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
+        if self.config.max_time is None:  # without a time budget, progress counts steps
+            self.training_progress = min(1.0, self.global_step / self.total_steps)
+        logits = self(self.training_images(batch["image"]))
         loss = self.loss(logits, batch["label"])
         self.train_stats.update(torch.sigmoid(logits.detach().float()), batch["label"].int())
         self.train_loss_mean.update(loss.detach(), weight=len(logits))
@@ -103,7 +124,7 @@ class LocalizationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self.averaged(batch["image"])
         loss = self.loss(logits, batch["label"])
         self.val_stats.update(torch.sigmoid(logits.float()), batch["label"].int())
         self.val_loss_mean.update(loss, weight=len(logits))
@@ -114,7 +135,31 @@ class LocalizationModule(L.LightningModule):
         self._epoch_images = 0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_model is not None:
+            self._update_average()
         self._last_batch_end = time.perf_counter()
+
+    def averaged(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the averaged network (the trained one when weight averaging is off)."""
+        if self.ema_model is None:
+            return self(images)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.ema_model(images)
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        assert self.ema_model is not None
+        n = int(self.ema_updates)
+        # the decay grows with the updates, so early, random weights are forgotten within a few steps
+        decay = min(self.config.ema, (1.0 + n) / (10.0 + n))
+        averaged = [p for p in self.ema_model.state_dict().values() if p.is_floating_point()]
+        current = [p for p in self.model.state_dict().values() if p.is_floating_point()]
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        for mine, theirs in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            if not mine.is_floating_point():
+                mine.copy_(theirs)
+        self.ema_updates += 1
 
     def train_images_per_second(self) -> float:
         """Training throughput of the current epoch: data loading and steps, validation excluded."""

@@ -172,26 +172,39 @@ def best_global_threshold(truth: np.ndarray, probabilities: np.ndarray) -> float
 
 @dataclass
 class Thresholds:
-    """Per-class thresholds and how each was chosen (``"fitted"`` or ``"fallback"``)."""
+    """Per-class thresholds and how each was chosen (``"fitted"``, ``"shrunk"`` or ``"fallback"``)."""
 
     values: list[float]
     methods: list[str]
     fallback: float
     min_positives: int
+    shrink: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def fit_thresholds(truth: np.ndarray, probabilities: np.ndarray, min_positives: int = 5) -> Thresholds:
-    """Per-class thresholds maximising each class's F1, with a global fallback for rare classes."""
+def fit_thresholds(
+    truth: np.ndarray, probabilities: np.ndarray, min_positives: int = 5, shrink: float = 0.0
+) -> Thresholds:
+    """Per-class thresholds maximising each class's F1, with a global fallback for rare classes.
+
+    A class with fewer than ``min_positives`` validation positives gets the fallback: the one threshold that
+    maximises macro F1 over all classes. With ``shrink`` = k > 0, a fitted threshold is pulled towards that
+    fallback by the weight of evidence behind it, ``(n * fitted + k * fallback) / (n + k)`` for a class with
+    n positives: a threshold fitted on 3 positives (a plateau of ties, mostly chance) moves most of the way
+    to the fallback, one fitted on 300 barely moves.
+    """
     if truth.shape != probabilities.shape:
         raise ValueError(f"truth {truth.shape} and probabilities {probabilities.shape} differ in shape")
+    if shrink < 0:
+        raise ValueError(f"shrink must be >= 0, got {shrink}")
     fallback = best_global_threshold(truth, probabilities) if len(truth) else 0.5
     values, methods = [], []
     positives = truth.sum(axis=0)
     for c in range(truth.shape[1]):
-        if positives[c] < min_positives:
+        n = int(positives[c])
+        if n < max(1, min_positives):
             values.append(fallback)
             methods.append("fallback")
             continue
@@ -201,9 +214,14 @@ def fit_thresholds(truth: np.ndarray, probabilities: np.ndarray, min_positives: 
         fp = (predicted & ~column_truth[:, None]).sum(axis=0)
         fn = column_truth.sum() - tp
         f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(GRID)), where=(2 * tp + fp + fn) > 0)
-        values.append(_best_on_grid(f1))
-        methods.append("fitted")
-    return Thresholds(values=values, methods=methods, fallback=fallback, min_positives=min_positives)
+        fitted = _best_on_grid(f1)
+        if shrink > 0:
+            values.append(round((n * fitted + shrink * fallback) / (n + shrink), 4))
+            methods.append("shrunk")
+        else:
+            values.append(fitted)
+            methods.append("fitted")
+    return Thresholds(values=values, methods=methods, fallback=fallback, min_positives=min_positives, shrink=shrink)
 
 
 def threshold_gain(

@@ -214,9 +214,11 @@ def load_package(path: str | Path) -> ModelPackage:
 
 
 def state_dict_from_lightning(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights inside a Lightning checkpoint (loaded without unpickling arbitrary objects)."""
+    """The network weights inside a Lightning checkpoint (loaded without unpickling arbitrary objects): the
+    weight average when the run kept one, else the trained weights."""
     checkpoint = load_checkpoint_safely(checkpoint_path)
-    prefix = "model."
+    averaged = any(k.startswith("ema_model.") for k in checkpoint["state_dict"])
+    prefix = "ema_model." if averaged else "model."
     return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 

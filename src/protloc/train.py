@@ -390,7 +390,9 @@ def _train(
         )
         truth = labels[val_rows]
         if config.threshold_method == "fit":
-            fitted = fit_thresholds(truth, probabilities, config.threshold_min_positives)
+            fitted = fit_thresholds(
+                truth, probabilities, config.threshold_min_positives, shrink=config.threshold_shrink
+            )
             thresholds, methods = fitted.values, fitted.methods
         else:
             thresholds, methods = [0.5] * scheme.num_classes, ["fixed"] * scheme.num_classes

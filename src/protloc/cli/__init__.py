@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -51,6 +52,32 @@ TRAIN_EXTRA_MODULES = frozenset(
 )
 
 
+def _click_flavours() -> list[Any]:
+    """The click exception modules a usage error may come from: click's, and the copy newer Typer releases
+    vendor as ``typer._click`` (whose exceptions are other classes, so catching click's alone let a wrong flag
+    end in a traceback)."""
+    flavours: list[Any] = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # Typer before 0.20 uses click itself
+        return flavours
+    return [*flavours, vendored]
+
+
+def _typer_exception_modules() -> list[Any]:
+    try:
+        import typer.exceptions
+    except ImportError:
+        return []
+    return [typer.exceptions]
+
+
+USAGE_ERRORS: tuple[type[Exception], ...] = tuple(f.ClickException for f in _click_flavours())
+ABORTS: tuple[type[BaseException], ...] = tuple(
+    {click.exceptions.Abort, *(getattr(m, "Abort", click.exceptions.Abort) for m in _typer_exception_modules())}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return (and, from the console script, exit with) its status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -75,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ONNX Runtime only)"
         )
         return 1
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except USAGE_ERRORS as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except (*ABORTS, KeyboardInterrupt):
         err_console.print("[red]interrupted[/]")
         return 130
     return result if isinstance(result, int) else 0

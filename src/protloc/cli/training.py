@@ -54,6 +54,15 @@ def train(
     pos_weight: Annotated[str | None, typer.Option(help="none, sqrt-inverse or inverse class weights.")] = None,
     augment: Annotated[str | None, typer.Option(help="standard, light or none.")] = None,
     oversample: Annotated[float | None, typer.Option(help="Rare-class oversampling strength 0-1.")] = None,
+    ema: Annotated[
+        float | None, typer.Option(help="Decay of a moving average of the weights, which is kept (0 = off).")
+    ] = None,
+    resolution_schedule: Annotated[
+        str | None, typer.Option(help="progressive (half size first, full size last) or none.")
+    ] = None,
+    threshold_shrink: Annotated[
+        float | None, typer.Option(help="Pull fitted thresholds towards the global one by k/(positives+k).")
+    ] = None,
     folds: Annotated[int | None, typer.Option(help="Number of stratified folds.")] = None,
     fold: Annotated[int | None, typer.Option(help="Fold held out for validation.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for folds, shuffling and initialisation.")] = None,
@@ -101,6 +110,9 @@ def train(
         "pos_weight": pos_weight,
         "augment": augment,
         "oversample": oversample,
+        "ema": ema,
+        "resolution_schedule": resolution_schedule,
+        "threshold_shrink": threshold_shrink,
         "folds": folds,
         "fold": fold,
         "seed": seed,
