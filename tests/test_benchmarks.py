@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +62,70 @@ def test_segmentation_benchmark_runs_in_its_quick_form(tmp_path: Path) -> None:
     for side in ("2048", "3072"):
         assert payload[side]["in_process"]["cells"] > 0
         assert payload[side]["cli"][0]["peak_rss_mb"] > 0
+
+
+def test_the_foreign_generator_writes_a_data_set_protloc_reads(tmp_path: Path) -> None:
+    """benchmarks/hpa_like.py (no code shared with protloc.synth): both families, the Kaggle 2018 layout."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import hpa_like
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from protloc.catalog import open_dataset
+    from protloc.check import check_dataset
+
+    for family in ("sparse", "dense"):
+        data = tmp_path / family
+        hpa_like.make(data, family, n_train=12, n_test=4, size=64, seed=3, workers=1)
+        report = check_dataset(data, workers=1)
+        assert report.ok, report.errors[:1]
+        catalog = open_dataset(data)
+        assert len(catalog) == 12 and catalog.labels is not None and catalog.labels.sum(axis=1).min() >= 1
+        test = open_dataset(data, split="test", labels=data / "test_truth.csv")
+        assert len(test) == 4
+    # the two families differ in what they show: the dense one is dimmer and holds more nuclei
+    import cv2
+
+    blue = {
+        f: np.mean([cv2.imread(str(p), 0).mean() for p in (tmp_path / f / "train").glob("*_blue.png")])
+        for f in ("sparse", "dense")
+    }
+    assert blue["dense"] < blue["sparse"]
+    # the same seed gives the same files
+    hpa_like.make(tmp_path / "again", "dense", n_train=12, n_test=4, size=64, seed=3, workers=1)
+    first = sorted((tmp_path / "dense" / "train").glob("*.png"))
+    assert all(p.read_bytes() == (tmp_path / "again" / "train" / p.name).read_bytes() for p in first)
+
+
+@pytest.mark.slow
+def test_cpu_minute_benchmark_runs_a_pinned_pair_and_scores_every_rule(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    result = run_benchmark(
+        "bench_cpu_minute.py",
+        "--work",
+        str(work),
+        "--families",
+        "dense",
+        "--variants",
+        "reference",
+        "default",
+        "--n-train",
+        "60",
+        "--n-test",
+        "20",
+        "--minutes",
+        "0.25",
+        "--size",
+        "64",
+        "--results-name",
+        "cpu_minute_smoke",
+        results=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    payload = json.loads((tmp_path / "cpu_minute_smoke.json").read_text())
+    jobs = payload["jobs"]
+    assert set(jobs) == {"dense/reference", "dense/default"}
+    assert "its own thresholds" in jobs["dense/reference"]["rules"] and "joint 0.5" in jobs["dense/default"]["rules"]
+    for job in jobs.values():
+        assert 0.0 <= job["rules"]["fit"]["macro_f1"] <= 1.0
+    assert "reference + protloc's rule" in payload["bootstrap"]["dense"]

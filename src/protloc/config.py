@@ -18,13 +18,13 @@ import yaml
 
 from protloc.errors import ConfigError
 from protloc.io import CHANNELS, parse_channels
+from protloc.metrics import THRESHOLD_METHODS
 
 LOSSES = ("focal", "bce")
 POS_WEIGHTS = ("none", "sqrt-inverse", "inverse")
 SCHEDULERS = ("onecycle", "cosine", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 AUGMENTATIONS = ("standard", "light", "none")
-THRESHOLD_METHODS = ("fit", "fixed")
 RESOLUTION_SCHEDULES: dict[str, tuple[tuple[float, float], ...]] = {
     "none": (),
     # (until this share of training, this fraction of image_size): a quarter of the pixels first, full size last
@@ -95,6 +95,8 @@ class TrainConfig:
     """classes with fewer validation positives get the global fallback threshold."""
     threshold_shrink: float = 0.0
     """pull each fitted threshold towards the fallback by ``k / (positives + k)`` (0 = off)."""
+    threshold_micro_weight: float = 0.5
+    """``joint`` thresholds maximise validation macro F1 + this weight x micro F1 under the at-least-one rule."""
 
     # hardware and engine
     accelerator: str = "auto"
@@ -129,6 +131,8 @@ class TrainConfig:
         _choice("resolution_schedule", self.resolution_schedule, tuple(RESOLUTION_SCHEDULES))
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be a decay between 0 (off) and 1 (exclusive), got {self.ema}")
+        if self.threshold_micro_weight < 0:
+            raise ConfigError(f"threshold_micro_weight must be >= 0, got {self.threshold_micro_weight}")
         if self.threshold_shrink < 0:
             raise ConfigError(f"threshold_shrink must be >= 0, got {self.threshold_shrink}")
         if not self.data:

@@ -21,7 +21,7 @@ import numpy as np
 
 from protloc.card import VALIDATION_FILE, Architecture, Decision, ModelCard, read_card, resolve_package_path
 from protloc.errors import ModelError
-from protloc.metrics import evaluate, fit_thresholds
+from protloc.metrics import evaluate, fit_decision
 from protloc.schemes import ClassScheme
 
 THRESHOLD_METHODS = ("auto", "oof", "mean")
@@ -88,7 +88,16 @@ def make_ensemble(
             raise ModelError(f"{missing[0]}: has no {VALIDATION_FILE}; use thresholds='mean'")
         truth = np.concatenate([p[0] for p in pooled if p is not None])
         probabilities = np.concatenate([p[1] for p in pooled if p is not None])
-        fitted = fit_thresholds(truth, probabilities, min_positives)
+        # the members' own rule, refitted on the pooled out-of-fold predictions
+        settings = first.training.get("config", {}) if isinstance(first.training, dict) else {}
+        fitted = fit_decision(
+            truth,
+            probabilities,
+            "joint" if settings.get("threshold_method") == "joint" else "fit",
+            min_positives=min_positives,
+            shrink=float(settings.get("threshold_shrink", 0.0)),
+            micro_weight=float(settings.get("threshold_micro_weight", 0.5)),
+        )
         values = fitted.values
         info.update(methods=fitted.methods, min_positives=min_positives, oof_samples=len(truth))
         scored = evaluate(truth, probabilities, values, min_one=True, class_names=first.scheme.names)

@@ -60,7 +60,7 @@ from protloc.errors import DataError
 from protloc.lightning_module import LocalizationModule
 from protloc.locks import hold
 from protloc.losses import positive_weights
-from protloc.metrics import EvaluationReport, evaluate, fit_thresholds, threshold_gain
+from protloc.metrics import EvaluationReport, evaluate, fit_decision, threshold_gain
 from protloc.models import PackagedNetwork, count_parameters, create_model
 from protloc.package import new_card, save_package
 from protloc.run_folder import last_checkpoint_path, prepare_run_dir, read_metrics, write_figures, write_predictions
@@ -91,12 +91,19 @@ class TrainResult:
     """with ``max_time``: the budget, the time training used and how it ended (see :mod:`protloc.budget`)."""
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where bf16 autocast trains resnet18
+    about twice as fast as float32 (BENCHMARKS.md); elsewhere it would be emulated, and slower."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(probe()) for probe in probes if callable(probe))
+
+
 def _precision(config: TrainConfig) -> str:
     if config.precision != "auto":
         return config.precision
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
 def _workers(config: TrainConfig) -> int:
@@ -389,15 +396,17 @@ def _train(
             channels_last=config.channels_last,
         )
         truth = labels[val_rows]
-        if config.threshold_method == "fit":
-            fitted = fit_thresholds(
-                truth, probabilities, config.threshold_min_positives, shrink=config.threshold_shrink
-            )
-            thresholds, methods = fitted.values, fitted.methods
-        else:
-            thresholds, methods = [0.5] * scheme.num_classes, ["fixed"] * scheme.num_classes
+        fitted = fit_decision(
+            truth,
+            probabilities,
+            config.threshold_method,
+            min_positives=config.threshold_min_positives,
+            shrink=config.threshold_shrink,
+            micro_weight=config.threshold_micro_weight,
+        )
+        thresholds, methods = fitted.values, fitted.methods
         # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
-        min_one = config.threshold_method == "fit"
+        min_one = config.threshold_method != "fixed"
         report = evaluate(truth, probabilities, thresholds, min_one=min_one, class_names=scheme.names)
         gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
 

@@ -68,7 +68,10 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed for folds, shuffling and initialisation.")] = None,
     max_time: Annotated[str | None, typer.Option(help="Time budget: minutes or HH:MM:SS.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs (0 = off).")] = None,
-    threshold_method: Annotated[str | None, typer.Option(help="fit (per class) or fixed (0.5).")] = None,
+    threshold_method: Annotated[
+        str | None,
+        typer.Option(help="joint (per class, fitted together for macro and micro F1), fit (each alone), fixed (0.5)."),
+    ] = None,
     devices: Annotated[str | None, typer.Option(help="auto, a count, or ids like 0,1.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Machines for multi-node DDP.")] = None,
     strategy: Annotated[str | None, typer.Option(help="auto, ddp, ddp_spawn, fsdp, ...")] = None,
