@@ -150,7 +150,8 @@ class LocalizationModule(L.LightningModule):
     @torch.no_grad()
     def _update_average(self) -> None:
         assert self.ema_model is not None
-        n = int(self.ema_updates)
+        updates: torch.Tensor = self.ema_updates  # type: ignore[assignment]
+        n = int(updates)
         # the decay grows with the updates, so early, random weights are forgotten within a few steps
         decay = min(self.config.ema, (1.0 + n) / (10.0 + n))
         averaged = [p for p in self.ema_model.state_dict().values() if p.is_floating_point()]
@@ -159,7 +160,7 @@ class LocalizationModule(L.LightningModule):
         for mine, theirs in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
             if not mine.is_floating_point():
                 mine.copy_(theirs)
-        self.ema_updates += 1
+        updates += 1
 
     def train_images_per_second(self) -> float:
         """Training throughput of the current epoch: data loading and steps, validation excluded."""

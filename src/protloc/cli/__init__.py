@@ -76,6 +76,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = tuple(f.ClickException for f in _cli
 ABORTS: tuple[type[BaseException], ...] = tuple(
     {click.exceptions.Abort, *(getattr(m, "Abort", click.exceptions.Abort) for m in _typer_exception_modules())}
 )
+INTERRUPTS: tuple[type[BaseException], ...] = (*ABORTS, KeyboardInterrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         exc.show()  # type: ignore[attr-defined]
         return int(exc.exit_code)  # type: ignore[attr-defined]
-    except (*ABORTS, KeyboardInterrupt):
+    except INTERRUPTS:
         err_console.print("[red]interrupted[/]")
         return 130
     return result if isinstance(result, int) else 0
