@@ -41,23 +41,17 @@ BEFORE = {
     "threshold_method": "fit",
     "precision": "32-true",
 }
-LEVERS = {"oversample": 0.5, "ema": 0.99, "resolution_schedule": "progressive", "precision": "32-true"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "reference": {},
+    # protloc's `cpu` recipe as it is now: every lever of issue 14 that paid for itself (config.RECIPES)
+    "default": {},
+    # and each lever taken away in turn
+    "default-fp32": {"precision": "32-true"},
+    "default-no-ema": {"ema": 0.0},
+    "default-no-oversample": {"oversample": 0.0},
+    "default-no-resolution": {"resolution_schedule": "none"},
     # protloc's `cpu` recipe as it stood when issue 14 was filed
     "before": BEFORE,
-    # every lever of issue 14 on, and each taken away in turn
-    "levers": LEVERS,
-    "levers-no-ema": {**LEVERS, "ema": 0.0},
-    "levers-no-oversample": {**LEVERS, "oversample": 0.0},
-    "levers-no-resolution": {**LEVERS, "resolution_schedule": "none"},
-    # bfloat16 compute (this CPU has AVX-512 BF16): about twice the images per second; and each lever taken away
-    "levers-bf16": {**LEVERS, "precision": "bf16-mixed"},
-    "levers-bf16-no-ema": {**LEVERS, "precision": "bf16-mixed", "ema": 0.0},
-    "levers-bf16-no-oversample": {**LEVERS, "precision": "bf16-mixed", "oversample": 0.0},
-    "levers-bf16-no-resolution": {**LEVERS, "precision": "bf16-mixed", "resolution_schedule": "none"},
-    # protloc's `cpu` recipe as it is now
-    "default": {},
 }
 
 

@@ -214,7 +214,10 @@ class TrainConfig:
 
 RECIPES: dict[str, dict[str, Any]] = {
     # Two cores, no GPU: a small ResNet at 128 px trains in minutes. For budgets of a few epochs, BCE and
-    # flips/rotations only beat focal loss and the full augmentation (benchmarks/bench_recipes.py).
+    # flips/rotations only beat focal loss and the full augmentation (benchmarks/bench_recipes.py). The
+    # levers of a fixed CPU budget (benchmarks/bench_cpu_minute.py, BENCHMARKS.md "Quality per CPU-minute"):
+    # bf16 compute where the CPU has it natively, smaller images early on, rare classes drawn more often, a
+    # moving average of the weights, thresholds fitted jointly for macro and micro F1.
     "cpu": {
         "model": "resnet18",
         "image_size": 128,
@@ -223,8 +226,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "loss": "bce",
         "augment": "light",
-        "precision": "32-true",
+        "precision": "auto",
         "scheduler": "onecycle",
+        "resolution_schedule": "progressive",
+        "oversample": 0.5,
+        "ema": 0.99,
+        "threshold_method": "joint",
     },
     # One or more GPUs: DenseNet-121 at 512 px, as the 2018 competition's winner used, with bf16.
     "gpu": {
