@@ -61,8 +61,9 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def save(name: str, payload: dict[str, Any], markdown: str) -> Path:
-    """Write ``results/<name>.json`` (with the machine description) and ``results/<name>.md``."""
+def save(name: str, payload: dict[str, Any], markdown: str, *, echo: bool = True) -> Path:
+    """Write ``results/<name>.json`` (with the machine description) and ``results/<name>.md``, each replaced
+    whole (a run stopped while writing leaves the previous file); ``echo`` prints the Markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
@@ -71,10 +72,17 @@ def save(name: str, payload: dict[str, Any], markdown: str) -> Path:
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
-    print(markdown)
+    _replace(path, json.dumps(payload, indent=2, default=str) + "\n")
+    _replace(RESULTS / f"{name}.md", markdown.rstrip() + "\n")
+    if echo:
+        print(markdown)
     return path
+
+
+def _replace(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -32,7 +32,11 @@ def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads((tmp_path / "gpu_smoke.json").read_text())
     assert payload["loader"] and payload["model"]
-    assert "| loader, 0 workers |" in result.stdout
+    (run,) = payload["e2e"]  # protloc train itself, with the gpu recipe's settings
+    assert run["epochs"] == 2 and run["n_train"] + run["n_val"] == 40
+    assert run["train_images_per_second"] > 0 and run["kaggle_epoch_seconds"] > 31_000 * 0.8 / 1e4
+    assert "| loader, 0 workers, batch 4 |" in result.stdout
+    assert "| end to end: protloc train --recipe gpu" in result.stdout
 
 
 @pytest.mark.slow
