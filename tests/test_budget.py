@@ -19,6 +19,9 @@ class FakeClock:
         return self.now
 
 
+MODULE = SimpleNamespace(training_progress=0.0)
+"""a stand-in for the LightningModule, which the budget tells its progress (the resolution schedule follows it)"""
+
 def test_onecycle_shape_matches_its_definition() -> None:
     s = BudgetSchedule("onecycle", peak=1e-3, warmup=0.2, div=20, final_div=200)
     assert s.lr(0) == pytest.approx(1e-3 / 20)
@@ -68,22 +71,22 @@ def simulate(
         sanity_checking=False,
     )
     start = clock.now
-    callback.on_train_start(trainer, None)
+    callback.on_train_start(trainer, MODULE)
     lrs, validations = [], 0
     for epoch in range(epochs):
         trainer.current_epoch = epoch
-        callback.on_train_epoch_start(trainer, None)
+        callback.on_train_epoch_start(trainer, MODULE)
         for batch in range(batches):
-            callback.on_train_batch_start(trainer, None, None, batch)
+            callback.on_train_batch_start(trainer, MODULE, None, batch)
             lrs.append(opt.param_groups[0]["lr"])
             clock.now += step_cost(clock.now - start)
             trainer.global_step += 1
-            callback.on_train_batch_end(trainer, None, None, None, batch)
+            callback.on_train_batch_end(trainer, MODULE, None, None, batch)
             if trainer.should_stop:
                 break
-        callback.on_validation_start(trainer, None)  # every epoch ends with validation, a stop too
+        callback.on_validation_start(trainer, MODULE)  # every epoch ends with validation, a stop too
         clock.now += val_cost(clock.now - start)
-        callback.on_validation_end(trainer, None)
+        callback.on_validation_end(trainer, MODULE)
         validations += 1
         if trainer.should_stop:
             break
@@ -132,14 +135,14 @@ def test_resume_continues_the_schedule() -> None:
     clock = FakeClock()
     first = TimeBudget(100.0, BudgetSchedule("cosine", peak=1.0), clock=clock)
     trainer = SimpleNamespace(optimizers=[], num_val_batches=[0], num_training_batches=10, max_epochs=10**6)
-    first.on_train_start(trainer, None)
+    first.on_train_start(trainer, MODULE)
     clock.now += 60
     second = TimeBudget(100.0, BudgetSchedule("cosine", peak=1.0), clock=clock)
     second.load_state_dict(first.state_dict())
-    second.on_train_start(trainer, None)
+    second.on_train_start(trainer, MODULE)
     assert second.elapsed() == pytest.approx(60)
     trainer.global_step = 0
-    second.on_train_batch_start(trainer, None, None, 0)
+    second.on_train_batch_start(trainer, MODULE, None, 0)
     assert second.progress == pytest.approx(0.6)
     with pytest.raises(ConfigError, match="must be positive"):
         TimeBudget(0, BudgetSchedule("none", peak=1.0))

@@ -591,3 +591,16 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(live_service: 
     finally:
         conn.close()
     assert 1.5 < time.perf_counter() - started < 8  # the 2 s header deadline
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "data", "--bogus-flag"], ["predict"], ["train", "data", "--recipe"], ["no-such-command"]],
+)
+def test_a_wrong_flag_is_a_one_line_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Typer 0.20+ raises its vendored click's exceptions: they must still end as usage errors (exit 2)."""
+    from protloc.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Error" in err
