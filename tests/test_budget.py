@@ -22,6 +22,7 @@ class FakeClock:
 MODULE = SimpleNamespace(training_progress=0.0)
 """a stand-in for the LightningModule, which the budget tells its progress (the resolution schedule follows it)"""
 
+
 def test_onecycle_shape_matches_its_definition() -> None:
     s = BudgetSchedule("onecycle", peak=1e-3, warmup=0.2, div=20, final_div=200)
     assert s.lr(0) == pytest.approx(1e-3 / 20)
