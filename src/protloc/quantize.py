@@ -100,7 +100,7 @@ def quantize_onnx(
     data: str | Path | None = None,
     count: int = 128,
     check_count: int = 64,
-    method: str = "minmax",
+    method: str = "percentile",
     tolerance: float = 0.1,
     on_progress: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
@@ -161,7 +161,7 @@ def quantize_onnx(
         if not np.isfinite(worst) or worst > tolerance:
             raise ModelError(
                 f"int8 quantisation of {package.path} changes a probability by {worst:.3f} (tolerance "
-                f"{tolerance}) on {check_source}; not written (try --calibration-method percentile or more images)"
+                f"{tolerance}) on {check_source}; not written (try more --calibration-images, or another --calibration-method)"
             )
         settings = {
             "format": "QDQ",

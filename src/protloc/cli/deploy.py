@@ -190,7 +190,7 @@ def export(
         Path | None, typer.Option(help="Calibration data set for --int8 (default: the card's training data).")
     ] = None,
     calibration_images: Annotated[int, typer.Option(help="Images to calibrate --int8 on.")] = 128,
-    calibration_method: Annotated[str, typer.Option(help="minmax, percentile or entropy.")] = "minmax",
+    calibration_method: Annotated[str, typer.Option(help="minmax, percentile or entropy.")] = "percentile",
     int8_tolerance: Annotated[
         float, typer.Option(help="Largest allowed change of a probability, int8 vs float32.")
     ] = 0.1,
