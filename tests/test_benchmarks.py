@@ -132,4 +132,5 @@ def test_cpu_minute_benchmark_runs_a_pinned_pair_and_scores_every_rule(tmp_path:
     assert "its own thresholds" in jobs["dense/reference"]["rules"] and "joint 0.5" in jobs["dense/default"]["rules"]
     for job in jobs.values():
         assert 0.0 <= job["rules"]["fit"]["macro_f1"] <= 1.0
-    assert "reference + protloc's rule" in payload["bootstrap"]["dense"]
+    assert "reference + protloc's rule" in payload["bootstrap_vs_reference"]["dense"]
+    assert "reference" in payload["bootstrap_vs_default"]["dense"]  # each variant against the recipe too
