@@ -133,4 +133,19 @@ def test_cpu_minute_benchmark_runs_a_pinned_pair_and_scores_every_rule(tmp_path:
     for job in jobs.values():
         assert 0.0 <= job["rules"]["fit"]["macro_f1"] <= 1.0
     assert "reference + protloc's rule" in payload["bootstrap_vs_reference"]["dense"]
-    assert "reference" in payload["bootstrap_vs_default"]["dense"]  # each variant against the recipe too
+
+
+def test_the_cpu_recipe_is_the_measured_configuration_without_the_weight_average() -> None:
+    """BENCHMARKS.md quotes the ``levers-no-ema`` runs as the shipped recipe: a change to either must show."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_cpu_minute import VARIANTS
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from protloc.config import resolve_config
+
+    base = {"data": "d", "out": "o"}
+    assert resolve_config("cpu", overrides=base) == resolve_config(
+        "cpu", overrides={**base, **VARIANTS["levers-no-ema"]}
+    )
+    assert resolve_config("cpu", overrides=base) != resolve_config("cpu", overrides={**base, **VARIANTS["levers"]})

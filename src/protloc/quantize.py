@@ -161,7 +161,8 @@ def quantize_onnx(
         if not np.isfinite(worst) or worst > tolerance:
             raise ModelError(
                 f"int8 quantisation of {package.path} changes a probability by {worst:.3f} (tolerance "
-                f"{tolerance}) on {check_source}; not written (try more --calibration-images, or another --calibration-method)"
+                f"{tolerance}) on {check_source}; not written (try more --calibration-images, or another "
+                "--calibration-method)"
             )
         settings = {
             "format": "QDQ",
