@@ -383,9 +383,13 @@ def make(out: Path, family: str, n_train: int, n_test: int, size: int = 128, see
             writer = csv.writer(handle)
             writer.writerow(["Id", "Target"])
             writer.writerows(rows)
-    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
-            pass
+    if workers <= 1:  # in this process: a forkserver started before this module was importable could not run it
+        for job in jobs:
+            _write_one(job)
+    else:
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
+                pass
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
