@@ -87,3 +87,9 @@ def test_calibration_reader_rewinds_to_the_first_images() -> None:
     reader.rewind()
     again = read_all()
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_the_default_calibration_keeps_activation_memory_flat_across_input_sizes() -> None:
+    from protloc.quantize import default_calibration_images
+
+    assert [default_calibration_images(s) for s in (None, 64, 128, 256, 512, 2048)] == [512, 512, 512, 128, 32, 32]

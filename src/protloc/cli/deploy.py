@@ -189,7 +189,9 @@ def export(
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration data set for --int8 (default: the card's training data).")
     ] = None,
-    calibration_images: Annotated[int, typer.Option(help="Images to calibrate --int8 on.")] = 128,
+    calibration_images: Annotated[
+        int | None, typer.Option(help="Images to calibrate --int8 on (default 512 at 128 px, fewer for larger inputs).")
+    ] = None,
     calibration_method: Annotated[str, typer.Option(help="minmax, percentile or entropy.")] = "percentile",
     int8_tolerance: Annotated[
         float, typer.Option(help="Largest allowed change of a probability, int8 vs float32.")
