@@ -128,7 +128,7 @@ def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None
     figure = _figure(10, 3.6)
     axis = figure.subplots()
     colours = [
-        PALETTE["accent"] if (methods is None or m in ("fitted", "shrunk")) else PALETTE["muted"]
+        PALETTE["accent"] if (methods is None or m != "fallback") else PALETTE["muted"]
         for m in (methods or ["fitted"] * len(thresholds))
     ]
     axis.bar(range(len(thresholds)), thresholds, color=colours)
