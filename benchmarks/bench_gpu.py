@@ -3,14 +3,14 @@
     bash benchmarks/gpu.sh                      # on a machine with an NVIDIA GPU: < 8 minutes, one table
     python benchmarks/bench_gpu.py --smoke      # the same code path on CPU at toy sizes (used by the tests)
 
-Measures, at 512 px with 4 input channels and batch 32:
+Measures, at 512 px with 4 input channels (``--parts`` chooses which and in what order; batches per item):
 
 * model images/s for densenet121 and resnet50: bf16 autocast, channels_last, AdamW + focal loss, with and
   without ``torch.compile`` (data already on the GPU, so this is the model's ceiling);
 * loader images/s: protloc's cache -> CachedDataset (standard augmentation) -> DataLoader with N workers ->
-  pinned memory -> the GPU, normalised there (``uint8`` crosses the queues and the copy, as in training); and,
-  for comparison, the same with ``float32`` normalised in the workers (protloc before it moved normalisation);
-* the verdict: the pipeline keeps the GPU fed when loader images/s >= model images/s;
+  pinned memory -> the GPU, normalised there (``uint8`` crosses the queues and the copy, as in training);
+* the verdict: the pipeline keeps the GPU fed when loader images/s >= model images/s (the model rows give the
+  loader's share when the loader part ran before them);
 * end to end: ``protloc.train.train`` itself with the ``gpu`` recipe (cache, loader workers, augmentation,
   the GPU, validation, checkpoints) on synthetic fields at 512 px: training images/s of the last full epoch
   (``metrics.csv``), the validation rate, and from both the time of one epoch over 31,000 fields (the 2018
@@ -143,8 +143,8 @@ def end_to_end(
     assert result is not None
     rows = read_metrics(result.run_dir / "metrics.csv")
     last = rows[-1]  # the first epoch pays for cuDNN's autotuning and the workers' start
-    n_val = _rows(result.run_dir / "val_predictions.csv")
-    n_train = _rows(data / "train.csv") - n_val
+    n_val = result.report.n_samples  # the validation fold the report scored
+    n_train = len(open_dataset(data)) - n_val
     train_rate = float(last["images_per_second"])
     val_seconds = max(float(last["seconds"]) - n_train / train_rate, 1e-6)
     val_rate = n_val / val_seconds if n_val else float("nan")
@@ -166,12 +166,6 @@ def end_to_end(
         "wall_seconds": round(time.perf_counter() - started, 1),
         "phases": {k: round(v, 1) for k, v in result.seconds.items()},
     }
-
-
-def _rows(table_path: Path) -> int:
-    """Data rows of a CSV file with a header."""
-    with table_path.open() as handle:
-        return sum(1 for line in handle if line.strip()) - 1
 
 
 def _sync(device: torch.device) -> None:
