@@ -127,10 +127,7 @@ def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None
 
     figure = _figure(10, 3.6)
     axis = figure.subplots()
-    colours = [
-        PALETTE["accent"] if (methods is None or m != "fallback") else PALETTE["muted"]
-        for m in (methods or ["fitted"] * len(thresholds))
-    ]
+    colours = [PALETTE["muted"] if m == "fallback" else PALETTE["accent"] for m in (methods or [""] * len(thresholds))]
     axis.bar(range(len(thresholds)), thresholds, color=colours)
     axis.axhline(0.5, color=PALETTE["val"], linestyle="--", linewidth=1, label="0.5")
     axis.set_xticks(
