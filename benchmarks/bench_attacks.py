@@ -38,7 +38,7 @@ from tests.helpers import write_csv, zero_png  # noqa: E402
 
 from bench_serve import free_port, make_package  # noqa: E402
 from common import save, table  # noqa: E402
-from protloc.io import CHANNELS, write_channel  # noqa: E402
+from protloc.data.io import CHANNELS, write_channel  # noqa: E402
 
 MiB = 2**20
 
@@ -346,7 +346,7 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
     time.sleep(1.5)
     second = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
     first.wait(timeout=600)
-    from protloc.predict import read_probabilities
+    from protloc.inference.predict import read_probabilities
 
     ids, _ = read_probabilities(out / "probabilities.csv") if (out / "probabilities.csv").is_file() else ([], None)
     rows.append(
@@ -365,8 +365,8 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
 def hostile_checkpoint(work: Path) -> dict[str, Any]:
     import torch
 
-    from protloc.callbacks import AtomicCheckpointIO
     from protloc.errors import ModelError
+    from protloc.training.callbacks import AtomicCheckpointIO
 
     marker = work / "pwned"
 

@@ -4,7 +4,7 @@
 
 For each budget, one run on a quiet machine and one with a competing process (busy loops on every core,
 started a quarter into the budget, as when a neighbour arrives mid-run). ``--max-time`` drives the learning
-rate (:mod:`protloc.budget`): training should end by the deadline, with the rate annealed, the final
+rate (:mod:`protloc.training.budget`): training should end by the deadline, with the rate annealed, the final
 validation done and the best checkpoint kept; the epoch count (40) is only a ceiling. Reported per run:
 the training time used (``on_train_start`` to the end of the final validation) as a share of the budget,
 the overshoot, epochs run, the learning rate at the last step as a share of the peak, and the validation
@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
-from protloc.config import resolve_config
 from protloc.synth import make_dataset
-from protloc.train import train
+from protloc.training.config import resolve_config
+from protloc.training.train import train
 
 
 def _spin(seconds: float) -> None:

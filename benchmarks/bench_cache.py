@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_of, save, table
-from protloc.cache import build_cache
-from protloc.catalog import open_dataset
-from protloc.io import CHANNELS
+from protloc.data.cache import build_cache
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS
 from protloc.synth import make_dataset
 
 

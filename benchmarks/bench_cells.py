@@ -32,9 +32,9 @@ from protloc.cells.outputs import compare_cell_methods
 from protloc.cells.predict import open_cell_predictor, scaled_segmenter_options
 from protloc.cells.pseudo import refine_labels
 from protloc.cells.runner import segment_dataset
-from protloc.config import resolve_config
 from protloc.synth import make_dataset
-from protloc.train import train
+from protloc.training.config import resolve_config
+from protloc.training.train import train
 
 
 def train_model(data: Path, out: Path, cache: Path, image_size: int, minutes: float, epochs: int) -> Path:

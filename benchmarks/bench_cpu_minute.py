@@ -86,9 +86,9 @@ def _run_reference(data: Path, out: Path, minutes: float, size: int) -> dict[str
 
 
 def _run_protloc(data: Path, out: Path, minutes: float, changes: dict[str, Any]) -> dict[str, Any]:
-    from protloc.config import resolve_config
-    from protloc.evaluate import evaluate_model
-    from protloc.train import train
+    from protloc.inference.evaluate import evaluate_model
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     overrides = {
         "data": str(data),
@@ -130,7 +130,7 @@ def run_job(family: str, variant: str, data: Path, out: Path, minutes: float, si
 
 
 def _read_truth(path: Path) -> tuple[list[str], np.ndarray]:
-    from protloc.catalog import open_dataset
+    from protloc.data.catalog import open_dataset
 
     catalog = open_dataset(path.parent, labels=path, split="test")
     assert catalog.labels is not None
@@ -139,7 +139,7 @@ def _read_truth(path: Path) -> tuple[list[str], np.ndarray]:
 
 def job_probabilities(out: Path, variant: str, test_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(validation truth, validation probabilities, test probabilities in ``test_ids`` order)."""
-    from protloc.prediction_files import read_probabilities_table
+    from protloc.inference.files import read_probabilities_table
 
     if variant == "reference":
         val = np.load(out / "val_probabilities.npy")

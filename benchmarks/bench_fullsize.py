@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_of, save, table
-from protloc.io import CHANNELS, write_channel
+from protloc.data.io import CHANNELS, write_channel
 
 LABELS = ["0|16", "18", "2", "16|17", "14", "0", "6|7", "13", "0|4", "10"]
 
@@ -70,8 +70,8 @@ def main() -> None:
         measure("check", [*protloc, "check", str(root), "--workers", "1"], f"decodes all {args.fields} + test fields")
         for workers in (1, 2):
             code = (
-                "from protloc.cache import build_cache; from protloc.catalog import open_dataset; "
-                "from protloc.io import CHANNELS; "
+                "from protloc.data.cache import build_cache; from protloc.data.catalog import open_dataset; "
+                "from protloc.data.io import CHANNELS; "
                 f"build_cache(open_dataset({str(root)!r}), CHANNELS, 512, "
                 f"cache_dir={str(Path(tmp) / f'c{workers}')!r}, workers={workers})"
             )

@@ -11,7 +11,7 @@ Measures, at 512 px with 4 input channels (``--parts`` chooses which and in what
   pinned memory -> the GPU, normalised there (``uint8`` crosses the queues and the copy, as in training);
 * the verdict: the pipeline keeps the GPU fed when loader images/s >= model images/s (the model rows give the
   loader's share when the loader part ran before them);
-* end to end: ``protloc.train.train`` itself with the ``gpu`` recipe (cache, loader workers, augmentation,
+* end to end: ``protloc.training.train.train`` itself with the ``gpu`` recipe (cache, loader workers, augmentation,
   the GPU, validation, checkpoints) on synthetic fields at 512 px: training images/s of the last full epoch
   (``metrics.csv``), the validation rate, and from both the time of one epoch over 31,000 fields (the 2018
   Kaggle training set: 24,800 trained, 6,200 validated with the default five folds).
@@ -36,16 +36,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
-from protloc.cache import build_cache
-from protloc.catalog import open_dataset
-from protloc.config import resolve_config
-from protloc.dataset import CachedDataset
-from protloc.losses import create_loss
-from protloc.models import PackagedNetwork, create_model
-from protloc.run_folder import read_metrics
+from protloc.data.cache import build_cache
+from protloc.data.catalog import open_dataset
+from protloc.data.dataset import CachedDataset
+from protloc.data.transforms import train_transform
+from protloc.model.network import PackagedNetwork, create_model
 from protloc.synth import make_dataset
-from protloc.train import train
-from protloc.transforms import train_transform
+from protloc.training.config import resolve_config
+from protloc.training.losses import create_loss
+from protloc.training.run_folder import read_metrics
+from protloc.training.train import train
 
 KAGGLE_FIELDS = 31_000
 

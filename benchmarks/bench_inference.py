@@ -27,17 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
-from protloc.config import resolve_config
-from protloc.evaluate import evaluate_model
-from protloc.export import export_onnx
-from protloc.inference import OnnxBackend
-from protloc.models import PackagedNetwork, create_model
-from protloc.package import load_package, new_card, save_package
-from protloc.predict import predict_folder
-from protloc.quantize import INT8_ONNX_FILE, quantize_onnx
+from protloc.deployment.onnx import export_onnx
+from protloc.deployment.quantize import INT8_ONNX_FILE, quantize_onnx
+from protloc.inference.core import OnnxBackend
+from protloc.inference.evaluate import evaluate_model
+from protloc.inference.predict import predict_folder
+from protloc.inference.torch_backend import TorchBackend
+from protloc.model.network import PackagedNetwork, create_model
+from protloc.model.package import load_package, new_card, save_package
 from protloc.synth import make_dataset
-from protloc.torch_backend import TorchBackend
-from protloc.train import train
+from protloc.training.config import resolve_config
+from protloc.training.train import train
 
 
 def make_package(folder: Path, model: str, size: int) -> Path:

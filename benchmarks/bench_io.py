@@ -21,14 +21,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
-from protloc.catalog import open_dataset
-from protloc.io import CHANNELS, read_sample
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 from protloc.synth import make_dataset
 
 
 def readers() -> dict[str, object]:
     return {
-        "protloc.io.read_sample (OpenCV)": lambda files: read_sample(files, CHANNELS),
+        "protloc.data.io.read_sample (OpenCV)": lambda files: read_sample(files, CHANNELS),
         "PIL": lambda files: np.stack([np.asarray(Image.open(files[c])) for c in CHANNELS]),
         "OpenCV imread": lambda files: np.stack([cv2.imread(str(files[c]), cv2.IMREAD_UNCHANGED) for c in CHANNELS]),
         "imagecodecs png_decode": lambda files: np.stack(
@@ -54,7 +54,7 @@ def main() -> None:
         make_dataset(tif_root, n_train=args.samples, n_test=0, size=512, seed=0, image_format="tif", bit_depth=16)
         tif_files = [open_dataset(tif_root).paths(i) for i in range(args.samples)]
         candidates = dict(readers())
-        candidates["protloc.io.read_sample, 16-bit TIFF"] = lambda f: read_sample(f, CHANNELS)
+        candidates["protloc.data.io.read_sample, 16-bit TIFF"] = lambda f: read_sample(f, CHANNELS)
         rates: dict[str, list[float]] = {name: [] for name in candidates}
         for _ in range(args.repeats):
             for name, reader in candidates.items():
@@ -63,7 +63,7 @@ def main() -> None:
                 for sample in chosen:
                     reader(sample)  # type: ignore[operator]
                 rates[name].append(len(chosen) / (time.perf_counter() - start))
-        reference = median(rates["protloc.io.read_sample (OpenCV)"])
+        reference = median(rates["protloc.data.io.read_sample (OpenCV)"])
         rows = [[name, f"{median(r):.0f}", f"{median(r) / reference:.2f}x"] for name, r in rates.items()]
         markdown = table(["reader (one core)", "samples/s (4x512^2, median)", "vs protloc"], rows)
         save(

@@ -24,11 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
 from protloc.classes import CLASS_NAMES
-from protloc.config import resolve_config
-from protloc.ensemble import make_ensemble
-from protloc.evaluate import evaluate_model
+from protloc.inference.evaluate import evaluate_model
 from protloc.synth import make_dataset
-from protloc.train import epochs_for_budget, measure_training_rate, train
+from protloc.training.config import resolve_config
+from protloc.training.ensemble import make_ensemble
+from protloc.training.train import epochs_for_budget, measure_training_rate, train
 
 
 def train_recipe(recipe: str, data: Path, out: Path, minutes: float, fold: int, cache: Path, n_train: int) -> Path:

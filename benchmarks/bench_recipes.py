@@ -18,10 +18,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
-from protloc.config import resolve_config
-from protloc.evaluate import evaluate_model
+from protloc.inference.evaluate import evaluate_model
 from protloc.synth import make_dataset
-from protloc.train import epochs_for_budget, measure_training_rate, train
+from protloc.training.config import resolve_config
+from protloc.training.train import epochs_for_budget, measure_training_rate, train
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "A": ("resnet18, focal, standard augmentation", {"loss": "focal", "augment": "standard"}),

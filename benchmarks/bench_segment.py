@@ -25,9 +25,9 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, peak_rss_of, save, table
-from protloc.catalog import open_dataset
 from protloc.cells.segment import ClassicalSegmenter
-from protloc.io import CHANNELS, read_sample
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("PROTLOC_REALDATA", ROOT.parent / "shared" / "realdata"))

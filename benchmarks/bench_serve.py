@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
-from protloc.io import CHANNELS, write_channel
+from protloc.data.io import CHANNELS, write_channel
 
 CONCURRENCY = (1, 4, 16)
 CPUS = os.cpu_count() or 1
@@ -51,9 +51,9 @@ def make_package(folder: Path, model: str = "resnet18", size: int = 128) -> Path
     """A package of ``model`` at ``size`` px with untrained weights, and its ONNX export."""
     import torch
 
-    from protloc.export import export_onnx
-    from protloc.models import PackagedNetwork, create_model
-    from protloc.package import new_card, save_package
+    from protloc.deployment.onnx import export_onnx
+    from protloc.model.network import PackagedNetwork, create_model
+    from protloc.model.package import new_card, save_package
 
     torch.manual_seed(0)
     backbone = create_model(model, 4, 28, image_size=size)
@@ -216,12 +216,12 @@ def main() -> None:
             model = root / "model"
             shutil.copytree(args.model, model)
             if not (model / "model.onnx").is_file():
-                from protloc.export import export_onnx
+                from protloc.deployment.onnx import export_onnx
 
                 export_onnx(model)
         else:
             model = make_package(root / "model")
-        from protloc.card import read_card
+        from protloc.model.card import read_card
 
         card = read_card(model)
         body, content_type = encoded_body(make_sample(root / "sample"))

@@ -31,8 +31,8 @@ def package(folder: Path, size: int, cells: dict[str, Any] | None) -> Path:
     import torch
 
     from protloc.classes import NUM_CLASSES
-    from protloc.models import PackagedNetwork, create_model
-    from protloc.package import new_card, save_package
+    from protloc.model.network import PackagedNetwork, create_model
+    from protloc.model.package import new_card, save_package
 
     torch.manual_seed(0)
     network = create_model("test_resnet", 4, NUM_CLASSES, image_size=size)

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save
 from protloc.classes import CLASS_NAMES, NUM_CLASSES
-from protloc.io import CHANNELS
+from protloc.data.io import CHANNELS
 from protloc.synth import REAL_CHANNEL_STATS, generate_sample, make_dataset, sample_label_sets
 
 ROOT = Path(__file__).resolve().parents[1]

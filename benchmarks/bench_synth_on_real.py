@@ -39,12 +39,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
-    from protloc.catalog import open_dataset
-    from protloc.config import resolve_config
-    from protloc.evaluate import evaluate_model
+    from protloc.data.catalog import open_dataset
+    from protloc.inference.evaluate import evaluate_model
     from protloc.metrics import evaluate
     from protloc.synth import make_dataset
-    from protloc.train import train
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     real = args.realdata / "kaggle2018_akashpalrecha"
     catalog = open_dataset(real)

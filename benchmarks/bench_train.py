@@ -20,15 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
-from protloc.cache import build_cache
-from protloc.catalog import open_dataset
-from protloc.config import resolve_config
-from protloc.dataset import CachedDataset, make_folds
-from protloc.losses import create_loss
-from protloc.models import PackagedNetwork, create_model
+from protloc.data.cache import build_cache
+from protloc.data.catalog import open_dataset
+from protloc.data.dataset import CachedDataset, make_folds
+from protloc.data.transforms import train_transform
+from protloc.model.network import PackagedNetwork, create_model
 from protloc.synth import make_dataset
-from protloc.train import _workers, read_metrics, train
-from protloc.transforms import train_transform
+from protloc.training.config import resolve_config
+from protloc.training.losses import create_loss
+from protloc.training.train import _workers, read_metrics, train
 
 
 def bare_loop(config, cache, labels, rows, mean, std, epochs: int = 2) -> float:  # type: ignore[no-untyped-def]

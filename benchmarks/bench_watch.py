@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import make_package
 from common import save, table
-from protloc.io import CHANNELS
+from protloc.data.io import CHANNELS
 
 ROOT = Path(__file__).resolve().parent.parent
 

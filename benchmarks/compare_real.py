@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
-from protloc.catalog import open_dataset
-from protloc.io import CHANNELS, read_sample
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "docs" / "images"

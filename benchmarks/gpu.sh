@@ -12,7 +12,7 @@ PY=python3
 if ! "$PY" -c "import protloc" 2>/dev/null; then
   # not installed: use the source tree (no network needed), install only if that is not enough
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-  if ! "$PY" -c "import protloc.transforms, protloc.synth, protloc.models" 2>/dev/null; then
+  if ! "$PY" -c "import protloc.data.transforms, protloc.synth, protloc.model.network" 2>/dev/null; then
     "$PY" -m pip install --quiet -e '.[all]' || { echo "gpu.sh: cannot import protloc or install it" >&2; exit 1; }
   fi
 fi

@@ -42,8 +42,8 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny training run (test_resnet, 64 px, 2 epochs) shared by the tests that need a model."""
-    from protloc.config import resolve_config
-    from protloc.train import train
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     config = resolve_config(

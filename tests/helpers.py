@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.io import CHANNELS, write_channel
+from protloc.data.io import CHANNELS, write_channel
 
 
 def write_sample(

@@ -75,8 +75,8 @@ def test_the_foreign_generator_writes_a_data_set_protloc_reads(tmp_path: Path) -
         import hpa_like
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from protloc.catalog import open_dataset
-    from protloc.check import check_dataset
+    from protloc.data.catalog import open_dataset
+    from protloc.data.check import check_dataset
 
     for family in ("sparse", "dense"):
         data = tmp_path / family
@@ -142,7 +142,7 @@ def test_the_cpu_recipe_is_the_measured_configuration_without_the_weight_average
         from bench_cpu_minute import VARIANTS
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from protloc.config import resolve_config
+    from protloc.training.config import resolve_config
 
     base = {"data": "d", "out": "o"}
     assert resolve_config("cpu", overrides=base) == resolve_config(

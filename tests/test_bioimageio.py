@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from protloc.errors import ConfigError, ModelError
-from protloc.predict import predict_folder
+from protloc.inference.predict import predict_folder
 
 pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not installed")
 
@@ -22,8 +22,8 @@ pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not insta
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The package with its model.onnx, and its BioImage.IO zip, written with the network switched off."""
-    from protloc.bioimageio import export_bioimageio
-    from protloc.export import export_onnx
+    from protloc.deployment.bioimageio import export_bioimageio
+    from protloc.deployment.onnx import export_onnx
 
     package = tmp_path_factory.mktemp("bioimageio") / "model"
     shutil.copytree(trained_run / "model", package)
@@ -51,8 +51,8 @@ def test_the_description_validates_and_says_everything(exported: tuple[Path, Pat
     from bioimageio.spec import load_description
     from bioimageio.spec.model import v0_5
 
-    from protloc.bioimageio_compat import ensure_compatible
-    from protloc.card import read_card
+    from protloc.deployment.bioimageio_compat import ensure_compatible
+    from protloc.model.card import read_card
 
     package, archive = exported
     ensure_compatible()
@@ -89,8 +89,8 @@ def test_bioimageio_core_runs_it_with_protlocs_numbers(exported: tuple[Path, Pat
     pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed")
     from bioimageio.core import predict, test_model
 
-    from protloc.bioimageio_compat import ensure_compatible
-    from protloc.inference import OnnxBackend
+    from protloc.deployment.bioimageio_compat import ensure_compatible
+    from protloc.inference.core import OnnxBackend
 
     package, archive = exported
     ensure_compatible()
@@ -127,7 +127,7 @@ def test_protloc_predicts_with_the_package(exported: tuple[Path, Path], synth_da
 
 
 def test_foreign_or_damaged_packages_are_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from protloc.bioimageio import load_bioimageio
+    from protloc.inference.bioimageio import load_bioimageio
 
     _, archive = exported
     rdf = rdf_of(archive)

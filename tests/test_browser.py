@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from protloc.io import CHANNELS, read_sample
+from protloc.data.io import CHANNELS, read_sample
 
 pytestmark = pytest.mark.browser
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from protloc.budget import BudgetSchedule, TimeBudget
 from protloc.errors import ConfigError
+from protloc.training.budget import BudgetSchedule, TimeBudget
 
 
 class FakeClock:
@@ -200,8 +200,8 @@ def test_with_lightning_the_stop_validates_and_the_rate_is_set_every_step() -> N
 
 @pytest.mark.slow
 def test_train_with_max_time_ends_by_the_deadline_annealed(synth_data: Any, tmp_path: Any) -> None:
-    from protloc.config import resolve_config
-    from protloc.train import train
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     config = resolve_config(
         "cpu",

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.cache import build_cache, open_cache
-from protloc.catalog import open_dataset
+from protloc.data.cache import build_cache, open_cache
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import DataError
-from protloc.io import CHANNELS, read_sample
 from tests.helpers import write_csv, write_sample
 
 
@@ -81,8 +81,8 @@ def test_failed_build_keeps_finished_samples_and_resumes(tmp_path: Path) -> None
 def test_killed_build_resumes_and_matches_a_clean_build(tmp_path: Path) -> None:
     data = _dataset(tmp_path / "d", 400, size=256)
     script = (
-        "import sys; from protloc.catalog import open_dataset; from protloc.cache import build_cache; "
-        "from protloc.io import CHANNELS; "
+        "import sys; from protloc.data.catalog import open_dataset; from protloc.data.cache import build_cache; "
+        "from protloc.data.io import CHANNELS; "
         f"build_cache(open_dataset({str(data)!r}), CHANNELS, 64, cache_dir={str(tmp_path / 'c')!r}, workers=1)"
     )
     process = subprocess.Popen([sys.executable, "-c", script])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from protloc.card import CARD_FILE, ModelCard, read_card
 from protloc.classes import CLASS_NAMES
 from protloc.errors import ModelError
+from protloc.model.card import CARD_FILE, ModelCard, read_card
 
 # A card.json as protloc 0.1.0 wrote it before the card was typed (no "decision", no "members").
 OLD_CARD = {

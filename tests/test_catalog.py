@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.catalog import index_images, open_dataset, read_labels_csv
+from protloc.data.catalog import index_images, open_dataset, read_labels_csv
 from protloc.errors import DataError
 from tests.helpers import write_csv, write_sample
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.card import read_card
-from protloc.catalog import open_dataset
 from protloc.cells.dataset import make_cell_dataset, read_cell_settings, split_cell_sample_id
 from protloc.cells.encode import decode_mask, read_submission
 from protloc.cells.masks import labels_path, read_labels, write_labels
@@ -35,8 +33,10 @@ from protloc.cells.pseudo import refine_labels
 from protloc.cells.table import read_table
 from protloc.cells.truth import read_cell_truth
 from protloc.classes import HPA2018
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ConfigError, ModelError
-from protloc.io import CHANNELS, read_sample
+from protloc.model.card import read_card
 from protloc.schemes import ClassScheme
 
 SCHEME = HPA2018
@@ -59,8 +59,8 @@ def _package(
 ) -> Path:
     import torch
 
-    from protloc.models import PackagedNetwork, create_model
-    from protloc.package import new_card, save_package
+    from protloc.model.network import PackagedNetwork, create_model
+    from protloc.model.package import new_card, save_package
 
     torch.manual_seed(seed)
     n = scheme.num_classes
@@ -258,7 +258,7 @@ def test_baseline_gives_every_cell_its_field_probabilities_and_the_mix_averages(
 def test_a_cell_model_exported_to_onnx_predicts_the_same_cells(
     cell_data: Path, packages: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
 
     cell_model, _ = packages
     copy = shutil.copytree(cell_model, tmp_path / "cell")
@@ -290,7 +290,7 @@ def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: t
 
 
 def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], tmp_path: Path) -> None:
-    from protloc.ensemble import make_ensemble
+    from protloc.training.ensemble import make_ensemble
 
     cell_model, _ = packages
     other = _package(
@@ -390,8 +390,8 @@ def test_cli_predict_and_evaluate_cells(cell_data: Path, packages: tuple[Path, P
 
 @pytest.mark.slow
 def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path: Path) -> None:
-    from protloc.config import resolve_config
-    from protloc.train import train
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     # weak labels from a 2021 release: the cell model predicts the 2021 scheme
     fields = open_dataset(cell_data, labels=_release_2021(cell_data, tmp_path))

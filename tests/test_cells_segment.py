@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from protloc.catalog import open_dataset
 from protloc.cells.draw import draw_outlines
 from protloc.cells.masks import (
     border_cells,
@@ -28,8 +27,9 @@ from protloc.cells.runner import segment_dataset
 from protloc.cells.segment import ClassicalSegmenter, create_segmenter, upsample_labels
 from protloc.cells.table import read_table, write_anndata
 from protloc.cli import main
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample, write_channel
 from protloc.errors import ConfigError, DataError, DependencyError, ModelError
-from protloc.io import CHANNELS, read_sample, write_channel
 
 REALDATA = Path(os.environ.get("PROTLOC_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata"))
 HPA2021 = REALDATA / "hpa2021_trainandgain" / "images"

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.check import check_dataset
 from protloc.cli import main
-from protloc.io import write_channel
+from protloc.data.check import check_dataset
+from protloc.data.io import write_channel
 from tests.helpers import write_csv, write_sample
 
 TRAIN = {f"id-{i}": str(i % 28) for i in range(6)}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from protloc.config import RECIPES, TrainConfig, parse_max_time, resolve_config
 from protloc.errors import ConfigError
+from protloc.training.config import RECIPES, TrainConfig, parse_max_time, resolve_config
 
 
 def test_precedence_defaults_recipe_yaml_flags(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.dataset import ResumableSampler, ShardSampler, load_folds, make_folds, oversampling_weights, save_folds
+from protloc.data.dataset import (
+    ResumableSampler,
+    ShardSampler,
+    load_folds,
+    make_folds,
+    oversampling_weights,
+    save_folds,
+)
 
 
 @pytest.fixture
@@ -95,7 +102,7 @@ def test_the_packaged_network_normalises_uint8_batches_on_their_device() -> None
     backbone sees the same normalised input either way, from the one implementation."""
     import torch
 
-    from protloc.models import PackagedNetwork
+    from protloc.model.network import PackagedNetwork
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (3, 4, 8, 8), dtype=np.uint8))
@@ -109,9 +116,9 @@ def test_the_packaged_network_normalises_uint8_batches_on_their_device() -> None
 
 
 def test_training_trains_the_packaged_network() -> None:
-    from protloc.config import TrainConfig
-    from protloc.lightning_module import LocalizationModule
-    from protloc.models import PackagedNetwork
+    from protloc.model.network import PackagedNetwork
+    from protloc.training.config import TrainConfig
+    from protloc.training.lightning_module import LocalizationModule
 
     config = TrainConfig(model="seed-cnn", image_size=64)
     module = LocalizationModule(config, num_classes=28, mean=[0.1] * 4, std=[0.2] * 4)
@@ -122,11 +129,11 @@ def test_training_trains_the_packaged_network() -> None:
 def test_cached_dataset_serves_uint8_images(tmp_path: Path) -> None:
     import torch
 
-    from protloc.cache import build_cache
-    from protloc.catalog import open_dataset
-    from protloc.dataset import CachedDataset
+    from protloc.data.cache import build_cache
+    from protloc.data.catalog import open_dataset
+    from protloc.data.dataset import CachedDataset
+    from protloc.data.transforms import train_transform
     from protloc.synth import make_dataset
-    from protloc.transforms import train_transform
 
     make_dataset(tmp_path / "data", n_train=4, n_test=0, size=64, seed=0)
     catalog = open_dataset(tmp_path / "data")

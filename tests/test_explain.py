@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.catalog import open_dataset
 from protloc.classes import CLASS_NAMES, label_ids
+from protloc.data.catalog import open_dataset
+from protloc.demo.report import TestSet as ScoredTestSet
+from protloc.demo.report import gallery_html
 from protloc.errors import ConfigError, DataError, ModelError
-from protloc.explain import (
+from protloc.explanation.explain import (
     Explainer,
     Explanation,
     explain_image,
@@ -23,11 +25,9 @@ from protloc.explain import (
     resolve_class,
     resolve_classes,
 )
-from protloc.models import PackagedNetwork, SeedCNN, create_model
-from protloc.package import new_card, save_package
+from protloc.model.network import PackagedNetwork, SeedCNN, create_model
+from protloc.model.package import new_card, save_package
 from protloc.plots import save_figure
-from protloc.report import TestSet as ScoredTestSet
-from protloc.report import gallery_html
 
 CHANNELS = ["red", "green", "blue", "yellow"]
 
@@ -388,7 +388,7 @@ def test_importing_the_module_needs_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, protloc.explain; print('torch' in sys.modules)"
+    code = "import sys, protloc.explanation.explain; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "False"
 

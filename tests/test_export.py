@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.card import read_card
-from protloc.ensemble import make_ensemble
+from protloc.deployment.onnx import export_onnx
 from protloc.errors import ModelError
-from protloc.export import export_onnx
-from protloc.inference import OnnxBackend, Preprocessor
-from protloc.package import load_package, new_card, save_package
-from protloc.predict import predict_folder, read_probabilities
+from protloc.inference.core import OnnxBackend, Preprocessor
+from protloc.inference.predict import predict_folder, read_probabilities
+from protloc.model.card import read_card
+from protloc.model.package import load_package, new_card, save_package
+from protloc.training.ensemble import make_ensemble
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_export_refuses_bad_output_name(exported: Path, tmp_path: Path) -> None:
 
 
 def _untrained_package(folder: Path, mean: float, seed: int) -> Path:
-    from protloc.models import PackagedNetwork, create_model
+    from protloc.model.network import PackagedNetwork, create_model
 
     torch.manual_seed(seed)
     backbone = create_model("test_resnet", 4, 28)

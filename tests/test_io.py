@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from protloc.errors import ConfigError, DataError
-from protloc.io import (
+from protloc.data.io import (
     CHANNELS,
     parse_channels,
     read_channel,
@@ -20,6 +19,7 @@ from protloc.io import (
     to_uint8,
     write_channel,
 )
+from protloc.errors import ConfigError, DataError
 
 
 @pytest.fixture

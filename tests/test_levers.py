@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.config import TrainConfig, resolve_config
 from protloc.errors import ConfigError
 from protloc.metrics import fit_thresholds
+from protloc.training.config import TrainConfig, resolve_config
 
 
 def _config(**changes: Any) -> TrainConfig:
@@ -73,7 +73,7 @@ def test_bad_lever_settings_are_refused_by_name(changes: dict[str, Any], message
 
 
 def _module(**changes: Any) -> Any:
-    from protloc.lightning_module import LocalizationModule
+    from protloc.training.lightning_module import LocalizationModule
 
     return LocalizationModule(_config(**changes), total_steps=100, num_classes=4)
 
@@ -122,9 +122,9 @@ def test_weight_averaging_follows_the_weights_and_is_what_validation_sees() -> N
 def test_a_run_with_averaging_packages_the_averaged_weights(synth_data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from protloc.card import WEIGHTS_FILE
-    from protloc.package import load_package
-    from protloc.train import train
+    from protloc.model.card import WEIGHTS_FILE
+    from protloc.model.package import load_package
+    from protloc.training.train import train
 
     config = resolve_config(
         "cpu",
@@ -224,7 +224,7 @@ def test_fit_decision_knows_its_methods() -> None:
 def test_auto_precision_on_a_cpu_uses_bf16_only_where_it_is_native(
     monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: str
 ) -> None:
-    from protloc import train
+    from protloc.training import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)

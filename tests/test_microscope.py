@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.catalog import open_dataset
-from protloc.check import check_dataset
-from protloc.errors import ConfigError, DataError
-from protloc.io import read_sample
-from protloc.microscope import (
+from protloc.data.catalog import open_dataset
+from protloc.data.check import check_dataset
+from protloc.data.io import read_sample
+from protloc.data.microscope import (
     PlanePath,
     assign_roles,
     field_planes,
@@ -20,6 +19,7 @@ from protloc.microscope import (
     read_field,
     write_ome_tiff,
 )
+from protloc.errors import ConfigError, DataError
 from tests.helpers import write_csv
 
 NAMES = ["Hoechst 33342", "Alexa 488 antibody", "Tubulin", "Calreticulin"]

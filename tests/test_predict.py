@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.card import read_card
-from protloc.catalog import read_id_column
 from protloc.classes import CLASS_NAMES
 from protloc.cli import main
+from protloc.data.catalog import read_id_column
 from protloc.errors import ConfigError, DataError
-from protloc.inference import TTA_VIEWS, apply_view, parse_tta
-from protloc.metrics import decide
-from protloc.predict import (
+from protloc.inference.core import TTA_VIEWS, apply_view, parse_tta
+from protloc.inference.predict import (
     PARTIAL_DIR,
     PredictionRun,
     _PartialRows,
@@ -25,6 +23,8 @@ from protloc.predict import (
     read_probabilities,
     resolve_thresholds,
 )
+from protloc.metrics import decide
+from protloc.model.card import read_card
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_single_sample_and_id_list(trained_run: Path, synth_data: Path, tmp_path
 def test_resume_after_a_kill_continues_from_the_durable_rows(
     trained_run: Path, synth_data: Path, predicted: Path, tmp_path: Path
 ) -> None:
-    from protloc.predict import _job_key, load_backend, open_for_prediction
+    from protloc.inference.predict import _job_key, load_backend, open_for_prediction
 
     out = tmp_path / "resumed"
     card, _ = load_backend(trained_run / "model", "torch")
@@ -250,8 +250,8 @@ def test_train_without_the_train_extra_names_the_install(synth_data: Path) -> No
 def test_one_backend_policy_for_batch_prediction_and_the_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from protloc import backends
     from protloc.errors import ModelError
+    from protloc.inference import backends
     from protloc.serve.engine import resolve_backend as service_backend
 
     package = tmp_path / "pkg"
@@ -282,11 +282,11 @@ def test_one_backend_policy_for_batch_prediction_and_the_service(
 
 def test_training_calibrated_on_the_probabilities_the_package_predicts(trained_run: Path) -> None:
     """val_predictions.csv (training's calibration) and the package predicting the same images agree."""
-    from protloc.card import read_card
-    from protloc.catalog import open_dataset
-    from protloc.inference import Preprocessor, batch_probabilities
-    from protloc.prediction_files import read_probabilities_table
-    from protloc.torch_backend import load_torch_backend
+    from protloc.data.catalog import open_dataset
+    from protloc.inference.core import Preprocessor, batch_probabilities
+    from protloc.inference.files import read_probabilities_table
+    from protloc.inference.torch_backend import load_torch_backend
+    from protloc.model.card import read_card
 
     ids, saved, truth = read_probabilities_table(trained_run / "val_predictions.csv")
     assert truth is not None and len(ids) == len(truth)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.card import read_card
 from protloc.cli import main
+from protloc.deployment.quantize import INT8_ONNX_FILE, QUANT_KEY, quantize_onnx
 from protloc.errors import ConfigError, ModelError
-from protloc.predict import predict_folder
-from protloc.quantize import INT8_ONNX_FILE, QUANT_KEY, quantize_onnx
+from protloc.inference.predict import predict_folder
+from protloc.model.card import read_card
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_int8_refusals_write_nothing(package: Path, tmp_path: Path) -> None:
 
 
 def test_calibration_reader_rewinds_to_the_first_images() -> None:
-    from protloc.quantize import _Reader
+    from protloc.deployment.quantize import _Reader
 
     pixels = np.arange(10 * 4 * 2 * 2, dtype=np.float32).reshape(10, 4, 2, 2)
     reader = _Reader("input", pixels, batch=4)
@@ -90,6 +90,6 @@ def test_calibration_reader_rewinds_to_the_first_images() -> None:
 
 
 def test_the_default_calibration_keeps_activation_memory_flat_across_input_sizes() -> None:
-    from protloc.quantize import default_calibration_images
+    from protloc.deployment.quantize import default_calibration_images
 
     assert [default_calibration_images(s) for s in (None, 64, 128, 256, 512, 2048)] == [512, 512, 512, 128, 32, 32]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.catalog import open_dataset
-from protloc.check import check_dataset
 from protloc.cli import main
+from protloc.data.catalog import open_dataset
+from protloc.data.check import check_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,15 +20,15 @@ import pytest
 import tifffile
 from fastapi.testclient import TestClient
 
-from protloc.catalog import read_labels_csv
-from protloc.check import check_dataset
-from protloc.config import TrainConfig
-from protloc.decoder import DEFAULT_MAX_PIXELS, probe
+from protloc.data.catalog import read_labels_csv
+from protloc.data.check import check_dataset
+from protloc.data.decoder import DEFAULT_MAX_PIXELS, probe
+from protloc.data.io import read_channel, to_uint8, write_channel
 from protloc.errors import BusyError, ConfigError, DataError, ModelError, StorageError
-from protloc.io import read_channel, to_uint8, write_channel
 from protloc.locks import hold, holder
-from protloc.package import load_checkpoint_safely
+from protloc.model.package import load_checkpoint_safely
 from protloc.serve.decode import Upload, decode_channel
+from protloc.training.config import TrainConfig
 from protloc.utils import atomic_write_text
 from tests.helpers import write_sample, zero_png
 
@@ -172,13 +172,13 @@ def test_a_refused_write_is_one_line_and_leaves_nothing(
 def test_the_cli_turns_a_storage_error_from_any_library_into_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import protloc.check
+    import protloc.data.check
     from protloc.cli import main
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.csv"))
 
-    monkeypatch.setattr(protloc.check, "check_dataset", full)
+    monkeypatch.setattr(protloc.data.check, "check_dataset", full)
     assert main(["check", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot write {tmp_path / 'x.csv'}: no space left") and "\n" not in err
@@ -189,7 +189,7 @@ def test_the_cli_turns_a_storage_error_from_any_library_into_one_line(
 
 
 def test_a_second_process_on_the_same_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    from protloc.predict import predict_folder
+    from protloc.inference.predict import predict_folder
 
     out = tmp_path / "out"
     with hold(out, "protloc predict"):
@@ -230,7 +230,7 @@ def _env() -> dict[str, str]:
 def test_resume_key_covers_inputs_package_and_settings(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
     import shutil
 
-    from protloc.predict import _job_key, load_backend, open_for_prediction
+    from protloc.inference.predict import _job_key, load_backend, open_for_prediction
 
     data = tmp_path / "data"
     shutil.copytree(synth_data / "test", data)
@@ -251,8 +251,8 @@ def test_resume_key_covers_inputs_package_and_settings(trained_run: Path, synth_
 
 
 def test_a_subset_run_leaves_no_stale_full_run_beside_it(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
-    from protloc.catalog import read_id_column
-    from protloc.predict import predict_folder
+    from protloc.data.catalog import read_id_column
+    from protloc.inference.predict import predict_folder
 
     out = tmp_path / "out"
     (out).mkdir()
@@ -271,7 +271,7 @@ def test_a_subset_run_leaves_no_stale_full_run_beside_it(trained_run: Path, synt
 
 
 def _train_config(data: Path, out: Path, cache: Path) -> TrainConfig:
-    from protloc.config import resolve_config
+    from protloc.training.config import resolve_config
 
     overrides = {
         "data": str(data),
@@ -287,7 +287,7 @@ def _train_config(data: Path, out: Path, cache: Path) -> TrainConfig:
 
 
 def test_overwrite_refuses_a_folder_protloc_did_not_make(kaggle_dir: Callable[..., Path], tmp_path: Path) -> None:
-    from protloc.train import train
+    from protloc.training.train import train
 
     data = kaggle_dir({f"s{i}": str(i % 3) for i in range(8)})
     thesis = tmp_path / "thesis"
@@ -299,7 +299,7 @@ def test_overwrite_refuses_a_folder_protloc_did_not_make(kaggle_dir: Callable[..
 
 
 def test_overwrite_validates_the_data_before_removing_anything(kaggle_dir: Callable[..., Path], tmp_path: Path) -> None:
-    from protloc.train import train
+    from protloc.training.train import train
 
     data = kaggle_dir({f"s{i}": str(i % 3) for i in range(8)})
     run = tmp_path / "run"
@@ -313,7 +313,7 @@ def test_overwrite_validates_the_data_before_removing_anything(kaggle_dir: Calla
 
 
 def test_clear_run_dir_replaces_a_recognised_run_but_keeps_the_lock(tmp_path: Path) -> None:
-    from protloc.run_folder import clear_run_dir
+    from protloc.training.run_folder import clear_run_dir
 
     run = tmp_path / "run"
     with hold(run, "protloc train"):
@@ -340,7 +340,7 @@ class _Payload:
 def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
     import torch
 
-    from protloc.callbacks import AtomicCheckpointIO
+    from protloc.training.callbacks import AtomicCheckpointIO
 
     marker = tmp_path / "pwned"
     hostile = tmp_path / "last.ckpt"
@@ -358,18 +358,18 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
 def test_ensemble_member_names_cannot_leave_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: object
 ) -> None:
-    import protloc.package
+    import protloc.model.package
 
     folder = tmp_path / "ens"
     (folder / "members").mkdir(parents=True)
     (tmp_path / "etc").mkdir()
     # the card passes its schema check; only the member name is hostile
     card = SimpleNamespace(is_ensemble=True, members=[name])  # what a hostile card.json decodes to
-    monkeypatch.setattr(protloc.package, "read_card", lambda path: card)
-    monkeypatch.setattr(protloc.package, "resolve_package_path", lambda path: Path(path))
+    monkeypatch.setattr(protloc.model.package, "read_card", lambda path: card)
+    monkeypatch.setattr(protloc.model.package, "resolve_package_path", lambda path: Path(path))
     with pytest.raises(ModelError, match="is not a plain folder name under members/"):
-        protloc.package.load_package(folder)
-    assert protloc.package.member_name("fold0", folder) == "fold0"
+        protloc.model.package.load_package(folder)
+    assert protloc.model.package.member_name("fold0", folder) == "fold0"
 
 
 # --- 8. bad input answered rightly: class ids, cut and doubled uploads ------------------------------------

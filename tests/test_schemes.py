@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.catalog import open_dataset, read_id_column, read_labels
-from protloc.check import check_dataset
+from protloc.data.catalog import open_dataset, read_id_column, read_labels
+from protloc.data.check import check_dataset
 from protloc.errors import ConfigError, DataError, LabelError
 from protloc.schemes import BUILTIN_SCHEMES, detect_scheme, get_mapping, get_scheme, load_scheme_file
 from tests.helpers import write_csv, write_sample
@@ -138,7 +138,7 @@ def test_mapping_a_2018_file_into_2021(tmp_path: Path) -> None:
 
 
 def test_field_submission_keeps_the_2021_order_and_sizes(tmp_path: Path) -> None:
-    from protloc.predict import field_submission_csv
+    from protloc.inference.predict import field_submission_csv
 
     order = write_csv(
         tmp_path / "sample_submission.csv",
@@ -153,10 +153,10 @@ def test_field_submission_keeps_the_2021_order_and_sizes(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_a_2021_root_trains_a_19_class_model_that_predicts_a_field_submission(tmp_path: Path) -> None:
-    from protloc.card import read_card
-    from protloc.config import resolve_config
-    from protloc.predict import predict_folder
-    from protloc.train import train
+    from protloc.inference.predict import predict_folder
+    from protloc.model.card import read_card
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train
 
     root = tmp_path / "h21"
     rows = [(f"s{i:02d}", ["0|16", "18", "2", "16|17", "14"][i % 5]) for i in range(10)]

@@ -27,13 +27,13 @@ pytest.importorskip("multipart")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from protloc.card import read_card
 from protloc.classes import CLASS_NAMES
+from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ConfigError
-from protloc.inference import Preprocessor, predict_inputs
-from protloc.io import CHANNELS, read_sample
+from protloc.inference.core import Preprocessor, predict_inputs
+from protloc.inference.predict import load_backend
 from protloc.metrics import decide
-from protloc.predict import load_backend
+from protloc.model.card import read_card
 from protloc.serve import check_bind, create_app, is_loopback, run
 from protloc.serve.engine import InferenceEngine, ServiceBusyError
 from protloc.serve.settings import TOKEN_ENV, resolve_token
@@ -52,7 +52,7 @@ def package(trained_run: Path) -> Path:
 @pytest.fixture(scope="module")
 def onnx_package(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained package with model.onnx (the original stays torch-only for other tests)."""
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("serve-onnx") / "model"
     shutil.copytree(trained_run / "model", folder)
@@ -227,7 +227,7 @@ def test_every_input_format_gives_the_same_prediction(
     }
     for name, probabilities in variants.items():
         np.testing.assert_allclose(probabilities, reference, atol=2e-3, err_msg=name)
-    # A tinted colour file is reduced to one plane by the per-pixel max, as protloc.io does for files.
+    # A tinted colour file is reduced to one plane by the per-pixel max, as protloc.data.io does for files.
     tinted[..., 1] = image[1]
     files = channel_files(synth_data, sample_ids[1])
     files["green"] = ("x_green.png", png_bytes(tinted[..., ::-1]), "image/png")  # OpenCV writes BGR

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protloc.catalog import open_dataset
 from protloc.cli import main
+from protloc.data.catalog import open_dataset
+from protloc.data.stats import dataset_statistics, label_statistics, read_class_counts, write_statistics
 from protloc.plots import composite_rgb, stretch_for_display
-from protloc.stats import dataset_statistics, label_statistics, read_class_counts, write_statistics
 
 
 def test_label_statistics_counts() -> None:

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from protloc.catalog import open_dataset
 from protloc.classes import NUM_CLASSES, parse_labels
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_channel_raw, read_sample
 from protloc.errors import ConfigError
-from protloc.io import CHANNELS, read_channel_raw, read_sample
 from protloc.synth import (
     REAL_CHANNEL_STATS,
     SynthSummary,

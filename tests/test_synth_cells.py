@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.catalog import open_dataset
 from protloc.cells.masks import labels_path, read_labels
 from protloc.cells.truth import read_cell_truth, truth_folder
 from protloc.classes import NUM_CLASSES
+from protloc.data.catalog import open_dataset
+from protloc.data.io import read_sample
 from protloc.errors import DataError
-from protloc.io import read_sample
 from protloc.synth import generate_sample, generate_sample_with_cells, make_dataset
 from protloc.synth.labels import sample_label_sets
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.card import read_card
 from protloc.classes import CLASS_NAMES
 from protloc.cli import main
-from protloc.config import resolve_config
 from protloc.errors import ConfigError, ModelError
-from protloc.models import SeedCNN, create_model
-from protloc.package import load_package
-from protloc.train import read_metrics, train
+from protloc.model.card import read_card
+from protloc.model.network import SeedCNN, create_model
+from protloc.model.package import load_package
+from protloc.training.config import resolve_config
+from protloc.training.train import read_metrics, train
 
 
 def test_run_directory_has_everything(trained_run: Path) -> None:
@@ -74,8 +74,8 @@ def test_package_loads_without_pickle_and_predicts_like_training(trained_run: Pa
     # the package reproduces the validation probabilities written during training
     with (trained_run / "val_predictions.csv").open() as handle:
         first = next(csv.DictReader(handle))
-    from protloc.catalog import open_dataset
-    from protloc.inference import Preprocessor
+    from protloc.data.catalog import open_dataset
+    from protloc.inference.core import Preprocessor
 
     catalog = open_dataset(read_card(trained_run / "model").training_data)
     index = catalog.ids.index(first["Id"])
@@ -159,7 +159,7 @@ def test_unknown_model_and_seed_cnn() -> None:
 
 
 def test_pretrained_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    import protloc.models as models
+    import protloc.model.network as models
 
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hf-cache")
@@ -249,14 +249,14 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_
     assert summary["global_step"] == 3 * steps_per_epoch
     assert summary["resumed_from_step"] >= killed_at  # continued from the checkpoint, not from scratch
     assert [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")] == [0, 1, 2]
-    from protloc.package import state_dict_from_lightning
+    from protloc.model.package import state_dict_from_lightning
 
     resumed_weights = state_dict_from_lightning(run / "checkpoints" / "last.ckpt")
     reference_weights = state_dict_from_lightning(reference / "checkpoints" / "last.ckpt")
     assert resumed_weights.keys() == reference_weights.keys()
     for name, tensor in reference_weights.items():
         np.testing.assert_allclose(resumed_weights[name].numpy(), tensor.numpy(), rtol=0, atol=1e-5, err_msg=name)
-    from protloc.prediction_files import read_probabilities_table
+    from protloc.inference.files import read_probabilities_table
 
     _, resumed_probabilities, _ = read_probabilities_table(run / "val_predictions.csv")
     _, reference_probabilities, _ = read_probabilities_table(reference / "val_predictions.csv")

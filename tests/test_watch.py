@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from protloc.errors import ConfigError
-from protloc.predict import predict_folder
+from protloc.inference.predict import predict_folder
 from protloc.watch import WatchEvent, watch_folder
 from protloc.watch.fields import FieldTracker
 from protloc.watch.state import Journal
@@ -30,7 +30,7 @@ WRITER = REPO / "tests" / "watch_writer.py"
 
 @pytest.fixture(scope="module")
 def onnx_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
 
     package = tmp_path_factory.mktemp("watch-model") / "model"
     shutil.copytree(trained_run / "model", package)
@@ -127,7 +127,7 @@ def test_writer_process_slow_partial_corrupt_and_burst(onnx_model: Path, tmp_pat
 
 
 def batch_classes(model: Path) -> list[str]:
-    from protloc.card import read_card
+    from protloc.model.card import read_card
 
     return list(read_card(model).classes)
 

@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from protloc.catalog import open_dataset
 from protloc.cells.draw import draw_outlines
 from protloc.cells.masks import border_cells
 from protloc.cells.segment import ClassicalSegmenter
-from protloc.io import CHANNELS, read_sample
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("PROTLOC_REALDATA", ROOT.parent / "shared" / "realdata"))

@@ -14,3 +14,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__"]
+
+# protloc 0.1's flat module paths (see protloc._moved) still import, with a DeprecationWarning
+from protloc import _moved
+
+_moved.install()

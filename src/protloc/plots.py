@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protloc.channels import CHANNEL_ROLES
 from protloc.classes import HPA2018
-from protloc.io import CHANNEL_ROLES
 from protloc.utils import atomic_path
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from protloc.errors import ConfigError
 T = TypeVar("T")
 R = TypeVar("R")
 
-PRELOAD = ("numpy", "cv2", "protloc.io")
+PRELOAD = ("numpy", "cv2", "protloc.data.io")
 """Modules the fork server imports once, so each worker starts with them loaded."""
 
 

@@ -22,4 +22,6 @@ The package is split by what each module owns:
 Nothing here imports torch at import time (cell prediction loads it through the model backend); scikit-image,
 pycocotools and anndata come with ``pip install 'protloc[cells]'``. Class names and counts come from the model
 card's or the catalog's class scheme (:mod:`protloc.schemes`), never from a constant.
+
+May import: the top level, ``data``, ``model``, ``inference`` and ``explanation``.
 """

@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
-from protloc.catalog import Catalog, open_dataset
 from protloc.cells.masks import cells_of_field, labels_path, read_labels
 from protloc.cells.metrics import iou_matrix
 from protloc.cells.truth import read_cell_truth
+from protloc.data.catalog import Catalog, open_dataset
+from protloc.data.io import CHANNELS, read_sample, write_channel
 from protloc.errors import ConfigError, DataError
-from protloc.io import CHANNELS, read_sample, write_channel
 from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text
 
@@ -249,7 +249,7 @@ def _write_group_folds(
     path: Path, ids: list[str], groups: np.ndarray, field_labels: np.ndarray, n_folds: int, seed: int
 ) -> None:
     """Folds stratified over the fields' labels; every cell of a field shares its field's fold."""
-    from protloc.dataset import make_folds, save_folds
+    from protloc.data.dataset import make_folds, save_folds
 
     used = np.unique(groups)
     if len(used) < n_folds:

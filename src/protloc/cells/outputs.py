@@ -41,8 +41,8 @@ from protloc.cells.predict import (
 )
 from protloc.cells.table import concat_tables, field_table, read_table, write_anndata, write_table
 from protloc.cells.truth import read_cell_truth, truth_folder
+from protloc.data.io import read_sample
 from protloc.errors import DataError
-from protloc.io import read_sample
 from protloc.utils import atomic_write_json
 
 TABLE_FILE = "cells.csv"
@@ -89,7 +89,7 @@ def predict_cells(
     Raises:
         DataError: a field or label image cannot be read.
     """
-    from protloc.predict import open_for_prediction
+    from protloc.inference.predict import open_for_prediction
 
     started = time.perf_counter()
     out = Path(out)
@@ -329,7 +329,7 @@ def compare_cell_methods(
     """
     from dataclasses import replace
 
-    from protloc.predict import open_for_prediction
+    from protloc.inference.predict import open_for_prediction
 
     catalog = open_for_prediction(data, split=split, channels=predictor.channels)
     names = predictor.class_names

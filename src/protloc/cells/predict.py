@@ -8,8 +8,8 @@ Three **methods**, named in every output so a result never hides how it was made
   field's probabilities (the honest baseline of the 2021 challenge);
 * ``"cell + field mix"`` - both: ``mix * cell + (1 - mix) * field`` per class.
 
-Backends, TTA views and ensembles are those of field prediction (:func:`protloc.predict.load_backend`,
-:func:`protloc.inference.run_with_tta`); a cell model exported to ONNX predicts the same way. Embeddings (the
+Backends, TTA views and ensembles are those of field prediction (:func:`protloc.inference.predict.load_backend`,
+:func:`protloc.inference.core.run_with_tta`); a cell model exported to ONNX predicts the same way. Embeddings (the
 network's pooled features before the classifier) come with the torch backend of a single timm model.
 
 :func:`predict_cells_in_field` is the one-field entry point for callers such as the service;
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from protloc.card import ModelCard
 from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
-from protloc.inference import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
+from protloc.inference.core import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
+from protloc.model.card import ModelCard
 from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"
@@ -109,7 +109,7 @@ class CellPredictor:
         for card in (self.cell_card, self.field_card):
             if card is not None:
                 wanted |= set(card.channels)
-        from protloc.io import CHANNELS
+        from protloc.data.io import CHANNELS
 
         return tuple(c for c in CHANNELS if c in wanted)
 
@@ -151,7 +151,7 @@ def predictor_for(
 ) -> CellPredictor:
     """The cell predictor for ``model`` as a user names it: a cell model (mixed with ``field_model`` when given),
     or a field model, whose labels every cell then gets (the baseline)."""
-    from protloc.card import read_card
+    from protloc.model.card import read_card
 
     cell_model = model if is_cell_model(read_card(model)) else None
     return open_cell_predictor(
@@ -190,7 +190,7 @@ def open_cell_predictor(
         ConfigError: neither model given, or ``mix`` outside 0-1.
         ModelError: ``cell_model`` is not a cell model, or ``field_model`` is one.
     """
-    from protloc.predict import load_backend
+    from protloc.inference.predict import load_backend
 
     if cell_model is None and field_model is None:
         raise ConfigError("per-cell prediction needs a cell model, a field model, or both")
@@ -293,7 +293,7 @@ def embed_crops(backend: Backend, pixels: np.ndarray) -> np.ndarray | None:
 
     if find_spec("torch") is None:
         return None
-    from protloc.torch_backend import TorchBackend
+    from protloc.inference.torch_backend import TorchBackend
 
     if not isinstance(backend, TorchBackend):
         return None
@@ -397,7 +397,7 @@ def predict_cells_in_field(
         ``border``, ``probabilities`` (class name -> value), ``labels`` (class names), ``mask`` (bool array of
         the box) and ``method``.
     """
-    from protloc.io import CHANNELS
+    from protloc.data.io import CHANNELS
 
     if isinstance(models, CellPredictor):
         predictor = models
@@ -405,7 +405,7 @@ def predict_cells_in_field(
         paths = [models] if isinstance(models, (str, Path)) else list(models)
         if not 1 <= len(paths) <= 2:
             raise ConfigError("give one package, or a cell model and a field model")
-        from protloc.card import read_card
+        from protloc.model.card import read_card
 
         first_is_cell = is_cell_model(read_card(paths[0]))
         if len(paths) == 2:

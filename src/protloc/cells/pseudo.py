@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.catalog import open_dataset
 from protloc.cells.dataset import split_cell_sample_id
+from protloc.data.catalog import open_dataset
+from protloc.data.io import read_sample
 from protloc.errors import ConfigError
-from protloc.inference import Preprocessor
-from protloc.io import read_sample
+from protloc.inference.core import Preprocessor
 
 
 def refine_labels(
@@ -40,7 +40,7 @@ def refine_labels(
     Raises:
         ConfigError: ``threshold`` outside 0-1.
     """
-    from protloc.predict import load_backend
+    from protloc.inference.predict import load_backend
 
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"pseudo-label threshold must lie between 0 and 1, got {threshold}")

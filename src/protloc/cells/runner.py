@@ -30,12 +30,12 @@ from typing import Any
 import cv2
 
 from protloc import __version__
-from protloc.catalog import Catalog, open_dataset
 from protloc.cells.masks import labels_path, read_labels, write_labels
 from protloc.cells.segment import Segmenter, create_segmenter
 from protloc.cells.table import Columns, concat_tables, field_table, write_table
+from protloc.data.catalog import Catalog, open_dataset
+from protloc.data.io import read_sample
 from protloc.errors import ConfigError, DataError
-from protloc.io import read_sample
 from protloc.utils import atomic_write_json, default_workers
 
 SETTINGS_FILE = "segmentation.json"
@@ -138,7 +138,7 @@ def segment_dataset(
         options: keyword options of that segmenter (e.g. ``{"weights": "cyto3"}`` for cellpose).
         workers: processes (default: CPUs, at most 8); each holds one field at a time.
         overwrite: segment fields again even when their label image exists.
-        bit_depth: significant bits of 16-bit files (see :func:`protloc.io.to_uint8`).
+        bit_depth: significant bits of 16-bit files (see :func:`protloc.data.io.to_uint8`).
         border_margin: a cell within this many px of the field's edge is flagged as cut by the border.
         on_progress: called with ``(fields done, fields)``.
 

@@ -40,8 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from protloc.data.io import parse_channels, resize_plane
 from protloc.errors import ConfigError, DataError, DependencyError, ModelError
-from protloc.io import parse_channels, resize_plane
 
 
 @runtime_checkable

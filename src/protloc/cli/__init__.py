@@ -5,6 +5,9 @@ Each command parses its flags, calls one function of the library, and prints a s
 imports (torch, Lightning, ONNX Runtime) happen inside the commands that need them, so ``protloc --help``
 and the data commands stay fast. A :class:`~protloc.errors.ProtlocError` ends the command with one red line
 and exit status 1; anything else is a bug and keeps its traceback.
+
+May import: every wing (``data``, ``model``, ``inference``, ``deployment``, ``explanation``, ``cells``,
+``synth``, ``training``, ``serve``, ``watch``, ``demo``) and the top level.
 """
 
 from __future__ import annotations

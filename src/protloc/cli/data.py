@@ -79,8 +79,8 @@ def check(
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Validate a data set in one pass and list every problem with its Id; exit 1 if anything is wrong."""
-    from protloc.check import check_dataset, write_problems
-    from protloc.io import parse_channels
+    from protloc.data.check import check_dataset, write_problems
+    from protloc.data.io import parse_channels
 
     with progress_bar("reading images") as update:
         report = check_dataset(
@@ -228,8 +228,8 @@ def stats(
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Class distribution, labels per image, co-occurrence and pixel statistics: a table plus PNG figures."""
-    from protloc.catalog import open_dataset
-    from protloc.stats import dataset_statistics, write_statistics
+    from protloc.data.catalog import open_dataset
+    from protloc.data.stats import dataset_statistics, write_statistics
 
     catalog = open_dataset(data, split=split, labels=labels, channels=None, scheme=classes, channel_map=channel_map)
     names = catalog.scheme.names
@@ -263,8 +263,8 @@ def show(
     channels: Annotated[str, typer.Option(help="Channels to show, in order.")] = "rgby",
 ) -> None:
     """Draw one sample: the composite (yellow mixed in as in HPA's viewer) and each channel, with its labels."""
-    from protloc.catalog import locate_sample
-    from protloc.io import parse_channels, read_sample
+    from protloc.data.catalog import locate_sample
+    from protloc.data.io import parse_channels, read_sample
     from protloc.plots import sample_figure, save_figure
 
     chosen = parse_channels(channels)

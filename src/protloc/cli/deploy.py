@@ -71,7 +71,7 @@ def predict(
     ] = None,
 ) -> None:
     """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
-    from protloc.predict import predict_folder
+    from protloc.inference.predict import predict_folder
 
     if cells:
         _predict_cells(
@@ -203,7 +203,7 @@ def export(
     on training images, and its change against float32 on other images; with --bioimageio, also a validated
     BioImage.IO model package.
     """
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
 
     result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
     console.print(
@@ -212,7 +212,7 @@ def export(
         f"batch sizes {', '.join(map(str, result.batch_sizes))}"
     )
     if int8:
-        from protloc.quantize import quantize_onnx
+        from protloc.deployment.quantize import quantize_onnx
 
         quantized = quantize_onnx(
             model,
@@ -229,7 +229,7 @@ def export(
             f"(mean {quantized.mean_prob_diff:.4f}), {quantized.decision_agreement:.1%} of decisions unchanged"
         )
     if bioimageio:
-        from protloc.bioimageio import export_bioimageio
+        from protloc.deployment.bioimageio import export_bioimageio
 
         package = export_bioimageio(
             model, bioimageio_out, tolerance=tolerance, opset=opset, authors=author, license=license
@@ -252,8 +252,8 @@ def ensemble(
     ),
 ) -> None:
     """Average several packages into one ensemble package, with combined thresholds."""
-    from protloc.card import read_card
-    from protloc.ensemble import make_ensemble
+    from protloc.model.card import read_card
+    from protloc.training.ensemble import make_ensemble
 
     folder = make_ensemble(members, out, thresholds=thresholds)
     card = read_card(folder)
@@ -277,7 +277,7 @@ def explain(
     max_classes: Annotated[int, typer.Option(help="At most this many predicted classes.")] = 6,
 ) -> None:
     """Class activation maps (Grad-CAM) for each predicted class, overlaid on the composite."""
-    from protloc.explain import explain_sample
+    from protloc.explanation.explain import explain_sample
 
     explanation = explain_sample(
         model, data, sample_id, out, split=split, classes=class_ or None, max_classes=max_classes

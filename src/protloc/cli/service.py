@@ -171,10 +171,18 @@ def demo(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
 ) -> None:
     """The main job end to end: data, statistics, training, thresholds, evaluation, submission, ONNX, report."""
-    from protloc.demo import DemoSettings, run_demo
+    from protloc.demo.job import DemoEvent, DemoSettings, run_demo
+
+    def show(event: DemoEvent) -> None:
+        if event.kind == "step":
+            console.print(f"[bold cyan]{event.step}. {escape(event.text)}[/]")
+        elif event.kind == "done":
+            console.print(f"   [dim]{escape(event.text)}[/]")
+        else:
+            console.print(f"   {escape(event.text)}")
 
     settings = DemoSettings(out=out, quick=quick, data=data, minutes=minutes, seed=seed, workers=workers)
-    result = run_demo(settings, say=console.print, progress=progress_bar)
+    result = run_demo(settings, on_event=show, progress=progress_bar)
     test = f", test macro F1 [bold]{result.test_macro_f1:.3f}[/]" if result.test_macro_f1 is not None else ""
     console.print(
         f"\n[bold green]Done in {result.seconds['total'] / 60:.1f} min[/]: validation macro F1 "

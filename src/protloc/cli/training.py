@@ -95,8 +95,8 @@ def train(
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
 ) -> None:
     """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package."""
-    from protloc.config import resolve_config
-    from protloc.train import train as run_training
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train as run_training
 
     overrides: dict[str, Any] = {
         "data": str(data),
@@ -205,7 +205,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a model package on any labelled data set: per-class precision/recall/F1, macro and micro F1."""
-    from protloc.evaluate import evaluate_model
+    from protloc.inference.evaluate import evaluate_model
 
     if cells:
         _evaluate_cells(model, data, out, field_model, mix or [0.5], masks, seg_option, split, backend, device, tta)

@@ -8,6 +8,8 @@ Start it with ``protloc serve MODEL`` (:func:`run`), or build the ASGI app yours
 
 Importing this package is light: the web framework is imported by :func:`create_app` and :func:`run`, and
 torch only for the torch backend and explanations. See ``docs/service.md``.
+
+May import: the top level, ``data``, ``model``, ``inference``, ``explanation`` and ``cells``.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from protloc.card import ModelCard
 from protloc.errors import ConfigError, DataError, ModelError, require
+from protloc.model.card import ModelCard
 from protloc.serve.engine import InferenceEngine
 from protloc.serve.settings import ServiceSettings
 
@@ -107,7 +107,7 @@ class CellService:
         self.cell_card: ModelCard | None = None
         self.cell_backend: Any = None
         if settings.cell_model is not None:
-            from protloc.predict import load_backend
+            from protloc.inference.predict import load_backend
             from protloc.serve.engine import resolve_backend
 
             chosen = resolve_backend(settings.cell_model, settings.backend)
@@ -162,7 +162,7 @@ class CellService:
 
     def channels(self) -> tuple[str, ...]:
         """Channels a field must have for cells: the field model's, then those the segmenter and cell model add."""
-        from protloc.io import CHANNELS
+        from protloc.data.io import CHANNELS
 
         wanted = set(self.engine.channels) | set(self.segmenter.channels)
         if self.cell_card is not None:

@@ -1,10 +1,10 @@
 """Uploaded bytes -> a ``(C, H, W)`` ``uint8`` sample, refusing anything that is not a sane image.
 
-The HTTP service receives files, not paths, so this is the bytes-based twin of :mod:`protloc.io`'s readers,
+The HTTP service receives files, not paths, so this is the bytes-based twin of :mod:`protloc.data.io`'s readers,
 and it reuses that module's conversions (``to_uint8``, ``stack_to_chw``, the colour-to-plane rule) so that a
 file gives the same pixels whether ``protloc predict`` reads it from disk or the service receives it.
 
-Decoding is :mod:`protloc.decoder`'s, the one decoder for files and uploads alike: the format is recognised
+Decoding is :mod:`protloc.data.decoder`'s, the one decoder for files and uploads alike: the format is recognised
 from the first bytes, never from the file name, and the header is checked against the pixel budget before any
 pixel is decoded. Every failure is a :class:`~protloc.errors.DataError` whose message names the upload and says
 what was expected.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protloc.decoder import decode, sniff
+from protloc.data.decoder import decode, sniff
+from protloc.data.io import CHANNELS, MIN_SIDE, stack_to_chw, to_plane, to_uint8
 from protloc.errors import DataError
-from protloc.io import CHANNELS, MIN_SIDE, stack_to_chw, to_plane, to_uint8
 
 __all__ = ["Upload", "decode_array", "decode_channel", "decode_stack", "read_upload_sample", "sniff"]
 
@@ -39,7 +39,7 @@ class Upload:
 
 
 def decode_array(data: bytes, where: str = "upload") -> np.ndarray:
-    """Decode an uploaded file at its native pixel type, after :func:`protloc.decoder.probe` checked its header.
+    """Decode an uploaded file at its native pixel type, after :func:`protloc.data.decoder.probe` checked its header.
 
     Raises:
         DataError: the file is empty, truncated, of an unknown format, or over the pixel budget.

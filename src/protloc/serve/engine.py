@@ -1,8 +1,8 @@
 """The model behind the service: loaded once, run off the event loop, concurrent requests micro-batched.
 
 :class:`InferenceEngine` owns the network (ONNX Runtime or PyTorch, through
-:func:`protloc.backends.load_backend`), the preprocessing the card prescribes, the thresholds, and two pools of
-threads:
+:func:`protloc.inference.backends.load_backend`), the preprocessing the card prescribes, the thresholds, and
+two pools of threads:
 
 * **decoding** (``decode_threads``): uploaded bytes -> ``(C, H, W)`` uint8 -> model inputs. OpenCV, tifffile
   and NumPy release the GIL, so several requests decode in parallel while the model runs.
@@ -33,11 +33,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from protloc import backends
-from protloc.card import resolve_package_path
 from protloc.errors import ConfigError, ModelError, ProtlocError
-from protloc.inference import Preprocessor, batch_probabilities
+from protloc.inference import backends
+from protloc.inference.core import Preprocessor, batch_probabilities
 from protloc.metrics import decide
+from protloc.model.card import resolve_package_path
 from protloc.utils import usable_cpus
 
 T = TypeVar("T")
@@ -82,8 +82,8 @@ class EngineStats:
 
 
 def resolve_backend(model: str | Path, backend: str) -> str:
-    """The service's backend: :func:`protloc.backends.resolve_backend` preferring latency (ONNX Runtime when the
-    package has ``model.onnx``)."""
+    """The service's backend: :func:`protloc.inference.backends.resolve_backend` preferring latency (ONNX Runtime
+    when the package has ``model.onnx``)."""
     return backends.resolve_backend(model, backend, prefer="latency")
 
 
@@ -300,7 +300,7 @@ class InferenceEngine:
     # ------------------------------------------------------------------------------------------ explain
 
     def explainer(self) -> Any:
-        """The Grad-CAM explainer (:class:`protloc.explain.Explainer`), built on first use.
+        """The Grad-CAM explainer (:class:`protloc.explanation.explain.Explainer`), built on first use.
 
         Raises:
             NotAvailableError: PyTorch or grad-cam is not installed, the model is a bare ``.onnx`` file, or the
@@ -323,7 +323,7 @@ class InferenceEngine:
                 "explanations need the model package folder (its weights), not an exported .onnx file; "
                 "serve the package folder instead"
             )
-        from protloc.explain import Explainer
+        from protloc.explanation.explain import Explainer
 
         try:
             return Explainer(resolve_package_path(self.model_path), device="cpu")
@@ -334,7 +334,7 @@ class InferenceEngine:
         """Grad-CAM of one ``(C, H, W)`` uint8 field for one class (default: the most probable one).
 
         Returns:
-            The :class:`protloc.explain.Explanation` and the class id explained.
+            The :class:`protloc.explanation.explain.Explanation` and the class id explained.
         """
         explainer = self.explainer()
         if class_id is None:

@@ -124,7 +124,7 @@ def run(
 
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
-    from protloc.card import read_card
+    from protloc.model.card import read_card
 
     if Path(model).suffix.lower() != ".onnx":
         read_card(model)  # fail fast, before forking workers that would each fail

@@ -14,8 +14,8 @@ import numpy as np
 from fastapi import Request
 
 from protloc import __version__
+from protloc.data.io import CHANNELS, parse_channels, resize_plane, split_channel_filename
 from protloc.errors import DataError
-from protloc.io import CHANNELS, parse_channels, resize_plane, split_channel_filename
 from protloc.serve.cells import CellRequest, CellService
 from protloc.serve.decode import Upload, read_upload_sample, sniff
 from protloc.serve.engine import InferenceEngine
@@ -319,7 +319,7 @@ class PredictionService:
 
 def _overlay_png(explanation: Any, class_id: int, max_side: int | None) -> bytes:
     """The class's map over the composite as PNG, shrunk to ``max_side`` when given."""
-    from protloc.explain import overlay_rgb
+    from protloc.explanation.explain import overlay_rgb
     from protloc.plots import composite_rgb
 
     image = explanation.image

@@ -29,6 +29,8 @@ The package is split by what each part owns: :mod:`.labels` (label sets and ids)
 :mod:`.field` (cells and the landmark channels), :mod:`.patterns` (the green pattern of each class, as a table),
 :mod:`.sample` (one sample and the brightness model), :mod:`.cells` (single-cell truth) and :mod:`.writer`
 (:func:`make_dataset`).
+
+May import: the top level, ``data`` and ``cells`` (the per-cell truth is written in the cells' formats).
 """
 
 from protloc.synth.cells import CellTruth

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protloc.data.io import CHANNELS
 from protloc.errors import ConfigError
-from protloc.io import CHANNELS
 from protloc.synth.cells import CellTruth, cell_truth, per_cell_sums
 from protloc.synth.drawing import _F32, _blur, _lut
 from protloc.synth.field import _draw_blue, _draw_red, _draw_yellow, _Field, _make_field

@@ -16,8 +16,8 @@ import numpy as np
 
 from protloc.cells.masks import labels_path, write_labels
 from protloc.cells.table import Columns, concat_tables, field_table, write_table
+from protloc.data.io import write_channel
 from protloc.errors import ConfigError
-from protloc.io import write_channel
 from protloc.synth.labels import SYNTH_SCHEME, sample_label_sets, synth_id
 from protloc.synth.sample import MAX_SIZE, MIN_SIZE, generate_sample, generate_sample_with_cells
 from protloc.utils import atomic_folder, default_workers

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protloc.io import IMAGE_EXTENSIONS, split_channel_filename
+from protloc.data.io import IMAGE_EXTENSIONS, split_channel_filename
 from protloc.watch.state import Signature
 
 

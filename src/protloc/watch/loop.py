@@ -4,9 +4,10 @@ Filesystem events come from ``watchfiles`` (inotify / FSEvents / ReadDirectoryCh
 ``poll=True`` for network shares where events do not arrive); a full rescan every ``rescan_every`` seconds and
 at start catches anything the events missed and every field that arrived while no watcher ran. Fields become
 ready as :mod:`protloc.watch.fields` says, go through the one prediction core
-(:func:`protloc.inference.batch_probabilities`, the backend of :func:`protloc.predict.load_backend`) in small
-batches, and are recorded as :mod:`protloc.watch.state` says. Memory holds only fields not yet finished and
-the set of finished field keys (tens of bytes each); images live for one batch.
+(:func:`protloc.inference.core.batch_probabilities`, the backend of
+:func:`protloc.inference.predict.load_backend`) in small batches, and are recorded as
+:mod:`protloc.watch.state` says. Memory holds only fields not yet finished and the set
+of finished field keys (tens of bytes each); images live for one batch.
 
 Stopping: set ``stop`` (a :class:`threading.Event`); :func:`stop_on_signals` sets it on the first Ctrl-C or
 SIGTERM, so the batch in hand is finished and recorded before the loop ends; a second Ctrl-C aborts at once.
@@ -26,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from protloc.card import ModelCard
+from protloc.data.io import read_sample
 from protloc.errors import ConfigError, DataError, require
-from protloc.inference import Backend, Preprocessor, batch_probabilities, parse_tta
-from protloc.io import read_sample
+from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
 from protloc.metrics import decide
+from protloc.model.card import ModelCard
 from protloc.watch.fields import FieldTracker, PendingField
 from protloc.watch.state import (
     JOURNAL_FILE,
@@ -199,7 +200,7 @@ def watch_folder(
     from watchfiles import Change
     from watchfiles import watch as watch_changes
 
-    from protloc.predict import load_backend, resolve_thresholds
+    from protloc.inference.predict import load_backend, resolve_thresholds
     from protloc.utils import default_workers
 
     folder = Path(folder)
