@@ -175,6 +175,7 @@ def score_rules(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Test scores of each decision rule, every rule fitted on the validation split only (``own``: the
     thresholds a program fitted itself, used without the at-least-one rule); and the labels."""
+    from protloc.classes import HPA2018
     from protloc.metrics import decide, evaluate, fit_decision
 
     rules: dict[str, Any] = {}
@@ -184,7 +185,7 @@ def score_rules(
         settings = {k: v for k, v in rule.items() if k not in ("min_one", "own")}
         cuts = rule["own"] if "own" in rule else fit_decision(val_truth, val, **settings).values
         min_one = bool(rule.get("min_one", True))
-        report = evaluate(truth, test, cuts, min_one=min_one)
+        report = evaluate(truth, test, cuts, HPA2018.names, min_one=min_one)
         rules[name] = report.summary() | {"per_class_f1": [row.f1 for row in report.per_class]}
         labels[name] = decide(test, cuts, min_one=min_one)
     return rules, labels

@@ -51,6 +51,7 @@ def make_package(folder: Path, model: str, size: int) -> Path:
         mean=[0.07] * 4,
         std=[0.15] * 4,
         thresholds=[0.5] * 28,
+        scheme="hpa2018",
     )
     return save_package(folder, PackagedNetwork(backbone, [0.07] * 4, [0.15] * 4).eval(), card)
 

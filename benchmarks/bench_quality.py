@@ -23,17 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 from protloc.inference.evaluate import evaluate_model
 from protloc.synth import make_dataset
+from protloc.training.budget import measure_training_rate
 from protloc.training.config import resolve_config
 from protloc.training.ensemble import make_ensemble
-from protloc.training.train import epochs_for_budget, measure_training_rate, train
+from protloc.training.train import epochs_for_budget, train
 
 
 def train_recipe(recipe: str, data: Path, out: Path, minutes: float, fold: int, cache: Path, n_train: int) -> Path:
     base = resolve_config(recipe, overrides={"data": str(data)})
-    rate = measure_training_rate(base.model, len(base.channels), base.image_size)
+    rate = measure_training_rate(base.model, len(base.channels), base.image_size, HPA2018.num_classes)
     epochs = epochs_for_budget(rate, int(n_train * 0.8), minutes * 60)
     config = resolve_config(
         recipe,
@@ -144,7 +145,7 @@ def main() -> None:
     markdown += ".\n\n"
     ensemble_f1 = results.get("ensemble_per_class")
     per_class_rows = []
-    for i, name in enumerate(CLASS_NAMES):
+    for i, name in enumerate(HPA2018.names):
         columns = [default_f1, seed_f1] + ([ensemble_f1] if isinstance(ensemble_f1, list) else [])
         per_class_rows.append([str(i), name] + [_cell(values[i]) for values in columns])
     header = ["id", "class", "default F1", "seed F1"] + (["5-fold F1"] if "ensemble_per_class" in results else [])

@@ -18,10 +18,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
+from protloc.classes import HPA2018
 from protloc.inference.evaluate import evaluate_model
 from protloc.synth import make_dataset
+from protloc.training.budget import measure_training_rate
 from protloc.training.config import resolve_config
-from protloc.training.train import epochs_for_budget, measure_training_rate, train
+from protloc.training.train import epochs_for_budget, train
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "A": ("resnet18, focal, standard augmentation", {"loss": "focal", "augment": "standard"}),
@@ -44,7 +46,7 @@ def run_variant(key: str, data: Path, work: Path, minutes: float) -> dict[str, A
     overrides = dict(overrides)
     recipe = overrides.pop("recipe", "cpu")
     base = resolve_config(recipe, overrides={"data": str(data), **overrides})
-    rate = measure_training_rate(base.model, len(base.channels), base.image_size)
+    rate = measure_training_rate(base.model, len(base.channels), base.image_size, HPA2018.num_classes)
     epochs = epochs_for_budget(rate, 2400, minutes * 60)
     config = resolve_config(
         recipe,

@@ -64,6 +64,7 @@ def make_package(folder: Path, model: str = "resnet18", size: int = 128) -> Path
         mean=[0.07] * 4,
         std=[0.15] * 4,
         thresholds=[0.5] * 28,
+        scheme="hpa2018",
     )
     save_package(folder, PackagedNetwork(backbone, [0.07] * 4, [0.15] * 4).eval(), card)
     export_onnx(folder)
@@ -72,10 +73,10 @@ def make_package(folder: Path, model: str = "resnet18", size: int = 128) -> Path
 
 def make_sample(folder: Path, size: int = 512) -> dict[str, Path]:
     """One synthetic HPA-like field as four 8-bit PNG channel files."""
-    from protloc.classes import NUM_CLASSES
+    from protloc.classes import HPA2018
     from protloc.synth import generate_sample
 
-    labels = np.zeros(NUM_CLASSES, np.uint8)
+    labels = np.zeros(HPA2018.num_classes, np.uint8)
     labels[[0, 25]] = 1  # nucleoplasm + cytosol, the commonest pair
     planes = generate_sample(labels, size, np.random.default_rng(0))
     folder.mkdir(parents=True, exist_ok=True)

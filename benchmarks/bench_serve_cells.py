@@ -30,20 +30,21 @@ CHANNELS = ("red", "green", "blue", "yellow")
 def package(folder: Path, size: int, cells: dict[str, Any] | None) -> Path:
     import torch
 
-    from protloc.classes import NUM_CLASSES
+    from protloc.classes import HPA2018
     from protloc.model.network import PackagedNetwork, create_model
     from protloc.model.package import new_card, save_package
 
     torch.manual_seed(0)
-    network = create_model("test_resnet", 4, NUM_CLASSES, image_size=size)
+    network = create_model("test_resnet", 4, HPA2018.num_classes, image_size=size)
     card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": NUM_CLASSES, "image_size": size},
+        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": HPA2018.num_classes, "image_size": size},
         channels=list(CHANNELS),
         size=size,
         mean=[0.1] * 4,
         std=[0.2] * 4,
-        thresholds=[0.5] * NUM_CLASSES,
+        thresholds=[0.5] * HPA2018.num_classes,
         **({"cells": cells} if cells is not None else {}),
+        scheme="hpa2018",
     )
     return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
 

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save
-from protloc.classes import CLASS_NAMES, NUM_CLASSES
+from protloc.classes import HPA2018
 from protloc.data.io import CHANNELS
 from protloc.synth import REAL_CHANNEL_STATS, generate_sample, make_dataset, sample_label_sets
 
@@ -218,10 +218,10 @@ def _features(planes: dict[str, np.ndarray]) -> np.ndarray:
 
 def leak_check(per_class: int = 12, size: int = 128, seed: int = 7) -> dict[str, float]:
     """Nearest-centroid accuracy of guessing a single-label image's class (half fit, half held out)."""
-    mean_green = np.zeros((NUM_CLASSES, per_class))
-    feats = np.zeros((NUM_CLASSES, per_class, 6))
-    for c in range(NUM_CLASSES):
-        labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    mean_green = np.zeros((HPA2018.num_classes, per_class))
+    feats = np.zeros((HPA2018.num_classes, per_class, 6))
+    for c in range(HPA2018.num_classes):
+        labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
         labels[c] = 1
         for i in range(per_class):
             planes = generate_sample(labels, size, np.random.default_rng([seed, c, i]))
@@ -230,15 +230,15 @@ def leak_check(per_class: int = 12, size: int = 128, seed: int = 7) -> dict[str,
     half = per_class // 2
 
     def accuracy(x: np.ndarray) -> float:
-        x = x.reshape(NUM_CLASSES, per_class, -1)
+        x = x.reshape(HPA2018.num_classes, per_class, -1)
         scale = x[:, :half].reshape(-1, x.shape[-1]).std(axis=0) + 1e-9
         centroids = x[:, :half].mean(axis=1) / scale
         held = x[:, half:] / scale
         d = ((held[:, :, None, :] - centroids[None, None, :, :]) ** 2).sum(-1)
-        return float((d.argmin(-1) == np.arange(NUM_CLASSES)[:, None]).mean())
+        return float((d.argmin(-1) == np.arange(HPA2018.num_classes)[:, None]).mean())
 
     return {
-        "chance": round(1 / NUM_CLASSES, 3),
+        "chance": round(1 / HPA2018.num_classes, 3),
         "from_mean_green": round(accuracy(mean_green), 3),
         "from_spatial_features": round(accuracy(feats), 3),
         "images_per_class": per_class,
@@ -273,15 +273,15 @@ def render_figures(out_dir: Path, size: int = 512) -> list[Path]:
 
     # One single-label field per class: green (contrast-stretched) and a composite.
     cols = 4
-    rows = NUM_CLASSES // cols
+    rows = HPA2018.num_classes // cols
     fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 2 * 2.6, rows * 2.85))
-    for c in range(NUM_CLASSES):
-        labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    for c in range(HPA2018.num_classes):
+        labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
         labels[c] = 1
         planes = generate_sample(labels, size, np.random.default_rng([2018, c]))
         ax_green, ax_rgb = axes[c // cols, (c % cols) * 2], axes[c // cols, (c % cols) * 2 + 1]
         ax_green.imshow(_stretch(planes["green"]), cmap="gray", vmin=0, vmax=255)
-        ax_green.set_title(f"{c} {CLASS_NAMES[c]}", fontsize=8, loc="left")
+        ax_green.set_title(f"{c} {HPA2018.names[c]}", fontsize=8, loc="left")
         ax_rgb.imshow(composite(planes))
         ax_rgb.set_title("composite", fontsize=7, color="0.4", loc="left")
     for ax in axes.flat:
@@ -299,7 +299,7 @@ def render_figures(out_dir: Path, size: int = 512) -> list[Path]:
     written.append(path)
 
     # The four channels of one multi-label field.
-    labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
     labels[[0, 25]] = 1
     for attempt in range(100, 200):  # the first reasonably dense field that is not saturated
         planes = generate_sample(labels, size, np.random.default_rng([2018, attempt]))
@@ -327,7 +327,7 @@ def render_figures(out_dir: Path, size: int = 512) -> list[Path]:
     written.append(path)
 
     # The same seed at three sizes: small images look like downscaled large ones.
-    labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
     labels[[4, 14]] = 1
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
     for ax, side in zip(axes, (512, 128, 64), strict=True):
@@ -354,7 +354,7 @@ def calibrate(per_class: int = 24, size: int = 512) -> list[float]:
     from protloc.synth.patterns import _PATTERNS, _expression
 
     scales = []
-    for c in range(NUM_CLASSES):
+    for c in range(HPA2018.num_classes):
         peaks = []
         for i in range(per_class):
             rng = np.random.default_rng([9, c, i])
@@ -366,7 +366,7 @@ def calibrate(per_class: int = 24, size: int = 512) -> list[float]:
             bright = pattern[pattern > 0.1 * pattern.max()]
             peaks.append(float(np.percentile(bright, 99)))
         scales.append(round(1.0 / statistics.median(peaks), 2))
-        print(f"class {c:2d} {CLASS_NAMES[c]:32s} scale {scales[-1]:.2f}", file=sys.stderr)
+        print(f"class {c:2d} {HPA2018.names[c]:32s} scale {scales[-1]:.2f}", file=sys.stderr)
     return scales
 
 

@@ -60,7 +60,7 @@ def main() -> None:
     ):
         probabilities = np.zeros(truth.shape, np.float32)
         probabilities[:, chosen] = 1.0
-        report = evaluate(truth, probabilities, 0.5, min_one=False)
+        report = evaluate(truth, probabilities, 0.5, catalog.scheme.names, min_one=False)
         rows.append([name, f"{report.macro_f1:.3f}", f"{report.micro_f1:.3f}", f"{report.classes_scored}"])
         results[name] = report.summary()
     with tempfile.TemporaryDirectory() as tmp:

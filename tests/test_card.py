@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 from protloc.errors import ModelError
 from protloc.model.card import CARD_FILE, ModelCard, read_card
 
@@ -28,7 +28,7 @@ OLD_CARD = {
         "mean": [0.1, 0.1, 0.1, 0.1],
         "std": [0.2, 0.2, 0.2, 0.2],
     },
-    "classes": list(CLASS_NAMES),
+    "classes": list(HPA2018.names),
     "thresholds": [0.4] * 28,
     "metrics": {"validation": {"macro_f1": 0.5}},
     "training": {"data": "/data/hpa", "source_size": [512, 512], "n_train": 10},
@@ -73,12 +73,11 @@ def test_damaged_cards_are_refused_with_one_line(change, message: str) -> None: 
         ModelCard.from_dict(data, where="card.json")
 
 
-def test_the_dictionary_interface_still_answers_with_a_deprecation() -> None:
+def test_a_card_is_typed_not_a_dictionary() -> None:
     card = ModelCard.from_dict(OLD_CARD)
-    with pytest.deprecated_call():
-        assert card["thresholds"] == [0.4] * 28
-    with pytest.deprecated_call():
-        assert card.get("input")["size"] == 128
+    assert card.thresholds == [0.4] * 28 and card.input.size == 128
+    with pytest.raises(TypeError):
+        card["thresholds"]  # type: ignore[index]
 
 
 def test_an_old_card_gets_the_2018_scheme_and_a_new_one_keeps_its_own() -> None:
@@ -93,3 +92,19 @@ def test_an_old_card_gets_the_2018_scheme_and_a_new_one_keeps_its_own() -> None:
     assert ModelCard.from_dict(card.to_dict()).scheme is h21
     with pytest.raises(ModelError, match="differ from its scheme hpa2021"):
         ModelCard.from_dict({**data, "classes": list(get_scheme("hpa2018").names[:19])})
+
+
+def test_a_cell_model_card_has_typed_crop_settings_that_round_trip() -> None:
+    from protloc.model.card import CellSpec
+
+    cells = {"crop_size": 48, "padding": 0.1, "labels": "field", "segmentation": {"min_cell_area": 19}}
+    data = {**OLD_CARD, "cells": {**cells, "fusion": {"rule": "product"}}}  # "fusion": a key of a newer protloc
+    card = ModelCard.from_dict(data)
+    assert isinstance(card.cells, CellSpec)
+    assert (card.cells.crop_size, card.cells.padding, card.cells.segmentation) == (48, 0.1, {"min_cell_area": 19})
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again.cells == card.cells and again.to_dict()["cells"]["fusion"] == {"rule": "product"}
+    assert ModelCard.from_dict(OLD_CARD).cells is None and "cells" not in ModelCard.from_dict(OLD_CARD).to_dict()
+    for damaged, message in (({"padding": 0.1}, "damaged"), ({"crop_size": 48, "padding": 3}, "padding 3")):
+        with pytest.raises(ModelError, match=message):
+            ModelCard.from_dict({**OLD_CARD, "cells": damaged})

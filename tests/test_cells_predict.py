@@ -299,7 +299,7 @@ def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], 
     ensemble = make_ensemble([cell_model, other], tmp_path / "ens", thresholds="mean")
     predictor = open_cell_predictor(ensemble)
     assert predictor.method == METHOD_CELL and predictor.cell_card is not None
-    assert predictor.cell_card.cells is not None and predictor.cell_card.cells["crop_size"] == 32
+    assert predictor.cell_card.cells is not None and predictor.cell_card.cells.crop_size == 32
     with pytest.raises(ModelError, match="must agree"):
         make_ensemble([cell_model, _package(tmp_path / "f32", size=32, cells=None)], tmp_path / "bad")
 
@@ -415,7 +415,7 @@ def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path:
     result = train(config)
     assert result is not None
     card = read_card(result.package_dir)
-    assert is_cell_model(card) and card.cells is not None and card.cells["crop_size"] == 32 and card.size == 32
+    assert is_cell_model(card) and card.cells is not None and card.cells.crop_size == 32 and card.size == 32
     assert card.scheme.name == "hpa2021" and len(card.thresholds) == 19
     # the run used the data set's folds by field
     assert (tmp_path / "run" / "folds.csv").read_text() == (made.out / "folds.csv").read_text()

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 from protloc.classes import (
-    CLASS_NAMES,
-    CLASSES,
-    NUM_CLASSES,
+    HPA2018,
     format_labels,
     label_ids,
     label_names,
@@ -16,36 +14,36 @@ from protloc.errors import LabelError
 
 
 def test_there_are_28_classes_with_kaggle_ids_in_order() -> None:
-    assert NUM_CLASSES == 28
-    assert [c.id for c in CLASSES] == list(range(28))
-    assert CLASS_NAMES[0] == "Nucleoplasm"
-    assert CLASS_NAMES[27] == "Rods & rings"
-    assert len(set(CLASS_NAMES)) == 28
+    assert HPA2018.num_classes == 28
+    assert [c.id for c in HPA2018.classes] == list(range(28))
+    assert HPA2018.names[0] == "Nucleoplasm"
+    assert HPA2018.names[27] == "Rods & rings"
+    assert len(set(HPA2018.names)) == 28
 
 
 def test_parse_kaggle_target_into_multi_hot() -> None:
-    vector = parse_labels("7 1 2 0")
+    vector = parse_labels("7 1 2 0", scheme=HPA2018)
     assert vector.dtype == np.uint8
-    assert label_ids(vector) == [0, 1, 2, 7]
-    assert label_names(vector) == ["Nucleoplasm", "Nuclear membrane", "Nucleoli", "Golgi apparatus"]
+    assert label_ids(vector, HPA2018) == [0, 1, 2, 7]
+    assert label_names(vector, HPA2018) == ["Nucleoplasm", "Nuclear membrane", "Nucleoli", "Golgi apparatus"]
 
 
 @pytest.mark.parametrize("text", ["0", "27", "7 1 2 0", "25 0", " 3  4 ", "\t5\n"])
 def test_round_trip_string_multi_hot_string(text: str) -> None:
-    vector = parse_labels(text)
-    again = parse_labels(format_labels(vector))
+    vector = parse_labels(text, scheme=HPA2018)
+    again = parse_labels(format_labels(vector, HPA2018), scheme=HPA2018)
     np.testing.assert_array_equal(vector, again)
-    assert format_labels(vector) == " ".join(sorted(text.split(), key=int))
+    assert format_labels(vector, HPA2018) == " ".join(sorted(text.split(), key=int))
 
 
 def test_round_trip_every_single_class_and_all_classes() -> None:
-    for class_id in range(NUM_CLASSES):
-        vector = np.zeros(NUM_CLASSES, np.uint8)
+    for class_id in range(HPA2018.num_classes):
+        vector = np.zeros(HPA2018.num_classes, np.uint8)
         vector[class_id] = 1
-        assert format_labels(vector) == str(class_id)
-        np.testing.assert_array_equal(parse_labels(format_labels(vector)), vector)
-    everything = np.ones(NUM_CLASSES, np.uint8)
-    np.testing.assert_array_equal(parse_labels(format_labels(everything)), everything)
+        assert format_labels(vector, HPA2018) == str(class_id)
+        np.testing.assert_array_equal(parse_labels(format_labels(vector, HPA2018), scheme=HPA2018), vector)
+    everything = np.ones(HPA2018.num_classes, np.uint8)
+    np.testing.assert_array_equal(parse_labels(format_labels(everything, HPA2018), scheme=HPA2018), everything)
 
 
 @pytest.mark.parametrize(
@@ -61,16 +59,16 @@ def test_round_trip_every_single_class_and_all_classes() -> None:
 )
 def test_bad_labels_are_rejected_with_where_and_value(text: str, fragment: str) -> None:
     with pytest.raises(LabelError) as info:
-        parse_labels(text, where="train.csv line 9")
+        parse_labels(text, where="train.csv line 9", scheme=HPA2018)
     message = str(info.value)
     assert message.startswith("train.csv line 9: ")
     assert fragment in message
 
 
 def test_empty_label_allowed_when_asked() -> None:
-    assert parse_labels("", allow_empty=True).sum() == 0
+    assert parse_labels("", allow_empty=True, scheme=HPA2018).sum() == 0
 
 
 def test_label_ids_rejects_wrong_length() -> None:
     with pytest.raises(ValueError, match="length 28"):
-        label_ids(np.zeros(5))
+        label_ids(np.zeros(5), HPA2018)

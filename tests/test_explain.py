@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.classes import CLASS_NAMES, label_ids
+from protloc.classes import HPA2018, label_ids
 from protloc.data.catalog import open_dataset
 from protloc.demo.report import TestSet as ScoredTestSet
 from protloc.demo.report import gallery_html
@@ -51,6 +51,7 @@ def make_package(
         mean=[mean] * 4,
         std=[std] * 4,
         thresholds=thresholds if isinstance(thresholds, list) else [thresholds] * 28,
+        scheme="hpa2018",
     )
     return save_package(folder, PackagedNetwork(backbone, [mean] * 4, [std] * 4), card)
 
@@ -113,9 +114,9 @@ def test_default_classes_are_the_predicted_ones_most_probable_first(resnet: Expl
 def test_classes_by_id_name_short_name_and_prefix(resnet: Explainer) -> None:
     explanation = resnet.explain(random_field(), [7, "nucleoplasm", "ER", "golgi", "7", "Rods & rings"])
     assert explanation.classes == [7, 0, 6, 27]
-    assert resolve_classes("Cytosol, 0,mitochondria") == [25, 0, 23]
-    assert resolve_class("  Nuclear   membrane ") == 1
-    assert resolve_class(np.int64(3)) == 3
+    assert resolve_classes("Cytosol, 0,mitochondria", HPA2018) == [25, 0, 23]
+    assert resolve_class("  Nuclear   membrane ", HPA2018) == 1
+    assert resolve_class(np.int64(3), HPA2018) == 3
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_classes_by_id_name_short_name_and_prefix(resnet: Explainer) -> None:
 )
 def test_bad_classes_are_refused_with_a_clear_message(value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        resolve_classes(value if value == "" else [value])  # type: ignore[list-item]
+        resolve_classes(value if value == "" else [value], HPA2018)  # type: ignore[list-item]
 
 
 def test_bad_images_are_refused_and_16_bit_fields_are_mapped_like_the_reader(resnet: Explainer) -> None:
@@ -316,6 +317,7 @@ def test_ensemble_maps_average_the_members(tmp_path: Path) -> None:
         thresholds=[0.5] * 28,
         kind="ensemble",
         members=list(members),
+        scheme="hpa2018",
     )
     ensemble = save_package(tmp_path / "ensemble", None, card, members=members)
     field = random_field()
@@ -342,7 +344,7 @@ def test_figure_has_a_composite_and_one_panel_per_class(resnet: Explainer, tmp_p
     titles = [axis.get_title() for axis in panels]
     assert titles[0].startswith("composite")
     p = explanation.probabilities[7]
-    assert titles[2].startswith(f"{CLASS_NAMES[7]} (7)\np={p:.2f}") and "true label" in titles[2]
+    assert titles[2].startswith(f"{HPA2018.names[7]} (7)\np={p:.2f}") and "true label" in titles[2]
     assert "not labelled" in titles[1]
     assert "abc" in figure._suptitle.get_text() and "true: Golgi apparatus" in figure._suptitle.get_text()
     path = save_figure(figure, tmp_path / "explain.png")
@@ -405,7 +407,7 @@ def test_explain_sample_writes_the_figure_for_a_train_or_test_id(
     explanation = explain_sample(trained_run / "model", synth_data, sample_id, out)
     assert isinstance(explanation, Explanation)
     assert explanation.sample_id == sample_id
-    assert explanation.true_labels == label_ids(catalog.labels[5])  # type: ignore[index]
+    assert explanation.true_labels == label_ids(catalog.labels[5], HPA2018)  # type: ignore[index]
     assert explanation.image.shape == (4, 64, 64)
     assert 1 <= len(explanation.maps) <= 6
     picture = cv2.imread(str(out))
@@ -453,13 +455,13 @@ def _test_set(folder: Path, count: int = 3) -> ScoredTestSet:
     probabilities = np.full((count, 28), 0.1, np.float32)
     probabilities[:, 7] = 0.9  # every sample predicted Golgi apparatus
     predicted = (probabilities >= 0.5).astype(np.uint8)
-    report = evaluate(truth, probabilities, [0.5] * 28)
+    report = evaluate(truth, probabilities, [0.5] * 28, HPA2018.names)
     return ScoredTestSet(ids, truth, probabilities, predicted, report, files=files)
 
 
 def test_report_gallery_shows_each_sample_with_its_activation_map(resnet_package: Path, tmp_path: Path) -> None:
     test = _test_set(tmp_path / "images")
-    html = gallery_html(test, resnet_package, CHANNELS, count=3)
+    html = gallery_html(test, resnet_package, CHANNELS, count=3, scheme=HPA2018)
     assert html.count('class="tile"') == 3
     assert html.count("data:image/png;base64,") == 6, "a composite and an activation map per tile"
     assert html.count("activation map for Golgi apparatus") == 3
@@ -471,6 +473,6 @@ def test_report_gallery_says_why_the_maps_are_missing(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "card.json").write_text("{}")
-    html = gallery_html(test, broken, CHANNELS, count=2)
+    html = gallery_html(test, broken, CHANNELS, count=2, scheme=HPA2018)
     assert html.count('class="tile"') == 2 and html.count("data:image/png;base64,") == 2
     assert "no activation maps:" in html and "not a protloc model card" in html

@@ -105,6 +105,7 @@ def _untrained_package(folder: Path, mean: float, seed: int) -> Path:
         mean=[mean] * 4,
         std=[0.2] * 4,
         thresholds=[0.5] * 28,
+        scheme="hpa2018",
     )
     return save_package(folder, PackagedNetwork(backbone, [mean] * 4, [0.2] * 4).eval(), card)
 
@@ -187,6 +188,7 @@ def test_preprocessor_resizes_any_field_size() -> None:
         mean=[0, 0],
         std=[1, 1],
         thresholds=[0.5] * 28,
+        scheme="hpa2018",
     )
     field = np.zeros((2, 300, 300), np.uint8)
     field[0, :150, :150] = 200

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from protloc.classes import HPA2018
 from protloc.metrics import (
     GRID,
     binarize,
@@ -38,7 +39,7 @@ def test_macro_f1_matches_sklearn_on_present_classes(data: tuple[np.ndarray, np.
 
 def test_evaluate_report_fields(data: tuple[np.ndarray, np.ndarray]) -> None:
     truth, probabilities = data
-    report = evaluate(truth, probabilities, 0.3)
+    report = evaluate(truth, probabilities, 0.3, HPA2018.names)
     assert report.n_samples == 400
     assert report.classes_scored == 27
     assert report.per_class[27].f1 is None and report.per_class[27].support == 0
@@ -81,4 +82,4 @@ def test_threshold_gain_reports_in_sample_and_cross_validated(data: tuple[np.nda
 
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
-        evaluate(np.zeros((3, 28)), np.zeros((4, 28)))
+        evaluate(np.zeros((3, 28)), np.zeros((4, 28)), 0.5, HPA2018.names)

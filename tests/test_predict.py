@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 from protloc.cli import main
 from protloc.data.catalog import read_id_column
 from protloc.errors import ConfigError, DataError
@@ -64,7 +64,7 @@ def test_labels_follow_thresholds_and_the_min_one_rule(prediction: PredictionRun
     for sample_id, row in zip(ids, expected, strict=True):
         assert rows[sample_id]["Predicted"] == " ".join(str(i) for i in np.flatnonzero(row))
         names = rows[sample_id]["Labels"].split("; ")
-        assert names == [CLASS_NAMES[i] for i in np.flatnonzero(row)]
+        assert names == [HPA2018.names[i] for i in np.flatnonzero(row)]
 
 
 def test_decide_min_one_picks_the_closest_class() -> None:

@@ -376,15 +376,15 @@ def test_ensemble_member_names_cannot_leave_the_package(
 
 
 def test_class_ids_are_ascii_digits_only() -> None:
-    from protloc.classes import resolve_class
+    from protloc.classes import HPA2018, resolve_class
     from protloc.serve.app import resolve_class_id
 
     for text in ("²", "٣", "1.5", "-1"):
         with pytest.raises(ConfigError):
             resolve_class_id(text)
         with pytest.raises(ConfigError):
-            resolve_class(text)
-    assert resolve_class_id("7") == resolve_class(" 7 ") == 7
+            resolve_class(text, HPA2018)
+    assert resolve_class_id("7") == resolve_class(" 7 ", HPA2018) == 7
 
 
 def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:

@@ -27,10 +27,10 @@ pytest.importorskip("multipart")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ConfigError
-from protloc.inference.core import Preprocessor, predict_inputs
+from protloc.inference.core import Preprocessor, batch_probabilities
 from protloc.inference.predict import load_backend
 from protloc.metrics import decide
 from protloc.model.card import read_card
@@ -120,7 +120,7 @@ def tiff_bytes(array: np.ndarray) -> bytes:
 def expected_probabilities(package: Path, image: np.ndarray) -> np.ndarray:
     card, backend = load_backend(package, "torch", device="cpu")
     preprocessor = Preprocessor.from_card(card)
-    return predict_inputs(backend, preprocessor.prepare_uint8(image)[None], preprocessor, ("id",))[0]
+    return batch_probabilities(backend, preprocessor.prepare_uint8(image)[None], ("id",))[0]
 
 
 def assert_error(response: Any, status: int, *fragments: str) -> str:
@@ -142,7 +142,7 @@ def test_health_and_model_describe_the_package(client: TestClient, package: Path
     card = read_card(package)
     info = client.get("/model").json()
     assert info["channels"] == list(CHANNELS) and info["size"] == 64 and info["backend"] == "torch"
-    assert [c["name"] for c in info["classes"]] == list(CLASS_NAMES)
+    assert [c["name"] for c in info["classes"]] == list(HPA2018.names)
     assert info["thresholds"] == pytest.approx(card.thresholds)
     assert [c["threshold"] for c in info["classes"]] == pytest.approx(card.thresholds)
     assert info["metrics"]["validation"]["macro_f1"] == card.metrics["validation"]["macro_f1"]
@@ -166,7 +166,7 @@ def test_predict_channel_files_matches_the_library(
     assert body["target"] == " ".join(str(i) for i in np.flatnonzero(labels))
     shown = [label["probability"] for label in body["labels"]]
     assert shown == sorted(shown, reverse=True)  # most probable first
-    assert all(label["name"] == CLASS_NAMES[label["id"]] for label in body["labels"])
+    assert all(label["name"] == HPA2018.names[label["id"]] for label in body["labels"])
     assert body["image"] == {"width": 64, "height": 64, "channels": list(CHANNELS), "source": "channels"}
     assert 0 < body["timing"]["decode"] <= body["seconds"] and body["previews"] is None
 

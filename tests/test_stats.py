@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from protloc.classes import HPA2018
 from protloc.cli import main
 from protloc.data.catalog import open_dataset
 from protloc.data.stats import dataset_statistics, label_statistics, read_class_counts, write_statistics
@@ -19,7 +20,7 @@ def test_label_statistics_counts() -> None:
     labels[1, [0]] = 1
     labels[2, [0, 2, 25]] = 1
     labels[3, [27]] = 1
-    stats = label_statistics(labels)
+    stats = label_statistics(labels, HPA2018)
     assert stats.n_images == 4
     assert stats.class_counts[0] == 3 and stats.class_counts[25] == 2 and stats.class_counts[27] == 1
     assert stats.labels_per_image == {1: 2, 2: 1, 3: 1}

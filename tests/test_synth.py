@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from protloc.classes import NUM_CLASSES, parse_labels
+from protloc.classes import HPA2018, parse_labels
 from protloc.data.catalog import open_dataset
 from protloc.data.io import CHANNELS, read_channel_raw, read_sample
 from protloc.errors import ConfigError
@@ -47,7 +47,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def one_hot(*classes: int) -> np.ndarray:
-    labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
     labels[list(classes)] = 1
     return labels
 
@@ -83,13 +83,13 @@ def test_writes_the_kaggle_layout_with_exact_counts(small_dataset: tuple[Path, S
     for row in train[1:] + truth[1:]:
         ids = [int(t) for t in row[1].split()]
         assert ids == sorted(ids) and ids, row
-        parse_labels(row[1])
+        parse_labels(row[1], scheme=HPA2018)
     train_files = sorted(p.name for p in (out / "train").iterdir())
     assert train_files == sorted(f"{row[0]}_{c}.png" for row in train[1:] for c in CHANNELS)
     test_files = sorted(p.name for p in (out / "test").iterdir())
     assert test_files == sorted(f"{row[0]}_{c}.png" for row in truth[1:] for c in CHANNELS)
     assert (summary.n_train, summary.n_test, summary.size, summary.seed, summary.files) == (30, 8, 64, 11, 152)
-    counts = np.stack([parse_labels(r[1]) for r in train[1:]]).sum(axis=0)
+    counts = np.stack([parse_labels(r[1], scheme=HPA2018) for r in train[1:]]).sum(axis=0)
     assert summary.class_counts == [int(c) for c in counts]
     assert not list(out.parent.glob(".data.*")), "staging folder left behind"
 
@@ -120,7 +120,7 @@ def test_opens_through_the_catalog(small_dataset: tuple[Path, SynthSummary]) -> 
     assert test.ids == [row[0] for row in truth_rows] and test.labels is None
     scored = open_dataset(out, split="test", labels=out / "test_truth.csv")
     assert scored.labels is not None
-    np.testing.assert_array_equal(scored.labels, np.stack([parse_labels(r[1]) for r in truth_rows]))
+    np.testing.assert_array_equal(scored.labels, np.stack([parse_labels(r[1], scheme=HPA2018) for r in truth_rows]))
     image = read_sample(train.paths(0), sample_id=train.ids[0])
     assert image.shape == (4, 64, 64) and image.dtype == np.uint8
 
@@ -191,7 +191,7 @@ def _real_sets() -> set[tuple[int, ...]]:
 
 def test_label_sets_are_real_sets_with_real_frequencies() -> None:
     labels = sample_label_sets(4000, np.random.default_rng(0))
-    assert labels.shape == (4000, NUM_CLASSES) and labels.dtype == np.uint8
+    assert labels.shape == (4000, HPA2018.num_classes) and labels.dtype == np.uint8
     real = _real_sets()
     assert all(tuple(np.flatnonzero(row)) in real for row in labels)
     _, _, class_counts = synth_labels._label_table()
@@ -203,7 +203,7 @@ def test_label_sets_are_real_sets_with_real_frequencies() -> None:
 def test_min_per_class_is_honoured_with_real_sets() -> None:
     for n, minimum in ((28, 1), (100, 3), (300, 10)):
         labels = sample_label_sets(n, np.random.default_rng(n), min_per_class=minimum)
-        assert labels.shape == (n, NUM_CLASSES)
+        assert labels.shape == (n, HPA2018.num_classes)
         assert labels.sum(axis=0).min() >= minimum, (n, minimum)
         assert all(tuple(np.flatnonzero(row)) in _real_sets() for row in labels)
     a = sample_label_sets(100, np.random.default_rng(1), min_per_class=3)
@@ -213,7 +213,7 @@ def test_min_per_class_is_honoured_with_real_sets() -> None:
 def test_make_dataset_min_per_class_covers_train_and_test(tmp_path: Path) -> None:
     summary = make_dataset(tmp_path / "d", n_train=56, n_test=28, size=32, seed=0, min_per_class=2, workers=1)
     assert min(summary.class_counts) >= 2
-    truth = np.stack([parse_labels(r[1]) for r in read_rows(summary.out / "test_truth.csv")[1:]])
+    truth = np.stack([parse_labels(r[1], scheme=HPA2018) for r in read_rows(summary.out / "test_truth.csv")[1:]])
     assert truth.sum(axis=0).min() >= 1  # ceil(2 * 28 / 56) = 1 of every class in the test truth
     assert summary.test_class_counts == [int(c) for c in truth.sum(axis=0)]
 
@@ -347,8 +347,8 @@ def test_progress_reporting(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     make_dataset(tmp_path / "d", n_train=3, n_test=1, size=32, workers=1, on_progress=lambda *a: seen.append(a))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    with pytest.deprecated_call(match="draws nothing"):  # library functions never draw; the CLI does
-        make_dataset(tmp_path / "e", n_train=1, size=32, workers=1, progress=True)
+    with pytest.raises(TypeError):  # library functions never draw; the CLI does, from on_progress
+        make_dataset(tmp_path / "e", n_train=1, size=32, workers=1, progress=True)  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------------------------------------ realism
@@ -437,21 +437,21 @@ def _nearest_centroid_accuracy(x: np.ndarray, fit: int) -> float:
 
 def test_classes_are_told_apart_by_pattern_not_by_brightness() -> None:
     per_class = 8
-    features = np.zeros((NUM_CLASSES, per_class, 6))
-    brightness = np.zeros((NUM_CLASSES, per_class, 1))
-    for c in range(NUM_CLASSES):
+    features = np.zeros((HPA2018.num_classes, per_class, 6))
+    brightness = np.zeros((HPA2018.num_classes, per_class, 1))
+    for c in range(HPA2018.num_classes):
         for i in range(per_class):
             planes = generate_sample(one_hot(c), 96, np.random.default_rng([4, c, i]))
             features[c, i] = _features(planes)
             brightness[c, i, 0] = np.log(planes["green"].mean() + 0.1)
-    chance = 1 / NUM_CLASSES
+    chance = 1 / HPA2018.num_classes
     assert _nearest_centroid_accuracy(features, per_class // 2) > 3 * chance
     assert _nearest_centroid_accuracy(brightness, per_class // 2) < 2.5 * chance
 
 
 def test_the_pattern_table_draws_class_i_in_row_i() -> None:
-    from protloc.classes import CLASS_NAMES
+    from protloc.classes import HPA2018
     from protloc.synth.patterns import PATTERNS
 
-    assert [row.name for row in PATTERNS] == list(CLASS_NAMES)
+    assert [row.name for row in PATTERNS] == list(HPA2018.names)
     assert all(row.scale > 0 and callable(row.draw) for row in PATTERNS)

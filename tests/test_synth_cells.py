@@ -9,7 +9,7 @@ import pytest
 
 from protloc.cells.masks import labels_path, read_labels
 from protloc.cells.truth import read_cell_truth, truth_folder
-from protloc.classes import NUM_CLASSES
+from protloc.classes import HPA2018
 from protloc.data.catalog import open_dataset
 from protloc.data.io import read_sample
 from protloc.errors import DataError
@@ -51,7 +51,7 @@ def test_field_labels_are_the_union_over_cells_and_cells_differ() -> None:
 
 
 def test_dividing_cells_carry_the_mitotic_classes_only_where_they_are() -> None:
-    labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    labels = np.zeros(HPA2018.num_classes, dtype=np.uint8)
     labels[[0, 17]] = 1  # nucleoplasm + mitotic spindle
     for seed in range(4):
         _, truth = generate_sample_with_cells(labels, 128, np.random.default_rng(seed))
@@ -72,8 +72,8 @@ def test_make_dataset_writes_truth_in_the_segmentation_format(tmp_path: Path) ->
         )
     folder = truth_folder(tmp_path / "d", "train")
     assert folder == tmp_path / "d" / "train_cells_truth"
-    fields = read_cell_truth(folder, NUM_CLASSES, catalog.ids)
-    test_fields = read_cell_truth(truth_folder(tmp_path / "d", "test"), NUM_CLASSES)
+    fields = read_cell_truth(folder, HPA2018.num_classes, catalog.ids)
+    test_fields = read_cell_truth(truth_folder(tmp_path / "d", "test"), HPA2018.num_classes)
     assert len(test_fields) == 3
     assert sum(len(f.cells) for f in fields + test_fields) == summary.cells
     for field, labels in zip(fields, catalog.labels, strict=True):
@@ -91,4 +91,4 @@ def test_truth_errors_are_one_line(tmp_path: Path) -> None:
 
     write_labels(tmp_path / "A_cells.png", np.ones((4, 4), np.int32))
     with pytest.raises(DataError, match="not a class id"):
-        read_cell_truth(tmp_path, NUM_CLASSES)
+        read_cell_truth(tmp_path, HPA2018.num_classes)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.classes import CLASS_NAMES
+from protloc.classes import HPA2018
 from protloc.cli import main
 from protloc.errors import ConfigError, ModelError
 from protloc.model.card import read_card
@@ -56,7 +56,7 @@ def test_package_card_describes_the_model(trained_run: Path) -> None:
     assert list(card.channels) == ["red", "green", "blue", "yellow"]
     assert card.size == 64
     assert len(card.input.mean) == 4 and all(s > 0 for s in card.input.std)
-    assert card.classes == list(CLASS_NAMES)
+    assert card.classes == list(HPA2018.names)
     assert len(card.thresholds) == 28
     assert 0 <= card.metrics["validation"]["macro_f1"] <= 1
     assert card.training["n_train"] + card.training["n_val"] == 160
@@ -82,7 +82,7 @@ def test_package_loads_without_pickle_and_predicts_like_training(trained_run: Pa
     inputs = Preprocessor.from_card(package.card).load(catalog.paths(index))
     with torch.no_grad():
         probabilities = torch.sigmoid(network(torch.from_numpy(inputs.astype(np.float32) / 255.0)))[0].numpy()
-    expected = np.array([float(first[name]) for name in CLASS_NAMES])
+    expected = np.array([float(first[name]) for name in HPA2018.names])
     np.testing.assert_allclose(probabilities, expected, atol=2e-3)
 
 

@@ -1,12 +1,10 @@
-"""Labels under a class scheme: parsing, formatting and naming, with the 2018 scheme as the default.
+"""Labels under a class scheme: parsing, formatting and naming.
 
-Class schemes are data (see :mod:`protloc.schemes`); every function here takes ``scheme=`` and falls back to
-``hpa2018``, the 28 classes of the Kaggle 2018 release, so code written before schemes existed keeps working.
-Labels travel through protloc as multi-hot ``uint8`` vectors of the scheme's length; on disk they are id
-strings such as ``"7 1 2 0"`` (2018) or ``"7|1|2|0"`` (2021).
-
-``CLASSES``, ``NUM_CLASSES``, ``CLASS_NAMES`` and ``SHORT_NAMES`` are the 2018 scheme's, kept as deprecated
-aliases for the transition: new code asks the catalog's or the model card's scheme instead.
+Class schemes are data (see :mod:`protloc.schemes`); every function here takes the scheme, which comes from
+the catalog (the labels file) or the model card, never from a default. Labels travel through protloc as
+multi-hot ``uint8`` vectors of the scheme's length; on disk they are id strings such as ``"7 1 2 0"`` (2018)
+or ``"7|1|2|0"`` (2021). ``HPA2018`` is the Kaggle 2018 release's scheme, for code that is about that release
+(the synthetic generator draws its classes).
 """
 
 from __future__ import annotations
@@ -19,11 +17,7 @@ from protloc.errors import ConfigError
 from protloc.schemes import ClassScheme, HPAClass, get_scheme, is_integer_text
 
 __all__ = [
-    "CLASSES",
-    "CLASS_NAMES",
     "HPA2018",
-    "NUM_CLASSES",
-    "SHORT_NAMES",
     "ClassScheme",
     "HPAClass",
     "format_labels",
@@ -36,16 +30,9 @@ __all__ = [
 ]
 
 HPA2018: ClassScheme = get_scheme("hpa2018")
-CLASSES: tuple[HPAClass, ...] = HPA2018.classes
-NUM_CLASSES = len(CLASSES)
-"""Deprecated: the 2018 scheme's 28; use ``scheme.num_classes``."""
-CLASS_NAMES: tuple[str, ...] = HPA2018.names
-SHORT_NAMES: tuple[str, ...] = HPA2018.shorts
 
 
-def parse_labels(
-    text: str, *, where: str = "", allow_empty: bool = False, scheme: ClassScheme | None = None
-) -> np.ndarray:
+def parse_labels(text: str, *, scheme: ClassScheme, where: str = "", allow_empty: bool = False) -> np.ndarray:
     """Parse a label string (``"7 1 2 0"`` or ``"7|1|2|0"``) into a multi-hot ``uint8`` vector of ``scheme``.
 
     Args:
@@ -53,41 +40,41 @@ def parse_labels(
         where: where the string came from (``"train.csv line 5"``), put at the start of error messages.
         allow_empty: accept an empty string as "no label" (a prediction may have none; a training
             label may not).
-        scheme: the class scheme (default ``hpa2018``).
+        scheme: the class scheme (the catalog's or the model card's).
 
     Raises:
         LabelError: a token is not an integer, is not a class id, appears twice, or an exclusive class
             (``Negative``) is combined with another.
     """
-    return (scheme or HPA2018).parse(text, where=where, allow_empty=allow_empty)
+    return scheme.parse(text, where=where, allow_empty=allow_empty)
 
 
-def label_ids(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme | None = None) -> list[int]:
+def label_ids(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme) -> list[int]:
     """The class ids set in a multi-hot vector, ascending."""
-    return (scheme or HPA2018).ids_of(multi_hot)
+    return scheme.ids_of(multi_hot)
 
 
-def format_labels(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme | None = None) -> str:
+def format_labels(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme) -> str:
     """Format a multi-hot vector as its release writes labels, ids ascending (``"0 1 2 7"``, ``"0|1|2|7"``)."""
-    return (scheme or HPA2018).format(multi_hot)
+    return scheme.format(multi_hot)
 
 
-def label_names(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme | None = None) -> list[str]:
+def label_names(multi_hot: Sequence[int] | np.ndarray, scheme: ClassScheme) -> list[str]:
     """The class names set in a multi-hot vector, in id order."""
-    return (scheme or HPA2018).names_of(multi_hot)
+    return scheme.names_of(multi_hot)
 
 
-def resolve_class(value: int | str, scheme: ClassScheme | None = None) -> int:
+def resolve_class(value: int | str, scheme: ClassScheme) -> int:
     """A class id from an id (``7``, ``"7"``), a name or short name (any case), or an unambiguous name prefix.
 
     Raises:
         ConfigError: an id out of the scheme's range, or a name that matches no class (with suggestions) or
             several.
     """
-    return (scheme or HPA2018).resolve(value)
+    return scheme.resolve(value)
 
 
-def resolve_classes(classes: Sequence[int | str] | str, scheme: ClassScheme | None = None) -> list[int]:
+def resolve_classes(classes: Sequence[int | str] | str, scheme: ClassScheme) -> list[int]:
     """Class ids for ids and/or names (see :func:`resolve_class`); a string may list several, comma-separated.
 
     Repeats are dropped; the order is kept.
@@ -96,5 +83,5 @@ def resolve_classes(classes: Sequence[int | str] | str, scheme: ClassScheme | No
         [part for part in classes.split(",") if part.strip()] if isinstance(classes, str) else classes
     )
     if not items:
-        raise ConfigError(f"no class given; give class ids ({(scheme or HPA2018).id_range}) or names")
+        raise ConfigError(f"no class given; give class ids ({scheme.id_range}) or names")
     return list(dict.fromkeys(resolve_class(item, scheme) for item in items))

@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from protloc.classes import HPA2018
-
 GRID = np.round(np.arange(0.02, 0.981, 0.01), 4)
 
 
@@ -119,8 +117,8 @@ class EvaluationReport:
 def evaluate(
     truth: np.ndarray,
     probabilities: np.ndarray,
-    thresholds: float | Sequence[float] | np.ndarray = 0.5,
-    class_names: Sequence[str] = HPA2018.names,
+    thresholds: float | Sequence[float] | np.ndarray,
+    class_names: Sequence[str],
     *,
     min_one: bool = False,
 ) -> EvaluationReport:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from protloc.channels import CHANNEL_ROLES
-from protloc.classes import HPA2018
 from protloc.utils import atomic_path
 
 if TYPE_CHECKING:
@@ -122,9 +121,7 @@ def sample_figure(
     return figure
 
 
-def class_distribution(
-    class_counts: Sequence[int], n_images: int, *, title: str = "", names: Sequence[str] = HPA2018.names
-) -> Figure:
+def class_distribution(class_counts: Sequence[int], n_images: int, *, names: Sequence[str], title: str = "") -> Figure:
     """Horizontal bar chart of images per class, commonest first, with counts and percentages."""
     counts = np.asarray(class_counts)
     order = np.argsort(-counts, kind="stable")
@@ -161,9 +158,7 @@ def labels_per_image(histogram: Mapping[int, int], *, title: str = "") -> Figure
     return figure
 
 
-def cooccurrence_heatmap(
-    cooccurrence: np.ndarray, *, title: str = "", shorts: Sequence[str] = HPA2018.shorts
-) -> Figure:
+def cooccurrence_heatmap(cooccurrence: np.ndarray, *, shorts: Sequence[str], title: str = "") -> Figure:
     """Heatmap of P(column class | row class): how often a class comes with each other class."""
     matrix = np.asarray(cooccurrence, dtype=np.float64)
     counts = np.diag(matrix).copy()

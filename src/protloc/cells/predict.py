@@ -9,8 +9,9 @@ Three **methods**, named in every output so a result never hides how it was made
 * ``"cell + field mix"`` - both: ``mix * cell + (1 - mix) * field`` per class.
 
 Backends, TTA views and ensembles are those of field prediction (:func:`protloc.inference.predict.load_backend`,
-:func:`protloc.inference.core.run_with_tta`); a cell model exported to ONNX predicts the same way. Embeddings (the
-network's pooled features before the classifier) come with the torch backend of a single timm model.
+:func:`protloc.inference.core.batch_probabilities`, the one prediction core); a cell model exported to ONNX
+predicts the same way. Embeddings (the network's pooled features before the classifier) come with the torch
+backend of a single timm model.
 
 :func:`predict_cells_in_field` is the one-field entry point for callers such as the service;
 :mod:`protloc.cells.outputs` writes whole data sets.
@@ -28,7 +29,7 @@ import numpy as np
 from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
-from protloc.inference.core import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
+from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
 from protloc.model.card import ModelCard
 from protloc.schemes import ClassScheme
 
@@ -51,7 +52,7 @@ def segmenter_from_card(card: ModelCard | None, options: Mapping[str, Any] | Non
     name = "classical"
     cells = card.cells if card is not None else None
     if cells is not None:
-        recorded = dict(cells.get("segmentation") or {})
+        recorded = dict(cells.segmentation)
         name = str(recorded.get("segmenter", "classical"))
         if name == "ground truth":  # trained on true masks: segment with the classical defaults
             name = "classical"
@@ -132,7 +133,9 @@ class CellPredictor:
             "mix": self.mix if self.method == METHOD_MIX else None,
             "tta": list(self.views),
             "segmenter": self.segmenter.settings(),
-            "cell_model": self.cell_card.cells if self.cell_card is not None else None,
+            "cell_model": self.cell_card.cells.to_dict()
+            if self.cell_card is not None and self.cell_card.cells
+            else None,
             "thresholds_from": "cell model" if self.cell_card is not None else "field model",
             "scheme": self.scheme.name,
             "classes": list(self.scheme.names),
@@ -342,22 +345,21 @@ def predict_field_cells(
             _select(image, channels, cell_card.channels),
             labels,
             cell_card.size,
-            padding=float(spec.get("padding", 0.05)),
+            padding=spec.padding,
         )
-        pixels = Preprocessor.to_pixels(crops.images)
         parts, feature_parts = [], []
-        for start in range(0, len(pixels), batch_size):
-            batch = pixels[start : start + batch_size]
-            parts.append(run_with_tta(predictor.cell_backend, batch, predictor.views))
+        for start in range(0, len(crops.images), batch_size):
+            batch = crops.images[start : start + batch_size]  # uint8 (B, C, S, S): one tile per cell
+            parts.append(batch_probabilities(predictor.cell_backend, batch[:, None], predictor.views))
             if embeddings:
-                feature_parts.append(embed_crops(predictor.cell_backend, batch))
+                feature_parts.append(embed_crops(predictor.cell_backend, Preprocessor.to_pixels(batch)))
         probabilities = np.concatenate(parts).astype(np.float32)
         if feature_parts and all(part is not None for part in feature_parts):
             features = np.concatenate([p for p in feature_parts if p is not None])
     if predictor.field_backend is not None and predictor.field_card is not None:
         preprocessor = Preprocessor.from_card(predictor.field_card)
         inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))[None]
-        field_probabilities = predict_inputs(predictor.field_backend, inputs, preprocessor, predictor.views)[0]
+        field_probabilities = batch_probabilities(predictor.field_backend, inputs, predictor.views)[0]
         if predictor.cell_backend is None:
             probabilities = np.tile(field_probabilities.astype(np.float32), (len(cells), 1))
         else:

@@ -19,7 +19,7 @@ from protloc.cells.dataset import split_cell_sample_id
 from protloc.data.catalog import open_dataset
 from protloc.data.io import read_sample
 from protloc.errors import ConfigError
-from protloc.inference.core import Preprocessor
+from protloc.inference.core import batch_probabilities
 
 
 def refine_labels(
@@ -54,7 +54,7 @@ def refine_labels(
     for start in range(0, len(catalog), batch_size):
         ids = catalog.ids[start : start + batch_size]
         batch = np.stack([read_sample(catalog.files[i], channels, size=size, sample_id=i) for i in ids])
-        probabilities = run(Preprocessor.to_pixels(batch))
+        probabilities = batch_probabilities(run, batch[:, None])  # the one prediction core, one tile per crop
         for offset, sample_id in enumerate(ids):
             weak = catalog.labels[start + offset].astype(bool)
             kept = weak & (probabilities[offset] >= threshold)

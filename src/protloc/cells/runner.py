@@ -17,12 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +32,9 @@ from protloc.cells.segment import Segmenter, create_segmenter
 from protloc.cells.table import Columns, concat_tables, field_table, write_table
 from protloc.data.catalog import Catalog, open_dataset
 from protloc.data.io import read_sample
-from protloc.errors import ConfigError, DataError
+from protloc.errors import ConfigError
 from protloc.utils import atomic_write_json, default_workers
+from protloc.workers import imap
 
 SETTINGS_FILE = "segmentation.json"
 TABLE_FILE = "cells.csv"
@@ -106,13 +104,6 @@ def _segment_one(job: tuple[str, dict[str, Path], str, bool]) -> tuple[str, Colu
         field_table(sample_id, labels, border_margin=_STATE["border_margin"]),
         (time.perf_counter() - started),
     )
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # Plain fork can hang a child on OpenCV's copied thread pool; a fork server starts workers clean.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
 
 
 def segment_dataset(
@@ -222,13 +213,5 @@ def _run(
         finally:
             _STATE.clear()
         return
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker, initargs=init)
-    try:
-        yield from pool.map(_segment_one, jobs, chunksize=1)
-    except BrokenProcessPool:
-        raise DataError(
-            "a segmentation worker died before it finished (out of memory?); run again with fewer --workers "
-            "(finished fields are kept)"
-        ) from None
-    finally:
-        pool.shutdown(cancel_futures=True)
+    # a fork server starts the workers clean (a plain fork can hang a child on OpenCV's copied thread pool)
+    yield from imap(_segment_one, jobs, workers=workers, initializer=_init_worker, initargs=init)

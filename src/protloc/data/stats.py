@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.classes import HPA2018
 from protloc.data.catalog import Catalog
 from protloc.data.io import CHANNELS, read_channel
 from protloc.errors import DataError
@@ -43,15 +42,11 @@ class DatasetStats:
     """number of labels -> number of images with that many."""
     cooccurrence: list[list[int]]
     """(C, C): images carrying both classes; the diagonal holds the class counts."""
-    channels: dict[str, ChannelStats] = field(default_factory=dict)
-    scheme: str = "hpa2018"
+    scheme: str
     """the class scheme the counts are over (its names come from :func:`protloc.schemes.get_scheme`)."""
-    class_names: list[str] = field(default_factory=lambda: list(HPA2018.names))
-    short_names: list[str] = field(default_factory=lambda: list(HPA2018.shorts))
-
-    @property
-    def class_fractions(self) -> list[float]:
-        return [count / self.n_images for count in self.class_counts]
+    class_names: list[str]
+    short_names: list[str]
+    channels: dict[str, ChannelStats] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -59,9 +54,8 @@ class DatasetStats:
         return data
 
 
-def label_statistics(labels: np.ndarray, scheme: ClassScheme | None = None) -> DatasetStats:
+def label_statistics(labels: np.ndarray, scheme: ClassScheme) -> DatasetStats:
     """Class counts, labels-per-image histogram and co-occurrence of a ``(N, C)`` multi-hot matrix."""
-    scheme = scheme or HPA2018
     if labels.ndim != 2 or labels.shape[1] != scheme.num_classes:
         raise ValueError(f"labels must have shape (N, {scheme.num_classes}) for {scheme.name}, got {labels.shape}")
     matrix = labels.astype(np.int64)

@@ -326,7 +326,9 @@ def _predict_test(job: _Job, data: Path, package: Path) -> tuple[float | None, P
     assert truth_catalog.labels is not None
     order = [prediction.ids.index(i) for i in truth_catalog.ids]
     probabilities = prediction.probabilities[order]
-    test_report = evaluate(truth_catalog.labels, probabilities, prediction.thresholds, min_one=True)
+    test_report = evaluate(
+        truth_catalog.labels, probabilities, prediction.thresholds, prediction.scheme.names, min_one=True
+    )
     test_set = TestSet(
         ids=truth_catalog.ids,
         truth=truth_catalog.labels,

@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
-from protloc.classes import HPA2018
-from protloc.errors import ProtlocError
+from protloc.errors import DataError, ProtlocError
 from protloc.metrics import EvaluationReport
 from protloc.model.card import CARD_FILE, read_card
-from protloc.schemes import ClassScheme
+from protloc.schemes import ClassScheme, scheme_for_names
 from protloc.utils import atomic_write_text
 
 STYLE = """
@@ -102,7 +101,7 @@ def error_matrix(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.divide(matrix, counts[:, None], out=np.zeros_like(matrix), where=counts[:, None] > 0)
 
 
-def error_figure(truth: np.ndarray, predicted: np.ndarray, scheme: ClassScheme = HPA2018) -> Any:
+def error_figure(truth: np.ndarray, predicted: np.ndarray, scheme: ClassScheme) -> Any:
     from protloc.plots import _figure
 
     matrix = error_matrix(truth, predicted)
@@ -122,7 +121,7 @@ def error_figure(truth: np.ndarray, predicted: np.ndarray, scheme: ClassScheme =
     return figure
 
 
-def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None, scheme: ClassScheme = HPA2018) -> Any:
+def thresholds_figure(thresholds: Sequence[float], methods: Sequence[str] | None, scheme: ClassScheme) -> Any:
     from protloc.plots import PALETTE, _figure
 
     figure = _figure(10, 3.6)
@@ -194,7 +193,8 @@ def gallery_html(
     channels: Sequence[str],
     count: int = 8,
     seed: int = 0,
-    scheme: ClassScheme = HPA2018,
+    *,
+    scheme: ClassScheme,
 ) -> str:
     """Tiles of test samples: composite (and class activation map of the top prediction), true vs predicted."""
     from protloc.data.io import read_sample
@@ -275,12 +275,17 @@ def build_report(
 
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model") if (run_dir / "model" / CARD_FILE).is_file() else None
-    scheme = card.scheme if card is not None else HPA2018
+    validation = _report_from_json(run_dir / "report.json")
+    if card is not None:
+        scheme = card.scheme
+    elif validation is not None:  # a run that has not written its package yet: its report names the classes
+        scheme = scheme_for_names([row.name for row in validation.per_class])
+    else:
+        raise DataError(f"{run_dir}: neither a model card nor a validation report; is it a protloc training run?")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     thresholds_info = (
         json.loads((run_dir / "thresholds.json").read_text()) if (run_dir / "thresholds.json").is_file() else {}
     )
-    validation = _report_from_json(run_dir / "report.json")
     config = card.training.get("config", {}) if card is not None else {}
     sections: list[tuple[str, str, str]] = []
 

@@ -378,7 +378,7 @@ class Explainer:
             ConfigError: an unknown class, or ``max_classes`` < 1.
         """
         field_image = self._check_image(image)
-        chosen = resolve_classes(classes) if classes is not None else None
+        chosen = resolve_classes(classes, self.package.card.scheme) if classes is not None else None
         if max_classes < 1:
             raise ConfigError(f"max_classes must be at least 1, got {max_classes}")
         inputs = self.preprocessor.prepare_uint8(field_image)  # (1, C, S, S): the whole field, one tile

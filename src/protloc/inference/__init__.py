@@ -14,7 +14,7 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    # protloc 0.1 had a module protloc.inference.core: its names still resolve, with a DeprecationWarning
+    # protloc 0.1 had a module protloc.inference: its names still resolve, with a DeprecationWarning
     from protloc._moved import deprecated_attribute
 
     if name.startswith("__"):

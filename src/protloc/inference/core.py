@@ -161,14 +161,6 @@ def batch_probabilities(
     return probabilities.max(axis=1) if tile_aggregate == "max" else probabilities.mean(axis=1)
 
 
-def predict_inputs(
-    backend: Backend, inputs: np.ndarray, preprocessor: Preprocessor, views: Sequence[str], tile_aggregate: str = "max"
-) -> np.ndarray:
-    """Probabilities for uint8 inputs ``(B, T, C, S, S)``: :func:`batch_probabilities` (``preprocessor`` is unused;
-    kept for callers of protloc 0.1)."""
-    return batch_probabilities(backend, inputs, views, tile_aggregate)
-
-
 # ---------------------------------------------------------------------------------------------- ONNX
 
 

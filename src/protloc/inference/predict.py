@@ -51,7 +51,7 @@ from protloc.inference.files import (
 from protloc.locks import locked_output
 from protloc.metrics import decide
 from protloc.model.card import ModelCard
-from protloc.schemes import ClassScheme, get_scheme
+from protloc.schemes import ClassScheme
 from protloc.utils import atomic_write_json, atomic_write_text, default_workers
 
 __all__ = [  # the backend policy and the CSV files have homes of their own; these names stay importable here
@@ -209,10 +209,10 @@ class PredictionRun:
     labels: np.ndarray
     thresholds: list[float]
     seconds: float
+    scheme: ClassScheme
+    """the class scheme of ``probabilities`` and ``labels`` (the package's)."""
     resumed_from: int = 0
     written: dict[str, Path] = field(default_factory=dict)
-    scheme: ClassScheme = field(default_factory=lambda: get_scheme(None))
-    """the class scheme of ``probabilities`` and ``labels`` (the package's)."""
 
     @property
     def rate(self) -> float:

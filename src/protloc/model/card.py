@@ -112,6 +112,58 @@ def _section(data: Any, name: str, where: str) -> dict[str, Any]:
 
 
 @dataclass
+class CellSpec:
+    """How a cell model's inputs are cut from a field (card key ``cells``; ``None`` for a field model).
+
+    Each cell becomes a square crop around its box (``padding`` of the box side added on each side), the other
+    cells and the background set to 0 (``input``), resized to the card's input size. ``labels`` says how the
+    training crops were labelled (``cells``: per-cell truth, ``field``: the field's labels, weak;
+    ``given per cell``), ``segmentation`` the segmenter settings that cut them, ``source`` the field folder.
+    Keys this protloc does not know (from a newer one) are kept in ``extra`` and written back.
+    """
+
+    crop_size: int
+    padding: float = 0.05
+    input: str = "masked crop"
+    labels: str = "field"
+    segmentation: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "card") -> CellSpec:
+        known, extra = _known(cls, data)
+        try:
+            padding = float(known.get("padding", 0.05))
+            spec = cls(
+                crop_size=int(known["crop_size"]),
+                padding=padding,
+                input=str(known.get("input", "masked crop")),
+                labels=str(known.get("labels", "field")),
+                segmentation=dict(known.get("segmentation") or {}),
+                source=None if known.get("source") is None else str(known["source"]),
+                extra=extra,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: card field 'cells' is damaged ({exc.__class__.__name__}: {exc})") from None
+        if not 0.0 <= spec.padding <= 1.0 or spec.crop_size < 8:
+            raise ModelError(f"{where}: card field 'cells' has crop size {spec.crop_size} / padding {spec.padding}")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "crop_size": self.crop_size,
+            "padding": self.padding,
+            "input": self.input,
+            "labels": self.labels,
+            "segmentation": dict(self.segmentation),
+        }
+        if self.source is not None:
+            out["source"] = self.source
+        return {**out, **self.extra}
+
+
+@dataclass
 class InputSpec:
     """What the network takes: channels in order, square input size, bit-depth rule and normalisation.
 
@@ -238,6 +290,8 @@ class ModelCard:
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    cells: CellSpec | None = None
+    """A cell model's crop settings; ``None`` for a field model."""
     class_scheme: ClassScheme | None = None
     """The class scheme (``card.json`` key ``scheme``); cards written before schemes existed name only
     ``classes`` and get the built-in scheme of those names (``hpa2018``) or a custom one. Read it as
@@ -302,6 +356,7 @@ class ModelCard:
             format=CARD_FORMAT,
             format_version=CARD_VERSION,
             extra=extra,
+            cells=CellSpec.from_dict(_section(known["cells"], "cells", where), where) if known.get("cells") else None,
             class_scheme=scheme,
         )
         card.check(where=where)
@@ -326,6 +381,8 @@ class ModelCard:
             value = getattr(self, key)
             if value:
                 out[key] = value
+        if self.cells is not None:
+            out["cells"] = self.cells.to_dict()
         return {**out, **self.extra}
 
     def check(self, *, where: str = "card") -> None:
@@ -367,12 +424,6 @@ class ModelCard:
         return len(self.classes)
 
     @property
-    def cells(self) -> dict[str, Any] | None:
-        """A cell model's crop settings (crop size, padding, segmenter), or ``None`` for a field model."""
-        value = self.extra.get("cells")
-        return dict(value) if isinstance(value, dict) else None
-
-    @property
     def model_name(self) -> str:
         """The architecture, or ``"ensemble of N"``."""
         return f"ensemble of {len(self.members)}" if self.is_ensemble else self.architecture.name
@@ -388,24 +439,6 @@ class ModelCard:
         """The data folder the model was trained on, when recorded."""
         data = self.training.get("data")
         return str(data) if data else None
-
-    # -- the dictionary interface of protloc <= 0.1 (deprecated)
-
-    def __getitem__(self, key: str) -> Any:
-        warnings.warn(
-            f"card[{key!r}] is deprecated: a model card is a ModelCard; use its attributes (card.{key})",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        warnings.warn(
-            f"card.get({key!r}) is deprecated: a model card is a ModelCard; use its attributes",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.to_dict().get(key, default)
 
 
 def _upgrade(data: dict[str, Any], version: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from protloc.model.card import (
     CARD_FORMAT,
     WEIGHTS_FILE,
     Architecture,
+    CellSpec,
     Decision,
     InputSpec,
     ModelCard,
@@ -50,12 +51,14 @@ def new_card(
     threshold_info: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
-    scheme: ClassScheme | str | None = None,
+    scheme: ClassScheme | str,
+    cells: CellSpec | dict[str, Any] | None = None,
     **extra: Any,
 ) -> ModelCard:
     """A card for the current protloc with the required fields filled; the rest are reports for people.
 
-    ``scheme`` is the class scheme the model predicts (default ``hpa2018``); ``thresholds`` has one per class.
+    ``scheme`` is the class scheme the model predicts; ``thresholds`` has one per class; ``cells`` the crop
+    settings of a cell model.
     """
     chosen = get_scheme(scheme)
     return ModelCard(
@@ -79,6 +82,7 @@ def new_card(
         protloc_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         extra=dict(extra),
+        cells=CellSpec.from_dict(cells) if isinstance(cells, dict) else cells,
     )
 
 

@@ -6,7 +6,6 @@ import csv
 import math
 import multiprocessing
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +216,6 @@ def make_dataset(
     bit_depth: int = 8,
     workers: int | None = None,
     overwrite: bool = False,
-    progress: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     cells: bool = False,
 ) -> SynthSummary:
@@ -242,7 +240,6 @@ def make_dataset(
             calling script, so a script must call this under ``if __name__ == "__main__":``.
         overwrite: replace ``out`` if it already holds a data set. A folder holding anything the generator
             does not write is never replaced.
-        progress: deprecated, draws nothing (library functions never draw; use ``on_progress``).
         on_progress: called as ``on_progress(done, total)`` after each sample is written (for a caller's own
             progress display).
         cells: also write each split's single-cell truth (see :mod:`protloc.synth.cells`) into
@@ -253,13 +250,6 @@ def make_dataset(
     Raises:
         ConfigError: an invalid argument, or an output folder that cannot be used.
     """
-    if progress:
-        warnings.warn(
-            "make_dataset(progress=True) is deprecated and draws nothing: pass on_progress(done, total) and draw "
-            "your own bar (the protloc command does)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
     image_format = image_format.lower().lstrip(".") if isinstance(image_format, str) else image_format
     if image_format == "tiff":
         image_format = "tif"

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from protloc.errors import ConfigError
@@ -260,3 +262,42 @@ def _agreed(trainer: Any, value: Any) -> Any:
     if getattr(trainer, "world_size", 1) > 1:
         return trainer.strategy.broadcast(value, src=0)
     return value
+
+
+def measure_training_rate(
+    model: str, channels: int, image_size: int, num_classes: int, batch_size: int = 32, steps: int = 4
+) -> float:
+    """Images/s of forward+backward+step for ``model`` with ``num_classes`` outputs on this machine (a few steps on
+    random data, CPU/GPU)."""
+    from protloc.model.network import create_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = create_model(model, channels, num_classes, image_size=image_size).to(device)
+    network = network.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    x = torch.rand(batch_size, channels, image_size, image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch_size, num_classes, device=device) > 0.9).float()
+    timings = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            timings.append(time.perf_counter() - start)
+    return batch_size / float(np.median(timings))
+
+
+def epochs_for_budget(
+    images_per_second: float, train_images: int, seconds: float, *, low: int = 2, high: int = 40
+) -> int:
+    """Epochs that fit ``seconds`` of training at a measured model rate.
+
+    The measured rate is the model alone; loading, augmentation and validation cost about 15-20% more on a
+    CPU, so the plan uses 80% of it. (A ``max_time`` budget plans better: see :mod:`protloc.training.budget`.)
+    """
+    return int(np.clip(seconds * images_per_second * 0.8 / max(train_images, 1), low, high))

@@ -69,8 +69,8 @@ def make_ensemble(
                 f"{folder}: takes {list(card.channels)} at {card.size} px but {folders[0]} takes "
                 f"{list(first.channels)} at {first.size} px; ensemble members must agree"
             )
-        if (card.cells or {}).get("padding") != (first.cells or {}).get("padding") or (card.cells is None) != (
-            first.cells is None
+        if (card.cells is None) != (first.cells is None) or (
+            card.cells is not None and first.cells is not None and card.cells.padding != first.cells.padding
         ):
             raise ModelError(
                 f"{folder}: cell models (cut from masked crops) and field models, or cell models cut with other "
@@ -141,5 +141,5 @@ def _ensemble_card(
         decision=Decision("mean member probability >= per-class threshold", min_one=True),
         training={"members": [c.training for c in cards], "source_size": first.source_size},
         scheme=first.scheme,
-        **({"cells": first.cells} if first.cells is not None else {}),
+        cells=first.cells,
     )

@@ -86,17 +86,6 @@ class LocalizationModule(L.LightningModule):
         self._last_batch_end = self._epoch_started
         self._epoch_images = 0
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume a run whose checkpoints hold the bare backbone (protloc 0.1 normalised in the data module)."""
-        state = checkpoint.get("state_dict", {})
-        if state and "model.mean" not in state:
-            renamed = {
-                ("model.backbone." + k[len("model.") :] if k.startswith("model.") else k): v for k, v in state.items()
-            }
-            renamed["model.mean"] = self.model.mean
-            renamed["model.std"] = self.model.std
-            checkpoint["state_dict"] = renamed
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -20,7 +20,6 @@ import csv
 import datetime as dt
 import logging
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from torch.utils.data import DataLoader
 
 from protloc import __version__
 from protloc.cells.dataset import cell_dataset_scheme, read_cell_settings
-from protloc.classes import HPA2018, is_integer_text
-from protloc.data.cache import build_cache
+from protloc.classes import is_integer_text
+from protloc.data.cache import ArrayCache, build_cache
 from protloc.data.catalog import Catalog, open_dataset
 from protloc.data.dataset import (
     CachedDataset,
@@ -47,7 +46,7 @@ from protloc.data.dataset import (
 from protloc.errors import DataError
 from protloc.locks import hold
 from protloc.metrics import EvaluationReport, evaluate, fit_decision, threshold_gain
-from protloc.model.card import VALIDATION_FILE, Architecture, Decision, ModelCard
+from protloc.model.card import VALIDATION_FILE, Architecture, CellSpec, Decision, ModelCard
 from protloc.model.network import PackagedNetwork, count_parameters, create_model
 from protloc.model.package import new_card, save_package
 from protloc.schemes import ClassScheme
@@ -58,6 +57,7 @@ from protloc.training.callbacks import (
     ResumePosition,
     StepProgress,
     ThroughputLog,
+    last_checkpoints,
     load_checkpoint_safely,
 )
 from protloc.training.config import TrainConfig, parse_max_time
@@ -167,7 +167,6 @@ def _make_trainer(
     callbacks: list[Callback],
     loggers: list[Any],
     batches_per_epoch: int,
-    progress_bar: bool,
 ) -> L.Trainer:
     return L.Trainer(
         accelerator=config.accelerator,
@@ -183,7 +182,7 @@ def _make_trainer(
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, batches_per_epoch // 2)),
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=False,  # library code never draws: callers pass on_progress
         enable_model_summary=False,
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
@@ -199,7 +198,6 @@ def train(
     overwrite: bool = False,
     on_cache_progress: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool | None = None,
 ) -> TrainResult | None:
     """Run one training job as described by ``config``.
 
@@ -212,7 +210,6 @@ def train(
         overwrite: replace a finished or abandoned run in ``config.out``.
         on_cache_progress: ``on_cache_progress(samples done, total)`` while the cache is built.
         on_progress: ``on_progress(steps done, steps planned)`` after each training step (main process).
-        progress_bar: deprecated; ``True`` shows Lightning's own text bar. Draw a bar from ``on_progress``.
 
     Returns:
         The result on the main process; ``None`` on other DDP ranks.
@@ -223,7 +220,7 @@ def train(
     """
     config = config.validate()
     with hold(config.out, "protloc train"):
-        return _train(config, resume, overwrite, on_cache_progress, on_progress, progress_bar)
+        return _train(config, resume, overwrite, on_cache_progress, on_progress)
 
 
 def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
@@ -243,43 +240,100 @@ def _open_training_data(config: TrainConfig) -> tuple[Catalog, np.ndarray]:
     return catalog, catalog.labels
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+@dataclass
+class _Fold:
+    """The data of one run: the catalog, its labels, the fold's rows, the cache and the channel statistics."""
+
+    catalog: Catalog
+    labels: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    cache: ArrayCache
+    mean: list[float]
+    std: list[float]
+    cell_settings: dict[str, Any] | None
+
+    @property
+    def scheme(self) -> ClassScheme:
+        return self.catalog.scheme
+
+
+@dataclass
+class _Fitted:
+    """What fitting left: the trainer, the callbacks read afterwards, and the step a resumed run started at."""
+
+    trainer: L.Trainer
+    best_checkpoint: ModelCheckpoint
+    consistency: RankConsistency
+    time_budget: TimeBudget | None
+    resumed_from: int | None
+
+
+@dataclass
+class _Calibrated:
+    network: PackagedNetwork
+    probabilities: np.ndarray
+    fitted: Any
+    min_one: bool
+    report: EvaluationReport
+    gain: dict[str, float]
+    best_epoch: int
+
+
 def _train(
     config: TrainConfig,
     resume: bool,
     overwrite: bool,
     on_cache_progress: Callable[[int, int], None] | None,
     on_progress: Callable[[int, int], None] | None,
-    progress_bar: bool | None,
 ) -> TrainResult | None:
+    """The story: prepare the run folder, open the fold's data, fit, calibrate, write."""
     watch = Stopwatch()
     opened: tuple[Catalog, np.ndarray] | None = None
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+    if _is_main_process():
         if not resume:  # validate the inputs before anything in the run folder is replaced
             with watch("data"):
                 opened = _open_training_data(config)
         config = prepare_run_dir(config, resume, overwrite)
     else:  # DDP child processes: the main process has prepared the run directory already
         config = TrainConfig.load(Path(config.out) / "config.yaml") if resume else config
-    run_dir = Path(config.out)
     L.seed_everything(config.seed, workers=True, verbose=False)
     if not torch.cuda.is_available() and "WORLD_SIZE" not in os.environ:
         torch.set_num_threads(usable_cpus())
+    fold = _open_fold(config, opened, watch, on_cache_progress)
+    workers = _workers(config)
+    datamodule = HPADataModule(config, fold.cache, fold.labels, fold.train_rows, fold.val_rows, workers)
+    fitted = _fit(config, fold, datamodule, resume, watch, on_progress)
+    if not fitted.trainer.is_global_zero:
+        return None
+    with watch("calibrate"):
+        calibrated = _calibrate(config, fold, datamodule, fitted, workers)
+    with watch("write"):
+        return _write_run(config, fold, fitted, calibrated, watch)
 
+
+def _open_fold(
+    config: TrainConfig,
+    opened: tuple[Catalog, np.ndarray] | None,
+    watch: Stopwatch,
+    on_cache_progress: Callable[[int, int], None] | None,
+) -> _Fold:
+    """The catalog, the folds (the run's, the data set's own, or new stratified ones) and the cache."""
+    run_dir = Path(config.out)
     with watch("data"):
         # A cell data set (protloc.cells.dataset) may hold cells without a class, and brings folds by field.
         cell_settings = read_cell_settings(config.data)
         catalog, labels = opened or _open_training_data(config)
-        scheme = catalog.scheme
         folds_path = run_dir / "folds.csv"
         data_folds = _data_folds(config, cell_settings)
         if folds_path.is_file():
             folds = load_folds(folds_path, catalog.ids)
-        elif data_folds is not None:
-            folds = load_folds(data_folds, catalog.ids)
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-                save_folds(folds_path, catalog.ids, folds)
         else:
-            folds = make_folds(labels, config.folds, config.seed)
+            folds = load_folds(data_folds, catalog.ids) if data_folds else make_folds(labels, config.folds, config.seed)
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 save_folds(folds_path, catalog.ids, folds)
     with watch("cache"):
@@ -297,28 +351,16 @@ def _train(
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise DataError(f"fold {config.fold} leaves no training or no validation samples")
     mean, std = cache.channel_statistics(train_rows, seed=config.seed)
+    return _Fold(catalog, labels, train_rows, val_rows, cache, mean, std, cell_settings)
 
-    workers = _workers(config)
-    batches_per_epoch = max(1, len(train_rows) // config.batch_size)
-    if config.limit_train_batches is not None:
-        limit = config.limit_train_batches
-        batches_per_epoch = int(limit) if limit >= 1 else max(1, int(batches_per_epoch * limit))
-    devices = _devices(config.devices)
-    world = (devices if isinstance(devices, int) and devices > 0 else 1) * config.num_nodes
-    total_steps = config.epochs * max(1, batches_per_epoch // max(world, 1)) + 10
-    pos_weight = positive_weights(labels[train_rows], config.pos_weight)
-    module = LocalizationModule(
-        config,
-        pos_weight=None if pos_weight is None else pos_weight.tolist(),
-        total_steps=total_steps,
-        num_classes=scheme.num_classes,
-        mean=mean,
-        std=std,
-    )
-    datamodule = HPADataModule(config, cache, labels, train_rows, val_rows, workers)
 
-    checkpoints = run_dir / "checkpoints"
-    # "best" by validation macro F1 (plus "last" at each epoch end); "last" also every N steps, for resume.
+def _callbacks(
+    config: TrainConfig, on_progress: Callable[[int, int], None] | None
+) -> tuple[list[Callback], ModelCheckpoint, RankConsistency, TimeBudget | None]:
+    """Checkpoints ("best" by validation macro F1, "last" for resuming), throughput, DDP consistency, the time
+    budget (which drives the learning rate and ends training by the deadline; epochs become a ceiling), early
+    stopping and step progress."""
+    checkpoints = Path(config.out) / "checkpoints"
     best_checkpoint = ModelCheckpoint(
         dirpath=checkpoints,
         filename="best",
@@ -328,18 +370,16 @@ def _train(
         save_last=True,
         enable_version_counter=False,
     )
-    last_checkpoints = _last_checkpoints(checkpoints, config)
     consistency = RankConsistency()
     callbacks: list[Callback] = [
         ResumePosition(),
         best_checkpoint,
-        *last_checkpoints,
+        *last_checkpoints(checkpoints, config),
         ThroughputLog(),
         consistency,
     ]
     time_budget = None
     if config.max_time:
-        # the budget drives the learning rate and ends training by the deadline; epochs become a ceiling
         time_budget = TimeBudget(
             dt.timedelta(**parse_max_time(config.max_time)).total_seconds(),
             BudgetSchedule(config.scheduler, peak=config.lr),
@@ -349,18 +389,40 @@ def _train(
         callbacks.append(EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience))
     if on_progress is not None:
         callbacks.append(StepProgress(on_progress))
-    if progress_bar is not None:
-        warnings.warn(
-            "train(progress_bar=...) is deprecated: pass on_progress(steps done, steps planned) and draw your own bar",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+    return callbacks, best_checkpoint, consistency, time_budget
+
+
+def _fit(
+    config: TrainConfig,
+    fold: _Fold,
+    datamodule: HPADataModule,
+    resume: bool,
+    watch: Stopwatch,
+    on_progress: Callable[[int, int], None] | None,
+) -> _Fitted:
+    """Build the module and the trainer, and fit (from the last checkpoint when resuming)."""
+    run_dir = Path(config.out)
+    batches_per_epoch = max(1, len(fold.train_rows) // config.batch_size)
+    if config.limit_train_batches is not None:
+        limit = config.limit_train_batches
+        batches_per_epoch = int(limit) if limit >= 1 else max(1, int(batches_per_epoch * limit))
+    devices = _devices(config.devices)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * config.num_nodes
+    pos_weight = positive_weights(fold.labels[fold.train_rows], config.pos_weight)
+    module = LocalizationModule(
+        config,
+        pos_weight=None if pos_weight is None else pos_weight.tolist(),
+        total_steps=config.epochs * max(1, batches_per_epoch // max(world, 1)) + 10,
+        num_classes=fold.scheme.num_classes,
+        mean=fold.mean,
+        std=fold.std,
+    )
+    callbacks, best_checkpoint, consistency, time_budget = _callbacks(config, on_progress)
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs")]
     if config.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard"))
-
     with _quiet_lightning():
-        trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch, bool(progress_bar))
+        trainer = _make_trainer(config, devices, callbacks, loggers, batches_per_epoch)
     if trainer.world_size > 1 and not torch.cuda.is_available():
         # CPU DDP: the processes share the cores; more threads than cores collapses throughput.
         torch.set_num_threads(max(1, usable_cpus() // max(1, trainer.num_devices)))
@@ -369,160 +431,138 @@ def _train(
     ckpt_path = last_checkpoint_path(run_dir) if resume else None
     resumed_from = None
     if resume and ckpt_path is None:
-        log.warning("no checkpoint in %s yet; starting from the beginning", checkpoints)
+        log.warning("no checkpoint in %s yet; starting from the beginning", run_dir / "checkpoints")
     elif ckpt_path is not None:
         resumed_from = int(load_checkpoint_safely(ckpt_path)["global_step"])
     with watch("fit"), _quiet_lightning():
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return _Fitted(trainer, best_checkpoint, consistency, time_budget, resumed_from)
 
-    consistent = consistency.consistent
-    if not trainer.is_global_zero:
-        return None
 
-    # -- calibrate and score on the validation fold with the best weights
-    with watch("calibrate"):
-        best_path = Path(best_checkpoint.best_model_path) if best_checkpoint.best_model_path else None
-        backbone = create_model(config.model, len(config.channels), scheme.num_classes, image_size=config.image_size)
-        network = PackagedNetwork(backbone, mean, std)  # the network trained, as it is packaged
-        source = best_path if best_path and best_path.is_file() else last_checkpoint_path(run_dir)
-        if source is None:
-            raise DataError(f"{run_dir}: training produced no checkpoint (did it run a single step?)")
-        from protloc.model.package import state_dict_from_lightning
+def _calibrate(
+    config: TrainConfig, fold: _Fold, datamodule: HPADataModule, fitted: _Fitted, workers: int
+) -> _Calibrated:
+    """The best weights in the network as it is packaged, its validation probabilities, the fitted decision
+    rule and its scores."""
+    from protloc.model.package import state_dict_from_lightning
 
-        state = state_dict_from_lightning(source)
-        if "mean" not in state:  # a checkpoint of protloc 0.1, whose trained network was the bare backbone
-            state = {**{f"backbone.{k}": v for k, v in state.items()}, "mean": network.mean, "std": network.std}
-        network.load_state_dict(state)
-        best_epoch = int(load_checkpoint_safely(source)["epoch"])
-        probabilities = predict_cached(
-            network,
-            datamodule.val_set,
-            batch_size=config.batch_size * 2,
-            workers=workers,
-            channels_last=config.channels_last,
-        )
-        truth = labels[val_rows]
-        fitted = fit_decision(
-            truth,
-            probabilities,
-            config.threshold_method,
-            min_positives=config.threshold_min_positives,
-            shrink=config.threshold_shrink,
-            micro_weight=config.threshold_micro_weight,
-        )
-        thresholds, methods = fitted.values, fitted.methods
-        # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
-        min_one = config.threshold_method != "fixed"
-        report = evaluate(truth, probabilities, thresholds, min_one=min_one, class_names=scheme.names)
-        gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
+    run_dir = Path(config.out)
+    best = fitted.best_checkpoint.best_model_path
+    best_path = Path(best) if best else None
+    backbone = create_model(config.model, len(config.channels), fold.scheme.num_classes, image_size=config.image_size)
+    network = PackagedNetwork(backbone, fold.mean, fold.std)  # the network trained, as it is packaged
+    source = best_path if best_path and best_path.is_file() else last_checkpoint_path(run_dir)
+    if source is None:
+        raise DataError(f"{run_dir}: training produced no checkpoint (did it run a single step?)")
+    network.load_state_dict(state_dict_from_lightning(source))
+    best_epoch = int(load_checkpoint_safely(source)["epoch"])
+    probabilities = predict_cached(
+        network,
+        datamodule.val_set,
+        batch_size=config.batch_size * 2,
+        workers=workers,
+        channels_last=config.channels_last,
+    )
+    truth = fold.labels[fold.val_rows]
+    decision = fit_decision(
+        truth,
+        probabilities,
+        config.threshold_method,
+        min_positives=config.threshold_min_positives,
+        shrink=config.threshold_shrink,
+        micro_weight=config.threshold_micro_weight,
+    )
+    # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
+    min_one = config.threshold_method != "fixed"
+    report = evaluate(truth, probabilities, decision.values, min_one=min_one, class_names=fold.scheme.names)
+    gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
+    return _Calibrated(network, probabilities, decision, min_one, report, gain, best_epoch)
 
-    with watch("write"):
-        write_predictions(
-            run_dir / "val_predictions.csv", [catalog.ids[i] for i in val_rows], probabilities, truth, scheme
-        )
-        atomic_write_json(
-            run_dir / "thresholds.json",
-            {
-                "thresholds": dict(zip(scheme.names, thresholds, strict=True)),
-                "methods": dict(zip(scheme.names, methods, strict=True)),
-                "min_positives": config.threshold_min_positives,
-                "gain": gain,
-            },
-        )
-        atomic_write_json(run_dir / "report.json", report.to_dict())
-        metrics_rows = read_metrics(run_dir / "metrics.csv")
-        card = training_card(
-            config,
-            network,
-            mean=mean,
-            std=std,
-            thresholds=thresholds,
-            methods=methods,
-            gain=gain,
-            min_one=min_one,
-            report=report,
-            scheme=scheme,
-            training={
-                "data": str(Path(config.data).resolve()),
-                "n_samples": len(catalog),
-                "source_size": _native_size(catalog, config.channels[0]),
-                "n_train": len(train_rows),
-                "n_val": len(val_rows),
-                "fold": config.fold,
-                "folds": config.folds,
-                "class_counts": [int(c) for c in labels[train_rows].sum(axis=0)],
-                "epochs_run": len(metrics_rows),
-                "best_epoch": best_epoch,
-                "global_step": int(trainer.global_step),
-                "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
-                "config": config.to_dict(),
-            },
-            cells=cell_settings,
-        )
-        package_dir = save_package(
-            run_dir / "model",
-            network,
-            card,
-            extra_files={VALIDATION_FILE: run_dir / "val_predictions.csv"},
-        )
-        write_figures(run_dir, metrics_rows, report)
-        result = TrainResult(
-            run_dir=run_dir,
-            package_dir=package_dir,
-            report=report,
-            thresholds=thresholds,
-            threshold_gain=gain,
-            best_epoch=best_epoch,
-            epochs_run=len(metrics_rows),
-            global_step=int(trainer.global_step),
-            seconds=dict(watch.seconds),
-            ddp_consistent=consistent,
-            budget=time_budget.summary() if time_budget is not None else None,
-        )
-        atomic_write_json(
-            run_dir / "summary.json",
-            {
-                "protloc_version": __version__,
-                "validation": report.summary(),
-                "threshold_gain": gain,
-                "best_epoch": best_epoch,
-                "epochs_run": len(metrics_rows),
-                "global_step": int(trainer.global_step),
-                "seconds": {k: round(v, 2) for k, v in watch.seconds.items()},
-                "world_size": trainer.world_size,
-                "ddp_ranks_consistent": consistent,
-                "resumed_from_step": resumed_from,
-                "budget": result.budget,
-                "package": str(package_dir),
-            },
-        )
+
+def _write_run(
+    config: TrainConfig, fold: _Fold, fitted: _Fitted, calibrated: _Calibrated, watch: Stopwatch
+) -> TrainResult:
+    """Validation predictions, thresholds, report, the model package, figures and the run's summary."""
+    run_dir, scheme, trainer = Path(config.out), fold.scheme, fitted.trainer
+    thresholds, methods = calibrated.fitted.values, calibrated.fitted.methods
+    val_ids = [fold.catalog.ids[i] for i in fold.val_rows]
+    write_predictions(
+        run_dir / "val_predictions.csv", val_ids, calibrated.probabilities, fold.labels[fold.val_rows], scheme
+    )
+    atomic_write_json(
+        run_dir / "thresholds.json",
+        {
+            "thresholds": dict(zip(scheme.names, thresholds, strict=True)),
+            "methods": dict(zip(scheme.names, methods, strict=True)),
+            "min_positives": config.threshold_min_positives,
+            "gain": calibrated.gain,
+        },
+    )
+    atomic_write_json(run_dir / "report.json", calibrated.report.to_dict())
+    metrics_rows = read_metrics(run_dir / "metrics.csv")
+    card = training_card(
+        config,
+        calibrated.network,
+        mean=fold.mean,
+        std=fold.std,
+        thresholds=thresholds,
+        methods=methods,
+        gain=calibrated.gain,
+        min_one=calibrated.min_one,
+        report=calibrated.report,
+        scheme=scheme,
+        training={
+            "data": str(Path(config.data).resolve()),
+            "n_samples": len(fold.catalog),
+            "source_size": _native_size(fold.catalog, config.channels[0]),
+            "n_train": len(fold.train_rows),
+            "n_val": len(fold.val_rows),
+            "fold": config.fold,
+            "folds": config.folds,
+            "class_counts": [int(c) for c in fold.labels[fold.train_rows].sum(axis=0)],
+            "epochs_run": len(metrics_rows),
+            "best_epoch": calibrated.best_epoch,
+            "global_step": int(trainer.global_step),
+            "fit_seconds": round(watch.seconds.get("fit", 0.0), 1),
+            "config": config.to_dict(),
+        },
+        cells=fold.cell_settings,
+    )
+    package_dir = save_package(
+        run_dir / "model", calibrated.network, card, extra_files={VALIDATION_FILE: run_dir / "val_predictions.csv"}
+    )
+    write_figures(run_dir, metrics_rows, calibrated.report)
+    result = TrainResult(
+        run_dir=run_dir,
+        package_dir=package_dir,
+        report=calibrated.report,
+        thresholds=thresholds,
+        threshold_gain=calibrated.gain,
+        best_epoch=calibrated.best_epoch,
+        epochs_run=len(metrics_rows),
+        global_step=int(trainer.global_step),
+        seconds=dict(watch.seconds),
+        ddp_consistent=fitted.consistency.consistent,
+        budget=fitted.time_budget.summary() if fitted.time_budget is not None else None,
+    )
+    atomic_write_json(
+        run_dir / "summary.json",
+        {
+            "protloc_version": __version__,
+            "validation": calibrated.report.summary(),
+            "threshold_gain": calibrated.gain,
+            "best_epoch": calibrated.best_epoch,
+            "epochs_run": len(metrics_rows),
+            "global_step": int(trainer.global_step),
+            "seconds": {k: round(v, 2) for k, v in watch.seconds.items()},
+            "world_size": trainer.world_size,
+            "ddp_ranks_consistent": result.ddp_consistent,
+            "resumed_from_step": fitted.resumed_from,
+            "budget": result.budget,
+            "package": str(package_dir),
+        },
+    )
     return result
-
-
-def _last_checkpoints(checkpoints: Path, config: TrainConfig) -> list[Callback]:
-    """The callbacks that keep ``last.ckpt`` current, for resuming after a kill.
-
-    Mid-epoch: every N steps when asked (tests, tiny epochs), else on a timer, which bounds their cost (a resnet18
-    checkpoint with optimizer state is ~135 MB, fsynced). A timer does not save at epoch ends (and "best" refreshes
-    last.ckpt only when it improves), so then a second callback saves at every epoch end; without it last.ckpt
-    could be epochs old and --resume would repeat them (found by the kill -9 resume test).
-    """
-
-    def last(**timing: Any) -> ModelCheckpoint:
-        return ModelCheckpoint(
-            dirpath=checkpoints,
-            filename="last",
-            save_top_k=1,
-            monitor="step",
-            mode="max",
-            enable_version_counter=False,
-            save_on_train_epoch_end=True,
-            **timing,
-        )
-
-    if config.checkpoint_every_n_steps:
-        return [last(every_n_train_steps=config.checkpoint_every_n_steps)]
-    return [last(train_time_interval=dt.timedelta(minutes=config.checkpoint_minutes)), last(every_n_epochs=1)]
 
 
 def training_card(
@@ -537,12 +577,21 @@ def training_card(
     min_one: bool,
     report: EvaluationReport,
     training: dict[str, Any],
-    scheme: ClassScheme = HPA2018,
+    scheme: ClassScheme,
     cells: dict[str, Any] | None = None,
 ) -> ModelCard:
     """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts
-    (and, for a cell model, how its crops were cut)."""
-    extra: dict[str, Any] = {"cells": cells} if cells is not None else {}
+    (and, for a cell model, how its crops were cut: ``cells`` is the cell data set's ``cells.json``)."""
+    spec = None
+    if cells is not None:
+        spec = CellSpec(
+            crop_size=int(cells["crop_size"]),
+            padding=float(cells.get("padding", 0.05)),
+            input=str(cells.get("input", "masked crop")),
+            labels=str(cells.get("labels", "field")),
+            segmentation=dict(cells.get("segmentation") or {}),
+            source=cells.get("source"),
+        )
     return new_card(
         architecture=Architecture(
             config.model,
@@ -572,7 +621,7 @@ def training_card(
         },
         training=training,
         scheme=scheme,
-        **extra,
+        cells=spec,
     )
 
 
@@ -598,42 +647,6 @@ def _native_size(catalog: Catalog, channel: str) -> list[int] | None:
     except (DataError, OSError):  # the card then records no source size
         return None
     return [height, width]
-
-
-def measure_training_rate(model: str, channels: int, image_size: int, batch_size: int = 32, steps: int = 4) -> float:
-    """Images/s of forward+backward+step for ``model`` on this machine (a few steps on random data, CPU/GPU)."""
-    from protloc.model.network import create_model
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = create_model(model, channels, HPA2018.num_classes, image_size=image_size).to(device)
-    network = network.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    x = torch.rand(batch_size, channels, image_size, image_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch_size, HPA2018.num_classes, device=device) > 0.9).float()
-    timings = []
-    for step in range(steps + 1):
-        start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step:
-            timings.append(time.perf_counter() - start)
-    return batch_size / float(np.median(timings))
-
-
-def epochs_for_budget(
-    images_per_second: float, train_images: int, seconds: float, *, low: int = 2, high: int = 40
-) -> int:
-    """Epochs that fit ``seconds`` of training at a measured model rate.
-
-    The measured rate is the model alone; loading, augmentation and validation cost about 15-20% more on a
-    CPU, so the plan uses 80% of it. (A ``max_time`` budget plans better: see :mod:`protloc.training.budget`.)
-    """
-    return int(np.clip(seconds * images_per_second * 0.8 / max(train_images, 1), low, high))
 
 
 def _timm_version() -> str:
