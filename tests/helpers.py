@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from protloc.data.io import CHANNELS, write_channel
 
@@ -56,3 +60,18 @@ def zero_png(width: int, height: int, bit_depth: int = 16) -> bytes:
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+REQUIRE_OPTIONAL = "PROTLOC_REQUIRE_OPTIONAL"
+"""Set (CI sets it) to make a missing optional package a failure instead of a skip."""
+
+
+def require(module: str, reason: str | None = None) -> Any:
+    """``pytest.importorskip(module)``, except that with ``PROTLOC_REQUIRE_OPTIONAL`` set a missing optional package
+    fails the test (or the module's collection) instead of hiding it as a skip."""
+    if os.environ.get(REQUIRE_OPTIONAL):
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} is not importable ({exc}) and {REQUIRE_OPTIONAL} is set", pytrace=False)
+    return pytest.importorskip(module, reason=reason)

@@ -15,6 +15,7 @@ import pytest
 
 import protloc
 from protloc._moved import MOVED
+from tests.helpers import require
 
 PACKAGE = Path(protloc.__file__).parent
 WINGS = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
@@ -153,9 +154,9 @@ def test_rooms_stay_small() -> None:
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_old_paths_import_as_the_same_module_with_a_warning(old: str) -> None:
     if old in {"train", "ensemble", "lightning_module", "callbacks", "datamodule", "losses", "budget", "models"}:
-        pytest.importorskip("torch")
+        require("torch")
     if old in {"bioimageio", "bioimageio_compat"}:
-        pytest.importorskip("yaml")
+        require("yaml")
     new = importlib.import_module(f"protloc.{MOVED[old]}")
     sys.modules.pop(f"protloc.{old}", None)
     with warnings.catch_warnings(record=True) as caught:
@@ -174,3 +175,15 @@ def test_old_names_of_the_inference_module_still_resolve() -> None:
     assert old is batch_probabilities
     with pytest.raises(ImportError):
         from protloc.inference import no_such_name  # type: ignore[attr-defined]  # noqa: F401
+
+
+def test_a_missing_optional_package_fails_in_ci_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import REQUIRE_OPTIONAL, require
+
+    monkeypatch.delenv(REQUIRE_OPTIONAL, raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require("protloc_no_such_package")
+    monkeypatch.setenv(REQUIRE_OPTIONAL, "1")
+    with pytest.raises(pytest.fail.Exception, match="protloc_no_such_package is not importable"):
+        require("protloc_no_such_package")
+    assert require("numpy").__name__ == "numpy"

@@ -131,7 +131,9 @@ def test_cpu_minute_benchmark_runs_a_pinned_pair_and_scores_every_rule(tmp_path:
     assert set(jobs) == {"dense/reference", "dense/default"}
     assert "its own thresholds" in jobs["dense/reference"]["rules"] and "joint 0.5" in jobs["dense/default"]["rules"]
     for job in jobs.values():
-        assert 0.0 <= job["rules"]["fit"]["macro_f1"] <= 1.0
+        fit = job["rules"]["fit"]
+        scored = [f for f in fit["per_class_f1"] if f is not None]
+        assert len(scored) == fit["classes_scored"] and fit["macro_f1"] == pytest.approx(np.mean(scored), abs=1e-4)
     assert "reference + protloc's rule" in payload["bootstrap_vs_reference"]["dense"]
 
 

@@ -15,8 +15,9 @@ import yaml
 
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.predict import predict_folder
+from tests.helpers import require
 
-pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not installed")
+require("bioimageio.spec", reason="the bioimageio extra is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_the_description_validates_and_says_everything(exported: tuple[Path, Pat
 
 @pytest.mark.slow
 def test_bioimageio_core_runs_it_with_protlocs_numbers(exported: tuple[Path, Path]) -> None:
-    pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed")
+    require("bioimageio.core", reason="bioimageio.core is not installed")
     from bioimageio.core import predict, test_model
 
     from protloc.deployment.bioimageio_compat import ensure_compatible

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pycocotools")
-pytest.importorskip("skimage")
+from tests.helpers import require
+
+require("pycocotools")
+require("skimage")
 
 from protloc.cells.encode import (
     decode_mask,

@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage")
+from tests.helpers import require
+
+require("skimage")
 
 from protloc.cells.draw import draw_outlines
 from protloc.cells.masks import (
@@ -233,7 +235,7 @@ def test_segment_command(small_data: Path, tmp_path: Path, capsys: pytest.Captur
 
 
 def test_anndata_file_holds_cells_probabilities_and_embeddings(tmp_path: Path) -> None:
-    anndata = pytest.importorskip("anndata")
+    anndata = require("anndata")
     from protloc.cells.table import field_table
 
     labels = np.zeros((30, 30), np.int32)

@@ -17,6 +17,22 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "validation macro F1" in printed and "test macro F1" in printed
+    # the figures printed are the run's: validation from its report, test recomputed from the submission's truth
+    validation = json.loads((out / "run" / "report.json").read_text())["macro_f1"]
+    assert f"validation macro F1 {validation:.3f}" in printed
+    from protloc.classes import HPA2018
+    from protloc.data.catalog import open_dataset
+    from protloc.inference.files import read_probabilities
+    from protloc.metrics import evaluate
+    from protloc.model.card import read_card
+
+    card = read_card(out / "run" / "model")
+    truth = open_dataset(out / "data", split="test", labels=out / "data" / "test_truth.csv")
+    ids, probabilities = read_probabilities(out / "predictions" / "probabilities.csv", HPA2018)
+    assert truth.labels is not None
+    order = [ids.index(i) for i in truth.ids]
+    test = evaluate(truth.labels, probabilities[order], card.thresholds, HPA2018.names, min_one=True).macro_f1
+    assert f"test macro F1 {test:.3f}" in printed
     for step in ("Synthesizing", "Checking", "statistics", "Training", "Predicting", "ONNX", "HTML report"):
         assert step in printed, step
     for path in (

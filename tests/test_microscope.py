@@ -20,7 +20,7 @@ from protloc.data.microscope import (
     write_ome_tiff,
 )
 from protloc.errors import ConfigError, DataError
-from tests.helpers import write_csv
+from tests.helpers import require, write_csv
 
 NAMES = ["Hoechst 33342", "Alexa 488 antibody", "Tubulin", "Calreticulin"]
 
@@ -67,7 +67,7 @@ def test_ome_tiff_fields_are_samples_with_roles_and_native_16_bit(tmp_path: Path
 
 
 def test_bioio_reads_the_same_ome_tiff(tmp_path: Path) -> None:
-    pytest.importorskip("bioio_ome_tiff")
+    require("bioio_ome_tiff")
     path = write_ome_tiff(tmp_path / "f.ome.tif", _field(5), NAMES)
     by_tifffile, names = read_field(path, reader="tifffile")
     by_bioio, bio_names = read_field(path, reader="bioio")

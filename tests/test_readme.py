@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -20,7 +22,7 @@ def _python_example() -> str:
 
 @pytest.mark.slow
 def test_readme_python_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
+    require("torch")
     code = _python_example()
     shrunk = re.sub(r"n_train=\d+", "n_train=120", code)
     shrunk = re.sub(r"n_test=\d+", "n_test=24", shrunk)

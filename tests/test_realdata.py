@@ -101,7 +101,20 @@ def test_predict_explain_evaluate_on_genuine_fields(
         assert image.size[0] > 200
     assert main(["evaluate", str(model), str(r2018), "--out", str(tmp_path / "ev"), "--workers", "1"]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
-    assert report["scheme"] == "hpa2018" and 0.0 <= report["summary"]["macro_f1"] <= 1.0
+    assert report["scheme"] == "hpa2018"
+    # the report's macro F1 is the one of the probabilities `predict` wrote for the same fields, at the card's rule
+    from protloc.inference.files import read_probabilities
+    from protloc.metrics import evaluate
+    from protloc.model.card import read_card
+
+    card = read_card(model)
+    ids, probabilities = read_probabilities(out / "probabilities.csv", card.scheme)
+    truth_catalog = open_dataset(r2018)
+    assert truth_catalog.labels is not None
+    truth = truth_catalog.labels[[truth_catalog.ids.index(i) for i in ids]]
+    expected = evaluate(truth, probabilities, card.thresholds, card.scheme.names, min_one=card.decision.min_one)
+    assert report["summary"]["macro_f1"] == pytest.approx(expected.macro_f1, abs=6e-5)  # the summary rounds to 4 places
+    assert report["summary"]["n_samples"] == 50
     capsys.readouterr()
     # a 2018 model on 2021 labels is refused, with the scheme in the message
     assert main(["evaluate", str(model), str(real / "hpa2021_trainandgain"), "--workers", "1"]) == 1
@@ -127,4 +140,10 @@ def test_service_predicts_a_genuine_field(real: Path, trained_run: Path) -> None
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["image"]["width"] == 512 and len(body["probabilities"]) == 28
-        assert np.isclose(sum(body["probabilities"]), sum(body["probabilities"]))  # finite numbers
+    # the service answers what the library computes for the same files
+    from protloc.inference.core import Preprocessor, batch_probabilities
+    from protloc.inference.predict import load_backend
+
+    card, backend = load_backend(trained_run / "model", "torch")
+    inputs = Preprocessor.from_card(card).load(paths)[None]
+    np.testing.assert_allclose(body["probabilities"], batch_probabilities(backend, inputs)[0], atol=1e-4)

@@ -30,7 +30,7 @@ from protloc.model.package import load_checkpoint_safely
 from protloc.serve.decode import Upload, decode_channel
 from protloc.training.config import TrainConfig
 from protloc.utils import atomic_write_text
-from tests.helpers import write_sample, zero_png
+from tests.helpers import require, write_sample, zero_png
 
 # --- 6. one decoded-pixel budget, from the header, on every path --------------------------------------------
 
@@ -447,7 +447,7 @@ def test_explain_class_id_superscript_is_a_422(service: TestClient) -> None:
 
 @pytest.mark.slow
 def test_explain_renders_a_bounded_picture_by_default(service: TestClient) -> None:
-    pytest.importorskip("pytorch_grad_cam")
+    require("pytorch_grad_cam")
     body, headers = _multipart(_planes(1200))
     response = service.post("/explain", content=body, headers=headers)
     assert response.status_code == 200, response.text

@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("multipart")
+from tests.helpers import require
+
+require("fastapi")
+require("multipart")
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -540,7 +542,7 @@ FUZZED = [("GET", "/health"), ("GET", "/model"), ("POST", "/predict"), ("POST", 
 @pytest.fixture(scope="module")
 def api_schema(onnx_app: FastAPI) -> Any:
     # skips the fuzz tests alone when the fuzzer is missing (a module-level importorskip skipped the whole file)
-    schemathesis = pytest.importorskip("schemathesis")
+    schemathesis = require("schemathesis")
     return schemathesis.openapi.from_asgi("/openapi.json", onnx_app)
 
 

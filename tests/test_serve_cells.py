@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("skimage")
-pytest.importorskip("pycocotools")
+from tests.helpers import require
+
+require("fastapi")
+require("skimage")
+require("pycocotools")
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -264,7 +266,7 @@ def test_run_refuses_a_missing_cell_model_before_listening(packages: tuple[Path,
 
 def test_fuzzed_cell_requests_never_give_5xx_and_match_the_schema(app: FastAPI) -> None:
     """Schemathesis on POST /predict of a service with a cell model: ?cells and ?cell_method included."""
-    schemathesis = pytest.importorskip("schemathesis")
+    schemathesis = require("schemathesis")
     import sys
 
     from hypothesis import HealthCheck, given, settings
