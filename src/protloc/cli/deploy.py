@@ -71,7 +71,7 @@ def predict(
     ] = None,
 ) -> None:
     """Predict localizations for new images: probabilities, labels and a Kaggle submission (resumable)."""
-    from protloc.inference.predict import predict_folder
+    from protloc.inference.predict import PredictSettings, predict_folder
 
     if cells:
         _predict_cells(
@@ -91,27 +91,25 @@ def predict(
         )
         return
 
+    chosen_ids = _split_ids(ids, ids_file)
+    settings = PredictSettings(
+        split=split,
+        ids=tuple(chosen_ids) if chosen_ids is not None else None,
+        backend=backend,
+        device=device,
+        tta=tta,
+        thresholds=threshold,
+        min_one=not allow_empty,
+        tiles=tiles,
+        batch_size=batch_size,
+        workers=workers,
+        devices=devices,
+        num_nodes=num_nodes,
+        accelerator=accelerator,
+        channel_map=channel_map,
+    )
     with progress_bar("predicting") as update:
-        result = predict_folder(
-            model,
-            data,
-            out,
-            channel_map=channel_map,
-            split=split,
-            ids=_split_ids(ids, ids_file),
-            backend=backend,
-            device=device,
-            tta=tta,
-            thresholds=threshold,
-            min_one=not allow_empty,
-            tiles=tiles,
-            batch_size=batch_size,
-            workers=workers,
-            devices=devices,
-            num_nodes=num_nodes,
-            accelerator=accelerator,
-            on_progress=update,
-        )
+        result = predict_folder(model, data, out, settings, on_progress=update)
     if result is None:
         return
     counts = result.labels.sum(axis=0)

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -319,39 +319,59 @@ class _PartialRows:
         return np.fromfile(self.rows_path, dtype=np.float32).reshape(-1, self.columns)[: self.total]
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """How ``protloc predict`` runs: which samples, on which backend, with which decision rule, on how many
+    processes or devices. Built once (by the CLI, or by a notebook) and passed whole."""
+
+    split: str | None = None
+    """split of a Kaggle root (default: test)."""
+    ids: tuple[str, ...] | None = None
+    """only these samples."""
+    backend: str = "auto"
+    """``torch``, ``onnx`` (ONNX Runtime, after ``protloc export``) or ``auto`` (onnx for a ``.onnx`` file or
+    without PyTorch installed, else torch)."""
+    device: str = "auto"
+    tta: str | tuple[str, ...] | None = None
+    """test-time augmentation: ``none``, ``flips``, ``rot90``, ``d4`` or views."""
+    thresholds: float | str | Path | None = None
+    """override the package's: one number for every class, or a JSON file."""
+    min_one: bool = True
+    """give an image with no class over its threshold its most likely class."""
+    tiles: int = 1
+    """1 resizes each field to the model input; N predicts N x N tiles and keeps each class's max."""
+    batch_size: int = 16
+    workers: int | None = None
+    """decoding processes (default: the CPUs this process may use)."""
+    devices: int = 1
+    """more than one (or ``num_nodes`` > 1) runs Lightning's DDP over devices/machines (torch backend)."""
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    channel_map: str | None = None
+    """roles of a microscope file's channels (``"DAPI=blue,..."``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the run's ``run.json`` records of these settings."""
+        return {"backend": self.backend, "tta": list(parse_tta(self.tta)), "tiles": self.tiles, "min_one": self.min_one}
+
+
 @locked_output("out", "protloc predict")
 def predict_folder(
     model: str | Path,
     data: str | Path,
     out: str | Path,
+    settings: PredictSettings | None = None,
     *,
-    split: str | None = None,
-    ids: Sequence[str] | None = None,
-    backend: str = "auto",
-    device: str = "auto",
-    tta: str | Sequence[str] | None = None,
-    thresholds: float | str | Path | None = None,
-    min_one: bool = True,
-    tiles: int = 1,
-    batch_size: int = 16,
-    workers: int | None = None,
-    devices: int = 1,
-    num_nodes: int = 1,
-    accelerator: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
-    channel_map: str | None = None,
+    **options: Any,
 ) -> PredictionRun | None:
-    """Predict every sample of ``data`` with the package ``model`` and write the outputs into ``out``.
+    """Predict every sample of ``data`` with the package ``model`` and write the outputs into ``out``:
+    ``probabilities.csv``, ``predictions.csv``, the release's submission and ``run.json``. A run killed half way
+    resumes from its last durable batch.
 
     Args:
-        split, ids: which samples (see :func:`open_for_prediction`).
-        backend: ``torch``, ``onnx`` (ONNX Runtime, after ``protloc export``) or ``auto`` (onnx for a
-            ``.onnx`` file or without PyTorch installed, else torch).
-        tta: test-time augmentation (``none``, ``flips``, ``rot90``, ``d4`` or a list of views).
-        thresholds: override the package's: one number for every class, or a JSON file.
-        min_one: give an image with no class over its threshold its most likely class.
-        tiles: 1 resizes each field to the model input; N predicts N x N tiles and keeps each class's max.
-        devices, num_nodes: more than one runs Lightning's DDP over devices/machines (torch backend).
+        settings: see :class:`PredictSettings`; ``options`` (its field names, e.g. ``tta="d4"``) change it.
+        on_progress: ``on_progress(samples done, total)``.
 
     Returns:
         The run (on the main process; ``None`` on other DDP ranks).
@@ -359,80 +379,112 @@ def predict_folder(
     Raises:
         BusyError: another process is writing into ``out`` (the call holds an exclusive lock on it).
     """
+    settings = replace(settings or PredictSettings(), **options)
+    if settings.ids is not None and not isinstance(settings.ids, tuple):
+        settings = replace(settings, ids=tuple(settings.ids))
     out = Path(out)
-    parse_tta(tta)
-    backend = resolve_backend(model, backend)
+    parse_tta(settings.tta)
+    settings = replace(settings, backend=resolve_backend(model, settings.backend))
     started = time.perf_counter()
-    if devices > 1 or num_nodes > 1:
-        if backend != "torch":
+    computed = _probabilities(model, data, out, settings, on_progress)
+    if computed is None:
+        return None
+    card, catalog, probabilities, resumed_from = computed
+    chosen = resolve_thresholds(card, settings.thresholds)
+    result = PredictionRun(
+        out=out,
+        ids=list(catalog.ids),
+        probabilities=probabilities,
+        labels=decide(probabilities, chosen, min_one=settings.min_one),
+        thresholds=chosen,
+        seconds=time.perf_counter() - started,
+        resumed_from=resumed_from,
+        scheme=card.scheme,
+    )
+    _write_outputs(result, model, data, catalog, settings)
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    return result
+
+
+def _probabilities(
+    model: str | Path,
+    data: str | Path,
+    out: Path,
+    settings: PredictSettings,
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[ModelCard, Catalog, np.ndarray, int] | None:
+    """The card, the catalog and every sample's probabilities, over DDP or in this process (resuming the rows
+    a killed run made durable); ``None`` on DDP ranks other than the main one."""
+    if settings.devices > 1 or settings.num_nodes > 1:
+        if settings.backend != "torch":
             raise ConfigError("multi-device prediction runs on the torch backend; drop --backend onnx")
         from protloc.inference.torch_backend import predict_distributed
         from protloc.model.card import read_card
 
         card = read_card(model)
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels)
+        catalog = open_for_prediction(
+            data, split=settings.split, ids=settings.ids, channels=card.channels, channel_map=settings.channel_map
+        )
         probabilities_or_none = predict_distributed(
             model,
             catalog,
             out / PARTIAL_DIR,
-            tta=tta,
-            tiles=tiles,
-            batch_size=batch_size,
-            workers=workers,
-            devices=devices,
-            num_nodes=num_nodes,
-            accelerator=accelerator,
+            tta=settings.tta,
+            tiles=settings.tiles,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            devices=settings.devices,
+            num_nodes=settings.num_nodes,
+            accelerator=settings.accelerator,
         )
         if probabilities_or_none is None:
             return None
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
-        probabilities = probabilities_or_none
-        resumed_from = 0
         _clear_previous_outputs(out)
-    else:
-        workers = default_workers() if workers is None else workers
-        threads = model_threads(workers)
-        card, run = load_backend(model, backend, device=device, threads=threads)
-        catalog = open_for_prediction(data, split=split, ids=ids, channels=card.channels, channel_map=channel_map)
-        settings = {"tta": parse_tta(tta), "tiles": tiles, "backend": backend, "device": device}
-        _clear_previous_outputs(out)
-        partial = _PartialRows(
-            out / PARTIAL_DIR, _job_key(model, card, catalog, settings), len(catalog), card.num_classes
-        )
-        resumed_from = partial.completed
-        if partial.completed < len(catalog):
-            with torch_threads(threads if backend == "torch" else None):
-                predict_catalog(
-                    run,
-                    card,
-                    catalog,
-                    tta=tta,
-                    tiles=tiles,
-                    batch_size=batch_size,
-                    workers=workers,
-                    on_batch=partial.append,
-                    start=partial.completed,
-                    on_progress=on_progress,
-                )
-        probabilities = partial.read()
-    chosen = resolve_thresholds(card, thresholds)
-    labels = decide(probabilities, chosen, min_one=min_one)
-    seconds = time.perf_counter() - started
-    result = PredictionRun(
-        out=out,
-        ids=list(catalog.ids),
-        probabilities=probabilities,
-        labels=labels,
-        thresholds=chosen,
-        seconds=seconds,
-        resumed_from=resumed_from,
-        scheme=card.scheme,
+        return card, catalog, probabilities_or_none, 0
+    workers = default_workers() if settings.workers is None else settings.workers
+    threads = model_threads(workers)
+    card, run = load_backend(model, settings.backend, device=settings.device, threads=threads)
+    catalog = open_for_prediction(
+        data, split=settings.split, ids=settings.ids, channels=card.channels, channel_map=settings.channel_map
     )
+    key_settings = {
+        "tta": parse_tta(settings.tta),
+        "tiles": settings.tiles,
+        "backend": settings.backend,
+        "device": settings.device,
+    }
+    _clear_previous_outputs(out)
+    partial = _PartialRows(
+        out / PARTIAL_DIR, _job_key(model, card, catalog, key_settings), len(catalog), card.num_classes
+    )
+    resumed_from = partial.completed
+    if partial.completed < len(catalog):
+        with torch_threads(threads if settings.backend == "torch" else None):
+            predict_catalog(
+                run,
+                card,
+                catalog,
+                tta=settings.tta,
+                tiles=settings.tiles,
+                batch_size=settings.batch_size,
+                workers=workers,
+                on_batch=partial.append,
+                start=partial.completed,
+                on_progress=on_progress,
+            )
+    return card, catalog, partial.read(), resumed_from
+
+
+def _write_outputs(
+    result: PredictionRun, model: str | Path, data: str | Path, catalog: Catalog, settings: PredictSettings
+) -> None:
+    """probabilities.csv, predictions.csv, the submission of the data's release and run.json."""
+    out, scheme, labels = result.out, result.scheme, result.labels
     result.written["probabilities"] = atomic_write_text(
-        out / "probabilities.csv", probabilities_csv(catalog.ids, probabilities, scheme=card.scheme)
+        out / "probabilities.csv", probabilities_csv(catalog.ids, result.probabilities, scheme=scheme)
     )
     result.written["predictions"] = atomic_write_text(
-        out / "predictions.csv", predictions_csv(catalog.ids, labels, card.scheme)
+        out / "predictions.csv", predictions_csv(catalog.ids, labels, scheme)
     )
     submission_note = None
     order_file = (
@@ -447,7 +499,7 @@ def predict_folder(
             release_2021 = next(csv.reader(handle), [""])[0].strip() == "ID"
         if not missing and release_2021:
             result.written["field_submission"] = atomic_write_text(
-                out / "field_submission.csv", field_submission_csv(order_file, catalog.ids, labels, card.scheme)
+                out / "field_submission.csv", field_submission_csv(order_file, catalog.ids, labels, scheme)
             )
             submission_note = (
                 "the 2021 competition scores per-cell masks (PredictionString); this field-level model wrote "
@@ -464,18 +516,13 @@ def predict_folder(
             "data": str(data),
             "split": catalog.name,
             "samples": len(catalog),
-            "backend": backend,
-            "tta": list(parse_tta(tta)),
-            "tiles": tiles,
-            "min_one": min_one,
-            "scheme": card.scheme.name,
-            "thresholds": dict(zip(card.scheme.names, chosen, strict=True)),
-            "resumed_from": resumed_from,
-            "seconds": round(seconds, 3),
+            **settings.describe(),
+            "scheme": scheme.name,
+            "thresholds": dict(zip(scheme.names, result.thresholds, strict=True)),
+            "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds, 3),
             "samples_per_second": round(result.rate, 2),
-            "label_counts": dict(zip(card.scheme.names, (int(c) for c in labels.sum(axis=0)), strict=True)),
+            "label_counts": dict(zip(scheme.names, (int(c) for c in labels.sum(axis=0)), strict=True)),
             **({"submission_note": submission_note} if submission_note else {}),
         },
     )
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    return result
