@@ -187,3 +187,31 @@ def test_a_missing_optional_package_fails_in_ci_instead_of_skipping(monkeypatch:
     with pytest.raises(pytest.fail.Exception, match="protloc_no_such_package is not importable"):
         require("protloc_no_such_package")
     assert require("numpy").__name__ == "numpy"
+
+
+LONG_FUNCTION = 80
+"""Library functions past this many lines of code (docstring aside) are stories that want chapters, unless their
+docstring says why they are kept in one piece ("One piece: ...")."""
+
+
+def _long_functions() -> list[str]:
+    long = []
+    for module, path in MODULES.items():
+        if _wing(module) == "cli":  # Typer commands: their options are declarations, not code
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body
+            doc = ast.get_docstring(node) or ""
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                body = body[1:]
+            lines = (body[-1].end_lineno or 0) - body[0].lineno + 1 if body else 0
+            if lines > LONG_FUNCTION and "One piece:" not in doc:
+                long.append(f"{module}.{node.name}: {lines} lines")
+    return long
+
+
+def test_library_functions_are_short_or_say_why_not() -> None:
+    long = _long_functions()
+    assert not long, "\n".join(long)

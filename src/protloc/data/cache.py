@@ -206,15 +206,46 @@ def build_cache(
     # The partial build is keyed by layout only: when files change between attempts (a corrupt file fixed),
     # only the samples whose files changed are redone.
     partial = root / f"{stem}-{layout}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
     shape = (len(catalog), len(channels), size, size)
+    done = _prepare_partial(partial, shape, signatures)
+    started = time.perf_counter()
+    _fill_missing(catalog, partial, done, shape, channels, size, bit_depth, workers or default_workers(), on_progress)
+    images_path = partial / "images.u8"
+    with images_path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    meta = {
+        "format": CACHE_FORMAT,
+        "protloc_version": __version__,
+        "ids": catalog.ids,
+        "channels": list(channels),
+        "size": size,
+        "bit_depth": bit_depth,
+        "shape": list(shape),
+        "source": str(catalog.image_dir),
+        "name": catalog.name,
+        "built_seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_json(partial / "meta.json", meta)
+    (partial / "done.u8").unlink(missing_ok=True)
+    (partial / "signatures.u8").unlink(missing_ok=True)
+    if final.exists():  # a concurrent build finished first; keep theirs
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.rename(final)
+    return open_cache(final)
+
+
+def _prepare_partial(partial: Path, shape: tuple[int, ...], signatures: np.ndarray) -> np.memmap:
+    """The partial build's sparse image file and its done mask, with the samples whose files changed since the
+    last attempt (or all, on a first attempt) marked to do."""
+    partial.mkdir(parents=True, exist_ok=True)
     images_path = partial / "images.u8"
     expected_bytes = int(np.prod(shape))
     if not images_path.exists() or images_path.stat().st_size != expected_bytes:
         with images_path.open("wb") as handle:
             handle.truncate(expected_bytes)  # sparse: no zeros written
         (partial / "done.u8").unlink(missing_ok=True)
-    done = _open_done_mask(partial / "done.u8", len(catalog))
+    done = _open_done_mask(partial / "done.u8", shape[0])
     signatures_path = partial / "signatures.u8"
     if signatures_path.is_file() and signatures_path.stat().st_size == signatures.nbytes:
         previous = np.fromfile(signatures_path, dtype=np.uint8).reshape(signatures.shape)
@@ -224,25 +255,40 @@ def build_cache(
         done[:] = 0
     done.flush()
     signatures.tofile(signatures_path)
+    return done
+
+
+def _fill_missing(
+    catalog: Catalog,
+    partial: Path,
+    done: np.memmap,
+    shape: tuple[int, ...],
+    channels: tuple[str, ...],
+    size: int,
+    bit_depth: int,
+    workers: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Decode and resize every sample not done yet into the partial build, in worker processes.
+
+    Raises:
+        DataError: a sample cannot be read (what was finished stays marked done).
+    """
     todo = [int(i) for i in np.flatnonzero(done == 0)]
     total = len(catalog)
     completed = total - len(todo)
     if on_progress:
         on_progress(completed, total)
-
-    started = time.perf_counter()
     errors: list[str] = []
     jobs = [(i, catalog.ids[i], catalog.files[catalog.ids[i]]) for i in todo]
-    workers = workers or default_workers()
     last_flush = time.monotonic()
-    init_args = (str(images_path), shape, channels, size, bit_depth)
     results = imap(
         _fill,
         jobs,
         workers=1 if len(jobs) < 32 else workers,
         chunksize=8,
         initializer=_init_worker,
-        initargs=init_args,
+        initargs=(str(partial / "images.u8"), shape, channels, size, bit_depth),
         preload=[__name__],
     )
     try:
@@ -266,29 +312,6 @@ def build_cache(
         raise DataError(
             f"cache build: {errors[0]}{more}; fix or remove the file and run again (finished samples are kept)"
         )
-
-    with images_path.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    meta = {
-        "format": CACHE_FORMAT,
-        "protloc_version": __version__,
-        "ids": catalog.ids,
-        "channels": list(channels),
-        "size": size,
-        "bit_depth": bit_depth,
-        "shape": list(shape),
-        "source": str(catalog.image_dir),
-        "name": catalog.name,
-        "built_seconds": round(time.perf_counter() - started, 2),
-    }
-    atomic_write_json(partial / "meta.json", meta)
-    (partial / "done.u8").unlink(missing_ok=True)
-    signatures_path.unlink(missing_ok=True)
-    if final.exists():  # a concurrent build finished first; keep theirs
-        shutil.rmtree(partial, ignore_errors=True)
-    else:
-        partial.rename(final)
-    return open_cache(final)
 
 
 def _open_done_mask(path: Path, count: int) -> np.memmap:

@@ -127,32 +127,11 @@ def scan_labels(
     path = Path(path)
     named = get_scheme(scheme) if scheme is not None else None
     fallback = named or get_scheme(None)
-    if not path.is_file():
-        return [], fallback.zeros(), [CsvProblem("csv-missing", 0, None, f"{path}: not found")], fallback
     problems: list[CsvProblem] = []
-    accepted = [tuple(header)] if header is not None else list(LABEL_HEADERS)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            first = next(reader, None)
-            expected = " or ".join(repr(",".join(h)) for h in accepted)
-            if first is None or not any(cell.strip() for cell in first):
-                problems.append(
-                    CsvProblem("csv-empty", 1, None, f"{path}: file is empty (expected a header {expected})")
-                )
-                return [], fallback.zeros(), problems, fallback
-            got = tuple(cell.strip() for cell in first)
-            if not any(got[:2] == h[:2] for h in accepted):
-                problems.append(
-                    CsvProblem(
-                        "csv-header", 1, None, f"{path} line 1: header is {','.join(got)!r}, expected {expected}"
-                    )
-                )
-                return [], fallback.zeros(), problems, fallback
-            rows = list(enumerate(reader, start=2))
-    except UnicodeDecodeError:
-        problems.append(CsvProblem("csv-unreadable", 0, None, f"{path}: not a UTF-8 text CSV file"))
+    read = _read_labels_file(path, [tuple(header)] if header is not None else list(LABEL_HEADERS), problems)
+    if read is None:
         return [], fallback.zeros(), problems, fallback
+    got, rows = read
     if named is None:
         chosen = detect_scheme(got, [row[1] for _, row in rows if len(row) >= 2])
     else:
@@ -169,6 +148,58 @@ def scan_labels(
                 )
             )
             return [], chosen.zeros(), problems, chosen
+    ids, vectors = _parse_label_rows(
+        path, got, rows, chosen, detected=named is None, allow_empty=allow_empty, problems=problems
+    )
+    if not ids and not problems:
+        problems.append(CsvProblem("csv-empty", 2, None, f"{path}: has a header but no rows"))
+    labels = np.stack(vectors) if vectors else chosen.zeros()
+    return ids, labels, problems, chosen
+
+
+def _read_labels_file(
+    path: Path, accepted: list[tuple[str, ...]], problems: list[CsvProblem]
+) -> tuple[tuple[str, ...], list[tuple[int, list[str]]]] | None:
+    """The header and the numbered rows of a labels CSV; ``None`` (with the problem added) when the file is
+    missing, empty, not UTF-8 text or has a header of neither release."""
+    if not path.is_file():
+        problems.append(CsvProblem("csv-missing", 0, None, f"{path}: not found"))
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            first = next(reader, None)
+            expected = " or ".join(repr(",".join(h)) for h in accepted)
+            if first is None or not any(cell.strip() for cell in first):
+                problems.append(
+                    CsvProblem("csv-empty", 1, None, f"{path}: file is empty (expected a header {expected})")
+                )
+                return None
+            got = tuple(cell.strip() for cell in first)
+            if not any(got[:2] == h[:2] for h in accepted):
+                problems.append(
+                    CsvProblem(
+                        "csv-header", 1, None, f"{path} line 1: header is {','.join(got)!r}, expected {expected}"
+                    )
+                )
+                return None
+            return got, list(enumerate(reader, start=2))
+    except UnicodeDecodeError:
+        problems.append(CsvProblem("csv-unreadable", 0, None, f"{path}: not a UTF-8 text CSV file"))
+        return None
+
+
+def _parse_label_rows(
+    path: Path,
+    got: tuple[str, ...],
+    rows: list[tuple[int, list[str]]],
+    chosen: ClassScheme,
+    *,
+    detected: bool,
+    allow_empty: bool,
+    problems: list[CsvProblem],
+) -> tuple[list[str], list[np.ndarray]]:
+    """The ids and multi-hot labels of the good rows; every bad row becomes a problem with its line."""
     ids: list[str] = []
     vectors: list[np.ndarray] = []
     seen: dict[str, int] = {}
@@ -176,26 +207,17 @@ def scan_labels(
     for line_number, row in rows:
         if not row or not any(cell.strip() for cell in row):
             continue
+        first = row[0].strip() or None
         if len(row) < 2:
-            problems.append(
-                CsvProblem(
-                    "bad-row",
-                    line_number,
-                    row[0].strip() or None,
-                    f"{path.name} line {line_number}: expected 2 fields ({got[0]},{column}), got {len(row)}",
-                )
-            )
+            message = f"{path.name} line {line_number}: expected 2 fields ({got[0]},{column}), got {len(row)}"
+            problems.append(CsvProblem("bad-row", line_number, first, message))
             continue
         if len(row) > len(got) and any(cell.strip() for cell in row[len(got) :]):
-            problems.append(
-                CsvProblem(
-                    "bad-row",
-                    line_number,
-                    row[0].strip() or None,
-                    f"{path.name} line {line_number}: {len(row)} fields but the header {','.join(got)!r} has "
-                    f'{len(got)}; separate labels with spaces ("1 2 3") or "|", not commas',
-                )
+            message = (
+                f"{path.name} line {line_number}: {len(row)} fields but the header {','.join(got)!r} has "
+                f'{len(got)}; separate labels with spaces ("1 2 3") or "|", not commas'
             )
+            problems.append(CsvProblem("bad-row", line_number, first, message))
             continue
         sample_id = row[0].strip()
         if not sample_id:
@@ -203,42 +225,21 @@ def scan_labels(
             continue
         where = f"{path.name} line {line_number} (Id {sample_id})"
         if sample_id in seen:
-            problems.append(
-                CsvProblem(
-                    "duplicate-id",
-                    line_number,
-                    sample_id,
-                    f"{where}: duplicate Id, first seen on line {seen[sample_id]}",
-                )
-            )
+            message = f"{where}: duplicate Id, first seen on line {seen[sample_id]}"
+            problems.append(CsvProblem("duplicate-id", line_number, sample_id, message))
             continue
         seen[sample_id] = line_number
         try:
             label = chosen.parse(row[1], where=where, allow_empty=allow_empty)
         except LabelError as exc:
             message = str(exc)
-            if named is None and "is not a class id" in message:
+            if detected and "is not a class id" in message:
                 message += f" (scheme {chosen.name} found from the header and separators; name another with --classes)"
             problems.append(CsvProblem("bad-label", line_number, sample_id, message))
             continue
         ids.append(sample_id)
         vectors.append(label)
-    if not ids and not problems:
-        problems.append(CsvProblem("csv-empty", 2, None, f"{path}: has a header but no rows"))
-    labels = np.stack(vectors) if vectors else chosen.zeros()
-    return ids, labels, problems, chosen
-
-
-def scan_labels_csv(
-    path: str | Path,
-    *,
-    header: Sequence[str] | None = None,
-    allow_empty: bool = False,
-    scheme: str | Path | ClassScheme | None = None,
-) -> tuple[list[str], np.ndarray, list[CsvProblem]]:
-    """:func:`scan_labels` without the scheme (kept for callers that need only ids, labels and problems)."""
-    ids, labels, problems, _ = scan_labels(path, scheme=scheme, header=header, allow_empty=allow_empty)
-    return ids, labels, problems
+    return ids, vectors
 
 
 def read_labels(
@@ -329,10 +330,6 @@ class Catalog:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids)
-
-    @property
-    def has_labels(self) -> bool:
-        return self.labels is not None
 
     def paths(self, index: int) -> dict[str, Path]:
         """Channel -> file of the sample at ``index``."""

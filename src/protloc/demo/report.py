@@ -21,7 +21,7 @@ import numpy as np
 from protloc import __version__
 from protloc.errors import DataError, ProtlocError
 from protloc.metrics import EvaluationReport
-from protloc.model.card import CARD_FILE, read_card
+from protloc.model.card import CARD_FILE, ModelCard, read_card
 from protloc.schemes import ClassScheme, scheme_for_names
 from protloc.utils import atomic_write_text
 
@@ -271,93 +271,120 @@ def build_report(
 ) -> str:
     """The report's HTML text (see :func:`write_report`); ``extra_sections`` are ``(anchor, heading, HTML)``
     placed before the configuration (e.g. the single-cell section of :mod:`protloc.cells.report`)."""
-    from protloc.plots import per_class_f1
-
-    run_dir = Path(run_dir)
-    card = read_card(run_dir / "model") if (run_dir / "model" / CARD_FILE).is_file() else None
-    validation = _report_from_json(run_dir / "report.json")
-    if card is not None:
-        scheme = card.scheme
-    elif validation is not None:  # a run that has not written its package yet: its report names the classes
-        scheme = scheme_for_names([row.name for row in validation.per_class])
-    else:
-        raise DataError(f"{run_dir}: neither a model card nor a validation report; is it a protloc training run?")
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    thresholds_info = (
-        json.loads((run_dir / "thresholds.json").read_text()) if (run_dir / "thresholds.json").is_file() else {}
-    )
-    config = card.training.get("config", {}) if card is not None else {}
-    sections: list[tuple[str, str, str]] = []
-
-    headline = [("validation macro F1", f"{validation.macro_f1:.3f}" if validation else "–")]
-    if test is not None:
-        headline.append(("test macro F1", f"{test.report.macro_f1:.3f}"))
-        headline.append(("test micro F1", f"{test.report.micro_f1:.3f}"))
-    gain = thresholds_info.get("gain", {})
-    if gain:
-        headline.append(("gain from per-class thresholds (cv)", f"{gain.get('gain_cv', float('nan')):+.3f}"))
-    headline.append(("model", f"{config.get('model', '?')} @ {card.size if card is not None else '?'} px"))
-    headline.append(("epochs", str(summary.get("epochs_run", "?"))))
-    overview = _cards(headline) + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    sections.append(("overview", "Overview", overview))
-
+    run = _RunFiles.read(Path(run_dir))
+    sections = [("overview", "Overview", _overview(run, test, notes))]
     if stats_dir is not None:
-        stats_dir = Path(stats_dir)
-        figures = [
-            _img(_file_uri(stats_dir / f"{name}.png"), name)
-            for name in ("class_distribution", "labels_per_image", "cooccurrence", "channel_intensity")
-        ]
-        samples = "".join(_img(_file_uri(path), path.stem) for path in sorted(stats_dir.glob("sample_*.png"))[:2])
-        sections.append(("data", "Data set", '<div class="grid2">' + "".join(figures) + "</div>" + samples))
-
-    curves = _img(_file_uri(run_dir / "training_curves.png"), "training curves")
-    epochs = _metrics_table(run_dir / "metrics.csv")
-    sections.append(("training", "Training", curves + epochs))
-
-    # how each class's threshold was set (fitted, fallback, fixed), in class-id order
-    methods = list(thresholds_info.get("methods", {}).values()) or None
-    if validation is not None:
-        body = _img(_file_uri(run_dir / "per_class_f1.png"), "per-class F1 (validation)")
-        body += _per_class_table(validation, methods)
+        sections.append(_data_section(Path(stats_dir)))
+    curves = _img(_file_uri(run.dir / "training_curves.png"), "training curves")
+    sections.append(("training", "Training", curves + _metrics_table(run.dir / "metrics.csv")))
+    if run.validation is not None:
+        body = _img(_file_uri(run.dir / "per_class_f1.png"), "per-class F1 (validation)")
+        body += _per_class_table(run.validation, run.methods)
         sections.append(("validation", "Validation fold: per-class scores", body))
-
-    if card is not None:
-        text = ""
-        if gain:
-            text = (
-                f"<p>Macro F1 with one 0.5 threshold: {gain['macro_f1_at_0_5']:.3f}; with per-class thresholds "
-                f"fitted on the validation fold: {gain['macro_f1_fitted_in_sample']:.3f} (in sample) and "
-                f"{gain['macro_f1_fitted_cv']:.3f} vs {gain['macro_f1_at_0_5_cv']:.3f} cross-validated "
-                "(fitted on one half, scored on the other).</p>"
-            )
-        sections.append(
-            (
-                "thresholds",
-                "Thresholds",
-                text + _img(_figure_uri(thresholds_figure(card.thresholds, methods, card.scheme)), "thresholds"),
-            )
-        )
-
+    if run.card is not None:
+        sections.append(_thresholds_section(run.card, run.gain, run.methods))
     if test is not None:
-        body = _img(_figure_uri(per_class_f1(test.report, title="test")), "per-class F1 (test)")
-        body += _per_class_table(test.report, methods)
-        sections.append(("test", f"Test set: {test.report.n_samples} images", body))
-        sections.append(
-            ("errors", "Errors", _img(_figure_uri(error_figure(test.truth, test.predicted, scheme)), "errors"))
-        )
-        package = run_dir / "model" if (run_dir / "model").is_dir() else None
-        gallery = gallery_html(
-            test, package, list(card.channels) if card is not None else [], count=gallery_size, scheme=scheme
-        )
-        if gallery:
-            sections.append(("gallery", "Gallery: test samples, true vs predicted", gallery))
-
+        sections.extend(_test_sections(run, test, gallery_size))
     sections.extend(extra_sections)
-    details = {"config": config, "timings_seconds": dict(timings or {}), "run": summary}
+    details = {"config": run.config, "timings_seconds": dict(timings or {}), "run": run.summary}
     sections.append(
         ("config", "Configuration and timings", f"<pre>{html.escape(json.dumps(details, indent=2, default=str))}</pre>")
     )
+    return _page(title, run.dir, sections)
 
+
+@dataclass
+class _RunFiles:
+    """What a run folder says about itself: its card, validation report, summary and thresholds."""
+
+    dir: Path
+    card: ModelCard | None
+    validation: EvaluationReport | None
+    scheme: ClassScheme
+    summary: dict[str, Any]
+    thresholds_info: dict[str, Any]
+
+    @classmethod
+    def read(cls, run_dir: Path) -> _RunFiles:
+        card = read_card(run_dir / "model") if (run_dir / "model" / CARD_FILE).is_file() else None
+        validation = _report_from_json(run_dir / "report.json")
+        if card is not None:
+            scheme = card.scheme
+        elif validation is not None:  # a run that has not written its package yet: its report names the classes
+            scheme = scheme_for_names([row.name for row in validation.per_class])
+        else:
+            raise DataError(f"{run_dir}: neither a model card nor a validation report; is it a protloc training run?")
+
+        def optional_json(name: str) -> dict[str, Any]:
+            path = run_dir / name
+            return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+        return cls(run_dir, card, validation, scheme, optional_json("summary.json"), optional_json("thresholds.json"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.card.training.get("config", {})) if self.card is not None else {}
+
+    @property
+    def gain(self) -> dict[str, float]:
+        return dict(self.thresholds_info.get("gain", {}))
+
+    @property
+    def methods(self) -> list[str] | None:
+        """How each class's threshold was set (fitted, fallback, fixed), in class-id order."""
+        return list(self.thresholds_info.get("methods", {}).values()) or None
+
+
+def _overview(run: _RunFiles, test: TestSet | None, notes: Sequence[str]) -> str:
+    headline = [("validation macro F1", f"{run.validation.macro_f1:.3f}" if run.validation else "–")]
+    if test is not None:
+        headline.append(("test macro F1", f"{test.report.macro_f1:.3f}"))
+        headline.append(("test micro F1", f"{test.report.micro_f1:.3f}"))
+    if run.gain:
+        headline.append(("gain from per-class thresholds (cv)", f"{run.gain.get('gain_cv', float('nan')):+.3f}"))
+    headline.append(("model", f"{run.config.get('model', '?')} @ {run.card.size if run.card is not None else '?'} px"))
+    headline.append(("epochs", str(run.summary.get("epochs_run", "?"))))
+    return _cards(headline) + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+
+
+def _data_section(stats_dir: Path) -> tuple[str, str, str]:
+    figures = [
+        _img(_file_uri(stats_dir / f"{name}.png"), name)
+        for name in ("class_distribution", "labels_per_image", "cooccurrence", "channel_intensity")
+    ]
+    samples = "".join(_img(_file_uri(path), path.stem) for path in sorted(stats_dir.glob("sample_*.png"))[:2])
+    return ("data", "Data set", '<div class="grid2">' + "".join(figures) + "</div>" + samples)
+
+
+def _thresholds_section(card: ModelCard, gain: dict[str, float], methods: list[str] | None) -> tuple[str, str, str]:
+    text = ""
+    if gain:
+        text = (
+            f"<p>Macro F1 with one 0.5 threshold: {gain['macro_f1_at_0_5']:.3f}; with per-class thresholds "
+            f"fitted on the validation fold: {gain['macro_f1_fitted_in_sample']:.3f} (in sample) and "
+            f"{gain['macro_f1_fitted_cv']:.3f} vs {gain['macro_f1_at_0_5_cv']:.3f} cross-validated "
+            "(fitted on one half, scored on the other).</p>"
+        )
+    figure = _img(_figure_uri(thresholds_figure(card.thresholds, methods, card.scheme)), "thresholds")
+    return ("thresholds", "Thresholds", text + figure)
+
+
+def _test_sections(run: _RunFiles, test: TestSet, gallery_size: int) -> list[tuple[str, str, str]]:
+    from protloc.plots import per_class_f1
+
+    body = _img(_figure_uri(per_class_f1(test.report, title="test")), "per-class F1 (test)")
+    body += _per_class_table(test.report, run.methods)
+    errors = _img(_figure_uri(error_figure(test.truth, test.predicted, run.scheme)), "errors")
+    sections = [("test", f"Test set: {test.report.n_samples} images", body), ("errors", "Errors", errors)]
+    package = run.dir / "model" if (run.dir / "model").is_dir() else None
+    channels = list(run.card.channels) if run.card is not None else []
+    gallery = gallery_html(test, package, channels, count=gallery_size, scheme=run.scheme)
+    if gallery:
+        sections.append(("gallery", "Gallery: test samples, true vs predicted", gallery))
+    return sections
+
+
+def _page(title: str, run_dir: Path, sections: Sequence[tuple[str, str, str]]) -> str:
     nav = "".join(f'<a href="#{anchor}">{html.escape(heading)}</a>' for anchor, heading, _ in sections)
     body = "".join(
         f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>{content}</section>'

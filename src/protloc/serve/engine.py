@@ -287,16 +287,6 @@ class InferenceEngine:
         stacked = np.stack(list(inputs))
         return batch_probabilities(self.backend, stacked)
 
-    def predict_image(self, image: np.ndarray) -> Prediction:
-        """Synchronous prediction of one ``(C, H, W)`` uint8 field (for notebooks and tests)."""
-        started = time.perf_counter()
-        probabilities = self.run_batch([self.prepare(image)])
-        return Prediction(
-            probabilities=probabilities[0],
-            labels=self.decide(probabilities)[0],
-            inference_seconds=time.perf_counter() - started,
-        )
-
     # ------------------------------------------------------------------------------------------ explain
 
     def explainer(self) -> Any:
