@@ -207,12 +207,44 @@ def _place_centres(rng: np.random.Generator, n_target: int, spacing: float, lo: 
     return cand[chosen]
 
 
+@dataclass
+class _Layout:
+    """The cells of a field before drawing, in reference (512 px) units: centres, nucleus radii and axes, outline
+    wobble, cytoplasm extent, kind (interphase, mitotic, daughter; -1 = removed), partner of a daughter."""
+
+    cx: np.ndarray
+    cy: np.ndarray
+    ra: np.ndarray
+    rb: np.ndarray
+    axis: np.ndarray
+    wobble: np.ndarray
+    ext: np.ndarray
+    kind: np.ndarray
+    partner: np.ndarray
+    visible: np.ndarray
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Drop the cells not in ``keep`` (partners renumbered)."""
+        remap = np.cumsum(keep) - 1
+        partner = np.where(self.partner >= 0, remap[np.maximum(self.partner, 0)], -1)
+        for name in ("cx", "cy", "ra", "rb", "axis", "wobble", "ext", "kind", "visible"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.partner = partner[keep]
+
+
 def _make_field(size: int, rng: np.random.Generator, n_mitotic_min: int, n_pairs_min: int) -> _Field:
-    """Lay out the cells and compute the landmark maps."""
-    u = size / _REF
-    # Cell line: nucleus size; field density: number of cells (dense fields are the most common).
-    rn = rng.uniform(19.0, 34.0)
-    n_target = round(math.exp(rng.uniform(math.log(6), math.log(60))))
+    """Lay out the cells and compute the landmark maps (every draw from ``rng`` in a fixed order)."""
+    rn = rng.uniform(19.0, 34.0)  # cell line: nucleus size
+    n_target = round(math.exp(rng.uniform(math.log(6), math.log(60))))  # field density (dense fields are common)
+    cells = _place_cells(rng, rn, n_target)
+    _divide(cells, rng, rn, n_mitotic_min, n_pairs_min)
+    if not (cells.kind >= 0).all():
+        cells.keep(cells.kind >= 0)
+    return _field_of(cells, size, rng)
+
+
+def _place_cells(rng: np.random.Generator, rn: float, n_target: int) -> _Layout:
+    """Interphase cells at spaced centres, with nuclei of the cell line's size."""
     spacing = max(2.35 * rn, math.sqrt(_REF * _REF / n_target) * rng.uniform(0.7, 0.9))
     margin = 0.3 * spacing
     centres = _place_centres(rng, n_target, spacing, -margin, _REF + margin)
@@ -221,7 +253,6 @@ def _make_field(size: int, rng: np.random.Generator, n_mitotic_min: int, n_pairs
     r = rn * np.exp(rng.normal(0, 0.13, n))
     r = np.minimum(r, 0.42 * spacing)
     elong = rng.uniform(1.0, 1.45, n)
-    ra, rb = r * np.sqrt(elong), r / np.sqrt(elong)
     axis = rng.uniform(0, np.pi, n)
     wobble = np.stack(
         [
@@ -231,86 +262,109 @@ def _make_field(size: int, rng: np.random.Generator, n_mitotic_min: int, n_pairs
         1,
     )
     ext = rn * rng.uniform(0.8, 2.4, n) * (1.0 + 0.6 * (n_target < 10))
-    kind = np.zeros(n, dtype=np.int64)
-    partner = np.full(n, -1, dtype=np.int64)
     visible = (cx > 0.12 * _REF) & (cx < 0.88 * _REF) & (cy > 0.12 * _REF) & (cy < 0.88 * _REF)
-    pool = list(rng.permutation(np.flatnonzero(visible))) if visible.any() else list(rng.permutation(n))
+    return _Layout(
+        cx=cx,
+        cy=cy,
+        ra=r * np.sqrt(elong),
+        rb=r / np.sqrt(elong),
+        axis=axis,
+        wobble=wobble,
+        ext=ext,
+        kind=np.zeros(n, dtype=np.int64),
+        partner=np.full(n, -1, dtype=np.int64),
+        visible=visible,
+    )
 
-    # Mitotic cells and dividing pairs occur in any field; labels 16/17 guarantee at least one.
+
+def _divide(cells: _Layout, rng: np.random.Generator, rn: float, n_mitotic_min: int, n_pairs_min: int) -> None:
+    """Mitotic cells and dividing pairs occur in any field; labels 16/17 guarantee at least one. A pair's
+    daughters are appended; interphase neighbours in their way are marked removed (kind -1)."""
+    n = len(cells.cx)
+    visible = cells.visible
+    pool = list(rng.permutation(np.flatnonzero(visible))) if visible.any() else list(rng.permutation(n))
     n_mitotic = max(n_mitotic_min, int(rng.random() < 0.25))
     n_pairs = max(n_pairs_min, int(rng.random() < 0.2))
     for _ in range(n_mitotic):
         if not pool:
             break
         k = pool.pop()
-        kind[k] = _MITOTIC
-        ra[k] = rb[k] = rn * rng.uniform(0.85, 1.0)
-        ext[k] = rn * rng.uniform(0.35, 0.6)
-        wobble[k, :, 0] = 0.0
+        cells.kind[k] = _MITOTIC
+        cells.ra[k] = cells.rb[k] = rn * rng.uniform(0.85, 1.0)
+        cells.ext[k] = rn * rng.uniform(0.35, 0.6)
+        cells.wobble[k, :, 0] = 0.0
     new_rows: list[tuple[float, float, float, int]] = []  # x, y, radius, partner
     for _ in range(n_pairs):
         if not pool:
             break
         k = pool.pop()
-        rd = rn * rng.uniform(0.55, 0.7)
-        de = rn * rng.uniform(0.45, 0.7)
-        half = rd + 0.92 * de
-        ang = rng.uniform(0, np.pi)
-        dx, dy = half * math.cos(ang), half * math.sin(ang)
-        x0, y0 = cx[k], cy[k]
-        cx[k], cy[k] = x0 - dx, y0 - dy
-        ra[k] = rb[k] = rd
-        ext[k] = de
-        kind[k] = _DAUGHTER
-        axis[k] = ang
-        new_rows.append((x0 + dx, y0 + dy, rd, k))
-        # neighbours whose nuclei would overlap the daughters make room
-        for j in range(n):
-            if j == k or kind[j] != _INTERPHASE:
-                continue
-            if math.hypot(cx[j] - x0, cy[j] - y0) < half + rd + max(ra[j], rb[j]) + 2:
-                kind[j] = -1  # removed below
-        pool = [j for j in pool if kind[j] == _INTERPHASE]
+        new_rows.append(_split_cell(cells, k, rng, rn))
+        pool = [j for j in pool if cells.kind[j] == _INTERPHASE]
     if new_rows:
-        extra = len(new_rows)
-        cx = np.concatenate([cx, [row[0] for row in new_rows]])
-        cy = np.concatenate([cy, [row[1] for row in new_rows]])
-        ra = np.concatenate([ra, [row[2] for row in new_rows]])
-        rb = np.concatenate([rb, [row[2] for row in new_rows]])
-        axis = np.concatenate([axis, [axis[row[3]] + np.pi for row in new_rows]])
-        wobble = np.concatenate([wobble, np.zeros((extra, 2, 2))])
-        ext = np.concatenate([ext, [ext[row[3]] for row in new_rows]])
-        kind = np.concatenate([kind, np.full(extra, _DAUGHTER)])
-        partner = np.concatenate([partner, [row[3] for row in new_rows]])
-        for i, row in enumerate(new_rows):
-            partner[row[3]] = n + i
-        visible = np.concatenate([visible, np.ones(extra, dtype=bool)])
-    keep = kind >= 0
-    if not keep.all():
-        remap = np.cumsum(keep) - 1
-        partner = np.where(partner >= 0, remap[np.maximum(partner, 0)], -1)
-        cx, cy, ra, rb, axis, wobble = cx[keep], cy[keep], ra[keep], rb[keep], axis[keep], wobble[keep]
-        ext, kind, partner, visible = ext[keep], kind[keep], partner[keep], visible[keep]
-    n = len(cx)
+        _append_daughters(cells, new_rows)
 
+
+def _split_cell(cells: _Layout, k: int, rng: np.random.Generator, rn: float) -> tuple[float, float, float, int]:
+    """Turn cell ``k`` into the first of two daughters; return the second's (x, y, radius, partner)."""
+    rd = rn * rng.uniform(0.55, 0.7)
+    de = rn * rng.uniform(0.45, 0.7)
+    half = rd + 0.92 * de
+    ang = rng.uniform(0, np.pi)
+    dx, dy = half * math.cos(ang), half * math.sin(ang)
+    x0, y0 = cells.cx[k], cells.cy[k]
+    cells.cx[k], cells.cy[k] = x0 - dx, y0 - dy
+    cells.ra[k] = cells.rb[k] = rd
+    cells.ext[k] = de
+    cells.kind[k] = _DAUGHTER
+    cells.axis[k] = ang
+    # neighbours whose nuclei would overlap the daughters make room
+    for j in range(len(cells.cx)):
+        if j == k or cells.kind[j] != _INTERPHASE:
+            continue
+        if math.hypot(cells.cx[j] - x0, cells.cy[j] - y0) < half + rd + max(cells.ra[j], cells.rb[j]) + 2:
+            cells.kind[j] = -1  # removed below
+    return (x0 + dx, y0 + dy, rd, k)
+
+
+def _append_daughters(cells: _Layout, new_rows: list[tuple[float, float, float, int]]) -> None:
+    n, extra = len(cells.cx), len(new_rows)
+    cells.cx = np.concatenate([cells.cx, [row[0] for row in new_rows]])
+    cells.cy = np.concatenate([cells.cy, [row[1] for row in new_rows]])
+    cells.ra = np.concatenate([cells.ra, [row[2] for row in new_rows]])
+    cells.rb = np.concatenate([cells.rb, [row[2] for row in new_rows]])
+    cells.axis = np.concatenate([cells.axis, [cells.axis[row[3]] + np.pi for row in new_rows]])
+    cells.wobble = np.concatenate([cells.wobble, np.zeros((extra, 2, 2))])
+    cells.ext = np.concatenate([cells.ext, [cells.ext[row[3]] for row in new_rows]])
+    cells.kind = np.concatenate([cells.kind, np.full(extra, _DAUGHTER)])
+    cells.partner = np.concatenate([cells.partner, [row[3] for row in new_rows]])
+    for i, row in enumerate(new_rows):
+        cells.partner[row[3]] = n + i
+    cells.visible = np.concatenate([cells.visible, np.ones(extra, dtype=bool)])
+
+
+def _field_of(cells: _Layout, size: int, rng: np.random.Generator) -> _Field:
+    """The layout scaled to ``size`` px, with centrosomes placed and the maps computed."""
+    u = size / _REF
+    n = len(cells.cx)
     mtoc_angle = rng.uniform(0, 2 * np.pi, n)
-    gaps = np.hypot(cx[:, None] - cx[None, :], cy[:, None] - cy[None, :]) + np.diag(np.full(n, np.inf))
-    reach = np.minimum(np.maximum(ra, rb) + 1.6 * ext, 0.85 * gaps.min(axis=1, initial=np.inf))
+    gaps = np.hypot(cells.cx[:, None] - cells.cx[None, :], cells.cy[:, None] - cells.cy[None, :])
+    gaps = gaps + np.diag(np.full(n, np.inf))
+    reach = np.minimum(np.maximum(cells.ra, cells.rb) + 1.6 * cells.ext, 0.85 * gaps.min(axis=1, initial=np.inf))
     f = _Field(
         size=size,
         u=u,
-        cx=cx * u,
-        cy=cy * u,
-        kind=kind,
-        axis=axis,
-        ra=ra * u,
-        rb=rb * u,
-        wobble=wobble,
-        ext=ext * u,
+        cx=cells.cx * u,
+        cy=cells.cy * u,
+        kind=cells.kind,
+        axis=cells.axis,
+        ra=cells.ra * u,
+        rb=cells.rb * u,
+        wobble=cells.wobble,
+        ext=cells.ext * u,
         mtoc=np.zeros((n, 2)),
         mtoc_angle=mtoc_angle,
-        partner=partner,
-        visible=visible,
+        partner=cells.partner,
+        visible=cells.visible,
         reach=reach * u,
     )
     gap = f.nucleus_radius(np.arange(n), mtoc_angle) + f.px(1.0) + f.u * rng.uniform(1.0, 4.0, n)
@@ -320,6 +374,15 @@ def _make_field(size: int, rng: np.random.Generator, n_mitotic_min: int, n_pairs
 
 
 def _compute_maps(f: _Field, rng: np.random.Generator) -> None:
+    """The field's maps, drawn from ``rng`` in a fixed order (the same seed gives the same field): nuclei and cell
+    territories, the cytoplasm's thickness, the nuclear envelope and the nucleoli."""
+    _cells_and_nuclei(f, rng)
+    _cytoplasm(f, rng)
+    _nuclear_envelope(f)
+    _nucleoli(f, rng)
+
+
+def _cells_and_nuclei(f: _Field, rng: np.random.Generator) -> None:
     size, n = f.size, f.n
     theta = np.linspace(0, 2 * np.pi, 32, endpoint=False)
     ks = np.arange(n)
@@ -351,6 +414,9 @@ def _compute_maps(f: _Field, rng: np.random.Generator) -> None:
     f.nuc = nuc
     f.dist = np.asarray(dist, dtype=_F32)
 
+
+def _cytoplasm(f: _Field, rng: np.random.Generator) -> None:
+    cell, nuc, size = f.cell, f.nuc, f.size
     bound = np.zeros(cell.shape, dtype=bool)
     dx = cell[:, 1:] != cell[:, :-1]
     dy = cell[1:, :] != cell[:-1, :]
@@ -373,12 +439,18 @@ def _compute_maps(f: _Field, rng: np.random.Generator) -> None:
     f.thick = (f.cellmask * profile * (0.85 + 0.15 * tex)).astype(_F32)
     f.cyto_thick = (f.thick * f.cyto).astype(_F32)
 
+
+def _nuclear_envelope(f: _Field) -> None:
+    nuc, size = f.nuc, f.size
     nucmask = (nuc > 0).astype(np.uint8)
     d_in = cv2.distanceTransform(nucmask, cv2.DIST_L2, 3)
     d_out = np.minimum(cv2.distanceTransform(1 - nucmask, cv2.DIST_L2, 3), _F32(size))
     f.nuc_soft = np.clip(d_in * _F32(1.0 / max(f.px(2.5), 0.7)), 0, 1).astype(_F32)
     f.nuc_ring = np.exp(-(((d_in + d_out) * _F32(1.0 / max(f.px(1.6), 0.45))) ** 2)).astype(_F32)
 
+
+def _nucleoli(f: _Field, rng: np.random.Generator) -> None:
+    nuc, size = f.nuc, f.size
     # Nucleoli: 1-4 irregular blobs inside each interphase nucleus (not in daughters: condensed chromatin).
     owners = np.flatnonzero(f.kind == _INTERPHASE)
     count = rng.integers(1, 5, owners.size)
