@@ -38,6 +38,7 @@ from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ConfigError, ModelError
 from protloc.model.card import read_card
 from protloc.schemes import ClassScheme
+from tests.helpers import tiny_package
 
 SCHEME = HPA2018
 """The synthetic fields and their per-cell truth are 2018-style data."""
@@ -57,25 +58,7 @@ def cell_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _package(
     folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0, scheme: ClassScheme = SCHEME
 ) -> Path:
-    import torch
-
-    from protloc.model.network import PackagedNetwork, create_model
-    from protloc.model.package import new_card, save_package
-
-    torch.manual_seed(seed)
-    n = scheme.num_classes
-    network = create_model("test_resnet", 4, n, image_size=size)
-    card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": n, "image_size": size},
-        channels=list(CHANNELS),
-        size=size,
-        mean=[0.1] * 4,
-        std=[0.2] * 4,
-        thresholds=[0.5] * n,
-        scheme=scheme,
-        **({"cells": cells} if cells is not None else {}),
-    )
-    return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
+    return tiny_package(folder, size=size, scheme=scheme, cells=cells, seed=seed)
 
 
 @pytest.fixture(scope="module")

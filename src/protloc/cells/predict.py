@@ -31,6 +31,7 @@ from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
 from protloc.model.card import ModelCard
+from protloc.metrics import decide
 from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"
@@ -366,7 +367,7 @@ def predict_field_cells(
             probabilities = (predictor.mix * probabilities + (1 - predictor.mix) * field_probabilities).astype(
                 np.float32
             )
-    decisions = (probabilities >= np.asarray(predictor.thresholds, dtype=np.float32)).astype(np.uint8)
+    decisions = decide(probabilities, predictor.thresholds, min_one=False, exclusive=predictor.scheme.exclusive)
     return FieldCellPrediction(
         id=field_id,
         labels=np.asarray(labels, dtype=np.int32),

@@ -416,7 +416,7 @@ def predict_folder(
                 )
         probabilities = partial.read()
     chosen = resolve_thresholds(card, thresholds)
-    labels = decide(probabilities, chosen, min_one=min_one)
+    labels = decide(probabilities, chosen, min_one=min_one, exclusive=card.scheme.exclusive)
     seconds = time.perf_counter() - started
     result = PredictionRun(
         out=out,

@@ -128,6 +128,7 @@ class _Classifier:
     ) -> None:
         self.backend = backend
         self.classes = [str(c) for c in card.classes]
+        self.exclusive = card.scheme.exclusive
         self.preprocessor = Preprocessor.from_card(card, tiles=tiles, bit_depth=bit_depth)
         self.views = parse_tta(tta)
         self.thresholds = list(thresholds)
@@ -141,7 +142,8 @@ class _Classifier:
 
     def __call__(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities = batch_probabilities(self.backend, inputs, self.views)
-        return probabilities, decide(probabilities, self.thresholds, min_one=self.min_one)
+        decided = decide(probabilities, self.thresholds, min_one=self.min_one, exclusive=self.exclusive)
+        return probabilities, decided
 
 
 def watch_folder(
