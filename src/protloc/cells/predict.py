@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
+from protloc.cells.masks import FieldCells, cell_properties, cells_of_field, check_labels_fit
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
@@ -334,6 +334,7 @@ def predict_field_cells(
         )
     if labels is None:
         labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
+    check_labels_fit(np.shape(labels), image.shape[1:], field_id=field_id)
     present = np.unique(labels)
     cells = present[present > 0].astype(np.int64)
     n_classes = len(predictor.thresholds)
