@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from protloc.bioimageio import CHUNK, is_bioimageio, load_bioimageio
 from protloc.errors import ModelError
-from protloc.predict import load_backend
+from protloc.inference.bioimageio import CHUNK, is_bioimageio, load_bioimageio
+from protloc.inference.predict import load_backend
 from tests.helpers import tiny_package
 
 pytest.importorskip("onnxruntime")
@@ -42,8 +42,8 @@ def _rdf(card: dict[str, Any], source: str, sha256: str | None) -> dict[str, Any
 @pytest.fixture(scope="module")
 def onnx_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, Any]]:
     """A tiny package's ONNX network (normalisation inside, 0-1 pixels in, logits out) and its card."""
-    from protloc.card import read_card
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
+    from protloc.model.card import read_card
 
     package = tiny_package(tmp_path_factory.mktemp("tiny") / "model", size=32)
     export_onnx(package)

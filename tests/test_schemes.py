@@ -233,7 +233,7 @@ def test_class_names_that_would_break_protlocs_files_are_refused_when_the_scheme
 def test_a_text_scheme_with_a_formula_name_is_refused_and_a_clean_one_round_trips_through_the_csvs(
     tmp_path: Path,
 ) -> None:
-    from protloc.prediction_files import predictions_csv, probabilities_csv, read_probabilities_table
+    from protloc.inference.files import predictions_csv, probabilities_csv, read_probabilities_table
 
     (tmp_path / "evil.txt").write_text("Nucleus\n=1+1\n")
     with pytest.raises(ConfigError, match=r"evil.txt: class 1 '=1\+1' starts with '='"):

@@ -20,7 +20,7 @@ pytest.importorskip("pycocotools")
 from fastapi.testclient import TestClient
 
 from protloc.cells.predict import METHOD_BASELINE, METHOD_CELL
-from protloc.io import CHANNELS
+from protloc.data.io import CHANNELS
 from protloc.schemes import ClassScheme, get_scheme
 from protloc.serve import create_app
 from tests.helpers import tiny_package

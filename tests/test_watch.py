@@ -274,7 +274,7 @@ def rows_of(run: object) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained package with model.onnx: what the watcher does with its tables does not depend on training."""
-    from protloc.export import export_onnx
+    from protloc.deployment.onnx import export_onnx
     from tests.helpers import tiny_package
 
     package = tiny_package(tmp_path_factory.mktemp("watch-tiny") / "model", size=32)

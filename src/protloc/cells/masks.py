@@ -66,14 +66,14 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
 def read_labels(path: str | Path, *, shape: tuple[int, int] | None = None, field: str | None = None) -> np.ndarray:
     """Read a label image written by :func:`write_labels` (or any 8/16-bit single-plane PNG/TIFF) as ``int32``.
 
-    It is read as every image is (:mod:`protloc.decoder`): its header is checked against the pixel budget and,
+    It is read as every image is (:mod:`protloc.data.decoder`): its header is checked against the pixel budget and,
     when ``shape`` (the field's ``(height, width)``) is given, against the field's size, before a pixel is decoded.
 
     Raises:
         DataError: the file is missing, over the pixel budget, not a single-plane integer image, or of another
             size than its field (the message names the file and both sizes).
     """
-    from protloc.decoder import decode, probe
+    from protloc.data.decoder import decode, probe
 
     path = Path(path)
     if not path.is_file():

@@ -30,8 +30,8 @@ from protloc.cells.masks import FieldCells, cell_properties, cells_of_field, che
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
-from protloc.model.card import ModelCard
 from protloc.metrics import decide
+from protloc.model.card import ModelCard
 from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"

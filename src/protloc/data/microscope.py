@@ -11,7 +11,7 @@ green, ...), or from a channel map the user gives (``"DAPI=blue,Tub=red,Ab=green
 ``"0=blue,1=green"``). The catalog records each role as a :class:`PlanePath`: the file's path plus the
 plane index, so every reader (cache, prediction, explain) takes it where it takes a channel file. Z stacks
 are max-projected; only the first time point is read. Files are read as the one decoder reads every image
-(:mod:`protloc.decoder`): the header first, each plane checked against the pixel budget (``PROTLOC_MAX_PIXELS``)
+(:mod:`protloc.data.decoder`): the header first, each plane checked against the pixel budget (``PROTLOC_MAX_PIXELS``)
 before a pixel is decoded, then only the pages of the channel asked for, one page at a time. Torch-free.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from protloc.decoder import ImageHeader, check_budget
+from protloc.data.decoder import ImageHeader, check_budget
 from protloc.errors import ConfigError, DataError
 
 MICROSCOPE_SUFFIXES: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".czi", ".nd2", ".lif")
@@ -166,7 +166,7 @@ def _ome_channel_names(xml: str | None, count: int) -> list[str]:
 @dataclass(frozen=True)
 class FieldHeader:
     """What a microscope file declares, read without decoding a pixel: its channels, their names and the plane
-    size and type (already checked against the pixel budget of :mod:`protloc.decoder`)."""
+    size and type (already checked against the pixel budget of :mod:`protloc.data.decoder`)."""
 
     channels: int
     names: tuple[str, ...]
@@ -327,7 +327,7 @@ def read_header(path: str | Path, *, reader: str = "auto") -> FieldHeader:
 
     Raises:
         DataError: unreadable, axes that are not channels x height x width, or planes over the pixel budget
-            (:func:`protloc.decoder.max_pixels`).
+            (:func:`protloc.data.decoder.max_pixels`).
     """
     path = _existing(path)
     if _uses_tifffile(path, reader):

@@ -174,7 +174,7 @@ def export_bioimageio(
         authors: names for the description's authors (default: the current user).
         license: SPDX licence id of the weights.
         parity_data: a data set whose images the parity check and the test tensors use (default: the card's
-            training data, else synthetic fields, as :func:`protloc.export.parity_inputs` says).
+            training data, else synthetic fields, as :func:`protloc.deployment.onnx.parity_inputs` says).
 
     Raises:
         DependencyError: bioimageio.spec is not installed (``pip install 'protloc[bioimageio]'``).

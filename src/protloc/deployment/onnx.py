@@ -136,7 +136,7 @@ def parity_inputs(
 
 
 def _real_inputs(package: ModelPackage, data: str | Path, count: int) -> np.ndarray:
-    from protloc.catalog import open_dataset
+    from protloc.data.catalog import open_dataset
 
     preprocessor = Preprocessor.from_card(package.card)
     catalog = open_dataset(data, channels=list(package.channels), allow_empty_labels=True)
