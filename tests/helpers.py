@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from protloc.data.io import CHANNELS, write_channel
+from protloc.schemes import ClassScheme
 
 
 def write_sample(
@@ -75,3 +76,38 @@ def require(module: str, reason: str | None = None) -> Any:
         except ImportError as exc:
             pytest.fail(f"{module} is not importable ({exc}) and {REQUIRE_OPTIONAL} is set", pytrace=False)
     return pytest.importorskip(module, reason=reason)
+
+
+def tiny_package(
+    folder: Path,
+    *,
+    size: int = 64,
+    scheme: ClassScheme | str | None = None,
+    cells: dict[str, object] | None = None,
+    seed: int = 0,
+) -> Path:
+    """An untrained ``test_resnet`` package of ``scheme`` (default hpa2018): the plumbing, not the quality.
+
+    Made in well under a second, so a test can make one per class scheme. ``cells`` makes it a cell model.
+    """
+    import torch
+
+    from protloc.model.network import PackagedNetwork, create_model
+    from protloc.model.package import new_card, save_package
+    from protloc.schemes import get_scheme
+
+    chosen = get_scheme(scheme)
+    torch.manual_seed(seed)
+    n = chosen.num_classes
+    network = create_model("test_resnet", 4, n, image_size=size)
+    card = new_card(
+        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": n, "image_size": size},
+        channels=list(CHANNELS),
+        size=size,
+        mean=[0.1] * 4,
+        std=[0.2] * 4,
+        thresholds=[0.5] * n,
+        scheme=chosen,
+        **({"cells": cells} if cells is not None else {}),
+    )
+    return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)

@@ -315,3 +315,47 @@ def test_cells_are_outlined_and_a_clicked_cell_shows_its_probabilities(
     assert page.is_hidden("#cells-box")
     context.close()
     assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------------- every scheme
+
+
+@pytest.mark.parametrize("scheme_name", ["hpa2021", "subcell31", "user"])
+def test_the_page_shows_the_classes_of_the_served_models_scheme(
+    browser: Any, synth_data: Path, tmp_path: Path, scheme_name: str
+) -> None:
+    """A 19-class, 31-class or user-scheme model: the chart, the explain menu and the labels follow its scheme."""
+    import httpx
+
+    from protloc.schemes import get_scheme
+    from protloc.serve import create_app
+    from tests.helpers import tiny_package
+
+    if scheme_name == "user":
+        (tmp_path / "mine.txt").write_text("Nucleus\nCytosol & ER\nGolgi / TGN\nNone\n")
+        scheme = get_scheme(tmp_path / "mine.txt")
+    else:
+        scheme = get_scheme(scheme_name)
+    package = tiny_package(tmp_path / "model", size=64, scheme=scheme)
+    with LiveServer(create_app(package, backend="torch")) as live:
+        context = browser.new_context(viewport={"width": 1360, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(live.url + "/")
+        page.wait_for_selector("#model-info .pill")
+        assert page.inner_text("#scheme-pill") == f"{scheme.name} · {scheme.num_classes} classes"
+        options = page.eval_on_selector_all("#explain-class option", "o => o.map(x => x.textContent)")
+        assert options == [f"{i} · {name}" for i, name in enumerate(scheme.names)]
+        paths = _sample(synth_data)
+        page.set_input_files("#file-input", [str(p) for p in paths.values()])
+        page.wait_for_selector("#result[data-state=done]", timeout=30_000)
+        assert page.locator(".bar-row").count() == scheme.num_classes
+        files = {c: (p.name, p.read_bytes(), "image/png") for c, p in paths.items()}
+        expected = httpx.post(f"{live.url}/predict", files=files, timeout=30).json()["labels"]
+        assert _shown_labels(page) == [label["id"] for label in expected]
+        assert [page.inner_text(f'#labels li[data-class-id="{label["id"]}"] .n') for label in expected] == [
+            label["name"] for label in expected
+        ]
+        context.close()
+        assert not errors, errors

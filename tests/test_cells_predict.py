@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,9 +36,10 @@ from protloc.cells.truth import read_cell_truth
 from protloc.classes import HPA2018
 from protloc.data.catalog import open_dataset
 from protloc.data.io import CHANNELS, read_sample
-from protloc.errors import ConfigError, ModelError
+from protloc.errors import ConfigError, DataError, ModelError
 from protloc.model.card import read_card
 from protloc.schemes import ClassScheme
+from tests.helpers import tiny_package
 
 SCHEME = HPA2018
 """The synthetic fields and their per-cell truth are 2018-style data."""
@@ -57,25 +59,7 @@ def cell_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _package(
     folder: Path, *, size: int, cells: dict[str, object] | None, seed: int = 0, scheme: ClassScheme = SCHEME
 ) -> Path:
-    import torch
-
-    from protloc.model.network import PackagedNetwork, create_model
-    from protloc.model.package import new_card, save_package
-
-    torch.manual_seed(seed)
-    n = scheme.num_classes
-    network = create_model("test_resnet", 4, n, image_size=size)
-    card = new_card(
-        architecture={"name": "test_resnet", "in_chans": 4, "num_classes": n, "image_size": size},
-        channels=list(CHANNELS),
-        size=size,
-        mean=[0.1] * 4,
-        std=[0.2] * 4,
-        thresholds=[0.5] * n,
-        scheme=scheme,
-        **({"cells": cells} if cells is not None else {}),
-    )
-    return save_package(folder, PackagedNetwork(network, [0.1] * 4, [0.2] * 4), card)
+    return tiny_package(folder, size=size, scheme=scheme, cells=cells, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +405,72 @@ def test_a_cell_model_trains_with_the_ordinary_engine(cell_data: Path, tmp_path:
     assert (tmp_path / "run" / "folds.csv").read_text() == (made.out / "folds.csv").read_text()
     predictor = open_cell_predictor(result.package_dir)
     assert predictor.method == METHOD_CELL and predictor.class_names == card.scheme.names
+
+
+# ---------------------------------------------------------------------------------- masks from a user (issue 20)
+
+
+def _masks_of_another_size(cell_data: Path, tmp_path: Path, side: int) -> Path:
+    """The test fields' true label images, scaled to ``side`` px (nearest: still label images)."""
+    import cv2
+
+    folder = tmp_path / f"masks{side}"
+    folder.mkdir()
+    for path in (cell_data / "test_cells_truth").glob("*_cells.png"):
+        labels = read_labels(path)
+        scaled = cv2.resize(labels.astype(np.uint16), (side, side), interpolation=cv2.INTER_NEAREST)
+        write_labels(folder / path.name, scaled.astype(np.int32))
+    return folder
+
+
+def test_masks_of_another_size_than_their_fields_are_refused_naming_the_file(
+    cell_data: Path, packages: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protloc.cli import main
+
+    _, field_model = packages
+    big = _masks_of_another_size(cell_data, tmp_path, 128)  # the fields are 64 px
+    command = [
+        "predict",
+        str(field_model),
+        str(cell_data),
+        "--cells",
+        "--masks",
+        str(big),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(command) == 1
+    message = capsys.readouterr().err.strip()
+    assert re.fullmatch(
+        r"error: \S+/masks128/\S+_cells\.png: label image is 128x128 px but field \S+ is 64x64 px; .*", message
+    )
+    assert not (tmp_path / "o" / "submission.csv").exists()
+    predictor = open_cell_predictor(field_model=field_model)
+    with pytest.raises(DataError, match="label image is 32x32 px but field .* is 64x64 px"):
+        compare_cell_methods(predictor, cell_data, masks=_masks_of_another_size(cell_data, tmp_path, 32))
+    image = read_sample(open_dataset(cell_data, split="test").paths(0), CHANNELS)
+    with pytest.raises(DataError, match="label image of field f: label image is 16x16 px"):  # the library's check too
+        predict_field_cells(predictor, image, channels=CHANNELS, field_id="f", labels=np.ones((16, 16), np.int32))
+
+
+def test_a_label_image_is_decoded_within_the_pixel_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label PNG declaring 11000x11000 px is refused from its header (it was decoded: 12.5 s, 2.26 GB)."""
+    import time
+
+    from tests.helpers import zero_png
+
+    huge = tmp_path / "f_cells.png"
+    huge.write_bytes(zero_png(11000, 11000))
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="f_cells.png: image of 11000x11000 px .* exceeds the decoding budget"):
+        read_labels(huge)
+    assert time.perf_counter() - started < 1.0
+    small = write_labels(tmp_path / "g_cells.png", np.arange(64 * 64, dtype=np.int32).reshape(64, 64) % 50)
+    with pytest.raises(DataError, match="g_cells.png: label image is 64x64 px but field x is 32x48 px"):
+        read_labels(small, shape=(48, 32), field="x")  # refused from the header, before decoding
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", str(63 * 64))
+    with pytest.raises(DataError, match="exceeds the decoding budget"):
+        read_labels(small)
+    monkeypatch.delenv("PROTLOC_MAX_PIXELS")
+    assert read_labels(small, shape=(64, 64)).max() == 49

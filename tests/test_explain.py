@@ -476,3 +476,19 @@ def test_report_gallery_says_why_the_maps_are_missing(tmp_path: Path) -> None:
     html = gallery_html(test, broken, CHANNELS, count=2, scheme=HPA2018)
     assert html.count('class="tile"') == 2 and html.count("data:image/png;base64,") == 2
     assert "no activation maps:" in html and "not a protloc model card" in html
+
+
+def test_classes_are_resolved_in_the_cards_scheme(tmp_path: Path) -> None:
+    """A SubCell-31 model explains its class 30 and its names (issue 20: names were resolved in the 2018 scheme)."""
+    from protloc.schemes import get_scheme
+    from tests.helpers import tiny_package
+
+    subcell = get_scheme("subcell31")
+    explainer = Explainer(tiny_package(tmp_path / "subcell", size=32, scheme=subcell))
+    explanation = explainer.explain(random_field(48, 48), ["Vesicles", 30, "peroxi"])
+    assert explanation.classes == [subcell.resolve("Vesicles"), 30, subcell.resolve("Peroxisomes")]
+    assert explanation.class_names == subcell.names and explanation.probabilities.shape == (31,)
+    with pytest.raises(ConfigError, match="subcell31 class ids are 0-30"):
+        explainer.explain(random_field(48, 48), [31])
+    with pytest.raises(ConfigError, match="unknown class 'Rods & rings'"):  # a 2018 class, not a SubCell one
+        explainer.explain(random_field(48, 48), ["Rods & rings"])

@@ -196,3 +196,38 @@ def test_preprocessor_resizes_any_field_size() -> None:
     assert inputs.shape == (1, 2, 32, 32) and inputs[0, 0, 0, 0] == 200 and inputs[0, 0, -1, -1] == 0
     tiles = Preprocessor.from_card(card, tiles=2).prepare_uint8(field)
     assert tiles.shape == (4, 2, 32, 32) and tiles[0, 0].min() == 200 and tiles[3, 0].max() == 0
+
+
+def test_the_parity_check_says_when_it_ran_on_synthetic_fields_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It fell back to synthetic fields without a word, even when the training data existed but failed to read
+    (issue 20); now the result says so and why, the CLI says it, and named images never fall back."""
+    from protloc.cli import main
+    from protloc.errors import DataError
+    from tests.helpers import tiny_package, write_sample
+
+    package = tiny_package(tmp_path / "model", size=32)
+    result = export_onnx(package, tmp_path / "a.onnx")
+    assert result.synthetic and result.inputs == "4 synthetic fields (the model card names no training data)"
+    broken = tmp_path / "broken"
+    write_sample(broken, "x", size=32)
+    (broken / "x_green.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    card = json.loads((package / "card.json").read_text())
+    card["training"] = {**card.get("training", {}), "data": str(broken)}
+    (package / "card.json").write_text(json.dumps(card))
+    result = export_onnx(package, tmp_path / "b.onnx")
+    assert result.synthetic and f"the training data {broken} could not be read: " in result.inputs
+    assert "x_green.png" in result.inputs
+    with pytest.raises(DataError, match="x_green.png"):
+        export_onnx(package, tmp_path / "c.onnx", parity_data=broken)
+    good = tmp_path / "good"
+    for i in range(3):
+        write_sample(good, f"g{i}", size=40, seed=i)
+    result = export_onnx(package, tmp_path / "d.onnx", parity_data=good)
+    assert not result.synthetic and result.inputs == f"3 images from {good}"
+    assert main(["export", str(package), "--onnx", str(tmp_path / "e.onnx")]) == 0
+    said = capsys.readouterr()
+    assert "could not be read" in said.out and "checked on synthetic fields" in said.err
+    assert main(["export", str(package), "--onnx", str(tmp_path / "f.onnx"), "--parity-data", str(good)]) == 0
+    assert "synthetic" not in capsys.readouterr().err

@@ -8,6 +8,7 @@ from protloc.classes import HPA2018
 from protloc.metrics import (
     GRID,
     binarize,
+    decide,
     evaluate,
     f1_per_class,
     fit_thresholds,
@@ -83,3 +84,21 @@ def test_threshold_gain_reports_in_sample_and_cross_validated(data: tuple[np.nda
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         evaluate(np.zeros((3, 28)), np.zeros((4, 28)), 0.5, HPA2018.names)
+
+
+def test_an_exclusive_class_never_shares_a_decision_and_the_surer_side_wins() -> None:
+    """2021's Negative with other classes over their thresholds: whichever is further over its threshold stays,
+    so every decision is a label the scheme's files accept (issue 20: the service answered '2|5|18')."""
+    from protloc.schemes import get_scheme
+
+    h21 = get_scheme("hpa2021")
+    negative = h21.exclusive[0]
+    probabilities = np.full((3, h21.num_classes), 0.1)
+    probabilities[0, [2, 5, negative]] = [0.6, 0.7, 0.9]  # Negative surest: alone
+    probabilities[1, [2, negative]] = [0.95, 0.6]  # a class surer than Negative: Negative dropped
+    probabilities[2, negative] = 0.3  # nothing passes: min-one gives the closest, Negative alone
+    labels = decide(probabilities, 0.5, min_one=True, exclusive=h21.exclusive)
+    assert [h21.format(row) for row in labels] == ["18", "2", "18"]
+    for row in labels:
+        h21.parse(h21.format(row))  # every decision parses in its own scheme
+    assert decide(probabilities, 0.5, min_one=True)[0].sum() == 3  # without the scheme's rule: all three

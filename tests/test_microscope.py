@@ -17,6 +17,8 @@ from protloc.data.microscope import (
     field_planes,
     parse_channel_map,
     read_field,
+    read_header,
+    read_plane,
     write_ome_tiff,
 )
 from protloc.errors import ConfigError, DataError
@@ -81,3 +83,54 @@ def test_vendor_files_without_their_reader_say_what_to_install(tmp_path: Path) -
     fake.write_bytes(b"not a czi")
     with pytest.raises(DataError, match=r"plate.czi: (not readable with bioio|reading \.czi files needs)"):
         read_field(fake)
+
+
+# ---------------------------------------------------------------------------------- one decoder, one budget (issue 20)
+
+
+def test_planes_over_the_pixel_budget_are_refused_from_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field whose planes exceed PROTLOC_MAX_PIXELS is refused before a pixel is decoded (a 4 x 12000^2 OME-TIFF
+    of 0.6 MB was decoded in full: 1.6 GB)."""
+    import tifffile
+
+    path = write_ome_tiff(tmp_path / "big.ome.tif", _field(0, size=60), NAMES)  # planes of 64 x 60 px
+    decoded: list[object] = []
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: decoded.append(k) or np.zeros((60, 64)))
+    monkeypatch.setenv("PROTLOC_MAX_PIXELS", str(64 * 60 - 1))
+    for read in (read_header, read_field, lambda p: read_plane(PlanePath(p, 2)), field_planes):
+        with pytest.raises(DataError, match=r"big.ome.tif: image of 64x60 px .* exceeds the decoding budget"):
+            read(path)
+    with pytest.raises(DataError, match="exceeds the decoding budget"):
+        read_sample({"red": PlanePath(path, 2)}, ("red",))  # as the catalog's readers read a plane
+    assert decoded == []  # not one page decoded
+
+
+def test_one_plane_is_read_page_by_page_max_projected_over_z(tmp_path: Path) -> None:
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 60000, size=(1, 3, 4, 20, 24)).astype(np.uint16)  # T Z C Y X
+    path = tmp_path / "z.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TZCYX", "Channel": {"Name": NAMES}})
+    header = read_header(path)
+    assert (header.channels, header.height, header.width, header.names) == (4, 20, 24, tuple(NAMES))
+    for plane in range(4):
+        np.testing.assert_array_equal(read_plane(PlanePath(path, plane)), stack[0, :, plane].max(axis=0))
+    field, names = read_field(path)
+    np.testing.assert_array_equal(field, stack[0].max(axis=0))
+    assert names == NAMES
+    pages: list[int] = []
+    original = tifffile.TiffFile.asarray
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        pages.append(int(kwargs["key"]))  # type: ignore[call-overload]
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tifffile.TiffFile, "asarray", counting)
+        read_plane(PlanePath(path, 1))
+    assert len(pages) == 3  # the three Z pages of channel 1, nothing else
+    with pytest.raises(DataError, match="has 4 channels, no plane 4"):
+        read_plane(PlanePath(path, 4))

@@ -604,3 +604,38 @@ def test_a_wrong_flag_is_a_one_line_usage_error(argv: list[str], capsys: pytest.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Error" in err
+
+
+def test_the_gate_logs_a_body_over_the_limit_once_the_answer_has_started(caplog: pytest.LogCaptureFixture) -> None:
+    """It was dropped without a word (issue 20): a route that starts answering before it has read the whole body
+    cannot be given the 413 any more, so the gate says in the log what it withheld."""
+    import asyncio
+    import logging
+
+    from protloc.serve.gate import RequestGate
+
+    async def eager(scope: dict[str, object], receive: Callable[..., object], send: Callable[..., object]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        while (await receive())["more_body"]:  # type: ignore[operator,index]
+            pass
+        await send({"type": "http.response.body", "body": b"done"})  # type: ignore[operator]
+
+    engine = SimpleNamespace(try_admit=lambda: True, release=lambda: None)
+    gate = RequestGate(eager, engine=engine, max_bytes=10, token=None)  # type: ignore[arg-type]
+    chunks = iter([b"x" * 8, b"x" * 8, b"x" * 8])
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": next(chunks), "more_body": True}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/model", "headers": [(b"host", b"localhost")]}
+    with caplog.at_level(logging.WARNING, logger="protloc.serve"):
+        asyncio.run(gate(scope, receive, send))  # type: ignore[arg-type]
+    assert [m["type"] for m in sent] == ["http.response.start"]  # the rest withheld, no second start
+    assert len(caplog.records) == 1
+    assert "POST /model: the request body passed the upload limit (10 bytes) after the answer had started" in (
+        caplog.records[0].getMessage()
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -192,3 +194,73 @@ def test_a_2021_root_trains_a_19_class_model_that_predicts_a_field_submission(tm
     assert not (tmp_path / "pred" / "submission.csv").exists()
     header = (tmp_path / "pred" / "probabilities.csv").read_text().splitlines()[0]
     assert header.endswith("Vesicles and punctate cytosolic patterns,Negative")
+
+
+# ---------------------------------------------------------------------------------- hostile names and ids (issue 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Golgi\napparatus", "U\\+000A"),
+        ("Golgi\tapparatus", "U\\+0009"),
+        ("Golgi\u202eapparatus", "U\\+202E"),  # a right-to-left override: the name would display reversed
+        ("Golgi, apparatus", "','"),
+        ("Golgi|apparatus", "'\\|'"),
+        ("Golgi; apparatus", "';'"),
+        ('=HYPERLINK("http://evil")', "starts with '='"),
+        ("+cmd", "starts with '\\+'"),
+        ("-2+3", "starts with '-'"),
+        ("@SUM(A1)", "starts with '@'"),
+    ],
+)
+def test_class_names_that_would_break_protlocs_files_are_refused_when_the_scheme_is_read(
+    tmp_path: Path, name: str, why: str
+) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"classes": ["Nucleus", name, "Cytosol"]}))
+    with pytest.raises(ConfigError, match=rf"mine.json: class 1 .*{why}") as caught:
+        load_scheme_file(path)
+    assert "\n" not in str(caught.value).replace("\\n", "")  # one line, the name shown escaped
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"classes": ["Nucleus", ["Golgi apparatus", name]]}))
+    with pytest.raises(ConfigError, match="short.json: short name of class 1"):
+        load_scheme_file(short)
+    with pytest.raises(ConfigError, match="class 1"):  # a model card's scheme is read the same way
+        get_scheme({"name": "card", "classes": ["Nucleus", name]})
+
+
+def test_a_text_scheme_with_a_formula_name_is_refused_and_a_clean_one_round_trips_through_the_csvs(
+    tmp_path: Path,
+) -> None:
+    from protloc.inference.files import predictions_csv, probabilities_csv, read_probabilities_table
+
+    (tmp_path / "evil.txt").write_text("Nucleus\n=1+1\n")
+    with pytest.raises(ConfigError, match=r"evil.txt: class 1 '=1\+1' starts with '='"):
+        load_scheme_file(tmp_path / "evil.txt")
+    (tmp_path / "five.txt").write_text("Nucleus\nCytosol & ER\nGolgi / TGN\nSpeckles (nuclear)\nNone\n")
+    scheme = load_scheme_file(tmp_path / "five.txt")
+    everything = np.ones((1, 5), np.uint8)
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(["a"], everything, scheme))))
+    assert rows[0]["Labels"].split("; ") == list(scheme.names)  # five names read back as five
+    table = tmp_path / "probabilities.csv"
+    table.write_text(probabilities_csv(["a"], np.full((1, 5), 0.5, np.float32), everything, scheme))
+    ids, probabilities, truth = read_probabilities_table(table, scheme)
+    assert ids == ["a"] and probabilities.shape == (1, 5) and truth is not None and truth.tolist() == [[1] * 5]
+
+
+@pytest.mark.parametrize("label", ["\u0661", "\u00b2", "1\u0662", "1||2", "1|", "|1", "1;;2", "1 | | 2"])
+def test_2021_label_ids_are_ascii_digits_and_never_empty(label: str) -> None:
+    with pytest.raises(LabelError, match="not a number in ASCII digits|empty class id"):
+        get_scheme("hpa2021").parse(label, where="train.csv line 3")
+
+
+def test_an_empty_id_in_a_labels_file_is_an_error_with_its_line(tmp_path: Path) -> None:
+    root = _root_2021(tmp_path)
+    (root / "train.csv").write_text("ID,Label\na,7|1\nb,1||2\nc,\u0661\n")
+    report = check_dataset(root, workers=1)
+    bad = [p for p in report.errors if p.kind == "bad-label"]
+    assert [p.message.split(":")[0] for p in bad] == ["train.csv line 3 (Id b)", "train.csv line 4 (Id c)"]
+    assert "'1||2' has an empty class id" in bad[0].message and "ASCII digits" in bad[1].message
+    with pytest.raises(DataError, match="line 3"):
+        open_dataset(root)

@@ -266,3 +266,156 @@ def test_fields_landing_while_the_watcher_starts_are_not_missed(onnx_model: Path
 
 def rows_of(run: object) -> list[str]:
     return [r["field"] for r in rows(run.table)]  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------- seams (issue 20)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained package with model.onnx: what the watcher does with its tables does not depend on training."""
+    from protloc.deployment.onnx import export_onnx
+    from tests.helpers import tiny_package
+
+    package = tiny_package(tmp_path_factory.mktemp("watch-tiny") / "model", size=32)
+    export_onnx(package)
+    return package
+
+
+def test_an_append_only_file_removed_is_made_again_and_one_replaced_stops(tmp_path: Path) -> None:
+    from protloc.errors import DataError
+    from protloc.watch.state import AppendOnlyFile
+
+    notices: list[str] = []
+    path = tmp_path / "results.csv"
+    table = AppendOnlyFile(path, notices.append)
+    table.append("field,p")
+    table.append("a,0.5")
+    path.unlink()  # someone deletes it while the watcher runs
+    table.append("b,0.25")
+    assert path.read_text().splitlines() == ["field,p", "a,0.5", "b,0.25"]
+    assert notices == [f"{path} was removed while watching; made it again with the 2 lines written so far"]
+    assert not list(tmp_path.glob(".*restoring"))
+    (tmp_path / "edited.csv").write_text("field,p\na,0.9\n")
+    (tmp_path / "edited.csv").replace(path)  # a spreadsheet saves its edit over it
+    with pytest.raises(DataError) as caught:
+        table.append("c,0.75")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path} was replaced by another file while the watcher ran")
+    saved = next(tmp_path.glob("results.watcher-*.csv"))
+    assert saved.name in message and saved.read_text().splitlines() == ["field,p", "a,0.5", "b,0.25"]
+    assert path.read_text() == "field,p\na,0.9\n"  # the other file is left as it is
+    table.close()
+
+
+def _wait_for(box: dict[str, object], kind: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(e.kind == kind for e in box["events"]) >= count or "error" in box:  # type: ignore[attr-defined]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} {kind} events in {timeout} s: {box}")
+
+
+def test_the_results_table_deleted_while_watching_loses_no_row(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Rows went to the deleted file, the journal marked them done and a restart did not redo them (issue 20)."""
+    folder, out = tmp_path / "scope", tmp_path / "out"
+    for i in range(3):
+        write_sample(folder, f"a{i}", size=40, seed=i)
+    thread, stop, box = run_in_thread(folder=folder, model=tiny_onnx, out=out, backend="onnx", settle=0.1)
+    try:
+        _wait_for(box, "classified", 3)
+        (out / "results.csv").unlink()
+        for i in range(2):
+            write_sample(folder, f"b{i}", size=40, seed=10 + i)
+        _wait_for(box, "classified", 5)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert "error" not in box, box.get("error")
+    table = [r["field"] for r in rows(out / "results.csv")]
+    assert sorted(table) == ["a0", "a1", "a2", "b0", "b1"]
+    notices = [e.message for e in box["events"] if e.kind == "notice"]  # type: ignore[attr-defined]
+    assert len(notices) == 1 and "results.csv was removed while watching; made it again" in notices[0]
+    done = [e["field"] for e in journal_lines(out) if e["status"] == "done"]
+    assert sorted(done) == sorted(table)
+    again = watch_folder(folder, tiny_onnx, out=out, backend="onnx", settle=0.1, once=True)
+    assert (again.classified, again.already_done) == (0, 5)
+
+
+def test_a_table_replaced_while_watching_stops_the_watcher_with_one_line(tiny_onnx: Path, tmp_path: Path) -> None:
+    folder, out = tmp_path / "scope", tmp_path / "out"
+    write_sample(folder, "a0", size=40, seed=0)
+    thread, stop, box = run_in_thread(folder=folder, model=tiny_onnx, out=out, backend="onnx", settle=0.1)
+    try:
+        _wait_for(box, "classified", 1)
+        edited = out / "edited.csv"
+        shutil.copy(out / "results.csv", edited)
+        edited.replace(out / "results.csv")
+        write_sample(folder, "a1", size=40, seed=1)
+        thread.join(timeout=60)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    error = box.get("error")
+    assert error is not None and "results.csv was replaced by another file" in str(error), box
+    assert "a1" not in [e["field"] for e in journal_lines(out)]  # never journalled without its row
+
+
+def test_fields_journalled_without_a_row_are_classified_again_at_start(tiny_onnx: Path, tmp_path: Path) -> None:
+    folder, out = tmp_path / "scope", tmp_path / "out"
+    for i in range(3):
+        write_sample(folder, f"a{i}", size=40, seed=i)
+    assert watch_folder(folder, tiny_onnx, out=out, backend="onnx", settle=0.1, once=True).classified == 3
+    (out / "results.csv").unlink()  # while no watcher runs
+    events: list[WatchEvent] = []
+    again = watch_folder(folder, tiny_onnx, out=out, backend="onnx", settle=0.1, once=True, on_event=events.append)
+    assert again.classified == 3 and sorted(r["field"] for r in rows(out / "results.csv")) == ["a0", "a1", "a2"]
+    assert any("3 fields journalled as classified have no row in results.csv" in e.message for e in events)
+
+
+def test_links_leading_out_of_the_watched_folder_are_refused_unless_followed(tiny_onnx: Path, tmp_path: Path) -> None:
+    folder, outside = tmp_path / "scope", tmp_path / "secrets"
+    write_sample(outside, "s", size=40, seed=1)
+    write_sample(folder, "inside", size=40, seed=2)
+    write_sample(folder / "real", "r", size=40, seed=3)
+    for channel in ("red", "green", "blue", "yellow"):
+        (folder / f"linked_{channel}.png").symlink_to(outside / f"s_{channel}.png")  # leads out
+        (folder / f"alias_{channel}.png").symlink_to(folder / f"inside_{channel}.png")  # stays inside
+    (folder / "plate").symlink_to(outside, target_is_directory=True)  # a linked folder leading out
+    (folder / "same").symlink_to(folder / "real", target_is_directory=True)  # a linked folder inside
+    events: list[WatchEvent] = []
+    run = watch_folder(
+        folder, tiny_onnx, out=tmp_path / "o1", backend="onnx", settle=0.1, once=True, recursive=True,
+        on_event=events.append,
+    )  # fmt: skip
+    assert sorted(r["field"] for r in rows(run.table)) == ["alias", "inside", "real/r"]
+    rejected = {r["field"]: r["reason"] for r in rows(tmp_path / "o1" / "rejected.csv")}
+    assert list(rejected) == ["linked"]
+    assert "linked_red.png leads outside the watched folder" in rejected["linked"]
+    assert "--follow-links" in rejected["linked"]
+    notices = [e.message for e in events if e.kind == "notice"]
+    assert len(notices) == 1 and "plate: a link to" in notices[0] and "--follow-links" in notices[0]
+    followed = watch_folder(
+        folder, tiny_onnx, out=tmp_path / "o2", backend="onnx", settle=0.1, once=True, recursive=True,
+        follow_links=True,
+    )  # fmt: skip
+    assert sorted(r["field"] for r in rows(followed.table)) == ["alias", "inside", "linked", "plate/s", "real/r"]
+
+
+def test_an_unreadable_sub_folder_is_named_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "locked").mkdir()
+    write_sample(tmp_path / "open", "f", size=16, channels=("red",))
+    notices: list[str] = []
+    tracker = FieldTracker(tmp_path, ("red",), recursive=True, on_notice=notices.append)
+    scandir = os.scandir
+
+    def refusing(path: object) -> object:
+        if Path(str(path)).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    for _ in range(3):  # every rescan
+        assert [p.name for p in tracker.walk()] == ["f_red.png"]
+    assert notices == [f"{tmp_path / 'locked'}: cannot be read (Permission denied); its fields are not watched"]

@@ -61,11 +61,20 @@ def binarize(probabilities: np.ndarray, thresholds: float | Sequence[float] | np
 
 
 def decide(
-    probabilities: np.ndarray, thresholds: float | Sequence[float] | np.ndarray, *, min_one: bool = True
+    probabilities: np.ndarray,
+    thresholds: float | Sequence[float] | np.ndarray,
+    *,
+    min_one: bool = True,
+    exclusive: Sequence[int] = (),
 ) -> np.ndarray:
     """Labels from probabilities: each class at its threshold; with ``min_one``, an image where no class
     passes gets the class closest to passing (highest probability / threshold), since every HPA image shows
-    at least one localization."""
+    at least one localization.
+
+    ``exclusive`` are the scheme's classes that exclude every other (2021's ``Negative``): where one passes with
+    others, the side closer to certain wins (its probability / threshold against the others' highest), so a
+    decision is always a label the scheme's own files accept.
+    """
     cuts = np.broadcast_to(np.asarray(thresholds, np.float64), (probabilities.shape[-1],))
     labels = (probabilities >= cuts).astype(np.uint8)
     if min_one and len(labels):
@@ -73,6 +82,18 @@ def decide(
         if empty.any():
             closest = np.argmax(probabilities[empty] / np.maximum(cuts, 1e-6), axis=1)
             labels[np.flatnonzero(empty), closest] = 1
+    if len(labels):
+        ratio = probabilities / np.maximum(cuts, 1e-6)
+        for class_id in exclusive:
+            clash = np.flatnonzero(labels[:, class_id].astype(bool) & (labels.sum(axis=1) > 1))
+            for row in clash:
+                others = np.flatnonzero(labels[row])
+                others = others[others != class_id]
+                if ratio[row, class_id] >= ratio[row, others].max():
+                    labels[row] = 0
+                    labels[row, class_id] = 1
+                else:
+                    labels[row, class_id] = 0
     return labels
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -48,7 +49,48 @@ BUILTIN_SCHEMES: tuple[str, ...] = ("hpa2018", "hpa2021", "subcell31")
 DEFAULT_SCHEME = "hpa2018"
 """The scheme assumed where nothing says otherwise (old model cards, the 2018 layout)."""
 
-_TOKEN_SPLIT = re.compile(r"[|\s;]+")
+_TOKEN_SPLIT = re.compile(r"\s*[|;]\s*|\s+")
+"""Between two class ids of a label: one ``|`` or ``;`` (spaces around it allowed), or a run of spaces."""
+
+NAME_SEPARATORS: tuple[str, ...] = (",", "|", ";")
+"""Characters a class name may not hold: protloc's own files separate values with them (CSV columns ``,``; class
+ids in 2021 labels and the cell table ``|``; class names in the ``Labels`` and ``labels`` columns ``; ``).
+Newlines and tabs are control characters, refused as such."""
+
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@")
+"""First characters that make a spreadsheet read a CSV cell as a formula: a class name may not start with one, so
+no CSV protloc writes (column headers, ``Labels``) can carry a formula (refused when the scheme is read, rather
+than escaped in each writer, so every file reads back to the same names)."""
+
+_BAD_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
+"""Unicode categories refused in class names: control, format (bidirectional overrides, zero-width), surrogate,
+private-use characters and line/paragraph separators."""
+
+
+def check_class_name(name: str, *, what: str) -> None:
+    """Refuse a class name that would break a file protloc writes or mislead a reader of one.
+
+    Raises:
+        ConfigError: naming ``what`` (``"mine.json: class 3"``) and the offending character.
+    """
+    if not name.strip():
+        raise ConfigError(f"{what} has an empty name")
+    for char in name:
+        if unicodedata.category(char) in _BAD_CATEGORIES:
+            raise ConfigError(
+                f"{what} {name!r} holds the control or invisible character U+{ord(char):04X}; "
+                "class names are one line of visible text"
+            )
+        if char in NAME_SEPARATORS:
+            raise ConfigError(
+                f"{what} {name!r} holds {char!r}, which separates values in protloc's files (CSV columns, "
+                "label ids, label names); use another character (e.g. '/' or '&')"
+            )
+    if name.startswith(FORMULA_STARTS):
+        raise ConfigError(
+            f"{what} {name!r} starts with {name[0]!r}, which a spreadsheet opening protloc's CSV files would take "
+            "for a formula; start the name with a letter or digit"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,6 +130,8 @@ class ClassScheme:
             raise ConfigError(f"class scheme {self.name!r} has no classes")
         lookup = self._lookup
         for i, cls in enumerate(self.classes):
+            check_class_name(cls.name, what=f"class scheme {self.name!r}: class {i}")
+            check_class_name(cls.short, what=f"class scheme {self.name!r}: short name of class {i}")
             if cls.id != i:
                 raise ConfigError(f"class scheme {self.name!r}: class {cls.name!r} has id {cls.id}, expected {i}")
             if cls.name.lower() in lookup:
@@ -132,17 +176,22 @@ class ClassScheme:
                 exclusive class (``Negative``) is combined with another.
         """
         prefix = f"{where}: " if where else ""
-        tokens = [t for t in _TOKEN_SPLIT.split(text.strip()) if t]
+        stripped = text.strip()
+        tokens = _TOKEN_SPLIT.split(stripped) if stripped else []
         if not tokens and not allow_empty:
             raise LabelError(f"{prefix}empty label: every training image needs at least one class id ({self.id_range})")
         multi_hot = np.zeros(len(self.classes), dtype=np.uint8)
         for token in tokens:
-            try:
-                class_id = int(token)
-            except ValueError:
+            if not token:
                 raise LabelError(
-                    f"{prefix}label {token!r} is not a number; expected class ids {self.id_range} of {self.name}"
-                ) from None
+                    f"{prefix}label {stripped!r} has an empty class id (two separators in a row, or one at an end)"
+                )
+            if not is_integer_text(token):
+                raise LabelError(
+                    f"{prefix}label {token!r} is not a number in ASCII digits; expected class ids {self.id_range} "
+                    f"of {self.name}"
+                )
+            class_id = int(token)
             if not 0 <= class_id < len(self.classes):
                 raise LabelError(
                     f"{prefix}label {token!r} is not a class id of {self.describe()}; expected {self.id_range}"
@@ -254,8 +303,8 @@ class ClassScheme:
                 name, short = item[0], item[1] if len(item) > 1 else item[0]
             else:
                 raise ConfigError(f"{where}: class {i} is {item!r}; give a name, [name, short] or {{'name': ...}}")
-            if not name.strip():
-                raise ConfigError(f"{where}: class {i} has an empty name")
+            check_class_name(name.strip(), what=f"{where}: class {i}")
+            check_class_name(short.strip() or name.strip(), what=f"{where}: short name of class {i}")
             classes.append(HPAClass(i, name.strip(), short.strip() or name.strip()))
         names = {c.name.lower(): c.id for c in classes}
         exclusive = []

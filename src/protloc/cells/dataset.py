@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
-from protloc.cells.masks import cells_of_field, labels_path, read_labels
+from protloc.cells.masks import cells_of_field, check_labels_fit, labels_path, read_labels
 from protloc.cells.metrics import iou_matrix
 from protloc.cells.truth import read_cell_truth
 from protloc.data.catalog import Catalog, open_dataset
@@ -191,6 +191,7 @@ def make_cell_dataset(
             skipped += len(present) - len(wanted)
             if len(wanted):
                 image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
+                check_labels_fit(field_labels.shape, image.shape[1:], labels_path(masks, field_id), field_id)
                 crops = cells_of_field(image, field_labels, size, padding=padding, cells=wanted)
                 for cell, crop in zip(crops.cells, crops.images, strict=True):
                     sample_id = cell_sample_id(field_id, int(cell))

@@ -63,27 +63,51 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     return path
 
 
-def read_labels(path: str | Path) -> np.ndarray:
+def read_labels(path: str | Path, *, shape: tuple[int, int] | None = None, field: str | None = None) -> np.ndarray:
     """Read a label image written by :func:`write_labels` (or any 8/16-bit single-plane PNG/TIFF) as ``int32``.
 
+    It is read as every image is (:mod:`protloc.data.decoder`): its header is checked against the pixel budget and,
+    when ``shape`` (the field's ``(height, width)``) is given, against the field's size, before a pixel is decoded.
+
     Raises:
-        DataError: the file is missing or is not a single-plane integer image.
+        DataError: the file is missing, over the pixel budget, not a single-plane integer image, or of another
+            size than its field (the message names the file and both sizes).
     """
+    from protloc.data.decoder import decode, probe
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label image not found; run `protloc segment` first")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        image = np.asarray(tifffile.imread(path))
-    else:
-        decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if decoded is None:
-            raise DataError(f"{path}: not a readable label image (corrupt or truncated?)")
-        image = np.asarray(decoded)
+    header = probe(path)
+    if len(header.shape) != 2 or header.dtype.kind not in "ui":
+        raise DataError(
+            f"{path}: a label image must be one plane of integers, got {header.dtype} of shape {header.shape}"
+        )
+    if shape is not None:
+        check_labels_fit(header.plane_shape, shape, path, field)
+    image = decode(path)
     if image.ndim != 2 or image.dtype.kind not in "ui":
         raise DataError(f"{path}: a label image must be one plane of integers, got {image.dtype} {image.shape}")
     return image.astype(np.int32)
+
+
+def check_labels_fit(
+    labels: tuple[int, ...], field: tuple[int, ...], path: str | Path | None = None, field_id: str | None = None
+) -> None:
+    """Refuse a label image whose ``(height, width)`` differs from its field's: its cells would be placed on
+    pixels the field does not have (or miss those it has).
+
+    Raises:
+        DataError: naming the label image (or the field) and both sizes.
+    """
+    if tuple(labels[:2]) == tuple(field[:2]):
+        return
+    what = str(path) if path is not None else f"label image of field {field_id or '?'}"
+    which = f"field {field_id}" if field_id else "its field"
+    raise DataError(
+        f"{what}: label image is {labels[1]}x{labels[0]} px but {which} is {field[1]}x{field[0]} px; "
+        "give the masks made for these fields"
+    )
 
 
 def border_cells(labels: np.ndarray, margin: int = 1) -> np.ndarray:
@@ -183,8 +207,9 @@ def cells_of_field(
     Raises:
         DataError: image and labels differ in size, or a requested cell is not in the labels.
     """
-    if image.ndim != 3 or image.shape[1:] != labels.shape:
-        raise DataError(f"field of shape {image.shape} and label image of shape {labels.shape} do not match")
+    if image.ndim != 3:
+        raise DataError(f"expected a (C, H, W) field, got shape {image.shape}")
+    check_labels_fit(labels.shape, image.shape[1:])
     if size < 1:
         raise DataError(f"crop size must be positive, got {size}")
     from scipy import ndimage

@@ -104,7 +104,9 @@ def predict_cells(
     drawn: list[Path] = []
     for index, field_id in enumerate(catalog.ids):
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
-        given = read_labels(labels_path(masks, field_id)) if masks is not None else None
+        given = None
+        if masks is not None:
+            given = read_labels(labels_path(masks, field_id), shape=image.shape[1:], field=field_id)
         result = predict_field_cells(predictor, image, channels=channels, field_id=field_id, labels=given)
         write_labels(labels_path(out / MASKS_DIR, field_id), result.labels)
         tables.append(
@@ -340,7 +342,9 @@ def compare_cell_methods(
     channels = predictor.channels
     for index, field_id in enumerate(catalog.ids):
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
-        labels = read_labels(labels_path(masks, field_id)) if masks is not None else None
+        labels = None
+        if masks is not None:
+            labels = read_labels(labels_path(masks, field_id), shape=image.shape[1:], field=field_id)
         scored: dict[str, FieldCellPrediction] = {}
         for part in (cell_only, field_only):
             if part is None:

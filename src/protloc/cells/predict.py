@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
+from protloc.cells.masks import FieldCells, cell_properties, cells_of_field, check_labels_fit
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
+from protloc.metrics import decide
 from protloc.model.card import ModelCard
 from protloc.schemes import ClassScheme
 
@@ -333,6 +334,7 @@ def predict_field_cells(
         )
     if labels is None:
         labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
+    check_labels_fit(np.shape(labels), image.shape[1:], field_id=field_id)
     present = np.unique(labels)
     cells = present[present > 0].astype(np.int64)
     n_classes = len(predictor.thresholds)
@@ -366,7 +368,7 @@ def predict_field_cells(
             probabilities = (predictor.mix * probabilities + (1 - predictor.mix) * field_probabilities).astype(
                 np.float32
             )
-    decisions = (probabilities >= np.asarray(predictor.thresholds, dtype=np.float32)).astype(np.uint8)
+    decisions = decide(probabilities, predictor.thresholds, min_one=False, exclusive=predictor.scheme.exclusive)
     return FieldCellPrediction(
         id=field_id,
         labels=np.asarray(labels, dtype=np.int32),

@@ -14,6 +14,7 @@ from protloc.cli.common import (
     _split_ids,
     app,
     console,
+    err_console,
     progress_bar,
 )
 
@@ -172,6 +173,10 @@ def export(
     onnx: Annotated[Path | None, typer.Option("--onnx", help="ONNX file to write (default: MODEL/model.onnx).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     tolerance: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| on the logits.")] = 1e-4,
+    parity_data: Annotated[
+        Path | None,
+        typer.Option(help="Images to check the export on (default: the card's training data, else synthetic)."),
+    ] = None,
     bioimageio: Annotated[
         bool, typer.Option("--bioimageio", help="Also write a BioImage.IO model package (zip) for deepImageJ & co.")
     ] = False,
@@ -203,12 +208,17 @@ def export(
     """
     from protloc.deployment.onnx import export_onnx
 
-    result = export_onnx(model, onnx, opset=opset, tolerance=tolerance)
+    result = export_onnx(model, onnx, opset=opset, tolerance=tolerance, parity_data=parity_data)
     console.print(
         f"wrote {escape(str(result.path))} ({result.exporter} exporter); max |ONNX Runtime - PyTorch| = "
         f"{result.max_abs_diff:.2e} on {escape(str(result.inputs))}, "
         f"batch sizes {', '.join(map(str, result.batch_sizes))}"
     )
+    if result.synthetic:
+        err_console.print(
+            "[yellow]note[/] the export was checked on synthetic fields, not on your images; give "
+            "--parity-data DATA to check it on them"
+        )
     if int8:
         from protloc.deployment.quantize import quantize_onnx
 
@@ -230,7 +240,13 @@ def export(
         from protloc.deployment.bioimageio import export_bioimageio
 
         package = export_bioimageio(
-            model, bioimageio_out, tolerance=tolerance, opset=opset, authors=author, license=license
+            model,
+            bioimageio_out,
+            tolerance=tolerance,
+            opset=opset,
+            authors=author,
+            license=license,
+            parity_data=parity_data,
         )
         diffs = ", ".join(f"{fmt} {diff:.2e}" for fmt, diff in package.max_abs_diff.items())
         console.print(

@@ -92,6 +92,9 @@ def watch(
     table: Annotated[str, typer.Option(help="Results table format: csv or jsonl.")] = "csv",
     pictures: Annotated[bool, typer.Option(help="Write a composite PNG with its labels per field.")] = False,
     recursive: Annotated[bool, typer.Option(help="Watch sub-folders too (plates, wells).")] = False,
+    follow_links: Annotated[
+        bool, typer.Option(help="Read files and folders that are links leading outside FOLDER (refused by default).")
+    ] = False,
     settle: Annotated[float, typer.Option(help="Seconds a field's files must stay unchanged before reading.")] = 2.0,
     incomplete_after: Annotated[
         float, typer.Option(help="Seconds after which a field lacking a channel is set aside.")
@@ -118,6 +121,8 @@ def watch(
             console.print(escape(f"{event.field}: {event.message}  ({event.row['seconds'] * 1000:.0f} ms)"))
         elif event.kind in ("rejected", "waiting"):
             err_console.print(f"[yellow]{event.kind}[/] {escape(str(event.field))}: {escape(event.message)}")
+        elif event.kind == "notice":
+            err_console.print(f"[yellow]notice[/] {escape(event.message)}")
         else:
             err_console.print(escape(event.message))
 
@@ -140,6 +145,7 @@ def watch(
             bit_depth=bit_depth,
             pictures=pictures,
             recursive=recursive,
+            follow_links=follow_links,
             settle=settle,
             incomplete_after=incomplete_after,
             poll=poll,

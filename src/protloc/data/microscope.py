@@ -10,21 +10,26 @@ their names (``DAPI`` -> blue, ``Tubulin`` -> red, ``Calreticulin`` -> yellow, `
 green, ...), or from a channel map the user gives (``"DAPI=blue,Tub=red,Ab=green,ER=yellow"`` or by index
 ``"0=blue,1=green"``). The catalog records each role as a :class:`PlanePath`: the file's path plus the
 plane index, so every reader (cache, prediction, explain) takes it where it takes a channel file. Z stacks
-are max-projected; only the first time point is read. Torch-free.
+are max-projected; only the first time point is read. Files are read as the one decoder reads every image
+(:mod:`protloc.data.decoder`): the header first, each plane checked against the pixel budget (``PROTLOC_MAX_PIXELS``)
+before a pixel is decoded, then only the pages of the channel asked for, one page at a time. Torch-free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 import sys
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from protloc.data.decoder import ImageHeader, check_budget
 from protloc.errors import ConfigError, DataError
 
 MICROSCOPE_SUFFIXES: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".czi", ".nd2", ".lif")
@@ -158,41 +163,114 @@ def _ome_channel_names(xml: str | None, count: int) -> list[str]:
     return names if len(names) == count else [""] * count
 
 
-def _reduce_axes(data: np.ndarray, axes: str, where: str) -> np.ndarray:
-    """Any tifffile/bioio axes string -> ``(C, Y, X)``: first T, max over Z, S (samples) taken as C."""
-    axes = axes.upper()
-    for axis in ("T", "Q", "I"):
-        while axis in axes and data.ndim > 3:
-            data = np.take(data, 0, axis=axes.index(axis))
-            axes = axes.replace(axis, "", 1)
-    if "Z" in axes:
-        data = data.max(axis=axes.index("Z"))
-        axes = axes.replace("Z", "")
-    if "C" not in axes and "S" in axes:
-        axes = axes.replace("S", "C")
-    if "C" not in axes:
-        data, axes = data[None], "C" + axes
-    if set(axes) != {"C", "Y", "X"}:
+@dataclass(frozen=True)
+class FieldHeader:
+    """What a microscope file declares, read without decoding a pixel: its channels, their names and the plane
+    size and type (already checked against the pixel budget of :mod:`protloc.data.decoder`)."""
+
+    channels: int
+    names: tuple[str, ...]
+    height: int
+    width: int
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class _TiffLayout:
+    """How the pages of a TIFF series map onto channels: the axes in front of each page, which one holds the
+    channels (or ``S``, the samples of a page), and the page's declared size."""
+
+    leading: tuple[tuple[str, int], ...]
+    channel_axis: str | None
+    samples: int
+    header: FieldHeader
+
+    def pages_of(self, plane: int) -> Iterator[int]:
+        """The page indices holding ``plane``: every Z (max-projected), the first T and of any other axis."""
+        shape = tuple(n for _, n in self.leading)
+        choices = []
+        for axis, size in self.leading:
+            if axis == self.channel_axis:
+                choices.append([plane])
+            elif axis == "Z":
+                choices.append(list(range(size)))
+            else:
+                choices.append([0])
+        for combo in itertools.product(*choices):
+            yield int(np.ravel_multi_index(combo, shape)) if shape else 0
+
+
+_FIRST_ONLY = frozenset("TQI")
+"""Axes of which only the first index is read (time points; unnamed sequences that are not the channels)."""
+
+
+def _tiff_layout(tif: Any, where: str) -> _TiffLayout:
+    if not tif.series:
+        raise DataError(f"{where}: TIFF file holds no image")
+    series = tif.series[0]
+    axes = str(series.get_axes(False)).upper()
+    shape = tuple(int(n) for n in series.get_shape(False))
+    if "Y" not in axes or "X" not in axes:
         raise DataError(f"{where}: cannot read axes {axes!r} as channels x height x width")
-    return np.ascontiguousarray(np.transpose(data, [axes.index(a) for a in "CYX"]))
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    samples = shape[axes.index("S")] if "S" in axes else 1
+    leading = tuple((a, n) for a, n in zip(axes, shape, strict=True) if a not in "YXS")
+    sizes = dict(leading)
+    channel_axis: str | None = None
+    if sizes.get("C", 1) > 1 or (samples == 1 and "C" in sizes):
+        channel_axis = "C"
+    if samples > 1:
+        if sizes.get("C", 1) > 1:
+            raise DataError(f"{where}: cannot read axes {axes!r}: channels of several samples each")
+        channel_axis = "S"
+    elif sizes.get("C", 1) == 1:
+        unnamed = [a for a in ("Q", "I") if sizes.get(a, 1) > 1]
+        if len(unnamed) == 1:
+            channel_axis = unnamed[0]
+    for axis, size in leading:
+        if size > 1 and axis not in ("C", "Z", *_FIRST_ONLY):
+            raise DataError(f"{where}: cannot read axes {axes!r} as channels x height x width")
+    channels = samples if channel_axis == "S" else sizes.get(channel_axis or "", 1)
+    dtype = np.dtype(series.dtype)
+    page = ImageHeader("tiff", (height, width) if samples == 1 else (height, width, samples), dtype)
+    check_budget(page, where)  # every page read is one plane (or one pixel-interleaved page): refused before decoding
+    names = _ome_channel_names(tif.ome_metadata, channels)
+    return _TiffLayout(leading, channel_axis, samples, FieldHeader(channels, tuple(names), height, width, dtype))
 
 
-def _read_ome_tiff(path: Path) -> tuple[np.ndarray, list[str]]:
+@contextlib.contextmanager
+def _tiff(path: Path) -> Iterator[tuple[Any, _TiffLayout]]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = _reduce_axes(np.asarray(series.asarray()), series.axes, str(path))
-            names = _ome_channel_names(tif.ome_metadata, data.shape[0])
+            yield tif, _tiff_layout(tif, str(path))
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for bad files
         raise DataError(f"{path}: not a readable OME-TIFF ({exc.__class__.__name__}: {exc})") from None
-    return data, names
 
 
-def _read_bioio(path: Path) -> tuple[np.ndarray, list[str]]:
+def _tiff_plane(path: Path, plane: int) -> np.ndarray:
+    """One channel of a TIFF series, page by page: only its pages are decoded, each within the budget."""
+    with _tiff(path) as (tif, layout):
+        _check_plane(path, plane, layout.header)
+        projected: np.ndarray | None = None
+        pages = len(tif.series[0].pages)
+        for index in layout.pages_of(plane):
+            if index >= pages:
+                raise DataError(f"{path}: truncated OME-TIFF (its description names more planes than it holds)")
+            data = np.asarray(tif.asarray(key=index, series=0))
+            if layout.samples > 1:
+                data = data[..., plane] if layout.channel_axis == "S" else data.max(axis=-1)
+            if data.shape != (layout.header.height, layout.header.width):
+                raise DataError(f"{path}: a page of shape {data.shape} differs from its series' planes")
+            projected = data if projected is None else np.maximum(projected, data, out=projected)
+    assert projected is not None
+    return projected
+
+
+def _bioio_image(path: Path) -> tuple[Any, FieldHeader]:
     try:
         from bioio import BioImage
     except ImportError:
@@ -202,46 +280,86 @@ def _read_bioio(path: Path) -> tuple[np.ndarray, list[str]]:
         ) from None
     try:
         image = BioImage(path)
-        data = np.asarray(image.get_image_data("ZCYX", T=0)).max(axis=0)
-        names = [str(n) for n in image.channel_names]
+        dims = image.dims
+        header = FieldHeader(
+            int(dims.C),
+            tuple(str(n) for n in image.channel_names),
+            int(dims.Y),
+            int(dims.X),
+            np.dtype(image.dtype),
+        )
     except Exception as exc:  # each bioio plugin raises its own types
         raise DataError(f"{path}: not readable with bioio ({exc.__class__.__name__}: {exc})") from None
-    return np.ascontiguousarray(data), names
+    check_budget(ImageHeader("other", (header.height, header.width), header.dtype), str(path))
+    return image, header
 
 
-@lru_cache(maxsize=2)
-def _read_cached(path: str, mtime_ns: int, reader: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    file = Path(path)
-    use_tifffile = reader == "tifffile" or (reader == "auto" and file.name.lower().endswith((".ome.tif", ".ome.tiff")))
-    data, names = _read_ome_tiff(file) if use_tifffile else _read_bioio(file)
-    return data, tuple(names)
+def _bioio_plane(path: Path, plane: int) -> np.ndarray:
+    image, header = _bioio_image(path)
+    _check_plane(path, plane, header)
+    try:
+        data = np.asarray(image.get_image_data("ZYX", T=0, C=plane)).max(axis=0)
+    except Exception as exc:
+        raise DataError(f"{path}: not readable with bioio ({exc.__class__.__name__}: {exc})") from None
+    return np.ascontiguousarray(data)
 
 
-def read_field(path: str | Path, *, reader: str = "auto") -> tuple[np.ndarray, list[str]]:
-    """A microscope file's planes ``(C, H, W)`` at their native type, and the channel names.
+def _check_plane(path: Path, plane: int, header: FieldHeader) -> None:
+    if not 0 <= plane < header.channels:
+        raise DataError(f"{path}: has {header.channels} channels, no plane {plane}")
 
-    ``reader`` is ``auto`` (tifffile for OME-TIFF, bioio for the rest), ``tifffile`` or ``bioio``. The last two
-    fields read stay cached per process, so reading the four roles of one field decodes it once.
-    """
+
+def _uses_tifffile(path: Path, reader: str) -> bool:
+    if reader not in ("auto", "tifffile", "bioio"):
+        raise ConfigError(f"reader {reader!r} is not one of auto, tifffile, bioio")
+    return reader == "tifffile" or (reader == "auto" and path.name.lower().endswith((".ome.tif", ".ome.tiff")))
+
+
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    data, names = _read_cached(str(path), path.stat().st_mtime_ns, reader)
-    return data, list(names)
+    return path
 
 
-def read_plane(path: PlanePath) -> np.ndarray:
-    """One plane of a microscope file, at its native pixel type."""
-    data, _ = read_field(Path(str(path)))
-    if not 0 <= path.plane < data.shape[0]:
-        raise DataError(f"{path}: has {data.shape[0]} channels, no plane {path.plane}")
-    return np.asarray(data[path.plane])
+def read_header(path: str | Path, *, reader: str = "auto") -> FieldHeader:
+    """A microscope file's channels, names, plane size and pixel type, from its header (no pixel decoded).
+
+    Raises:
+        DataError: unreadable, axes that are not channels x height x width, or planes over the pixel budget
+            (:func:`protloc.data.decoder.max_pixels`).
+    """
+    path = _existing(path)
+    if _uses_tifffile(path, reader):
+        with _tiff(path) as (_, layout):
+            return layout.header
+    return _bioio_image(path)[1]
+
+
+def read_plane(path: PlanePath | str | Path, plane: int | None = None, *, reader: str = "auto") -> np.ndarray:
+    """One channel of a microscope file ``(H, W)`` at its native pixel type, max-projected over Z, first time
+    point. Only that channel's planes are decoded, after the header was checked against the pixel budget."""
+    index = plane if plane is not None else getattr(path, "plane", 0)
+    file = _existing(str(path))
+    return _tiff_plane(file, index) if _uses_tifffile(file, reader) else _bioio_plane(file, index)
+
+
+def read_field(path: str | Path, *, reader: str = "auto") -> tuple[np.ndarray, list[str]]:
+    """All channels of a microscope file ``(C, H, W)`` at their native type, and the channel names (read channel
+    by channel, as :func:`read_plane` reads one).
+
+    ``reader`` is ``auto`` (tifffile for OME-TIFF, bioio for the rest), ``tifffile`` or ``bioio``.
+    """
+    header = read_header(path, reader=reader)
+    planes = [read_plane(path, index, reader=reader) for index in range(header.channels)]
+    return np.stack(planes), list(header.names)
 
 
 def field_planes(path: Path, channel_map: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """Role -> :class:`PlanePath` of one microscope file (reads the file's channel names)."""
-    data, names = read_field(path)
-    roles = assign_roles(names if any(names) else [""] * data.shape[0], channel_map, where=str(path))
+    """Role -> :class:`PlanePath` of one microscope file (from its header: channel count and names)."""
+    header = read_header(path)
+    names = list(header.names) if any(header.names) else [""] * header.channels
+    roles = assign_roles(names, channel_map, where=str(path))
     return {role: PlanePath(path, index) for role, index in roles.items()}
 
 

@@ -59,6 +59,8 @@ class BioimageioExport:
     """weights format -> largest |spec pipeline - protloc| on the test logits."""
     inputs: str
     weights: tuple[str, ...]
+    synthetic: bool = False
+    """whether the parity check and the test tensors used synthetic fields instead of real images."""
 
 
 @contextlib.contextmanager
@@ -160,6 +162,7 @@ def export_bioimageio(
     authors: Sequence[str] | None = None,
     license: str = "MIT",
     name: str | None = None,
+    parity_data: str | Path | None = None,
 ) -> BioimageioExport:
     """Write a BioImage.IO model package (zip) for a protloc package (see the module docstring).
 
@@ -170,6 +173,8 @@ def export_bioimageio(
         torchscript: add TorchScript weights too (deepImageJ and older consumers run those).
         authors: names for the description's authors (default: the current user).
         license: SPDX licence id of the weights.
+        parity_data: a data set whose images the parity check and the test tensors use (default: the card's
+            training data, else synthetic fields, as :func:`protloc.deployment.onnx.parity_inputs` says).
 
     Raises:
         DependencyError: bioimageio.spec is not installed (``pip install 'protloc[bioimageio]'``).
@@ -193,7 +198,7 @@ def export_bioimageio(
     core = full.backbone if single else full
     assert isinstance(core, torch.nn.Module)
     network = _Named(core).eval()
-    uint8, source = parity_inputs(package, count=2)
+    uint8, source, synthetic = parity_inputs(package, count=2, data=parity_data)
     pixels = Preprocessor.to_pixels(uint8)
     with torch.no_grad():
         expected = full(torch.from_numpy(pixels)).numpy()
@@ -253,7 +258,7 @@ def export_bioimageio(
             warnings.simplefilter("ignore", UserWarning)  # bioimageio.spec's notes on re-reading its own output
             temp_zip.unlink()
             save_bioimageio_package(description, output_path=temp_zip)
-    return BioimageioExport(path=target, max_abs_diff=worst, inputs=source, weights=tuple(weights))
+    return BioimageioExport(path=target, max_abs_diff=worst, inputs=source, weights=tuple(weights), synthetic=synthetic)
 
 
 def _normalised(pixels: np.ndarray, pre: Sequence[dict[str, Any]]) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 :func:`export_onnx` writes the package's network (single model or ensemble, normalisation included) with a
 dynamic batch axis, embeds the model card in the ONNX metadata (the file is then self-describing), and
-compares ONNX Runtime against PyTorch on real inputs: the package's own training images when they are
-reachable, else a synthetic field. The export is refused when the largest absolute difference in the
-logits exceeds ``tolerance`` (1e-4 by default, float32).
+compares ONNX Runtime against PyTorch on real inputs: images the caller names (``parity_data``; an error if
+they cannot be read), else the package's own training images when they are reachable, else synthetic fields,
+and the result says which and, for synthetic ones, why (:attr:`ExportResult.synthetic`; the CLI prints it and
+suggests ``--parity-data``). The export is refused when the largest absolute difference in the logits exceeds
+``tolerance`` (1e-4 by default, float32).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ class ExportResult:
     path: Path
     max_abs_diff: float
     inputs: str
-    """where the parity inputs came from."""
+    """where the parity inputs came from (for synthetic fields, why no real ones were used)."""
     exporter: str
     batch_sizes: tuple[int, ...]
+    synthetic: bool = False
+    """whether the parity check ran on synthetic fields instead of real images."""
 
 
 @contextlib.contextmanager
@@ -104,23 +108,49 @@ class _Named(torch.nn.Module):
         return self.network(pixels)
 
 
-def parity_inputs(package: ModelPackage, count: int = 4) -> tuple[np.ndarray, str]:
-    """Real model inputs (uint8 ``(N, C, S, S)``): training images if reachable, else synthetic fields."""
-    preprocessor = Preprocessor.from_card(package.card)
-    data = package.card.training_data
-    if data and Path(data).exists():
-        try:
-            from protloc.data.catalog import open_dataset
+def parity_inputs(
+    package: ModelPackage, count: int = 4, data: str | Path | None = None
+) -> tuple[np.ndarray, str, bool]:
+    """Model inputs (uint8 ``(N, C, S, S)``) for a parity check, where they came from, and whether they are
+    synthetic: the images of ``data`` when given, else the card's training images if they can be read, else
+    synthetic fields (the description then says why no real ones were used).
 
-            catalog = open_dataset(data, channels=list(package.channels))
-            picks = [catalog.ids[i] for i in range(min(count, len(catalog)))]
-            batch = np.concatenate([preprocessor.load(catalog.files[i], i) for i in picks])
-            return batch, f"{len(picks)} training images from {data}"
-        except (DataError, OSError):
-            pass
+    Raises:
+        DataError: ``data`` was given and cannot be read (a named source never falls back to synthetic fields).
+    """
+    if data is not None:
+        batch = _real_inputs(package, data, count)
+        return batch, f"{len(batch)} images from {data}", False
+    named = package.card.training_data
+    if not named:
+        why = "the model card names no training data"
+    elif not Path(named).exists():
+        why = f"the training data {named} is not reachable from here"
+    else:
+        try:
+            batch = _real_inputs(package, named, count)
+            return batch, f"{len(batch)} training images from {named}", False
+        except (DataError, OSError) as exc:
+            why = f"the training data {named} could not be read: {exc}"
+    return _synthetic_inputs(package, count), f"{count} synthetic fields ({why})", True
+
+
+def _real_inputs(package: ModelPackage, data: str | Path, count: int) -> np.ndarray:
+    from protloc.data.catalog import open_dataset
+
+    preprocessor = Preprocessor.from_card(package.card)
+    catalog = open_dataset(data, channels=list(package.channels), allow_empty_labels=True)
+    if not len(catalog):
+        raise DataError(f"{data}: no images to check the export on")
+    picks = [catalog.ids[i] for i in range(min(count, len(catalog)))]
+    return np.concatenate([preprocessor.load(catalog.files[i], i) for i in picks])
+
+
+def _synthetic_inputs(package: ModelPackage, count: int) -> np.ndarray:
     from protloc.synth import generate_sample
     from protloc.synth.labels import SYNTH_SCHEME
 
+    preprocessor = Preprocessor.from_card(package.card)
     rng = np.random.default_rng(0)
     fields = []
     for i in range(count):
@@ -128,11 +158,16 @@ def parity_inputs(package: ModelPackage, count: int = 4) -> tuple[np.ndarray, st
         labels[(i * 7) % SYNTH_SCHEME.num_classes] = 1
         planes = generate_sample(labels, max(package.size, 64), rng)
         fields.append(preprocessor.prepare_uint8(np.stack([planes[c] for c in package.channels])))
-    return np.concatenate(fields), f"{count} synthetic fields (training data not reachable)"
+    return np.concatenate(fields)
 
 
 def export_onnx(
-    model: str | Path, out: str | Path | None = None, *, opset: int = 18, tolerance: float = 1e-4
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = 18,
+    tolerance: float = 1e-4,
+    parity_data: str | Path | None = None,
 ) -> ExportResult:
     """Export a package to ONNX and check it against PyTorch.
 
@@ -141,16 +176,19 @@ def export_onnx(
         out: the ``.onnx`` file to write (default: ``model.onnx`` inside the package).
         opset: ONNX opset version.
         tolerance: largest allowed absolute difference between ONNX Runtime and PyTorch logits.
+        parity_data: a data set (folder, Kaggle root, labels CSV) whose images the check runs on (default: the
+            card's training data, else synthetic fields; see :func:`parity_inputs`).
 
     Raises:
         ModelError: export failed, or the outputs differ by more than ``tolerance`` (nothing is written).
+        DataError: ``parity_data`` cannot be read.
     """
     package = load_package(model)
     target = Path(out) if out is not None else package.path / ONNX_FILE
     if target.suffix.lower() != ".onnx":
         raise ModelError(f"{target}: the output file must end in .onnx")
     network = _Named(package.build_model()).eval()
-    inputs, source = parity_inputs(package)
+    inputs, source, synthetic = parity_inputs(package, data=parity_data)
     pixels = Preprocessor.to_pixels(inputs)
     with torch.no_grad():
         expected = network(torch.from_numpy(pixels)).numpy()
@@ -168,7 +206,9 @@ def export_onnx(
                 f"ONNX export of {package.path} differs from PyTorch by {worst:.2e} (tolerance {tolerance:.0e}); "
                 "not written"
             )
-    return ExportResult(path=target, max_abs_diff=worst, inputs=source, exporter=exporter, batch_sizes=sizes)
+    return ExportResult(
+        path=target, max_abs_diff=worst, inputs=source, exporter=exporter, batch_sizes=sizes, synthetic=synthetic
+    )
 
 
 def embed_card(path: Path, card: ModelCard, exporter: str, extra: dict[str, str] | None = None) -> None:

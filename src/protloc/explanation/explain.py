@@ -105,8 +105,8 @@ class Explanation:
         sample_id: the sample's Id when known.
         image: the field as read, ``(C, H, W)`` uint8, channels as in ``channels``.
         channels: the channel order of ``image`` (the model's).
-        probabilities: sigmoid probabilities of the 28 classes, ``(28,)`` float32.
-        thresholds: the package's per-class thresholds, ``(28,)``.
+        probabilities: sigmoid probabilities of the model's K classes (its card's scheme), ``(K,)`` float32.
+        thresholds: the package's per-class thresholds, ``(K,)``.
         predicted: class ids whose probability reaches their threshold, ascending.
         maps: class id -> ``(H, W)`` float32 map in 0-1 (1 = strongest evidence for that class in this field;
             all zero when no position raised the score), in the order explained.
@@ -346,7 +346,7 @@ class Explainer:
         return [f"{target.name} ({target.grid[0]}x{target.grid[1]})" for _, target in self.targets]
 
     def _probabilities(self, pixels: torch.Tensor) -> np.ndarray:
-        """Sigmoid probabilities ``(28,)`` of one ``(1, C, S, S)`` input (ensembles: the members' average)."""
+        """Sigmoid probabilities ``(K,)`` of one ``(1, C, S, S)`` input (ensembles: the members' average)."""
         import torch
 
         with torch.no_grad():

@@ -395,7 +395,7 @@ def predict_folder(
         out=out,
         ids=list(catalog.ids),
         probabilities=probabilities,
-        labels=decide(probabilities, chosen, min_one=settings.min_one),
+        labels=decide(probabilities, chosen, min_one=settings.min_one, exclusive=card.scheme.exclusive),
         thresholds=chosen,
         seconds=time.perf_counter() - started,
         resumed_from=resumed_from,

@@ -6,8 +6,9 @@ Endpoints (all JSON errors are ``{"detail": "one line"}``):
 * ``GET /model``: the package card: classes, channels, input size, thresholds, metrics, versions.
 * ``POST /predict``: one sample as multipart form data: one image per channel in the fields ``red``,
   ``green``, ``blue``, ``yellow`` (PNG/TIFF/JPG, 8 or 16 bit), or one multi-channel TIFF or ``.npy`` in the
-  field ``stack``. Answers the predicted labels (id, name, probability, threshold), all 28 probabilities and
-  the time taken; ``?previews=true`` adds PNG pictures of the composite and each channel.
+  field ``stack``. Answers the predicted labels (id, name, probability, threshold), the probability of every
+  class of the model's scheme (28 for hpa2018, 19 for hpa2021, 31 for subcell31, or a user's) and the time
+  taken; ``?previews=true`` adds PNG pictures of the composite and each channel.
   ``?cells=true`` adds the field's cells (segmented on the service): box, area, centroid, border flag,
   per-class probabilities, labels, the mask (2021 challenge RLE) and an outline polygon, and says whether a cell
   model, the field baseline or their mix made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
@@ -15,6 +16,9 @@ Endpoints (all JSON errors are ``{"detail": "one line"}``):
   ``<Id>_<channel>.<ext>`` (the Kaggle layout) and/or stacks named ``<Id>.tif`` / ``<Id>.npy``.
 * ``POST /explain``: the same inputs as ``/predict`` and ``?class_id=`` (id or name; default the most probable
   class): a PNG of the class activation map over the composite. Needs PyTorch; 501 without it.
+
+The response models and the OpenAPI schema are sized to the served model's class scheme
+(:func:`protloc.serve.schemas.scheme_models`), and the web page builds its classes from ``GET /model``.
 
 Bad input is a 4xx, never a 500: 400 malformed body, 401 missing/wrong token, 413 upload over the limit,
 422 unusable data (missing channel, corrupt file, wrong shape...), 501 explanations unavailable, 503 busy.
@@ -45,7 +49,7 @@ from protloc.serve.cells import CellMethod, CellRequest
 from protloc.serve.decode import Upload
 from protloc.serve.engine import InferenceEngine, NotAvailableError, ServiceBusyError
 from protloc.serve.gate import RequestGate
-from protloc.serve.schemas import BatchResponse, ErrorResponse, Health, ModelInfo, PredictionResponse
+from protloc.serve.schemas import ErrorResponse, Health, scheme_models
 from protloc.serve.service import PredictionService
 from protloc.serve.settings import LOOPBACK_HOSTS, ServiceSettings
 
@@ -131,6 +135,8 @@ def create_app(
         inference_threads=settings.inference_threads,
     )
     service = PredictionService(settings, engine)
+    scheme = engine.card.scheme
+    models = scheme_models(scheme)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -144,7 +150,8 @@ def create_app(
         summary="Where in a human cell does a protein live? Multi-label localization from 4-channel microscopy.",
         description=(
             "Upload one field of cells (one image per channel, or one stacked TIFF/.npy) and get the predicted "
-            "subcellular localizations among the 28 Human Protein Atlas classes. Errors are JSON "
+            f"subcellular localizations among the {scheme.num_classes} classes of the model's class scheme, "
+            f"{scheme.name}{f' ({scheme.title})' if scheme.title else ''}. Errors are JSON "
             '`{"detail": "..."}` with a 4xx status.'
             + (" Every endpoint except /health needs `Authorization: Bearer TOKEN`." if settings.token else "")
         ),
@@ -219,7 +226,7 @@ def create_app(
 
     @app.get(
         "/model",
-        response_model=ModelInfo,
+        response_model=models.model_info,
         dependencies=auth,
         responses=info_errors,
         tags=["model"],
@@ -249,7 +256,7 @@ def create_app(
 
     @app.post(
         "/predict",
-        response_model=PredictionResponse,
+        response_model=models.prediction,
         response_model_exclude_none=False,
         dependencies=auth,
         responses=cell_errors,
@@ -280,7 +287,7 @@ def create_app(
 
     @app.post(
         "/predict/batch",
-        response_model=BatchResponse,
+        response_model=models.batch,
         dependencies=auth,
         responses=cell_errors,
         tags=["prediction"],
@@ -324,7 +331,9 @@ def create_app(
         yellow: UploadFile | None = File(None, description=channel_help.format("yellow", "endoplasmic reticulum")),
         stack: UploadFile | None = File(None, description=stack_help),
         class_id: str | None = Query(
-            None, max_length=64, description="class id (0-27) or name; default: the most probable class"
+            None,
+            max_length=64,
+            description=f"class id ({scheme.id_range}) or name of {scheme.name}; default: the most probable class",
         ),
         stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
         max_side: int | None = Query(
@@ -335,11 +344,7 @@ def create_app(
         files = await _read_channels(uploads)
         stacked = await _read(stack)
         await service.reject_unknown_fields(request)
-        chosen = (
-            resolve_class_id(class_id, service.engine.card.scheme)
-            if class_id is not None and class_id.strip()
-            else None
-        )
+        chosen = resolve_class_id(class_id, scheme) if class_id is not None and class_id.strip() else None
         side = max_side or settings.preview_side  # always a bounded picture, whatever the upload's size
         png, headers = await service.explain(files, stacked, stack_channels, chosen, side)
         return Response(content=png, media_type="image/png", headers=headers)

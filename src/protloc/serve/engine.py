@@ -55,7 +55,7 @@ class NotAvailableError(ProtlocError):
 
 @dataclass
 class Prediction:
-    """One sample's result: probabilities ``(28,)``, the labels decided from them, and timings in seconds."""
+    """One sample's result: probabilities ``(K,)`` (K classes of the scheme), the decided labels, timings in s."""
 
     probabilities: np.ndarray
     labels: np.ndarray
@@ -240,11 +240,11 @@ class InferenceEngine:
         return self.preprocessor.prepare_uint8(image)
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        """Labels ``(N, 28)`` from probabilities ``(N, 28)``: the package's thresholds and min-one rule."""
-        return decide(probabilities, self.thresholds, min_one=self.min_one)
+        """Labels ``(N, K)`` from probabilities ``(N, K)``: the package's thresholds and min-one rule."""
+        return decide(probabilities, self.thresholds, min_one=self.min_one, exclusive=self.card.scheme.exclusive)
 
     async def infer(self, inputs: np.ndarray) -> np.ndarray:
-        """Probabilities ``(28,)`` for one sample's inputs ``(T, C, S, S)``, batched with concurrent requests."""
+        """Probabilities ``(K,)`` for one sample's inputs ``(T, C, S, S)``, batched with concurrent requests."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((inputs, future))
@@ -283,7 +283,7 @@ class InferenceEngine:
             self._drainers -= 1
 
     def run_batch(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities ``(N, 28)`` for a list of ``(T, C, S, S)`` uint8 inputs, on the calling thread."""
+        """Probabilities ``(N, K)`` for a list of ``(T, C, S, S)`` uint8 inputs, on the calling thread."""
         stacked = np.stack(list(inputs))
         return batch_probabilities(self.backend, stacked)
 

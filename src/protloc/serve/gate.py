@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import IO, Any
@@ -16,6 +17,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("protloc.serve")
 
 
 PROTECTED_PATHS = frozenset(("/model", "/predict", "/predict/batch", "/explain"))
@@ -239,8 +242,19 @@ class RequestGate:
         except Exception:
             if not state["exceeded"]:
                 raise
-        if state["exceeded"] and not state["started"]:
+        if not state["exceeded"]:
+            return
+        if not state["started"]:
             await _send_error(send, 413, self._too_large(None), [(b"connection", b"close")])
+            return
+        # The answer had begun when the body passed the limit: its rest was withheld and no 413 can follow.
+        log.warning(
+            "%s %s: the request body passed the upload limit (%d bytes) after the answer had started; "
+            "the rest of the answer was withheld and the connection is closed",
+            scope.get("method", "?"),
+            scope.get("path", "?"),
+            self.max_bytes,
+        )
 
 
 class _BodyTooLargeError(Exception):

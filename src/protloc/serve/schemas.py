@@ -1,10 +1,19 @@
-"""The JSON the service answers with, as pydantic models: they make the OpenAPI schema at ``/openapi.json``."""
+"""The JSON the service answers with, as pydantic models: they make the OpenAPI schema at ``/openapi.json``.
+
+The models here are scheme-neutral; :func:`scheme_models` derives from them the ones a service answers with,
+sized to the class scheme of the model it serves (19 probabilities for ``hpa2021``, 31 for ``subcell31``, a
+user's count for a user's scheme), so the OpenAPI schema says exactly what that service sends and a response is
+checked against it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from protloc.schemes import ClassScheme
 
 
 class ErrorResponse(BaseModel):
@@ -16,7 +25,7 @@ class ErrorResponse(BaseModel):
 class Label(BaseModel):
     """A predicted localization."""
 
-    id: int = Field(ge=0, le=27, description="class id (Kaggle HPA numbering)")
+    id: int = Field(ge=0, description="class id in the model's class scheme (see GET /model)")
     name: str = Field(description="class name", examples=["Nucleoplasm"])
     probability: float = Field(ge=0, le=1)
     threshold: float = Field(ge=0, le=1, description="the package's decision threshold for this class")
@@ -102,10 +111,12 @@ class PredictionResponse(BaseModel):
 
     id: str | None = Field(default=None, description="the sample's Id (batch requests)")
     labels: list[Label] = Field(description="predicted localizations, most probable first")
-    target: str = Field(description="the labels as a Kaggle Target string: class ids ascending", examples=["0 25"])
-    probabilities: list[float] = Field(
-        min_length=28, max_length=28, description="probability of every class, indexed by class id (see GET /model)"
+    target: str = Field(
+        description="the labels as the scheme's labels file writes them: class ids ascending, in its separator "
+        "(hpa2018: spaces, hpa2021: |)",
+        examples=["0 25"],
     )
+    probabilities: list[float] = Field(description="probability of every class, indexed by class id (see GET /model)")
     image: ImageInfo
     seconds: float = Field(description="time taken by the service for this request")
     timing: Timing
@@ -183,3 +194,69 @@ class Health(BaseModel):
     samples: int = Field(description="samples run through the network so far")
     batches: int = Field(description="network calls so far")
     mean_batch: float = Field(description="samples per network call (micro-batching at work when > 1)")
+
+
+# ------------------------------------------------------------------------------------------ per scheme
+
+
+@dataclass(frozen=True)
+class SchemeModels:
+    """The response models of a service whose model predicts ``scheme`` (see :func:`scheme_models`)."""
+
+    scheme: ClassScheme
+    label: type[Label]
+    cell: type[Cell]
+    cells_summary: type[CellsSummary]
+    prediction: type[PredictionResponse]
+    batch: type[BatchResponse]
+    model_info: type[ModelInfo]
+
+
+def scheme_models(scheme: ClassScheme) -> SchemeModels:
+    """Response models sized to ``scheme``: class ids ``0..N-1`` and exactly ``N`` probabilities, thresholds,
+    classes and palette colours, ``N`` the scheme's class count. They keep the neutral models' names, so the
+    OpenAPI schema's components are called the same whatever the scheme."""
+    n = scheme.num_classes
+    what = f"{scheme.describe()}, ids {scheme.id_range}"
+
+    def derive(base: type[BaseModel], **fields: Any) -> Any:
+        return create_model(base.__name__, __base__=base, __doc__=base.__doc__, __module__=__name__, **fields)
+
+    def list_of(kind: Any) -> Any:
+        return list[kind]
+
+    def per_class(kind: Any, description: str) -> tuple[Any, Any]:
+        return list_of(kind), Field(min_length=n, max_length=n, description=description)
+
+    def class_id(description: str) -> tuple[Any, Any]:
+        return int, Field(ge=0, le=n - 1, description=description)
+
+    label = derive(Label, id=class_id(f"class id in {what} (see GET /model)"))
+    labels = list_of(label)
+    cell = derive(
+        Cell,
+        top=class_id("class id of the most probable class (colours the outline)"),
+        labels=(labels, Field(description="classes at or over their threshold, most probable first")),
+        probabilities=per_class(float, f"probability of every class of {what}, indexed by class id"),
+    )
+    summary = derive(
+        CellsSummary,
+        palette=per_class(str, "#rrggbb colour of every class id, for drawing outlines by top class"),
+        thresholds=per_class(float, "the per-class thresholds that decided the cells' labels"),
+    )
+    cells = list_of(cell) | None
+    prediction = derive(
+        PredictionResponse,
+        labels=(labels, Field(description="predicted localizations, most probable first")),
+        probabilities=per_class(float, f"probability of every class of {what}, indexed by class id"),
+        cells=(cells, Field(default=None, description="only with ?cells=true: the field's cells")),
+        cell_info=(summary | None, Field(default=None, description="only with ?cells=true: how they were made")),
+    )
+    results = list_of(prediction)
+    batch = derive(BatchResponse, results=(results, ...))
+    info = derive(
+        ModelInfo,
+        classes=per_class(ClassInfo, f"the classes of {what}, in id order"),
+        thresholds=per_class(float, "the decision threshold of every class"),
+    )
+    return SchemeModels(scheme, label, cell, summary, prediction, batch, info)

@@ -8,10 +8,17 @@ still growing keeps changing its signature. Writers that write a temporary name 
 ``A1_red.png.part``, ``~A1_red.png``) and rename are never looked at before the rename: those names are not
 channel files. A field that still lacks a channel (or has an empty file) ``incomplete_after`` seconds after it
 was first seen is reported as incomplete.
+
+**Links.** A channel file that is a symbolic link (or lies in a linked sub-folder) leading outside the watched
+folder is set aside with a line saying so, unless ``follow_links`` is on (``protloc watch --follow-links``): a
+link can point anywhere the watcher's user may read, which the person filling the folder may not. Links that stay
+inside the folder are followed. In a recursive watch, linked sub-folders are entered only with ``follow_links``;
+without it each one leading out is named once (``on_notice``), as is a sub-folder that cannot be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,8 +63,14 @@ class FieldTracker:
         settle: float = 2.0,
         incomplete_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        follow_links: bool = False,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
+        self.given_root = root.absolute()
         self.root = root.resolve()
+        self.follow_links = follow_links
+        self.on_notice = on_notice or (lambda message: None)
+        self._told: set[str] = set()
         self.channels = tuple(channels)
         self.recursive = recursive
         self.exclude = exclude.resolve() if exclude is not None else None
@@ -68,6 +81,14 @@ class FieldTracker:
 
     # ------------------------------------------------------------------------------------ finding files
 
+    def _relative(self, folder: Path) -> Path | None:
+        """``folder`` relative to the watched folder: as written (a linked sub-folder keeps its name), else
+        resolved; ``None`` when it is outside."""
+        for base, candidate in ((self.given_root, folder.absolute()), (self.root, folder.resolve())):
+            with contextlib.suppress(ValueError):
+                return candidate.relative_to(base)
+        return None
+
     def field_of(self, path: Path) -> tuple[str, str, str] | None:
         """``(key, Id, channel)`` for a channel file inside the watched folder, else ``None``."""
         if _is_hidden(path.name):
@@ -75,9 +96,8 @@ class FieldTracker:
         parsed = split_channel_filename(path.name)
         if parsed is None:
             return None
-        try:
-            relative = path.parent.resolve().relative_to(self.root)
-        except ValueError:
+        relative = self._relative(path.parent)
+        if relative is None:
             return None
         if relative.parts and (not self.recursive or any(_is_hidden(p) for p in relative.parts)):
             return None
@@ -87,23 +107,70 @@ class FieldTracker:
         key = sample_id if not relative.parts else f"{relative.as_posix()}/{sample_id}"
         return key, sample_id, channel
 
+    def _tell_once(self, key: str, message: str) -> None:
+        if key not in self._told:
+            self._told.add(key)
+            self.on_notice(message)
+
+    def _leads_out(self, path: Path) -> bool:
+        try:
+            path.resolve().relative_to(self.root)
+        except ValueError:
+            return True
+        return False
+
     def walk(self) -> Iterator[Path]:
-        """Every candidate file under the folder (its sub-folders too when recursive), without the output."""
-        stack = [self.root]
+        """Every candidate file under the folder (its sub-folders too when recursive), without the output.
+
+        A sub-folder that cannot be read, or (without ``follow_links``) a linked one leading out of the folder, is
+        named once through ``on_notice`` and left out.
+        """
+        stack = [self.given_root]
+        entered = {self.root}
         while stack:
             folder = stack.pop()
             try:
                 entries = list(os.scandir(folder))
-            except OSError:
+            except OSError as exc:
+                said = f"{folder}: cannot be read ({exc.strerror or exc}); its fields are not watched"
+                self._tell_once(f"unreadable {folder}", said)
                 continue
+            self._told.discard(f"unreadable {folder}")
             for entry in entries:
                 if _is_hidden(entry.name):
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    if self.recursive and (self.exclude is None or Path(entry.path).resolve() != self.exclude):
-                        stack.append(Path(entry.path))
+                if entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and entry.is_dir()):
+                    if not self.recursive:
+                        continue
+                    path = Path(entry.path)
+                    resolved = path.resolve()
+                    if (self.exclude is not None and resolved == self.exclude) or resolved in entered:
+                        continue
+                    if entry.is_symlink() and not self.follow_links:
+                        if self._leads_out(path):
+                            self._tell_once(
+                                f"link {path}",
+                                f"{path}: a link to {resolved}, outside the watched folder; not watched "
+                                "(--follow-links to watch linked folders)",
+                            )
+                        continue
+                    entered.add(resolved)
+                    stack.append(path)
                 elif split_channel_filename(entry.name) is not None:
                     yield Path(entry.path)
+
+    def link_problem(self, pending: PendingField) -> str | None:
+        """Why a field may not be read because of a link (a file leading outside the watched folder), or
+        ``None``; always ``None`` with ``follow_links``."""
+        if self.follow_links:
+            return None
+        for path in pending.files.values():
+            if self._leads_out(path):
+                return (
+                    f"{path.name} leads outside the watched folder (to {path.resolve()}); links leading out are "
+                    "not followed (watch with --follow-links to allow them)"
+                )
+        return None
 
     def seen(self, path: Path, *, skip: Callable[[str], bool]) -> bool:
         """Note a file that appeared or changed; ``skip(key)`` says the field is already done. True if noted."""

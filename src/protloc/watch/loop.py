@@ -51,7 +51,8 @@ PICTURE_SIDE = 512
 @dataclass
 class WatchEvent:
     """What happened: ``started``, ``classified`` (with its table ``row``), ``rejected`` (``message`` says
-    why), ``waiting`` (incomplete fields left at the end of a ``once`` run) or ``stopped``."""
+    why), ``waiting`` (incomplete fields left at the end of a ``once`` run), ``notice`` (something the watcher
+    did or skipped that a person should know: a table made again, a sub-folder it cannot read) or ``stopped``."""
 
     kind: str
     field: str | None = None
@@ -128,6 +129,7 @@ class _Classifier:
     ) -> None:
         self.backend = backend
         self.classes = [str(c) for c in card.classes]
+        self.exclusive = card.scheme.exclusive
         self.preprocessor = Preprocessor.from_card(card, tiles=tiles, bit_depth=bit_depth)
         self.views = parse_tta(tta)
         self.thresholds = list(thresholds)
@@ -141,7 +143,8 @@ class _Classifier:
 
     def __call__(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities = batch_probabilities(self.backend, inputs, self.views)
-        return probabilities, decide(probabilities, self.thresholds, min_one=self.min_one)
+        decided = decide(probabilities, self.thresholds, min_one=self.min_one, exclusive=self.exclusive)
+        return probabilities, decided
 
 
 def watch_folder(
@@ -159,6 +162,7 @@ def watch_folder(
     bit_depth: int | None = None,
     pictures: bool = False,
     recursive: bool = False,
+    follow_links: bool = False,
     settle: float = 2.0,
     incomplete_after: float = 600.0,
     poll: bool = False,
@@ -180,6 +184,8 @@ def watch_folder(
         backend, device, tta, thresholds, min_one, tiles, bit_depth: as for ``protloc predict``.
         pictures: write ``pictures/<field>.png``, the composite with its labels, per field.
         recursive: watch sub-folders too (the key of a field is then ``sub/folder/Id``).
+        follow_links: read channel files (and enter sub-folders) that are links leading outside ``folder``; by
+            default such a field is set aside with a line in ``rejected.csv`` saying so.
         settle: seconds a field's files must stay unchanged before it is read.
         incomplete_after: seconds after which a field still lacking a channel is set aside as incomplete
             (it is taken again if its files change later).
@@ -193,7 +199,7 @@ def watch_folder(
         on_event: called with every :class:`WatchEvent`.
 
     Raises:
-        DataError: the folder does not exist.
+        DataError: the folder does not exist, or a file of the output was replaced by another while running.
         ConfigError: a setting is out of range, or another watcher holds the folder or the output.
     """
     require("watchfiles", "watch")
@@ -225,15 +231,17 @@ def watch_folder(
     stop = stop if stop is not None else threading.Event()
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
+
+    def notice(message: str) -> None:
+        emit(WatchEvent("notice", message=message))
+
     with watch_locks(folder, out):
-        journal = Journal.open(out / JOURNAL_FILE)
-        results = ResultsTable(out / f"results.{table}", classify.classes)
-        rejected = RejectedTable(out / REJECTED_FILE)
+        journal = Journal.open(out / JOURNAL_FILE, notice)
+        results = ResultsTable(out / f"results.{table}", classify.classes, notice)
+        rejected = RejectedTable(out / REJECTED_FILE, notice)
         summary = WatchSummary(out=out, table=results.path)
         try:
-            last = results.last_field()
-            if last is not None and last not in journal.done:  # killed between the row and its journal line
-                journal.record(last, "done", (), recovered=True)
+            _reconcile(journal, results, notice)
             summary.already_done = len(journal.done)
             tracker = FieldTracker(
                 folder,
@@ -242,6 +250,8 @@ def watch_folder(
                 exclude=out,
                 settle=settle,
                 incomplete_after=incomplete_after,
+                follow_links=follow_links,
+                on_notice=notice,
             )
             skip = journal.done.__contains__
 
@@ -255,6 +265,10 @@ def watch_folder(
                 loaded = []
                 for pending in batch:
                     before = pending.signature
+                    refused = tracker.link_problem(pending)
+                    if refused is not None:
+                        set_aside(pending, refused)
+                        continue
                     try:
                         image, inputs = classify.read(pending)
                     except Exception as exc:  # any undecodable file: set aside, keep watching
@@ -298,7 +312,7 @@ def watch_folder(
                         "probabilities": {c: round(float(p), 5) for c, p in zip(classify.classes, probs, strict=True)},
                         "files": pending.names(),
                     }
-                    results.append(row)
+                    results.append(row)  # durable in the table at its path when this returns
                     journal.record(pending.key, "done", pending.signature or ())
                     summary.classified += 1
                     emit(WatchEvent("classified", pending.key, "; ".join(names), row))
@@ -367,6 +381,22 @@ def watch_folder(
             rejected.close()
     emit(WatchEvent("stopped", message=f"{summary.classified} classified, {summary.rejected} set aside"))
     return summary
+
+
+def _reconcile(journal: Journal, results: ResultsTable, notice: Callable[[str], None]) -> None:
+    """Make the journal agree with the table at start: a row without a journal line (killed between the two) is
+    journalled; a field journalled as done without a row (the table was removed, replaced or edited while no
+    watcher ran) is classified again."""
+    rows = set(results.fields())
+    for key in sorted(rows - journal.done):
+        journal.record(key, "done", (), recovered=True)
+    lost = journal.done - rows
+    if lost:
+        journal.done -= lost
+        notice(
+            f"{len(lost)} fields journalled as classified have no row in {results.path.name} (removed, replaced or "
+            "edited?); classifying them again"
+        )
 
 
 def _enough(summary: WatchSummary, max_fields: int | None) -> bool:

@@ -8,11 +8,17 @@ The output folder of ``protloc watch`` holds::
     rejected.csv      one row per field set aside (corrupt, unreadable, incomplete), with the reason
     pictures/         optional: one composite PNG per field, labels written on it
 
-The journal is the single source of truth for "already done": a restarted watcher reads it and skips those
-fields, and takes every other field it finds (so one that arrived while it was down is not lost). A row is
-written to the results table *before* its journal line; a crash between the two leaves one row without a
-journal line, which :class:`ResultsTable` finds at start (it is the table's last row) and journals instead of
-classifying the field again. A crash in the middle of a line leaves a torn last line, which is cut off.
+The journal says what is "already done": a restarted watcher reads it and skips those fields, and takes every
+other field it finds (so one that arrived while it was down is not lost). A field is journalled only once its
+row is durable: written, fsynced, and still in the file at the table's path. At start the two are reconciled:
+a row without a journal line (a crash between the two) is journalled instead of classified again, and a field
+journalled as done whose row is not in the table (the table was removed, replaced or edited) is classified
+again. A crash in the middle of a line leaves a torn last line, which is cut off.
+
+Each of the three files is an :class:`AppendOnlyFile`, which before and after every line checks that the file
+it holds open is still the one at its path (same device and inode): one removed while the watcher runs is made
+again from the copy still open, every line kept, and the watcher says so; one replaced by another file stops the
+watcher with one line, its own lines saved beside it, rather than writing into a file it did not make.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import datetime as dt
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,13 +106,21 @@ def watch_locks(folder: Path, out: Path) -> Iterator[None]:
             lock.release()
 
 
-# ------------------------------------------------------------------------------------------- journal
+# ------------------------------------------------------------------------------------ append-only files
 
 
-def _append_line(handle: IO[bytes], text: str) -> None:
-    handle.write(text.encode("utf-8") + b"\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+def _fsync_folder(folder: Path) -> None:
+    """Make a file's creation or rename durable (its directory entry); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -121,6 +136,111 @@ def _cut_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
+class AppendOnlyFile:
+    """A file of lines, each one durable before :meth:`append` returns, that stays the file at its path.
+
+    ``on_notice`` hears what was done about the file (recreated after it was removed). See the module docstring.
+    """
+
+    def __init__(self, path: Path, on_notice: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.on_notice = on_notice or (lambda message: None)
+        _cut_torn_tail(path)
+        self._open()
+
+    def _open(self) -> None:
+        created = not self.path.exists()
+        self._handle: IO[bytes] = self.path.open("a+b")
+        info = os.fstat(self._handle.fileno())
+        self._identity = (info.st_dev, info.st_ino)
+        if created:
+            _fsync_folder(self.path.parent)
+
+    @property
+    def empty(self) -> bool:
+        return os.fstat(self._handle.fileno()).st_size == 0
+
+    def append(self, text: str) -> None:
+        """Write one line and return once it is on disk in the file at :attr:`path`.
+
+        Raises:
+            DataError: another file was put at the path while the watcher ran (the watcher stops).
+        """
+        self._check()
+        self._handle.write(text.encode("utf-8") + b"\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._check()  # removed while the line was written: made again, this line included
+
+    def _check(self) -> None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._recreate()
+            return
+        if (info.st_dev, info.st_ino) != self._identity:
+            raise DataError(self._replaced())
+
+    def _copy_of_own(self, target: Path) -> int:
+        """Copy the lines of the file held open (removed or not) to ``target``, durably; return their count."""
+        self._handle.flush()
+        self._handle.seek(0)
+        lines = 0
+        with target.open("xb") as out:
+            while chunk := self._handle.read(1 << 20):
+                lines += chunk.count(b"\n")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        return lines
+
+    def _recreate(self) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.restoring")
+        lines = self._copy_of_own(temporary)
+        try:
+            os.link(temporary, self.path)  # never over a file that appeared meanwhile
+        except FileExistsError:
+            temporary.unlink()
+            raise DataError(self._replaced()) from None
+        except OSError:  # no hard links here (some network shares): a rename, checked just before
+            if self.path.exists():
+                temporary.unlink()
+                raise DataError(self._replaced()) from None
+            temporary.replace(self.path)
+        else:
+            temporary.unlink()
+        _fsync_folder(self.path.parent)
+        old = self._handle
+        self._open()
+        old.close()
+        self.on_notice(f"{self.path} was removed while watching; made it again with the {lines} lines written so far")
+
+    def _replaced(self) -> str:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        kept = self.path.with_name(f"{self.path.stem}.watcher-{stamp}{self.path.suffix}")
+        try:
+            lines = self._copy_of_own(kept)
+            saved = f"its {lines} lines are saved as {kept.name}"
+        except OSError as exc:
+            saved = f"its lines could not be saved ({exc.strerror or exc})"
+        return (
+            f"{self.path} was replaced by another file while the watcher ran; stopped rather than write into a file "
+            f"it did not make ({saved}); move one of them away and start the watcher again"
+        )
+
+    def read_lines(self) -> list[str]:
+        """Every complete line of the file as it is at its path (for reconciling at start)."""
+        if not self.path.is_file():
+            return []
+        return self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+# ------------------------------------------------------------------------------------------- journal
+
+
 @dataclass
 class Journal:
     """The append-only record of fields classified (``done``) and set aside (``rejected`` + signature)."""
@@ -128,9 +248,10 @@ class Journal:
     path: Path
     done: set[str]
     rejected: dict[str, Signature]
+    file: AppendOnlyFile | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
+    def open(cls, path: Path, on_notice: Callable[[str], None] | None = None) -> Journal:
         _cut_torn_tail(path)
         done: set[str] = set()
         rejected: dict[str, Signature] = {}
@@ -147,16 +268,12 @@ class Journal:
                         rejected.pop(key, None)
                     elif status == "rejected":
                         rejected[key] = signature_from_json(entry.get("files", []))
-        journal = cls(path=path, done=done, rejected=rejected)
-        journal._handle = path.open("ab")
-        return journal
-
-    _handle: IO[bytes] | None = None
+        return cls(path=path, done=done, rejected=rejected, file=AppendOnlyFile(path, on_notice))
 
     def record(self, key: str, status: str, signature: Signature, **extra: Any) -> None:
         entry = {"field": key, "status": status, "time": now_iso(), "files": [list(s) for s in signature], **extra}
-        assert self._handle is not None
-        _append_line(self._handle, json.dumps(entry))
+        assert self.file is not None
+        self.file.append(json.dumps(entry))
         if status == "done":
             self.done.add(key)
             self.rejected.pop(key, None)
@@ -164,9 +281,9 @@ class Journal:
             self.rejected[key] = signature
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def signature_from_json(files: Sequence[Sequence[Any]]) -> Signature:
@@ -185,7 +302,7 @@ class ResultsTable:
     object; it also names the ``files``.
     """
 
-    def __init__(self, path: Path, classes: Sequence[str]) -> None:
+    def __init__(self, path: Path, classes: Sequence[str], on_notice: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.format = path.suffix.lstrip(".")
         if self.format not in TABLE_FORMATS:
@@ -202,27 +319,24 @@ class ResultsTable:
                     f"{path} has other columns than this model's results (written by another model?); "
                     "give another --out"
                 )
-        self._handle = path.open("ab")
+        self.file = AppendOnlyFile(path, on_notice)
         if fresh and self.format == "csv":
-            _append_line(self._handle, self._csv_line(self.header))
+            self.file.append(self._csv_line(self.header))
 
-    def last_field(self) -> str | None:
-        """The field of the last row (to reconcile with the journal after a crash), or ``None``."""
+    def fields(self) -> list[str]:
+        """The field of every row, in order (to reconcile with the journal at start)."""
         if not self.path.is_file():
-            return None
-        with self.path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - 65536))
-            lines = handle.read().decode("utf-8", errors="replace").splitlines()
-        if not lines:
-            return None
+            return []
         if self.format == "jsonl":
-            try:
-                return str(json.loads(lines[-1])["field"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                return None
-        row = next(csv.reader([lines[-1]]), [])
-        return row[0] if row and row != self.header else None
+            found = []
+            for line in self.file.read_lines():
+                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                    found.append(str(json.loads(line)["field"]))
+            return found
+        with self.path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            return [row[0] for row in reader if row]
 
     @staticmethod
     def _csv_line(values: Sequence[Any]) -> str:
@@ -231,6 +345,7 @@ class ResultsTable:
         return buffer.getvalue()
 
     def append(self, row: dict[str, Any]) -> None:
+        """Write one row; when this returns, the row is on disk in the table at :attr:`path`."""
         if self.format == "jsonl":
             text = json.dumps(row)
         else:
@@ -246,10 +361,10 @@ class ResultsTable:
                 *(f"{probabilities[name]:.5f}" for name in self.classes),
             ]
             text = self._csv_line(values)
-        _append_line(self._handle, text)
+        self.file.append(text)
 
     def close(self) -> None:
-        self._handle.close()
+        self.file.close()
 
 
 class RejectedTable:
@@ -257,16 +372,14 @@ class RejectedTable:
 
     HEADER = ("field", "time", "reason", "files")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_notice: Callable[[str], None] | None = None) -> None:
         self.path = path
-        _cut_torn_tail(path)
-        fresh = not path.is_file() or path.stat().st_size == 0
-        self._handle = path.open("ab")
-        if fresh:
-            _append_line(self._handle, ResultsTable._csv_line(self.HEADER))
+        self.file = AppendOnlyFile(path, on_notice)
+        if self.file.empty:
+            self.file.append(ResultsTable._csv_line(self.HEADER))
 
     def append(self, key: str, reason: str, files: Sequence[str]) -> None:
-        _append_line(self._handle, ResultsTable._csv_line([key, now_iso(), reason, "; ".join(files)]))
+        self.file.append(ResultsTable._csv_line([key, now_iso(), reason, "; ".join(files)]))
 
     def close(self) -> None:
-        self._handle.close()
+        self.file.close()

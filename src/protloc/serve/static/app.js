@@ -97,6 +97,8 @@ async function loadModel() {
   const info = $("model-info");
   info.replaceChildren(
     el("span", { class: "pill", text: model.name }),
+    el("span", { class: "pill", id: "scheme-pill", title: model.scheme.title || model.scheme.name,
+      text: `${model.scheme.name} · ${model.classes.length} classes` }),
     el("span", { class: "pill", text: `${model.size} px input` }),
     el("span", { class: "pill", text: model.channels.join(" · ") }),
     el("span", { class: "pill", text: `${model.backend === "onnx" ? "ONNX Runtime" : "PyTorch"}` }),
