@@ -147,7 +147,7 @@ test tensors are protloc's own probabilities for the first of them.
 
 ## Limitations
 
-Trained on the data named in `config.protloc.model.card.training`; fields from other microscopes, magnifications or
+Trained on the data named in `config.protloc.card.training`; fields from other microscopes, magnifications or
 stains may need re-training. Classifies whole fields; per-cell results need a cell model.
 """
 
