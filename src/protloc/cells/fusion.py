@@ -24,9 +24,10 @@ shows none of them). Cells cut by the field's border and small cells (under ``sm
 median area of their field's cells) may have all their scores multiplied by ``border`` / ``small``: such
 fragments are often not cells of the truth.
 
-The image probabilities come from the field model (``image="field model"``) or from the cell model's own
+The image probabilities come from the field model (``image="field model"``), from the cell model's own
 image head (``image="cell model"``, a model trained as in :mod:`protloc.cells.mil`, whose card records the
-head). Torch-free.
+head), or from the field model's class activation maps averaged inside each cell (``image="field model
+CAM"``, :mod:`protloc.cells.cam`; ``rule="image"`` with it is CAM-in-mask alone). Torch-free.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from protloc.errors import ConfigError, ModelError
 
 RULES = ("cell", "image", "product", "geometric", "mean")
 NEGATIVE_RULES = ("same", "max", "none-of-others")
-IMAGE_SOURCES = ("field model", "cell model")
-"""Where a field's image-level probabilities come from: the field model, or the cell model's image head."""
+IMAGE_SOURCES = ("field model", "cell model", "field model CAM")
+"""Where the image-level probabilities come from: the field model (one row per field), the cell model's image head
+(one row per field), or the field model's class activation maps averaged in each cell (one row per cell, see
+:mod:`protloc.cells.cam`)."""
 
 FUSION_KEY = "fusion"
 IMAGE_HEAD_KEY = "image_head"
@@ -98,7 +101,7 @@ class FusionSpec:
 
     @property
     def needs_field_model(self) -> bool:
-        return self.needs_image and self.image == "field model"
+        return self.needs_image and self.image in ("field model", "field model CAM")
 
     @property
     def needs_cell_model(self) -> bool:

@@ -19,6 +19,7 @@ segmentation F1/AP at IoU 0.5 and 0.75 (see :mod:`protloc.cells.metrics`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,14 +313,18 @@ def score_fields(
     ids: Sequence[str] | None = None,
     masks: str | Path | None = None,
     bit_depth: int = 16,
+    cam: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[FieldScores]:
     """Run every model the predictor has on every field of ``data`` once (segmenting each field once, or reading
-    its label image from ``masks``): the inputs every fusion rule is scored from."""
-    from protloc.inference.predict import open_for_prediction
+    its label image from ``masks``): the inputs every fusion rule is scored from. ``cam``: also the field
+    model's class activation maps in each cell (:mod:`protloc.cells.cam`, torch backend)."""
+    from protloc.predict import open_for_prediction
 
     catalog = open_for_prediction(data, split=split, ids=ids, channels=predictor.channels)
-    models = (predictor.cell_backend is not None, predictor.field_backend is not None)
+    sources = {"cell"} if predictor.cell_backend is not None else set()
+    if predictor.field_backend is not None:
+        sources |= {"field", "cam"} if cam else {"field"}
     scored = []
     for index, field_id in enumerate(catalog.ids):
         image = read_sample(catalog.files[field_id], predictor.channels, bit_depth=bit_depth, sample_id=field_id)
@@ -332,7 +337,7 @@ def score_fields(
                 field_id=field_id,
                 labels=labels,
                 embeddings=False,
-                models=models,
+                sources=sources,
             )
         )
         if on_progress:
@@ -372,7 +377,8 @@ def method_rules(predictor: CellPredictor, mixes: Sequence[float] = ()) -> dict[
         rules[METHOD_CELL] = FusionSpec()
         fitted = predictor.fusion
         usable = predictor.field_backend is not None or not fitted.needs_field_model
-        if fitted != FusionSpec() and usable and (predictor.image_head is not None or fitted.image != "cell model"):
+        plain = dataclasses.replace(fitted, thresholds=None) == FusionSpec()
+        if not plain and usable and (predictor.image_head is not None or fitted.image != "cell model"):
             rules[f"{FUSED_PREFIX}{fitted.describe()}"] = fitted
         if predictor.field_backend is not None:
             for weight in mixes:
@@ -411,10 +417,13 @@ def compare_cell_methods(
     Raises:
         DataError: no per-cell truth for the fields.
     """
-    scored = score_fields(predictor, data, split=split, masks=masks, bit_depth=bit_depth, on_progress=on_progress)
+    chosen = {**method_rules(predictor, mixes), **dict(rules or {})}
+    cam = any(spec.needs_image and spec.image == "field model CAM" for spec in chosen.values())
+    scored = score_fields(
+        predictor, data, split=split, masks=masks, bit_depth=bit_depth, cam=cam, on_progress=on_progress
+    )
     names = predictor.class_names
     truths = read_cell_truth(truth_folder(truth or data, split), len(names), [s.id for s in scored])
-    chosen = {**method_rules(predictor, mixes), **dict(rules or {})}
     negative = predictor.scheme.exclusive
     results = {}
     for method, spec in chosen.items():

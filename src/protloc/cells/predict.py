@@ -28,7 +28,7 @@ network's pooled features before the classifier) come with the torch backend of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,9 +268,9 @@ def open_cell_predictor(
             )
         fusion = fusion if fusion is not None else fusion_of(cell_card.cells, where=str(cell_model))
         head = image_head_of(cell_card.cells, where=str(cell_model))
-        if field_model is None and fusion.needs_field_model:
+        if field_model is None:  # loaded when carried (the baseline side by side), run only when the fusion asks
             field_model = carried_field_model(cell_model, cell_card)
-            if field_model is None:
+            if field_model is None and fusion.needs_field_model:
                 raise ModelError(
                     f"{cell_model}: its fusion ({fusion.describe()}) needs a field model; pass --field-model"
                 )
@@ -407,6 +407,7 @@ class FieldScores:
         cell: ``(N, K)`` the cell model's probabilities (``None`` without a cell model).
         field: ``(K,)`` the field model's probabilities (``None`` without a field model).
         head: ``(K,)`` the cell model's image head over the field's cells (``None`` without one).
+        cam: ``(N, K)`` the field model's class activation maps averaged in each cell (when asked for).
         border: ``(N,)`` cells cut by the field's border.
         areas: ``(N,)`` cell areas in pixels.
         embeddings: ``(N, D)`` pooled features of the cell model (``None`` without one, or off torch).
@@ -421,10 +422,11 @@ class FieldScores:
     border: np.ndarray
     areas: np.ndarray
     embeddings: np.ndarray | None = None
+    cam: np.ndarray | None = None
 
     def images(self) -> dict[str, np.ndarray]:
         """The image probabilities this field has, by source (see :data:`protloc.cells.fusion.IMAGE_SOURCES`)."""
-        found = {"field model": self.field, "cell model": self.head}
+        found = {"field model": self.field, "cell model": self.head, "field model CAM": self.cam}
         return {name: value for name, value in found.items() if value is not None}
 
     def fused(self, spec: FusionSpec, negative: Sequence[int] = ()) -> np.ndarray:
@@ -458,15 +460,15 @@ def score_field(
     batch_size: int = 64,
     embeddings: bool = True,
     field_probabilities: np.ndarray | None = None,
-    models: tuple[bool, bool] | None = None,
+    sources: Collection[str] | None = None,
 ) -> FieldScores:
     """Segment (unless ``labels`` are given) one ``(C, H, W)`` ``uint8`` field and run the models on it once.
 
     Args:
         field_probabilities: the field model's probabilities of this field when the caller has them already
             (the service, which answers the field's labels too): the field network then does not run again.
-        models: ``(cell model, field model)``: which to run (default: those the predictor's fusion needs, and
-            both for the baseline and evaluation's side-by-side scores when given ``(True, True)``).
+        sources: what to compute, of ``"cell"`` (the cell model), ``"field"`` (the field model) and ``"cam"``
+            (the field model's maps in each cell); default: what the predictor's fusion needs.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[0] != len(channels):
@@ -479,7 +481,11 @@ def score_field(
     present = np.unique(labels)
     cells = present[present > 0].astype(np.int64)
     applied = predictor.applied_fusion
-    run_cell, run_field = models if models is not None else (applied.needs_cell_model, applied.needs_field_model)
+    if sources is None:
+        sources = {"cell"} if applied.needs_cell_model else set()
+        if applied.needs_field_model:
+            sources |= {"cam" if applied.image == "field model CAM" else "field"}
+    run_cell, run_field = "cell" in sources, "field" in sources
     probabilities: np.ndarray | None = None
     features: np.ndarray | None = None
     cell_card = predictor.cell_card
@@ -495,6 +501,7 @@ def score_field(
             field_values = predict_inputs(predictor.field_backend, inputs, preprocessor, predictor.views)[0]
             field_values = field_values.astype(np.float32)
     head = predictor.image_head(probabilities) if predictor.image_head and probabilities is not None else None
+    cam = _cam(predictor, image, channels, labels, cells) if "cam" in sources else None
     border, areas = cell_geometry(labels, cells)
     return FieldScores(
         id=field_id,
@@ -506,7 +513,30 @@ def score_field(
         border=border,
         areas=areas,
         embeddings=features,
+        cam=cam,
     )
+
+
+def _cam(
+    predictor: CellPredictor, image: np.ndarray, channels: Sequence[str], labels: np.ndarray, cells: np.ndarray
+) -> np.ndarray | None:
+    """The field model's class activation maps averaged in each cell (:mod:`protloc.cells.cam`); ``None``
+    without a field model.
+
+    Raises:
+        ModelError: the field model does not run on the torch backend, or has no linear head.
+    """
+    card, backend = predictor.field_card, predictor.field_backend
+    if card is None or backend is None:
+        return None
+    network = getattr(backend, "model", None)
+    if network is None or not hasattr(network, "backbone"):
+        raise ModelError("CAM-in-mask scores need the field model on the torch backend (--backend torch)")
+    from protloc.cells.cam import cam_in_cells
+
+    preprocessor = Preprocessor.from_card(card)
+    inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))
+    return cam_in_cells(network, Preprocessor.to_pixels(inputs), labels, cells)
 
 
 def _score_crops(
