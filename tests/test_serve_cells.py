@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from protloc.cells.encode import decode_mask
 from protloc.cells.masks import border_cells
 from protloc.cells.predict import METHOD_BASELINE, METHOD_CELL, METHOD_FUSION, open_cell_predictor, predict_field_cells
+from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ModelError
 from protloc.serve import create_app
 from protloc.serve.cells import outline_polygon

@@ -10,7 +10,7 @@ way (0.531 mAP alone, against 0.46 for copying the field's labels), with no cell
 map, enlarges it bilinearly to a working grid of at most ``grid`` px on the longer side, averages it inside each
 cell (the label image shrunk to the same grid) and returns the sigmoid: a probability per cell and class. A cell
 too small to keep a pixel on the grid gets the field's logit. Needs the torch backend (the feature map is not an
-output of an exported ONNX model); :mod:`protloc.explain` draws the same kind of map for people (Grad-CAM).
+output of an exported ONNX model); :mod:`protloc.explanation.explain` draws the same kind of map for people (Grad-CAM).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def cam_in_cells(
     """Per-cell probabilities ``(N, K)``: the field model's class activation maps averaged inside each cell.
 
     Args:
-        network: the field model's packaged torch network (:class:`protloc.models.PackagedNetwork`).
+        network: the field model's packaged torch network (:class:`protloc.model.network.PackagedNetwork`).
         pixels: ``(1, C, S, S)`` the field as the field model takes it (0-1, resized to its input size).
         labels: ``(H, W)`` the field's label image.
         cells: ``(N,)`` the cell ids to score.

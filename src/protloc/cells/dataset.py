@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
-from protloc.catalog import Catalog, open_dataset
 from protloc.cells.masks import border_cells, cells_of_field, labels_path, read_labels
 from protloc.cells.metrics import iou_matrix
 from protloc.cells.truth import read_cell_truth
@@ -221,7 +220,7 @@ def make_cell_dataset(
             missing = [i for i in catalog.ids if i not in folds]
             if missing:
                 raise ConfigError(f"no fold given for field {missing[0]}")
-            from protloc.dataset import save_folds
+            from protloc.data.dataset import save_folds
 
             save_folds(staging / "folds.csv", ids, np.asarray([folds[catalog.ids[g]] for g in groups]))
         else:

@@ -1,7 +1,7 @@
 """Fusion: how a cell's own probabilities and its field's (image-level) probabilities make its final scores.
 
 A cell model sees one masked cell; the field model (or a cell model's image head, see
-:mod:`protloc.cells.mil`) sees the whole field. HPA's 2021 winners multiplied the two (a cell scores high for
+:mod:`protloc.training.mil`) sees the whole field. HPA's 2021 winners multiplied the two (a cell scores high for
 a class only when its field shows the class *and* the cell looks like it) and treated ``Negative`` apart.
 :class:`FusionSpec` names one such rule; :func:`fuse` applies it; :func:`fit_fusion` picks the rule that
 scores best by the 2021 metric on validation fields with per-cell truth, and the chosen rule is stored on the
@@ -25,7 +25,7 @@ median area of their field's cells) may have all their scores multiplied by ``bo
 fragments are often not cells of the truth.
 
 The image probabilities come from the field model (``image="field model"``), from the cell model's own
-image head (``image="cell model"``, a model trained as in :mod:`protloc.cells.mil`, whose card records the
+image head (``image="cell model"``, a model trained as in :mod:`protloc.training.mil`, whose card records the
 head), or from the field model's class activation maps averaged inside each cell (``image="field model
 CAM"``, :mod:`protloc.cells.cam`; ``rule="image"`` with it is CAM-in-mask alone). Torch-free.
 """
@@ -147,7 +147,9 @@ class FusionSpec:
 @dataclass(frozen=True)
 class ImageHead:
     """A cell model's image-level head: a field's class scores pooled from its cells' logits by log-sum-exp,
-    ``(1/r) log(mean exp(r z))`` (``r`` -> 0: the mean logit; ``r`` -> inf: the max). See :mod:`protloc.cells.mil`."""
+    ``(1/r) log(mean exp(r z))`` (``r`` -> 0: the mean logit; ``r`` -> inf: the max).
+
+    See :mod:`protloc.training.mil`, which trains through the same pool."""
 
     sharpness: float = 4.0
     pool: str = "lse"

@@ -319,7 +319,7 @@ def score_fields(
     """Run every model the predictor has on every field of ``data`` once (segmenting each field once, or reading
     its label image from ``masks``): the inputs every fusion rule is scored from. ``cam``: also the field
     model's class activation maps in each cell (:mod:`protloc.cells.cam`, torch backend)."""
-    from protloc.predict import open_for_prediction
+    from protloc.inference.predict import open_for_prediction
 
     catalog = open_for_prediction(data, split=split, ids=ids, channels=predictor.channels)
     sources = {"cell"} if predictor.cell_backend is not None else set()

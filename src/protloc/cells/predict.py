@@ -14,7 +14,7 @@ Scoring a field is two steps: :func:`score_field` runs the models once (cell pro
 probabilities, border flags and areas: :class:`FieldScores`), and :func:`protloc.cells.fusion.fuse` combines
 them; evaluation scores every rule from the same :class:`FieldScores`.
 
-A cell model package made by ``protloc train DATA --cells`` (:mod:`protloc.cells.pipeline`) carries its field
+A cell model package made by ``protloc train DATA --cells`` (:mod:`protloc.training.cells`) carries its field
 model in ``field/`` (named on its card): :func:`predictor_for` and the service load it from there, so the
 package is used as it is.
 
@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from protloc.model.card import ModelCard, resolve_package_path
 from protloc.cells.fusion import FusionSpec, ImageHead, field_model_of, fuse, fusion_of, image_head_of, small_cells
 from protloc.cells.masks import FieldCells, border_cells, cell_properties, cells_of_field
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
-from protloc.model.card import ModelCard
+from protloc.model.card import ModelCard, resolve_package_path
 from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"

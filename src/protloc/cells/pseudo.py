@@ -8,7 +8,7 @@ class in its best cell, so the cells far below it probably do not show it). A ce
 negative example). Classes are only ever removed, never added, so the labels stay inside the field's.
 
 A model that scores the crops it was trained on has seen their weak labels, so scores are best made **out of
-fold**: ``protloc train DATA --cells --rounds 1`` (:mod:`protloc.cells.pipeline`) trains one model per half
+fold**: ``protloc train DATA --cells --rounds 1`` (:mod:`protloc.training.cells`) trains one model per half
 of the training fields and scores each half with the model that did not see it. ``protloc pseudo-label``
 (:func:`pseudo_label`) is one round with a model you have; it writes a labels CSV that ``protloc train
 CELL_DATA --labels FILE`` trains on.
@@ -79,11 +79,11 @@ def score_cell_data(
     Raises:
         DataError: ``cell_data`` is not a cell data set.
     """
-    from protloc.cache import build_cache
-    from protloc.catalog import open_dataset
-    from protloc.inference import Preprocessor, run_with_tta
-    from protloc.io import read_sample
-    from protloc.predict import load_backend
+    from protloc.data.cache import build_cache
+    from protloc.data.catalog import open_dataset
+    from protloc.data.io import read_sample
+    from protloc.inference.core import Preprocessor, run_with_tta
+    from protloc.inference.predict import load_backend
 
     settings = read_cell_settings(cell_data)
     if settings is None:

@@ -83,7 +83,7 @@ def stage_progress() -> Iterator[Callable[[Any], None]]:
     """One progress bar for a run of stages (``protloc train --cells``): it shows the current stage and how far
     it is; a line is printed as each stage begins. Yields an ``on_progress(report)`` callback for reports with
     ``name``, ``number``, ``stages``, ``done``, ``total`` and ``note``
-    (:class:`protloc.cells.pipeline.PipelineProgress`)."""
+    (:class:`protloc.training.cells.PipelineProgress`)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

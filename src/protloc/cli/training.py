@@ -116,8 +116,8 @@ def train(
 
     With --cells: a cell model package (see docs/cells.md), which predict, evaluate, serve and watch take as it is.
     """
-    from protloc.config import resolve_config
-    from protloc.train import train as run_training
+    from protloc.training.config import resolve_config
+    from protloc.training.train import train as run_training
 
     if cells:
         _train_cells(
@@ -215,7 +215,7 @@ def train(
 
 
 def _train_cells(data: Path, out: Path | None, options: dict[str, Any]) -> None:
-    from protloc.cells.pipeline import CellPipelineSettings, train_cells
+    from protloc.training.cells import CellPipelineSettings, train_cells
 
     settings = CellPipelineSettings(
         data=str(data), out=str(out or "runs/cells"), **{k: v for k, v in options.items() if v is not None}

@@ -80,8 +80,8 @@ class ServiceSettings:
         Raises:
             ConfigError: the served package is a cell model and ``cell_model`` names another one.
         """
-        from protloc.model.card import read_card
         from protloc.cells.predict import carried_field_model, is_cell_model
+        from protloc.model.card import read_card
 
         if Path(self.model).suffix.lower() == ".onnx" or not Path(self.model).is_dir():
             return self

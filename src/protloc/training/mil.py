@@ -21,7 +21,7 @@ any training), group the cells by field, then for a time budget draw batches of 
 cells each), augment each crop by a random symmetry of the square, and step AdamW under a warm-up + cosine
 schedule of the elapsed share of the budget; finally fit thresholds on the held-out fields and write the
 package. Cells cut by the border, and small ones, can weigh less in the cell term (``border_weight``,
-``small_weight``). A killed run starts again from the beginning (:mod:`protloc.cells.pipeline` skips it once
+``small_weight``). A killed run starts again from the beginning (:mod:`protloc.training.cells` skips it once
 finished).
 """
 
@@ -114,7 +114,7 @@ def _bags(
     cell_data: Path, ids: list[str], labels: np.ndarray, field_labels: Mapping[str, np.ndarray] | None, s: MilSettings
 ) -> _Bags:
     from protloc.cells.dataset import read_geometry, split_cell_sample_id
-    from protloc.dataset import load_folds
+    from protloc.data.dataset import load_folds
 
     by_field: dict[str, list[int]] = {}
     for row, sample_id in enumerate(ids):
@@ -198,10 +198,10 @@ def train_mil(
     """
     import torch
 
-    from protloc.cache import build_cache
-    from protloc.catalog import open_dataset
     from protloc.cells.dataset import cell_dataset_scheme, read_cell_settings
-    from protloc.models import PackagedNetwork, create_model
+    from protloc.data.cache import build_cache
+    from protloc.data.catalog import open_dataset
+    from protloc.model.network import PackagedNetwork, create_model
     from protloc.utils import usable_cpus
 
     s = settings or MilSettings()
@@ -277,7 +277,7 @@ def _fast_bf16() -> bool:
 
     if torch.cuda.is_available():
         return False
-    from protloc.train import cpu_has_fast_bf16
+    from protloc.training.train import cpu_has_fast_bf16
 
     return cpu_has_fast_bf16()
 
@@ -331,8 +331,8 @@ def _step_loss(
 
 def predict_crops(network: Any, crops: np.ndarray, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Sigmoid probabilities ``(len(rows), K)`` of cached crops, through the prediction core."""
-    from protloc.inference import Preprocessor, run_with_tta
-    from protloc.torch_backend import TorchBackend
+    from protloc.inference.core import Preprocessor, run_with_tta
+    from protloc.inference.torch_backend import TorchBackend
 
     backend = TorchBackend(network, device="cpu")
     parts = [
@@ -379,9 +379,9 @@ def _package(
     seconds: float,
     steps_per_epoch: int,
 ) -> Path:
-    from protloc.card import Architecture, Decision
-    from protloc.models import count_parameters
-    from protloc.package import new_card, save_package
+    from protloc.model.card import Architecture, Decision
+    from protloc.model.network import count_parameters
+    from protloc.model.package import new_card, save_package
 
     size = int(spec["crop_size"])
     card = new_card(

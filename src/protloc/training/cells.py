@@ -12,7 +12,7 @@ setting redoes the stage it touches and those after it:
 3. ``field`` - a field model (``OUT/field/model``, the ordinary training engine, the cpu recipe) holding out
    the same fold.
 4. ``cell`` - a cell model (``OUT/cell/model``): with an image head trained on each field's cells
-   (:mod:`protloc.cells.mil`, the default) or crop by crop on the weak labels (``cell_head="plain"``).
+   (:mod:`protloc.training.mil`, the default) or crop by crop on the weak labels (``cell_head="plain"``).
 5. ``round<r>`` - pseudo-label rounds (``rounds``): two models each trained on half of the training fields score
    the other half's cells (out of fold), the weak labels lose the classes a cell scores low for
    (:func:`protloc.cells.pseudo.refine`), and the cell model is trained again on them.
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from protloc.cells.fusion import FusionSpec, cells_section
-from protloc.cells.mil import MilSettings
 from protloc.errors import ConfigError, DataError
+from protloc.training.mil import MilSettings
 
 PIPELINE_FILE = "pipeline.json"
 MODEL_DIR = "model"
@@ -101,7 +101,7 @@ class CellPipelineSettings:
     workers: int | None = None
 
     def validate(self) -> CellPipelineSettings:
-        from protloc.config import parse_max_time
+        from protloc.training.config import parse_max_time
 
         if self.cell_head not in CELL_HEADS:
             raise ConfigError(f"cell_head must be one of {', '.join(CELL_HEADS)}, got {self.cell_head!r}")
@@ -121,7 +121,7 @@ class CellPipelineSettings:
 
     @property
     def budget_seconds(self) -> float | None:
-        from protloc.config import parse_max_time
+        from protloc.training.config import parse_max_time
 
         return None if self.max_time is None else dt.timedelta(**parse_max_time(self.max_time)).total_seconds()
 
@@ -281,7 +281,7 @@ def train_cells(
 
 
 def _field_catalog(s: CellPipelineSettings) -> Any:
-    from protloc.catalog import open_dataset
+    from protloc.data.catalog import open_dataset
 
     catalog = open_dataset(
         s.data,
@@ -324,7 +324,7 @@ def _segment(run: _Run, catalog: Any) -> dict[str, Any]:
 def _field_folds(run: _Run, catalog: Any) -> dict[str, int]:
     """Folds of the fields, as the training engine makes them (the same function, labels and seed), so the
     field model and the cell model hold out the same fields."""
-    from protloc.dataset import make_folds
+    from protloc.data.dataset import make_folds
 
     folds = make_folds(catalog.labels, run.s.folds, run.s.seed)
     return dict(zip(catalog.ids, (int(f) for f in folds), strict=True))
@@ -349,7 +349,7 @@ def _crops(run: _Run, catalog: Any) -> dict[str, Any]:
 
 
 def _train_config(run: _Run, data: Path, out: Path, model: str, size: int, epochs: int, seconds: float | None) -> Any:
-    from protloc.config import resolve_config
+    from protloc.training.config import resolve_config
 
     s = run.s
     return resolve_config(
@@ -373,7 +373,7 @@ def _train_config(run: _Run, data: Path, out: Path, model: str, size: int, epoch
 
 def _engine(run: _Run, config: Any) -> Path:
     """Train with the ordinary engine (restarting an interrupted run), reporting its steps."""
-    from protloc.train import train
+    from protloc.training.train import train
 
     result = train(config, overwrite=True, on_progress=lambda done, of: run.report(done, of, "steps"))
     assert result is not None
@@ -417,7 +417,7 @@ def _fit_cell_model(
     s = run.s
     crops = run.out / "crops"
     if s.cell_head == "mil":
-        from protloc.cells.mil import train_mil
+        from protloc.training.mil import train_mil
 
         mil = dataclasses.replace(
             s.mil,
@@ -459,8 +459,8 @@ def _fit_cell_model(
 
 
 def _weak_cell_labels(crops: Path) -> dict[str, np.ndarray]:
-    from protloc.catalog import open_dataset
     from protloc.cells.dataset import cell_dataset_scheme
+    from protloc.data.catalog import open_dataset
 
     catalog = open_dataset(crops, scheme=cell_dataset_scheme(crops), allow_empty_labels=True, channels=None)
     assert catalog.labels is not None
@@ -520,8 +520,8 @@ def _current_labels(previous: Path, crops: Path) -> dict[str, np.ndarray]:
     labels_file = previous.parent / "labels.csv"
     if not labels_file.is_file():
         return _weak_cell_labels(crops)
-    from protloc.catalog import open_dataset
     from protloc.cells.dataset import cell_dataset_scheme
+    from protloc.data.catalog import open_dataset
 
     catalog = open_dataset(
         crops, labels=labels_file, scheme=cell_dataset_scheme(crops), allow_empty_labels=True, channels=None
@@ -573,7 +573,7 @@ def _fusion(run: _Run, catalog: Any, model: Path) -> dict[str, Any]:
 
 def _package(run: _Run, model: Path, fusion: Mapping[str, Any]) -> dict[str, Any]:
     """``OUT/model``: the cell model with its fusion and pipeline record on the card, the field model inside."""
-    from protloc.card import CARD_FILE, read_card
+    from protloc.model.card import CARD_FILE, read_card
     from protloc.utils import atomic_folder, atomic_write_json
 
     card = read_card(model)
