@@ -10,6 +10,7 @@ ensembles) works on it unchanged::
                                              writes ID,Label with |-separated ids over its 19 classes)
     OUT/train/<Id>_<channel>.png             the crop (see protloc.cells.masks.cells_of_field), lossless
     OUT/folds.csv               Id,fold      folds by field: the cells of one field never straddle folds
+    OUT/geometry.csv            Id,area,border   each cell's area (field px) and whether the border cuts it
     OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels,
                                 and the class scheme (read back by training, see cell_dataset_scheme)
 
@@ -34,15 +35,15 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from protloc import __version__
-from protloc.cells.masks import cells_of_field, check_labels_fit, labels_path, read_labels
+from protloc.cells.masks import border_cells, cells_of_field, check_labels_fit, labels_path, read_labels
 from protloc.cells.metrics import iou_matrix
 from protloc.cells.truth import read_cell_truth
 from protloc.data.catalog import Catalog, open_dataset
@@ -52,6 +53,7 @@ from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text
 
 CELL_SETTINGS_FILE = "cells.json"
+GEOMETRY_FILE = "geometry.csv"
 CELL_ID_SEPARATOR = "--c"
 LABEL_SOURCES = ("cells", "field")
 
@@ -123,6 +125,7 @@ def make_cell_dataset(
     min_area: int = 0,
     n_folds: int = 5,
     seed: int = 0,
+    folds: Mapping[str, int] | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CellDatasetSummary:
@@ -139,6 +142,8 @@ def make_cell_dataset(
         match_iou: IoU a cell needs with a true cell to take its classes (``labels="cells"``).
         min_area: cells smaller than this many field px are left out.
         n_folds: folds written to ``folds.csv``, stratified over the fields' labels, grouped by field.
+        folds: field Id -> fold, to use instead (so that a field model and a cell model hold out the same
+            fields).
         overwrite: replace ``out`` if it holds a cell data set.
 
     Raises:
@@ -165,73 +170,36 @@ def make_cell_dataset(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    images = staging / "train"
-    images.mkdir(parents=True)
-    rows: list[tuple[str, str]] = []
-    groups: list[int] = []
-    skipped = 0
+    cut = _Cutter(catalog, masks, labels, truth, truth_classes, staging / "train", size, padding, channels, bit_depth)
+    cut.images.mkdir(parents=True)
     try:
         for index, field_id in enumerate(catalog.ids):
-            field_labels = read_labels(labels_path(masks, field_id))
-            if not isinstance(labels, str):
-                per_cell = {cell: np.asarray(v) for (fid, cell), v in labels.items() if fid == field_id}
-            elif labels == "cells":
-                true_labels, classes = truth_classes[field_id]
-                same_masks = truth is None or Path(truth) == masks
-                per_cell = classes if same_masks else _match(field_labels, true_labels, classes, match_iou)
-            else:
-                field_hot = catalog.labels[index]
-                per_cell = {int(c): field_hot for c in np.unique(field_labels) if c > 0}
-            present = np.unique(field_labels)
-            present = present[present > 0]
-            if min_area:
-                areas = np.bincount(field_labels.ravel())
-                present = present[areas[present] >= min_area]
-            wanted = np.asarray([c for c in present if int(c) in per_cell], dtype=np.int64)
-            skipped += len(present) - len(wanted)
-            if len(wanted):
-                image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
-                check_labels_fit(field_labels.shape, image.shape[1:], labels_path(masks, field_id), field_id)
-                crops = cells_of_field(image, field_labels, size, padding=padding, cells=wanted)
-                for cell, crop in zip(crops.cells, crops.images, strict=True):
-                    sample_id = cell_sample_id(field_id, int(cell))
-                    for channel, plane in zip(channels, crop, strict=True):
-                        write_channel(images / f"{sample_id}_{channel}.png", plane)
-                    rows.append((sample_id, scheme.format(np.asarray(per_cell[int(cell)]))))
-                    groups.append(index)
+            cut.cut_field(index, field_id, match_iou, min_area)
             if on_progress:
                 on_progress(index + 1, len(catalog))
-        if not rows:
+        if not cut.rows:
             raise DataError(f"{masks}: no labelled cells to cut (are the label images empty?)")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(scheme.header)
-        writer.writerows(rows)
-        atomic_write_text(staging / "train.csv", buffer.getvalue())
-        ids = [row[0] for row in rows]
-        _write_group_folds(staging / "folds.csv", ids, np.asarray(groups), catalog.labels, n_folds, seed)
-        atomic_write_json(
-            staging / CELL_SETTINGS_FILE,
-            {
-                "protloc_version": __version__,
-                "kind": "cell crops",
-                "input": "masked crop: the cell's pixels, others and background 0, centred square around its box",
-                "crop_size": size,
-                "padding": padding,
-                "channels": list(channels),
-                "labels": labels if isinstance(labels, str) else "given per cell",
-                "source": str(catalog.image_dir),
-                "masks": str(masks),
-                "segmentation": _read_settings(masks),
-                "scheme": scheme.to_dict(),
-            },
-        )
+        settings = {
+            "protloc_version": __version__,
+            "kind": "cell crops",
+            "input": "masked crop: the cell's pixels, others and background 0, centred square around its box",
+            "crop_size": size,
+            "padding": padding,
+            "channels": list(channels),
+            "labels": labels if isinstance(labels, str) else "given per cell",
+            "source": str(catalog.image_dir),
+            "masks": str(masks),
+            "segmentation": _read_settings(masks),
+            "scheme": scheme.to_dict(),
+        }
+        _write_tables(staging, cut, folds, n_folds, seed, settings)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    rows = cut.rows
     hot = scheme.zeros(len(rows)).astype(np.int64)
     for row, (_, target) in enumerate(rows):
         hot[row] = scheme.parse(target, allow_empty=True)
@@ -239,11 +207,125 @@ def make_cell_dataset(
         out=out,
         fields=len(catalog),
         cells=len(rows),
-        skipped=skipped,
+        skipped=cut.skipped,
         size=size,
         seconds=time.perf_counter() - started,
         class_counts=[int(c) for c in hot.sum(axis=0)],
     )
+
+
+@dataclass
+class _Cutter:
+    """Cuts the cells of one field after another into masked crops, collecting the labels rows, each crop's field
+    (for folds grouped by field) and its area and border flag."""
+
+    catalog: Catalog
+    masks: Path
+    labels: str | Mapping[tuple[str, int], np.ndarray]
+    truth: str | Path | None
+    truth_classes: dict[str, tuple[np.ndarray, dict[int, np.ndarray]]]
+    images: Path
+    size: int
+    padding: float
+    channels: tuple[str, ...]
+    bit_depth: int
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    geometry: list[tuple[str, int, int]] = field(default_factory=list)
+    skipped: int = 0
+
+    def per_cell(self, index: int, field_id: str, field_labels: np.ndarray, match_iou: float) -> dict[int, Any]:
+        """cell -> multi-hot labels of the cells of a field that have labels."""
+        if not isinstance(self.labels, str):
+            return {cell: np.asarray(v) for (fid, cell), v in self.labels.items() if fid == field_id}
+        if self.labels == "cells":
+            true_labels, classes = self.truth_classes[field_id]
+            same_masks = self.truth is None or Path(self.truth) == self.masks
+            return classes if same_masks else _match(field_labels, true_labels, classes, match_iou)
+        assert self.catalog.labels is not None
+        field_hot = self.catalog.labels[index]
+        return {int(c): field_hot for c in np.unique(field_labels) if c > 0}
+
+    def cut_field(self, index: int, field_id: str, match_iou: float, min_area: int) -> None:
+        field_labels = read_labels(labels_path(self.masks, field_id))
+        per_cell = self.per_cell(index, field_id, field_labels, match_iou)
+        present = np.unique(field_labels)
+        present = present[present > 0]
+        areas = np.bincount(field_labels.ravel())
+        cut = set(border_cells(field_labels).tolist())
+        if min_area:
+            present = present[areas[present] >= min_area]
+        wanted = np.asarray([c for c in present if int(c) in per_cell], dtype=np.int64)
+        self.skipped += len(present) - len(wanted)
+        if not len(wanted):
+            return
+        image = read_sample(self.catalog.files[field_id], self.channels, bit_depth=self.bit_depth, sample_id=field_id)
+        check_labels_fit(field_labels.shape, image.shape[1:], labels_path(self.masks, field_id), field_id)
+        crops = cells_of_field(image, field_labels, self.size, padding=self.padding, cells=wanted)
+        scheme = self.catalog.scheme
+        for cell, crop in zip(crops.cells, crops.images, strict=True):
+            sample_id = cell_sample_id(field_id, int(cell))
+            for channel, plane in zip(self.channels, crop, strict=True):
+                write_channel(self.images / f"{sample_id}_{channel}.png", plane)
+            self.rows.append((sample_id, scheme.format(np.asarray(per_cell[int(cell)]))))
+            self.groups.append(index)
+            self.geometry.append((sample_id, int(areas[int(cell)]), int(int(cell) in cut)))
+
+
+def _write_tables(
+    staging: Path,
+    cut: _Cutter,
+    folds: Mapping[str, int] | None,
+    n_folds: int,
+    seed: int,
+    settings: dict[str, Any],
+) -> None:
+    """train.csv, folds.csv (given, or stratified and grouped by field), the crops' geometry and cells.json."""
+    catalog = cut.catalog
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(catalog.scheme.header)
+    writer.writerows(cut.rows)
+    atomic_write_text(staging / "train.csv", buffer.getvalue())
+    ids = [row[0] for row in cut.rows]
+    if folds is not None:
+        missing = [i for i in catalog.ids if i not in folds]
+        if missing:
+            raise ConfigError(f"no fold given for field {missing[0]}")
+        from protloc.data.dataset import save_folds
+
+        save_folds(staging / "folds.csv", ids, np.asarray([folds[catalog.ids[g]] for g in cut.groups]))
+    else:
+        assert catalog.labels is not None
+        _write_group_folds(staging / "folds.csv", ids, np.asarray(cut.groups), catalog.labels, n_folds, seed)
+    _write_geometry(staging / GEOMETRY_FILE, cut.geometry)
+    atomic_write_json(staging / CELL_SETTINGS_FILE, settings)
+
+
+def _write_geometry(path: Path, rows: list[tuple[str, int, int]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Id", "area", "border"])
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_geometry(folder: str | Path, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(areas, border flags)`` of the cells ``ids`` of a cell data set (from its ``geometry.csv``).
+
+    Raises:
+        DataError: the data set has no geometry (made by protloc 0.2 or older) or lacks a cell.
+    """
+    path = Path(folder) / GEOMETRY_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; cut the cell data set again with this protloc")
+    with path.open(newline="") as handle:
+        table = {row["Id"]: (int(row["area"]), int(row["border"])) for row in csv.DictReader(handle)}
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise DataError(f"{path}: no cell {missing[0]}")
+    values = np.asarray([table[i] for i in ids], dtype=np.int64).reshape(len(ids), 2)
+    return values[:, 0], values[:, 1].astype(bool)
 
 
 def _write_group_folds(

@@ -287,11 +287,9 @@ def _describe(
 ) -> Any:
     """The 0.5 model description, built from bioimageio.spec's classes (validated as it is built)."""
     import pydantic
-    import torch
     from bioimageio.spec.model import v0_5 as spec
 
     size = card.size
-    channels = list(card.channels)
     protloc_config = {
         "card": card.to_dict(),
         "thresholds": dict(zip(card.classes, card.thresholds, strict=True)),
@@ -299,54 +297,8 @@ def _describe(
     }
     try:
         with offline():
-            preprocessing: list[Any] = [
-                spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=pre[0]["kwargs"]["gain"], offset=0.0))
-            ]
-            if single:
-                preprocessing.append(
-                    spec.FixedZeroMeanUnitVarianceDescr(
-                        kwargs=spec.FixedZeroMeanUnitVarianceAlongAxisKwargs(
-                            mean=pre[1]["kwargs"]["mean"], std=pre[1]["kwargs"]["std"], axis=spec.AxisId("channel")
-                        )
-                    )
-                )
-            inputs = spec.InputTensorDescr(
-                id=spec.TensorId(INPUT_ID),
-                description=f"8-bit intensities 0-255, channels {', '.join(channels)}, field resized to {size} px",
-                axes=[
-                    spec.BatchAxis(),
-                    spec.ChannelAxis(channel_names=channels),
-                    spec.SpaceInputAxis(id=spec.AxisId("y"), size=size),
-                    spec.SpaceInputAxis(id=spec.AxisId("x"), size=size),
-                ],
-                test_tensor=spec.FileDescr(source=work / "test_input.npy"),
-                sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
-                data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 255.0)),
-                preprocessing=preprocessing,
-            )
-            outputs = spec.OutputTensorDescr(
-                id=spec.TensorId(OUTPUT_ID),
-                description="sigmoid probability per class; thresholds in config.protloc.thresholds",
-                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=list(card.classes))],
-                test_tensor=spec.FileDescr(source=work / "test_output.npy"),
-                sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
-                data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-                postprocessing=[spec.SigmoidDescr()],
-            )
-            entries: dict[str, Any] = {
-                "onnx": spec.OnnxWeightsDescr(
-                    source=work / "weights.onnx",
-                    opset_version=opset,
-                    comment="exported by protloc from the package's safetensors weights; checked against PyTorch",
-                )
-            }
-            if "torchscript" in weights:
-                entries["torchscript"] = spec.TorchscriptWeightsDescr(
-                    source=work / "weights.torchscript.pt",
-                    pytorch_version=spec.Version(torch.__version__.split("+")[0]),
-                    parent="onnx",
-                    comment="traced from the same PyTorch network as the ONNX weights; checked against PyTorch",
-                )
+            inputs, outputs = _tensors(spec, card, work, pre, single)
+            entries = _weight_entries(spec, work, weights, opset)
             config = spec.Config(
                 bioimageio=spec.BioimageioConfig(
                     reproducibility_tolerance=[
@@ -378,3 +330,66 @@ def _describe(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ModelError(f"the BioImage.IO description did not validate: {where}: {first.get('msg')}") from None
+
+
+def _tensors(spec: Any, card: ModelCard, work: Path, pre: list[dict[str, Any]], single: bool) -> tuple[Any, Any]:
+    """The input tensor (8-bit intensities, the card's channels, scaled and normalised as the spec says) and the
+    output tensor (one sigmoid probability per class)."""
+    size = card.size
+    channels = list(card.channels)
+    preprocessing: list[Any] = [
+        spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=pre[0]["kwargs"]["gain"], offset=0.0))
+    ]
+    if single:
+        preprocessing.append(
+            spec.FixedZeroMeanUnitVarianceDescr(
+                kwargs=spec.FixedZeroMeanUnitVarianceAlongAxisKwargs(
+                    mean=pre[1]["kwargs"]["mean"], std=pre[1]["kwargs"]["std"], axis=spec.AxisId("channel")
+                )
+            )
+        )
+    inputs = spec.InputTensorDescr(
+        id=spec.TensorId(INPUT_ID),
+        description=f"8-bit intensities 0-255, channels {', '.join(channels)}, field resized to {size} px",
+        axes=[
+            spec.BatchAxis(),
+            spec.ChannelAxis(channel_names=channels),
+            spec.SpaceInputAxis(id=spec.AxisId("y"), size=size),
+            spec.SpaceInputAxis(id=spec.AxisId("x"), size=size),
+        ],
+        test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+        sample_tensor=spec.FileDescr(source=work / "sample_input.tif"),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 255.0)),
+        preprocessing=preprocessing,
+    )
+    outputs = spec.OutputTensorDescr(
+        id=spec.TensorId(OUTPUT_ID),
+        description="sigmoid probability per class; thresholds in config.protloc.thresholds",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=list(card.classes))],
+        test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+        sample_tensor=spec.FileDescr(source=work / "sample_output.tif"),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+        postprocessing=[spec.SigmoidDescr()],
+    )
+    return inputs, outputs
+
+
+def _weight_entries(spec: Any, work: Path, weights: Sequence[str], opset: int) -> dict[str, Any]:
+    """The ONNX weights, and the TorchScript ones traced from the same network when asked."""
+    import torch
+
+    entries: dict[str, Any] = {
+        "onnx": spec.OnnxWeightsDescr(
+            source=work / "weights.onnx",
+            opset_version=opset,
+            comment="exported by protloc from the package's safetensors weights; checked against PyTorch",
+        )
+    }
+    if "torchscript" in weights:
+        entries["torchscript"] = spec.TorchscriptWeightsDescr(
+            source=work / "weights.torchscript.pt",
+            pytorch_version=spec.Version(torch.__version__.split("+")[0]),
+            parent="onnx",
+            comment="traced from the same PyTorch network as the ONNX weights; checked against PyTorch",
+        )
+    return entries

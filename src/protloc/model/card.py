@@ -103,6 +103,10 @@ def _known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
 
 
+def _optional_section(data: Any, name: str, where: str) -> dict[str, Any] | None:
+    return None if data is None else dict(_section(data, name, where))
+
+
 def _section(data: Any, name: str, where: str) -> dict[str, Any]:
     if data is None:
         return {}
@@ -119,7 +123,11 @@ class CellSpec:
     cells and the background set to 0 (``input``), resized to the card's input size. ``labels`` says how the
     training crops were labelled (``cells``: per-cell truth, ``field``: the field's labels, weak;
     ``given per cell``), ``segmentation`` the segmenter settings that cut them, ``source`` the field folder.
-    Keys this protloc does not know (from a newer one) are kept in ``extra`` and written back.
+    A cell model may also record how its probabilities are fused with a field model's (``fusion``, and how that
+    rule was fitted, ``fusion_fit``), an image-level head over a field's cells (``image_head``) and the field
+    model its package carries (``field_model``, a folder inside the package); their meaning is
+    :mod:`protloc.cells.fusion`'s, which reads and writes them. Keys this protloc does not know (from a newer
+    one) are kept in ``extra`` and written back.
     """
 
     crop_size: int
@@ -128,7 +136,23 @@ class CellSpec:
     labels: str = "field"
     segmentation: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    fusion: dict[str, Any] | None = None
+    fusion_fit: dict[str, Any] | None = None
+    image_head: dict[str, Any] | None = None
+    field_model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CellSpec:
+        """The spec of a model trained on a cell data set, from the data set's ``cells.json``."""
+        return cls(
+            crop_size=int(settings["crop_size"]),
+            padding=float(settings.get("padding", 0.05)),
+            input=str(settings.get("input", "masked crop")),
+            labels=str(settings.get("labels", "field")),
+            segmentation=dict(settings.get("segmentation") or {}),
+            source=None if settings.get("source") is None else str(settings["source"]),
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "card") -> CellSpec:
@@ -142,6 +166,10 @@ class CellSpec:
                 labels=str(known.get("labels", "field")),
                 segmentation=dict(known.get("segmentation") or {}),
                 source=None if known.get("source") is None else str(known["source"]),
+                fusion=_optional_section(known.get("fusion"), "cells.fusion", where),
+                fusion_fit=_optional_section(known.get("fusion_fit"), "cells.fusion_fit", where),
+                image_head=_optional_section(known.get("image_head"), "cells.image_head", where),
+                field_model=None if not known.get("field_model") else str(known["field_model"]),
                 extra=extra,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -160,6 +188,9 @@ class CellSpec:
         }
         if self.source is not None:
             out["source"] = self.source
+        for key in ("fusion", "fusion_fit", "image_head", "field_model"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return {**out, **self.extra}
 
 

@@ -11,7 +11,7 @@ Endpoints (all JSON errors are ``{"detail": "one line"}``):
   taken; ``?previews=true`` adds PNG pictures of the composite and each channel.
   ``?cells=true`` adds the field's cells (segmented on the service): box, area, centroid, border flag,
   per-class probabilities, labels, the mask (2021 challenge RLE) and an outline polygon, and says whether a cell
-  model, the field baseline or their mix made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
+  model, the field baseline or their fusion made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
 * ``POST /predict/batch``: several samples in the repeated field ``files``: channel images named
   ``<Id>_<channel>.<ext>`` (the Kaggle layout) and/or stacks named ``<Id>.tif`` / ``<Id>.npy``.
 * ``POST /explain``: the same inputs as ``/predict`` and ``?class_id=`` (id or name; default the most probable
@@ -123,6 +123,7 @@ def create_app(
         ConfigError: a setting is out of range.
     """
     settings = model if isinstance(model, ServiceSettings) else ServiceSettings(model=str(model), **options)
+    settings = settings.with_cell_package()
     owns_engine = engine is None
     engine = engine or InferenceEngine(
         settings.model,
@@ -135,13 +136,24 @@ def create_app(
         inference_threads=settings.inference_threads,
     )
     service = PredictionService(settings, engine)
+    app = _new_app(settings, engine, service, owns_engine)
+    routes = _Routes(app, settings, engine, service)
+    _add_pages(app)
+    routes.add_info()
+    routes.add_prediction()
+    routes.add_explain()
+    return app
+
+
+def _new_app(settings: ServiceSettings, engine: InferenceEngine, service: PredictionService, owns: bool) -> FastAPI:
+    """The FastAPI app with its description (the model's scheme), the request gate, CORS when asked, and the
+    JSON error handlers."""
     scheme = engine.card.scheme
-    models = scheme_models(scheme)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        if owns_engine:
+        if owns:
             engine.close()
 
     app = FastAPI(
@@ -182,16 +194,10 @@ def create_app(
             expose_headers=["X-Class-Id", "X-Class-Name", "X-Probability", "X-Threshold"],
         )
     _add_error_handlers(app)
+    return app
 
-    auth: list[Any] = []
-    errors = dict(UPLOAD_ERRORS)
-    if settings.token:
-        auth = [Depends(_token_checker(settings.token))]
-        errors.update(AUTH_ERRORS)
-    info_errors: dict[int | str, dict[str, Any]] = {k: v for k, v in errors.items() if k == 401}
 
-    # ---------------------------------------------------------------------------------- pages
-
+def _add_pages(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -206,150 +212,185 @@ def create_app(
     async def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    # ---------------------------------------------------------------------------------- API
 
-    @app.get("/health", response_model=Health, tags=["service"], summary="Liveness and counters")
-    async def health() -> dict[str, Any]:
-        stats = engine.stats
-        return {
-            "status": "ok",
-            "version": __version__,
-            "backend": engine.backend_name,
-            "model": service.model_name,
-            "uptime_seconds": round(time.monotonic() - stats.started, 3),
-            "requests": stats.requests,
-            "in_flight": engine.in_flight,
-            "samples": stats.samples,
-            "batches": stats.batches,
-            "mean_batch": round(stats.mean_batch, 3),
+CHANNEL_HELP = "{} channel ({}): PNG, TIFF or JPG, 8 or 16 bit, single plane (a tinted colour file is reduced)"
+STACK_HELP = (
+    "all channels in one file instead: a multi-channel/multi-page TIFF or a .npy array, (C, H, W) or (H, W, C), "
+    "channels in the order given by stack_channels"
+)
+ORDER_HELP = "channel order inside a stacked file, comma-separated"
+CELLS_HELP = (
+    "add the field's cells: segmented here, each with its box, area, centroid, border flag, probabilities, "
+    "labels, mask (2021 challenge RLE) and outline polygon"
+)
+METHOD_HELP = (
+    "how cells get probabilities: auto (the cell model's fitted fusion if the service has a cell model, else "
+    "the baseline), fusion (the cell model's fitted fusion), cell (the cell model alone), baseline (the "
+    "field's probabilities to every cell), mix (cell_mix x cell + (1 - cell_mix) x field)"
+)
+
+
+class _Routes:
+    """The API's routes over one service: response models sized to the model's class scheme, the token check
+    when there is one, and the documented errors of each route."""
+
+    def __init__(
+        self, app: FastAPI, settings: ServiceSettings, engine: InferenceEngine, service: PredictionService
+    ) -> None:
+        self.app, self.settings, self.engine, self.service = app, settings, engine, service
+        self.scheme = engine.card.scheme
+        self.models = scheme_models(self.scheme)
+        self.auth: list[Any] = []
+        self.errors: dict[int | str, dict[str, Any]] = dict(UPLOAD_ERRORS)
+        if settings.token:
+            self.auth = [Depends(_token_checker(settings.token))]
+            self.errors.update(AUTH_ERRORS)
+        self.cell_errors = {
+            **self.errors,
+            501: _error("cells need scikit-image and pycocotools, which are not installed here"),
         }
 
-    @app.get(
-        "/model",
-        response_model=models.model_info,
-        dependencies=auth,
-        responses=info_errors,
-        tags=["model"],
-        summary="The model package's card",
-    )
-    async def model_info() -> dict[str, Any]:
-        return service.model_info()
+    def add_info(self) -> None:
+        app, engine, service, models, auth = self.app, self.engine, self.service, self.models, self.auth
+        info_errors: dict[int | str, dict[str, Any]] = {k: v for k, v in self.errors.items() if k == 401}
 
-    channel_help = "{} channel ({}): PNG, TIFF or JPG, 8 or 16 bit, single plane (a tinted colour file is reduced)"
-    stack_help = (
-        "all channels in one file instead: a multi-channel/multi-page TIFF or a .npy array, (C, H, W) or (H, W, C), "
-        "channels in the order given by stack_channels"
-    )
-    order_help = "channel order inside a stacked file, comma-separated"
-    cells_help = (
-        "add the field's cells: segmented here, each with its box, area, centroid, border flag, probabilities, "
-        "labels, mask (2021 challenge RLE) and outline polygon"
-    )
-    method_help = (
-        "how cells get probabilities: cell (the cell model), baseline (the field's probabilities to every cell), "
-        "mix (both), auto (the cell model if the service has one, else the baseline)"
-    )
-    cell_errors = {
-        **errors,
-        501: _error("cells need scikit-image and pycocotools, which are not installed here"),
-    }
+        @app.get("/health", response_model=Health, tags=["service"], summary="Liveness and counters")
+        async def health() -> dict[str, Any]:
+            stats = engine.stats
+            return {
+                "status": "ok",
+                "version": __version__,
+                "backend": engine.backend_name,
+                "model": service.model_name,
+                "uptime_seconds": round(time.monotonic() - stats.started, 3),
+                "requests": stats.requests,
+                "in_flight": engine.in_flight,
+                "samples": stats.samples,
+                "batches": stats.batches,
+                "mean_batch": round(stats.mean_batch, 3),
+            }
 
-    @app.post(
-        "/predict",
-        response_model=models.prediction,
-        response_model_exclude_none=False,
-        dependencies=auth,
-        responses=cell_errors,
-        tags=["prediction"],
-        summary="Predict the localizations of one sample",
-    )
-    async def predict(
-        request: Request,
-        red: UploadFile | None = File(None, description=channel_help.format("red", "microtubules")),
-        green: UploadFile | None = File(None, description=channel_help.format("green", "protein of interest")),
-        blue: UploadFile | None = File(None, description=channel_help.format("blue", "nucleus")),
-        yellow: UploadFile | None = File(None, description=channel_help.format("yellow", "endoplasmic reticulum")),
-        stack: UploadFile | None = File(None, description=stack_help),
-        stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
-        previews: bool = Query(False, description="add PNG pictures of the composite and channels (data URLs)"),
-        cells: bool = Query(False, description=cells_help),
-        cell_method: CellMethod = Query("auto", description=method_help),
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
-        uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
-        files = await _read_channels(uploads)
-        stacked = await _read(stack)
-        await service.reject_unknown_fields(request)
-        wanted = CellRequest(cell_method) if cells else None
-        result = await service.predict_one(files, stacked, stack_channels, previews=previews, cells=wanted)
-        result["seconds"] = result["timing"]["total"] = round(time.perf_counter() - started, 5)
-        return result
+        @app.get(
+            "/model",
+            response_model=models.model_info,
+            dependencies=auth,
+            responses=info_errors,
+            tags=["model"],
+            summary="The model package's card",
+        )
+        async def model_info() -> dict[str, Any]:
+            return service.model_info()
 
-    @app.post(
-        "/predict/batch",
-        response_model=models.batch,
-        dependencies=auth,
-        responses=cell_errors,
-        tags=["prediction"],
-        summary="Predict several samples in one request",
-    )
-    async def predict_batch(
-        files: list[UploadFile] = File(
-            description="the samples' files: channel images named <Id>_<channel>.<ext> (e.g. A1_red.png: the "
-            "Kaggle layout) and/or stacked files named <Id>.tif or <Id>.npy"
-        ),
-        stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
-        cells: bool = Query(False, description=cells_help),
-        cell_method: CellMethod = Query("auto", description=method_help),
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
-        uploads = [Upload(await f.read(), PurePath(f.filename or "").name) for f in files]
-        results = await service.predict_batch(uploads, stack_channels, CellRequest(cell_method) if cells else None)
-        return {"results": results, "count": len(results), "seconds": round(time.perf_counter() - started, 5)}
+    def add_prediction(self) -> None:
+        app, service, models, auth, cell_errors = self.app, self.service, self.models, self.auth, self.cell_errors
+        channel_help, stack_help, order_help = CHANNEL_HELP, STACK_HELP, ORDER_HELP
+        cells_help, method_help = CELLS_HELP, METHOD_HELP
 
-    @app.post(
-        "/explain",
-        response_class=Response,
-        dependencies=auth,
-        responses={
-            200: {
-                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                "description": "the class activation map over the composite, as PNG; the headers X-Class-Id, "
-                "X-Class-Name, X-Probability and X-Threshold say what it shows",
+        @app.post(
+            "/predict",
+            response_model=models.prediction,
+            response_model_exclude_none=False,
+            dependencies=auth,
+            responses=cell_errors,
+            tags=["prediction"],
+            summary="Predict the localizations of one sample",
+        )
+        async def predict(
+            request: Request,
+            red: UploadFile | None = File(None, description=channel_help.format("red", "microtubules")),
+            green: UploadFile | None = File(None, description=channel_help.format("green", "protein of interest")),
+            blue: UploadFile | None = File(None, description=channel_help.format("blue", "nucleus")),
+            yellow: UploadFile | None = File(None, description=channel_help.format("yellow", "endoplasmic reticulum")),
+            stack: UploadFile | None = File(None, description=stack_help),
+            stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
+            previews: bool = Query(False, description="add PNG pictures of the composite and channels (data URLs)"),
+            cells: bool = Query(False, description=cells_help),
+            cell_method: CellMethod = Query("auto", description=method_help),
+        ) -> dict[str, Any]:
+            started = time.perf_counter()
+            uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
+            files = await _read_channels(uploads)
+            stacked = await _read(stack)
+            await service.reject_unknown_fields(request)
+            wanted = CellRequest(cell_method) if cells else None
+            result = await service.predict_one(files, stacked, stack_channels, previews=previews, cells=wanted)
+            result["seconds"] = result["timing"]["total"] = round(time.perf_counter() - started, 5)
+            return result
+
+        @app.post(
+            "/predict/batch",
+            response_model=models.batch,
+            dependencies=auth,
+            responses=cell_errors,
+            tags=["prediction"],
+            summary="Predict several samples in one request",
+        )
+        async def predict_batch(
+            files: list[UploadFile] = File(
+                description="the samples' files: channel images named <Id>_<channel>.<ext> (e.g. A1_red.png: the "
+                "Kaggle layout) and/or stacked files named <Id>.tif or <Id>.npy"
+            ),
+            stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
+            cells: bool = Query(False, description=cells_help),
+            cell_method: CellMethod = Query("auto", description=method_help),
+        ) -> dict[str, Any]:
+            started = time.perf_counter()
+            uploads = [Upload(await f.read(), PurePath(f.filename or "").name) for f in files]
+            results = await service.predict_batch(uploads, stack_channels, CellRequest(cell_method) if cells else None)
+            return {"results": results, "count": len(results), "seconds": round(time.perf_counter() - started, 5)}
+
+    def add_explain(self) -> None:
+        app, service, scheme, settings, auth, errors = (
+            self.app,
+            self.service,
+            self.scheme,
+            self.settings,
+            self.auth,
+            self.errors,
+        )
+        channel_help, stack_help, order_help = CHANNEL_HELP, STACK_HELP, ORDER_HELP
+
+        @app.post(
+            "/explain",
+            response_class=Response,
+            dependencies=auth,
+            responses={
+                200: {
+                    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                    "description": "the class activation map over the composite, as PNG; the headers X-Class-Id, "
+                    "X-Class-Name, X-Probability and X-Threshold say what it shows",
+                },
+                **errors,
+                501: _error("explanations are not available here (PyTorch/grad-cam missing, or a bare .onnx model)"),
             },
-            **errors,
-            501: _error("explanations are not available here (PyTorch/grad-cam missing, or a bare .onnx model)"),
-        },
-        tags=["prediction"],
-        summary="Class activation map (Grad-CAM) of one sample for one class",
-    )
-    async def explain(
-        request: Request,
-        red: UploadFile | None = File(None, description=channel_help.format("red", "microtubules")),
-        green: UploadFile | None = File(None, description=channel_help.format("green", "protein of interest")),
-        blue: UploadFile | None = File(None, description=channel_help.format("blue", "nucleus")),
-        yellow: UploadFile | None = File(None, description=channel_help.format("yellow", "endoplasmic reticulum")),
-        stack: UploadFile | None = File(None, description=stack_help),
-        class_id: str | None = Query(
-            None,
-            max_length=64,
-            description=f"class id ({scheme.id_range}) or name of {scheme.name}; default: the most probable class",
-        ),
-        stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
-        max_side: int | None = Query(
-            None, ge=64, le=4096, description="the picture's longest side in px (default: the preview side, 512)"
-        ),
-    ) -> Response:
-        uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
-        files = await _read_channels(uploads)
-        stacked = await _read(stack)
-        await service.reject_unknown_fields(request)
-        chosen = resolve_class_id(class_id, scheme) if class_id is not None and class_id.strip() else None
-        side = max_side or settings.preview_side  # always a bounded picture, whatever the upload's size
-        png, headers = await service.explain(files, stacked, stack_channels, chosen, side)
-        return Response(content=png, media_type="image/png", headers=headers)
-
-    return app
+            tags=["prediction"],
+            summary="Class activation map (Grad-CAM) of one sample for one class",
+        )
+        async def explain(
+            request: Request,
+            red: UploadFile | None = File(None, description=channel_help.format("red", "microtubules")),
+            green: UploadFile | None = File(None, description=channel_help.format("green", "protein of interest")),
+            blue: UploadFile | None = File(None, description=channel_help.format("blue", "nucleus")),
+            yellow: UploadFile | None = File(None, description=channel_help.format("yellow", "endoplasmic reticulum")),
+            stack: UploadFile | None = File(None, description=stack_help),
+            class_id: str | None = Query(
+                None,
+                max_length=64,
+                description=f"class id ({scheme.id_range}) or name of {scheme.name}; default: the most probable class",
+            ),
+            stack_channels: str = Query("red,green,blue,yellow", max_length=64, description=order_help),
+            max_side: int | None = Query(
+                None, ge=64, le=4096, description="the picture's longest side in px (default: the preview side, 512)"
+            ),
+        ) -> Response:
+            uploads = {"red": red, "green": green, "blue": blue, "yellow": yellow}
+            files = await _read_channels(uploads)
+            stacked = await _read(stack)
+            await service.reject_unknown_fields(request)
+            chosen = resolve_class_id(class_id, scheme) if class_id is not None and class_id.strip() else None
+            side = max_side or settings.preview_side  # always a bounded picture, whatever the upload's size
+            png, headers = await service.explain(files, stacked, stack_channels, chosen, side)
+            return Response(content=png, media_type="image/png", headers=headers)
 
 
 def _token_checker(token: str) -> Callable[..., Awaitable[None]]:

@@ -582,16 +582,7 @@ def training_card(
 ) -> ModelCard:
     """The card of a trained package: architecture, input, calibrated thresholds, validation scores, run facts
     (and, for a cell model, how its crops were cut: ``cells`` is the cell data set's ``cells.json``)."""
-    spec = None
-    if cells is not None:
-        spec = CellSpec(
-            crop_size=int(cells["crop_size"]),
-            padding=float(cells.get("padding", 0.05)),
-            input=str(cells.get("input", "masked crop")),
-            labels=str(cells.get("labels", "field")),
-            segmentation=dict(cells.get("segmentation") or {}),
-            source=cells.get("source"),
-        )
+    spec = CellSpec.from_settings(cells) if cells is not None else None
     return new_card(
         architecture=Architecture(
             config.model,

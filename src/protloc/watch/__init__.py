@@ -7,5 +7,6 @@ May import: the top level, ``data``, ``model``, ``inference`` and ``cells``.
 """
 
 from protloc.watch.loop import WatchEvent, WatchSummary, stop_on_signals, watch_folder
+from protloc.watch.settings import WatchSettings
 
-__all__ = ["WatchEvent", "WatchSummary", "stop_on_signals", "watch_folder"]
+__all__ = ["WatchEvent", "WatchSettings", "WatchSummary", "stop_on_signals", "watch_folder"]

@@ -21,22 +21,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from protloc.data.io import read_sample
-from protloc.errors import ConfigError, DataError, require
+from protloc.errors import DataError, require
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
 from protloc.metrics import decide
 from protloc.model.card import ModelCard
 from protloc.watch.fields import FieldTracker, PendingField
+from protloc.watch.settings import WatchSettings
 from protloc.watch.state import (
     JOURNAL_FILE,
     REJECTED_FILE,
-    TABLE_FORMATS,
     Journal,
     RejectedTable,
     ResultsTable,
@@ -135,6 +135,10 @@ class _Classifier:
         self.thresholds = list(thresholds)
         self.min_one = min_one
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.preprocessor.channels
+
     def read(self, pending: PendingField) -> tuple[np.ndarray, np.ndarray]:
         image = read_sample(
             pending.files, self.preprocessor.channels, bit_depth=self.preprocessor.bit_depth, sample_id=pending.key
@@ -147,54 +151,75 @@ class _Classifier:
         return probabilities, decided
 
 
+class _CellScorer:
+    """Per-cell results of a field: a cell model package as it is (with the field model it carries), or a field
+    model (the baseline: its probabilities to every cell), through :func:`protloc.cells.predict.predict_field_cells`."""
+
+    def __init__(self, predictor: Any, bit_depth: int | None) -> None:
+        self.predictor = predictor
+        self.classes = [str(c) for c in predictor.class_names]
+        self.bit_depth = int(bit_depth or 16)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.predictor.channels)
+
+    def read(self, pending: PendingField) -> tuple[np.ndarray, np.ndarray]:
+        image = read_sample(pending.files, self.channels, bit_depth=self.bit_depth, sample_id=pending.key)
+        return image, image
+
+    def __call__(self, image: np.ndarray) -> Any:
+        from protloc.cells.predict import predict_field_cells
+
+        return predict_field_cells(self.predictor, image, channels=self.channels, embeddings=False)
+
+
+def _cell_rows(scorer: _CellScorer, result: Any, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """One results row per cell of a field."""
+    rows = []
+    for row, cell in enumerate(result.as_dicts(scorer.classes)):
+        probabilities = result.probabilities[row]
+        ids = sorted(np.flatnonzero(result.decisions[row]).tolist(), key=lambda i: -float(probabilities[i]))
+        rows.append(
+            {
+                "field": common["field"],
+                "cell": cell["cell"],
+                "box": cell["box"],
+                "area": cell["area"],
+                "border": bool(cell["border"]),
+                **{k: v for k, v in common.items() if k != "field"},
+                "labels": [scorer.classes[i] for i in ids],
+                "predicted": ids,
+                "probabilities": {c: round(float(p), 5) for c, p in zip(scorer.classes, probabilities, strict=True)},
+            }
+        )
+    return rows
+
+
+def _cell_picture(image: np.ndarray, channels: Sequence[str], result: Any, n_classes: int, path: Path) -> None:
+    from protloc.cells.draw import draw_outlines, write_picture
+
+    classes = {
+        int(c): [int(k) for k in np.flatnonzero(row)] for c, row in zip(result.cells, result.decisions, strict=True)
+    }
+    write_picture(path, draw_outlines(image, channels, result.labels, cell_classes=classes, n_classes=n_classes))
+
+
 def watch_folder(
     folder: str | Path,
     model: str | Path,
+    settings: WatchSettings | None = None,
     *,
-    out: str | Path | None = None,
-    table: str = "csv",
-    backend: str = "auto",
-    device: str = "cpu",
-    tta: str | Sequence[str] | None = None,
-    thresholds: float | str | Path | None = None,
-    min_one: bool = True,
-    tiles: int = 1,
-    bit_depth: int | None = None,
-    pictures: bool = False,
-    recursive: bool = False,
-    follow_links: bool = False,
-    settle: float = 2.0,
-    incomplete_after: float = 600.0,
-    poll: bool = False,
-    poll_interval: float = 1.0,
-    rescan_every: float = 60.0,
-    batch_size: int = 8,
-    once: bool = False,
-    max_fields: int | None = None,
     stop: threading.Event | None = None,
     on_event: Callable[[WatchEvent], None] | None = None,
+    **options: Any,
 ) -> WatchSummary:
     """Classify every field in ``folder`` and each one that lands there later, until ``stop`` is set.
 
     Args:
         folder: the folder the microscope writes ``<Id>_<channel>.<ext>`` files into.
         model: a model package, an exported ``.onnx`` file, or a BioImage.IO package made by protloc.
-        out: where the results, journal and pictures go (default ``FOLDER/protloc-watch``).
-        table: ``csv`` or ``jsonl``: the results table's format.
-        backend, device, tta, thresholds, min_one, tiles, bit_depth: as for ``protloc predict``.
-        pictures: write ``pictures/<field>.png``, the composite with its labels, per field.
-        recursive: watch sub-folders too (the key of a field is then ``sub/folder/Id``).
-        follow_links: read channel files (and enter sub-folders) that are links leading outside ``folder``; by
-            default such a field is set aside with a line in ``rejected.csv`` saying so.
-        settle: seconds a field's files must stay unchanged before it is read.
-        incomplete_after: seconds after which a field still lacking a channel is set aside as incomplete
-            (it is taken again if its files change later).
-        poll: poll the folder instead of waiting for filesystem events (network shares), every
-            ``poll_interval`` seconds.
-        rescan_every: seconds between full rescans that catch anything the events missed.
-        batch_size: at most this many ready fields through the network at once.
-        once: classify what is there (waiting for files to settle) and return instead of watching on.
-        max_fields: return after this many fields were classified or set aside.
+        settings: see :class:`WatchSettings`; ``options`` (its field names, e.g. ``once=True``) change it.
         stop: set it to stop after the batch in hand (see :func:`stop_on_signals`).
         on_event: called with every :class:`WatchEvent`.
 
@@ -203,184 +228,260 @@ def watch_folder(
         ConfigError: a setting is out of range, or another watcher holds the folder or the output.
     """
     require("watchfiles", "watch")
-    from watchfiles import Change
-    from watchfiles import watch as watch_changes
-
-    from protloc.inference.predict import load_backend, resolve_thresholds
-    from protloc.utils import default_workers
-
+    settings = replace(settings or WatchSettings(), **options).check()
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder to watch")
-    if table not in TABLE_FORMATS:
-        raise ConfigError(f"table format {table!r} is not one of {', '.join(TABLE_FORMATS)}")
-    if settle < 0 or incomplete_after <= 0 or poll_interval <= 0 or batch_size < 1:
-        raise ConfigError("settle must be >= 0, incomplete-after and poll-interval > 0, batch-size >= 1")
-    out = Path(out) if out is not None else folder / DEFAULT_OUT
+    out = Path(settings.out) if settings.out is not None else folder / DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
-    card, network = load_backend(model, backend, device=device, threads=default_workers(limit=256))
-    classify = _Classifier(
-        network,
-        card,
-        resolve_thresholds(card, thresholds),
-        tta=tta,
-        tiles=tiles,
-        bit_depth=bit_depth,
-        min_one=min_one,
-    )
-    stop = stop if stop is not None else threading.Event()
+    classify = _scorer(model, settings)
     emit = on_event or (lambda event: None)
-    started = time.perf_counter()
-
-    def notice(message: str) -> None:
-        emit(WatchEvent("notice", message=message))
-
     with watch_locks(folder, out):
-        journal = Journal.open(out / JOURNAL_FILE, notice)
-        results = ResultsTable(out / f"results.{table}", classify.classes, notice)
-        rejected = RejectedTable(out / REJECTED_FILE, notice)
-        summary = WatchSummary(out=out, table=results.path)
+        watcher = _Watcher(folder, out, settings, classify, emit)
         try:
-            _reconcile(journal, results, notice)
-            summary.already_done = len(journal.done)
-            tracker = FieldTracker(
-                folder,
-                classify.preprocessor.channels,
-                recursive=recursive,
-                exclude=out,
-                settle=settle,
-                incomplete_after=incomplete_after,
-                follow_links=follow_links,
-                on_notice=notice,
-            )
-            skip = journal.done.__contains__
-
-            def set_aside(pending: PendingField, reason: str) -> None:
-                rejected.append(pending.key, reason, pending.names())
-                journal.record(pending.key, "rejected", pending.signature or (), reason=reason)
-                summary.rejected += 1
-                emit(WatchEvent("rejected", pending.key, reason))
-
-            def take(batch: list[PendingField]) -> None:
-                loaded = []
-                for pending in batch:
-                    before = pending.signature
-                    refused = tracker.link_problem(pending)
-                    if refused is not None:
-                        set_aside(pending, refused)
-                        continue
-                    try:
-                        image, inputs = classify.read(pending)
-                    except Exception as exc:  # any undecodable file: set aside, keep watching
-                        reason = str(exc) if isinstance(exc, DataError) else f"{exc.__class__.__name__}: {exc}"
-                        tracker.look(pending, time.monotonic())
-                        if pending.signature != before:  # it changed while we read it: wait again
-                            tracker.pending[pending.key] = pending
-                        else:
-                            set_aside(pending, reason.splitlines()[0] if reason else "unreadable")
-                        continue
-                    tracker.look(pending, time.monotonic())
-                    if pending.signature != before:
-                        tracker.pending[pending.key] = pending
-                        continue
-                    loaded.append((pending, image, inputs))
-                if not loaded:
-                    return
-                tick = time.perf_counter()
-                probabilities, labels = classify(np.stack([inputs for _, _, inputs in loaded]))
-                each = (time.perf_counter() - tick) / len(loaded)
-                for (pending, image, _), probs, chosen in zip(loaded, probabilities, labels, strict=True):
-                    ids = sorted(np.flatnonzero(chosen).tolist(), key=lambda i: -float(probs[i]))
-                    names = [classify.classes[i] for i in ids]
-                    picture = None
-                    if pictures:
-                        relative = Path("pictures") / f"{pending.key}.png"
-                        caption = ", ".join(f"{classify.classes[i]} {probs[i]:.2f}" for i in ids)
-                        _picture(image, classify.preprocessor.channels, caption, out / relative)
-                        picture = relative.as_posix()
-                    newest = max(mtime for _, _, mtime in pending.signature or ((None, 0, 0),))
-                    row = {
-                        "field": pending.key,
-                        "time": now_iso(),
-                        "acquired": dt.datetime.fromtimestamp(newest / 1e9, dt.timezone.utc).isoformat(
-                            timespec="milliseconds"
-                        ),
-                        "labels": names,
-                        "predicted": ids,
-                        "seconds": round(each, 4),
-                        "picture": picture,
-                        "probabilities": {c: round(float(p), 5) for c, p in zip(classify.classes, probs, strict=True)},
-                        "files": pending.names(),
-                    }
-                    results.append(row)  # durable in the table at its path when this returns
-                    journal.record(pending.key, "done", pending.signature or ())
-                    summary.classified += 1
-                    emit(WatchEvent("classified", pending.key, "; ".join(names), row))
-
-            def work() -> bool:
-                """Take what is due; True when the loop should end."""
-                ready, incomplete = tracker.due()
-                for pending in incomplete:
-                    if journal.rejected.get(pending.key) != pending.signature:  # not set aside before as is
-                        set_aside(pending, tracker.missing(pending))
-                ready = [p for p in ready if journal.rejected.get(p.key) != p.signature]
-                for first in range(0, len(ready), batch_size):
-                    if stop.is_set() or _enough(summary, max_fields):
-                        return True
-                    take(ready[first : first + batch_size])
-                if stop.is_set() or _enough(summary, max_fields):
-                    return True
-                return once and all(time.monotonic() - p.stable_since >= settle for p in tracker.pending.values())
-
-            def accept(change: Change, path: str) -> bool:
-                return tracker.field_of(Path(path)) is not None
-
-            tick_ms = max(50, int(min(settle / 2 if settle else 0.25, 0.5) * 1000))
-            last_scan: float | None = None
-            for changes in watch_changes(
-                folder,
-                watch_filter=accept,
-                stop_event=stop,
-                rust_timeout=tick_ms,
-                yield_on_timeout=True,
-                debounce=tick_ms,
-                step=min(50, tick_ms),
-                force_polling=poll,
-                poll_delay_ms=int(poll_interval * 1000),
-                recursive=recursive,
-                raise_interrupt=False,
-            ):
-                # The first scan runs once the watcher is listening (its first answer), so a field written
-                # while the scan runs is in the scan, in the events, or in both: never in neither.
-                for change, name in changes:
-                    if change == Change.deleted:
-                        tracker.gone(Path(name))
-                    else:
-                        tracker.seen(Path(name), skip=skip)
-                if last_scan is None or time.monotonic() - last_scan >= rescan_every:
-                    for path in tracker.walk():
-                        tracker.seen(path, skip=skip)
-                    if last_scan is None:
-                        emit(
-                            WatchEvent(
-                                "started",
-                                message=f"watching {folder} ({'polling' if poll else 'events'}): "
-                                f"{summary.already_done} fields classified before, {tracker.waiting()} to look at",
-                            )
-                        )
-                    last_scan = time.monotonic()
-                if work():
-                    break
-            summary.waiting = sorted(tracker.pending)
-            for key in summary.waiting if once else ():
-                emit(WatchEvent("waiting", key, tracker.missing(tracker.pending[key]).split(" after ")[0]))
+            watcher.run(stop if stop is not None else threading.Event())
         finally:
-            summary.seconds = time.perf_counter() - started
-            journal.close()
-            results.close()
-            rejected.close()
+            watcher.close()
+    summary = watcher.summary
     emit(WatchEvent("stopped", message=f"{summary.classified} classified, {summary.rejected} set aside"))
     return summary
+
+
+def _scorer(model: str | Path, settings: WatchSettings) -> _Classifier | _CellScorer:
+    """What answers a field: the field model's classifier, or with ``cells`` the per-cell scorer."""
+    from protloc.inference.predict import load_backend, resolve_thresholds
+    from protloc.utils import default_workers
+
+    if settings.cells:
+        from protloc.cells.predict import predictor_for
+
+        predictor = predictor_for(model, backend=settings.backend, device=settings.device, tta=settings.tta)
+        if settings.thresholds is not None:
+            scored_by = predictor.cell_card or predictor.field_card
+            assert scored_by is not None
+            predictor.thresholds = resolve_thresholds(scored_by, settings.thresholds)
+        return _CellScorer(predictor, settings.bit_depth)
+    card, network = load_backend(model, settings.backend, device=settings.device, threads=default_workers(limit=256))
+    return _Classifier(
+        network,
+        card,
+        resolve_thresholds(card, settings.thresholds),
+        tta=settings.tta,
+        tiles=settings.tiles,
+        bit_depth=settings.bit_depth,
+        min_one=settings.min_one,
+    )
+
+
+class _Watcher:
+    """One run of the watch loop: the output's tables and journal, the tracker of pending fields, and what is done
+    with a field once it is ready."""
+
+    def __init__(
+        self,
+        folder: Path,
+        out: Path,
+        settings: WatchSettings,
+        classify: _Classifier | _CellScorer,
+        emit: Callable[[WatchEvent], None],
+    ) -> None:
+        self.folder, self.out, self.s, self.classify, self.emit = folder, out, settings, classify, emit
+        self.started = time.perf_counter()
+        self.journal = Journal.open(out / JOURNAL_FILE, self.notice)
+        try:
+            table = out / f"results.{settings.table}"
+            self.results = ResultsTable(table, classify.classes, self.notice, cells=settings.cells)
+        except BaseException:  # another model's table: nothing stays open
+            self.journal.close()
+            raise
+        self.rejected = RejectedTable(out / REJECTED_FILE, self.notice)
+        self.summary = WatchSummary(out=out, table=self.results.path)
+        _reconcile(self.journal, self.results, self.notice)
+        self.summary.already_done = len(self.journal.done)
+        self.tracker = FieldTracker(
+            folder,
+            classify.channels,
+            recursive=settings.recursive,
+            exclude=out,
+            settle=settings.settle,
+            incomplete_after=settings.incomplete_after,
+            follow_links=settings.follow_links,
+            on_notice=self.notice,
+        )
+
+    def notice(self, message: str) -> None:
+        self.emit(WatchEvent("notice", message=message))
+
+    def close(self) -> None:
+        self.summary.seconds = time.perf_counter() - self.started
+        self.journal.close()
+        self.results.close()
+        self.rejected.close()
+
+    # -- the loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Scan, then follow the folder's events (rescanning now and then) until ``stop``, ``once`` or
+        ``max_fields`` ends it."""
+        from watchfiles import Change
+        from watchfiles import watch as watch_changes
+
+        s, tracker, skip = self.s, self.tracker, self.journal.done.__contains__
+        tick_ms = max(50, int(min(s.settle / 2 if s.settle else 0.25, 0.5) * 1000))
+        last_scan: float | None = None
+        for changes in watch_changes(
+            self.folder,
+            watch_filter=lambda change, path: tracker.field_of(Path(path)) is not None,
+            stop_event=stop,
+            rust_timeout=tick_ms,
+            yield_on_timeout=True,
+            debounce=tick_ms,
+            step=min(50, tick_ms),
+            force_polling=s.poll,
+            poll_delay_ms=int(s.poll_interval * 1000),
+            recursive=s.recursive,
+            raise_interrupt=False,
+        ):
+            # The first scan runs once the watcher is listening (its first answer), so a field written
+            # while the scan runs is in the scan, in the events, or in both: never in neither.
+            for change, name in changes:
+                if change == Change.deleted:
+                    tracker.gone(Path(name))
+                else:
+                    tracker.seen(Path(name), skip=skip)
+            if last_scan is None or time.monotonic() - last_scan >= s.rescan_every:
+                for path in tracker.walk():
+                    tracker.seen(path, skip=skip)
+                if last_scan is None:
+                    mode = "polling" if s.poll else "events"
+                    self.emit(
+                        WatchEvent(
+                            "started",
+                            message=f"watching {self.folder} ({mode}): {self.summary.already_done} fields classified "
+                            f"before, {tracker.waiting()} to look at",
+                        )
+                    )
+                last_scan = time.monotonic()
+            if self.work(stop):
+                break
+        self.summary.waiting = sorted(tracker.pending)
+        for key in self.summary.waiting if s.once else ():
+            self.emit(WatchEvent("waiting", key, tracker.missing(tracker.pending[key]).split(" after ")[0]))
+
+    def work(self, stop: threading.Event) -> bool:
+        """Take what is due; True when the loop should end."""
+        s, tracker, journal = self.s, self.tracker, self.journal
+        ready, incomplete = tracker.due()
+        for pending in incomplete:
+            if journal.rejected.get(pending.key) != pending.signature:  # not set aside before as is
+                self.set_aside(pending, tracker.missing(pending))
+        ready = [p for p in ready if journal.rejected.get(p.key) != p.signature]
+        for first in range(0, len(ready), s.batch_size):
+            if stop.is_set() or _enough(self.summary, s.max_fields):
+                return True
+            self.take(ready[first : first + s.batch_size])
+        if stop.is_set() or _enough(self.summary, s.max_fields):
+            return True
+        return s.once and all(time.monotonic() - p.stable_since >= s.settle for p in tracker.pending.values())
+
+    # -- one batch of fields
+
+    def set_aside(self, pending: PendingField, reason: str) -> None:
+        self.rejected.append(pending.key, reason, pending.names())
+        self.journal.record(pending.key, "rejected", pending.signature or (), reason=reason)
+        self.summary.rejected += 1
+        self.emit(WatchEvent("rejected", pending.key, reason))
+
+    def load(self, batch: list[PendingField]) -> list[tuple[PendingField, np.ndarray, np.ndarray]]:
+        """The fields of ``batch`` that read whole and did not change while read; the others are set aside
+        (unreadable, or links leading out) or wait again (changed)."""
+        loaded = []
+        for pending in batch:
+            before = pending.signature
+            refused = self.tracker.link_problem(pending)
+            if refused is not None:
+                self.set_aside(pending, refused)
+                continue
+            try:
+                image, inputs = self.classify.read(pending)
+            except Exception as exc:  # any undecodable file: set aside, keep watching
+                reason = str(exc) if isinstance(exc, DataError) else f"{exc.__class__.__name__}: {exc}"
+                self.tracker.look(pending, time.monotonic())
+                if pending.signature != before:  # it changed while we read it: wait again
+                    self.tracker.pending[pending.key] = pending
+                else:
+                    self.set_aside(pending, reason.splitlines()[0] if reason else "unreadable")
+                continue
+            self.tracker.look(pending, time.monotonic())
+            if pending.signature != before:
+                self.tracker.pending[pending.key] = pending
+                continue
+            loaded.append((pending, image, inputs))
+        return loaded
+
+    def take(self, batch: list[PendingField]) -> None:
+        loaded = self.load(batch)
+        if not loaded:
+            return
+        classify = self.classify
+        if isinstance(classify, _CellScorer):
+            for pending, image, _ in loaded:
+                self.take_cells(classify, pending, image)
+            return
+        tick = time.perf_counter()
+        probabilities, labels = classify(np.stack([inputs for _, _, inputs in loaded]))
+        each = (time.perf_counter() - tick) / len(loaded)
+        for (pending, image, _), probs, chosen in zip(loaded, probabilities, labels, strict=True):
+            ids = sorted(np.flatnonzero(chosen).tolist(), key=lambda i: -float(probs[i]))
+            names = [classify.classes[i] for i in ids]
+            picture = None
+            if self.s.pictures:
+                relative = Path("pictures") / f"{pending.key}.png"
+                caption = ", ".join(f"{classify.classes[i]} {probs[i]:.2f}" for i in ids)
+                _picture(image, classify.channels, caption, self.out / relative)
+                picture = relative.as_posix()
+            row = {
+                **_row_start(pending),
+                "labels": names,
+                "predicted": ids,
+                "seconds": round(each, 4),
+                "picture": picture,
+                "probabilities": {c: round(float(p), 5) for c, p in zip(classify.classes, probs, strict=True)},
+                "files": pending.names(),
+            }
+            self.results.append(row)  # durable in the table at its path when this returns
+            self.journal.record(pending.key, "done", pending.signature or ())
+            self.summary.classified += 1
+            self.emit(WatchEvent("classified", pending.key, "; ".join(names), row))
+
+    def take_cells(self, scorer: _CellScorer, pending: PendingField, image: np.ndarray) -> None:
+        tick = time.perf_counter()
+        result = scorer(image)
+        seconds = time.perf_counter() - tick
+        picture = None
+        if self.s.pictures:
+            relative = Path("pictures") / f"{pending.key}.png"
+            _cell_picture(image, scorer.channels, result, len(scorer.classes), self.out / relative)
+            picture = relative.as_posix()
+        common = {**_row_start(pending), "seconds": round(seconds, 4), "picture": picture, "files": pending.names()}
+        rows = _cell_rows(scorer, result, common)
+        self.results.append_rows(rows)  # a field's cells land together, durable when this returns
+        self.journal.record(pending.key, "done", pending.signature or ())
+        self.summary.classified += 1
+        counts: dict[str, int] = {}
+        for row in rows:
+            for name in row["labels"]:
+                counts[name] = counts.get(name, 0) + 1
+        top = sorted(counts.items(), key=lambda item: -item[1])[:5]
+        message = f"{len(rows)} cells ({result.method}): " + ", ".join(f"{n} {c}" for n, c in top)
+        self.emit(WatchEvent("classified", pending.key, message, {**common, "cells": len(rows)}))
+
+
+def _row_start(pending: PendingField) -> dict[str, Any]:
+    """A row's field, when it was classified and when it was acquired (its newest file's modification time)."""
+    newest = max(mtime for _, _, mtime in pending.signature or ((None, 0, 0),))
+    acquired = dt.datetime.fromtimestamp(newest / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return {"field": pending.key, "time": now_iso(), "acquired": acquired}
 
 
 def _reconcile(journal: Journal, results: ResultsTable, notice: Callable[[str], None]) -> None:
