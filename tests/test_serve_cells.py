@@ -295,3 +295,27 @@ def test_fuzzed_cell_requests_never_give_5xx_and_match_the_schema(app: FastAPI) 
     if torch is not None:
         torch.set_flush_denormal(False)  # see tests/test_serve.py: Hypothesis needs IEEE floats on this thread
     fuzz()
+
+
+def test_a_request_with_cells_runs_the_field_network_once(app: FastAPI, client: TestClient, cell_fields: Path) -> None:
+    """The field's probabilities the service answers are the ones its cells are fused with: one field network
+    call per request, whatever the cell method."""
+    engine = app.state.engine
+    real = engine.backend
+    calls: list[int] = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return real(batch)
+
+    engine.backend = counting
+    try:
+        for method in ("baseline", "mix"):
+            calls.clear()
+            body = client.post(f"/predict?cells=true&cell_method={method}", files=field_files(cell_fields)).json()
+            assert body["cells"], "the field should hold cells"
+            assert len(calls) == 1, f"{method}: the field network ran {len(calls)} times"
+            if method == "baseline":  # every cell carries the field's answer
+                np.testing.assert_allclose(body["cells"][0]["probabilities"], body["probabilities"], atol=1e-6)
+    finally:
+        engine.backend = real

@@ -10,7 +10,7 @@
   data the thresholds were fitted on and cross-validated (fitted on one half, scored on the other), so the
   gain quoted is not flattered by fitting and scoring on the same images.
 
-Torch-free: plain numpy on ``(N, 28)`` arrays.
+Torch-free: plain numpy on ``(N, classes)`` arrays.
 """
 
 from __future__ import annotations

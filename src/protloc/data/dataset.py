@@ -189,7 +189,7 @@ class CachedDataset(Dataset[dict[str, Any]]):
     Args:
         cache: the array store.
         indices: which cache rows this dataset serves (e.g. one fold's).
-        labels: ``(len(cache), 28)`` multi-hot labels of all cache rows, or ``None``.
+        labels: ``(len(cache), classes)`` multi-hot labels of all cache rows, or ``None``.
         transform: an albumentations pipeline (see :mod:`protloc.data.transforms`).
     """
 

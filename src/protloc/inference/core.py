@@ -124,7 +124,7 @@ class Preprocessor:
 
 
 class Backend(Protocol):
-    """Turns a ``(B, C, S, S)`` float32 batch of 0-1 pixels into sigmoid probabilities ``(B, 28)``."""
+    """Turns a ``(B, C, S, S)`` float32 batch of 0-1 pixels into sigmoid probabilities ``(B, classes)``."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -264,7 +264,7 @@ def predict_catalog(
     start: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray | None:
-    """Probabilities ``(N, 28)`` for every sample of ``catalog`` (from ``start``), streamed in batches.
+    """Probabilities ``(N, classes)`` for every sample of ``catalog`` (from ``start``), streamed in batches.
 
     Args:
         backend: the network (torch or ONNX Runtime) as a batch -> probabilities function.

@@ -96,7 +96,7 @@ def create_model(
     Args:
         name: a timm model name (``resnet18``, ``densenet121``, ``efficientnet_b0``...) or ``seed-cnn``.
         in_chans: number of input channels (4 for red, green, blue, yellow).
-        num_classes: number of outputs (28).
+        num_classes: number of outputs (the class scheme's size).
         pretrained: start from timm's ImageNet weights (downloaded once; needs the network or a warm cache).
         image_size: input side; only the seed CNN's dense layer depends on it.
         drop_rate: dropout before the classifier (timm models).

@@ -229,9 +229,16 @@ class CellService:
         return np.asarray(segmenter(image[[channels.index(c) for c in segmenter.channels]]), dtype=np.int32)
 
     async def predict(
-        self, image: np.ndarray, channels: tuple[str, ...], request: CellRequest, label: str = ""
+        self,
+        image: np.ndarray,
+        channels: tuple[str, ...],
+        request: CellRequest,
+        label: str = "",
+        field_probabilities: np.ndarray | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The cells of one decoded field and a summary of how they were made (see the module docstring).
+        ``field_probabilities``: the service's answer for the whole field, reused so that the field network runs
+        once per request.
 
         Raises:
             DependencyError: scikit-image or pycocotools is missing (HTTP 501).
@@ -250,7 +257,14 @@ class CellService:
         segmented = time.perf_counter()
         result = await loop.run_in_executor(
             self.engine.inference_pool,
-            lambda: predict_field_cells(predictor, image, channels=channels, labels=labels, embeddings=False),
+            lambda: predict_field_cells(
+                predictor,
+                image,
+                channels=channels,
+                labels=labels,
+                embeddings=False,
+                field_probabilities=field_probabilities,
+            ),
         )
         scored = time.perf_counter()
         cells = await loop.run_in_executor(pool, self._shape, result, predictor.thresholds, predictor.class_names)

@@ -218,7 +218,9 @@ class PredictionService:
         source = "stack" if stack is not None else "channels"
         result = self._result(image, probabilities, source, decoded - started, finished - decoded, previews=shown)
         if cells is not None and channels is not None:
-            result["cells"], result["cell_info"] = await self.cells.predict(image, channels, cells)
+            result["cells"], result["cell_info"] = await self.cells.predict(
+                image, channels, cells, field_probabilities=probabilities
+            )
         return result
 
     def group_batch(self, uploads: list[Upload]) -> dict[str, tuple[dict[str, Upload], Upload | None]]:
@@ -281,7 +283,9 @@ class PredictionService:
                 image, probabilities, source, decoded - started, time.perf_counter() - decoded, sample_id
             )
             if cells is not None and channels is not None:
-                result["cells"], result["cell_info"] = await self.cells.predict(image, channels, cells, label)
+                result["cells"], result["cell_info"] = await self.cells.predict(
+                    image, channels, cells, label, field_probabilities=probabilities
+                )
             return result
 
         return list(await asyncio.gather(*(one(i, f, s) for i, (f, s) in samples.items())))

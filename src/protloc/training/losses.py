@@ -1,6 +1,6 @@
 """Multi-label losses: binary cross-entropy and focal loss, with optional positive-class weights.
 
-Both take raw logits ``(B, 28)`` and multi-hot targets. Focal loss (Lin et al. 2017) scales each term by
+Both take raw logits ``(B, classes)`` and multi-hot targets. Focal loss (Lin et al. 2017) scales each term by
 ``(1 - p_t) ** gamma`` so the many easy negatives of rare classes stop drowning the few positives; with
 ``gamma = 0`` it is BCE. Positive weights (``pos_weight``) multiply the positive term per class.
 """
