@@ -153,11 +153,12 @@ def predictor_for(
     tta: str | Sequence[str] | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
 ) -> CellPredictor:
-    """The cell predictor for ``model`` as a user names it: a cell model (mixed with ``field_model`` when given),
-    or a field model, whose labels every cell then gets (the baseline)."""
-    from protloc.model.card import read_card
+    """The cell predictor for ``model`` as a user names it (a package folder, an ``.onnx`` file or a BioImage.IO
+    package): a cell model (mixed with ``field_model`` when given), or a field model, whose labels every cell
+    then gets (the baseline)."""
+    from protloc.inference.backends import read_model_card
 
-    cell_model = model if is_cell_model(read_card(model)) else None
+    cell_model = model if is_cell_model(read_model_card(model)) else None
     return open_cell_predictor(
         cell_model,
         field_model if cell_model is not None else model,
@@ -246,6 +247,8 @@ class FieldCellPrediction:
         decisions: ``(N, K)`` 0/1 labels (probability >= the class threshold).
         embeddings: ``(N, D)`` pooled features of the cell model (``None`` without one, or off torch).
         method: how the probabilities were made (see the module docstring).
+        field_probabilities: ``(K,)`` the field model's probabilities for the whole field (``None`` without a
+            field model): the baseline gives them to every cell, the mix mixes them in.
     """
 
     id: str
@@ -255,6 +258,7 @@ class FieldCellPrediction:
     decisions: np.ndarray
     embeddings: np.ndarray | None
     method: str
+    field_probabilities: np.ndarray | None = None
 
     def field_cells(self) -> FieldCells:
         """As the 2021 encoder and metric take it: cells with per-class confidences."""
@@ -316,6 +320,16 @@ def embed_crops(backend: Backend, pixels: np.ndarray) -> np.ndarray | None:
     return np.asarray(features.float().cpu().numpy())
 
 
+def segment_field(predictor: CellPredictor, image: np.ndarray, *, channels: Sequence[str]) -> np.ndarray:
+    """The ``(H, W)`` label image of one ``(C, H, W)`` ``uint8`` field by the predictor's segmenter, as
+    :func:`predict_field_cells` segments a field it is given without labels.
+
+    Raises:
+        ConfigError: the field lacks a channel the segmenter reads.
+    """
+    return np.asarray(predictor.segmenter(_select(image, channels, predictor.segmenter.channels)))
+
+
 def predict_field_cells(
     predictor: CellPredictor,
     image: np.ndarray,
@@ -333,13 +347,14 @@ def predict_field_cells(
             f"field {field_id}: expected ({len(channels)}, H, W) for {', '.join(channels)}, got {image.shape}"
         )
     if labels is None:
-        labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
+        labels = segment_field(predictor, image, channels=channels)
     check_labels_fit(np.shape(labels), image.shape[1:], field_id=field_id)
     present = np.unique(labels)
     cells = present[present > 0].astype(np.int64)
     n_classes = len(predictor.thresholds)
     probabilities = np.zeros((len(cells), n_classes), dtype=np.float32)
     features: np.ndarray | None = None
+    field_probabilities: np.ndarray | None = None
     cell_card = predictor.cell_card
     spec = cell_card.cells if cell_card is not None else None
     if predictor.cell_backend is not None and cell_card is not None and spec is not None and len(cells):
@@ -377,6 +392,7 @@ def predict_field_cells(
         decisions=decisions,
         embeddings=features,
         method=predictor.method,
+        field_probabilities=None if field_probabilities is None else field_probabilities.astype(np.float32),
     )
 
 
@@ -409,9 +425,9 @@ def predict_cells_in_field(
         paths = [models] if isinstance(models, (str, Path)) else list(models)
         if not 1 <= len(paths) <= 2:
             raise ConfigError("give one package, or a cell model and a field model")
-        from protloc.model.card import read_card
+        from protloc.inference.backends import read_model_card
 
-        first_is_cell = is_cell_model(read_card(paths[0]))
+        first_is_cell = is_cell_model(read_model_card(paths[0]))
         if len(paths) == 2:
             predictor = open_cell_predictor(paths[0], paths[1])
         elif first_is_cell:

@@ -36,6 +36,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "TargetLayer",
+    "cell_activation_map",
     "default_classes",
     "explain_image",
     "explain_sample",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,29 +255,33 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def grad_cam(network: nn.Module, layer: nn.Module, pixels: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps of ``classes`` for one input: ``(K, S, S)`` float32, each scaled to 0-1.
+    """Grad-CAM maps: ``(K, S, S)`` float32, each scaled to 0-1.
 
     Args:
         network: 0-1 pixels in, logits out (a :class:`~protloc.model.network.PackagedNetwork`).
         layer: the module whose output is weighed (see :func:`find_target_layer`).
-        pixels: ``(1, C, S, S)`` float32 input in 0-1.
+        pixels: ``(1, C, S, S)`` float32 input in 0-1, explained for every class of ``classes``; or ``(K, C, S,
+            S)``, one input per class of ``classes`` (the cells of a field, each for the same class).
         classes: class ids; each gets its own backward pass (several per batch while memory allows).
     """
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if pixels.shape[0] not in (1, len(classes)):
+        raise ValueError(f"{pixels.shape[0]} inputs for {len(classes)} classes: give one input, or one per class")
+    pairs = [(index if pixels.shape[0] > 1 else 0, int(c)) for index, c in enumerate(classes)]
     per_pass = max(1, _PIXELS_PER_PASS // (pixels.shape[-1] * pixels.shape[-2]))
     cam = GradCAM(model=network, target_layers=[layer])
     parts: list[np.ndarray] = []
     try:
         # Grad-CAM needs gradients even when the caller runs under no_grad or inference_mode (a web service).
         with torch.inference_mode(False), torch.enable_grad():
-            for start in range(0, len(classes), per_pass):
-                chunk = [int(c) for c in classes[start : start + per_pass]]
+            for start in range(0, len(pairs), per_pass):
+                chunk = pairs[start : start + per_pass]
                 # the input asks for gradients, so they reach the activations even with frozen weights
-                batch = pixels.detach().clone().repeat(len(chunk), 1, 1, 1).requires_grad_(True)
-                targets = [ClassifierOutputTarget(c) for c in chunk]
+                batch = pixels.detach()[[i for i, _ in chunk]].clone().requires_grad_(True)
+                targets = [ClassifierOutputTarget(c) for _, c in chunk]
                 parts.append(np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32))
     finally:
         cam.activations_and_grads.release()
@@ -312,10 +317,11 @@ class Explainer:
         from protloc.model.network import EnsembleNetwork
         from protloc.model.package import ModelPackage, load_package
 
-        if not isinstance(package, ModelPackage) and Path(package).suffix.lower() == ".onnx":
+        if not isinstance(package, ModelPackage) and (Path(package).suffix.lower() in (".onnx", ".zip")):
+            kind = "BioImage.IO package" if Path(package).suffix.lower() == ".zip" else ".onnx file"
             raise ModelError(
                 f"{package}: explanations need the model package folder (its weights and gradients), not an "
-                "exported .onnx file; give the package folder"
+                f"exported {kind}; give the package folder"
             )
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         card = self.package.card
@@ -412,6 +418,32 @@ class Explainer:
             class_names=self.package.card.scheme.names,
         )
 
+    def class_maps(self, images: np.ndarray, class_id: int) -> np.ndarray:
+        """Grad-CAM maps of one class for a batch of images (the cells of a field), in one pass per memory budget.
+
+        Args:
+            images: ``(B, C, H, W)`` uint8 in the model's channel order, each resized to the model's input.
+            class_id: the class to explain, in every image.
+
+        Returns:
+            ``(B, S, S)`` float32 at the model's input size, each image's map in 0-1 (an ensemble: the members'
+            sum, so up to the number of members; :func:`upsample_map` scales it back to 0-1).
+        """
+        import torch
+
+        size = self.package.size
+        if images.ndim != 4 or images.shape[1] != len(self.channels):
+            raise DataError(f"expected (B, {len(self.channels)}, H, W) images, got shape {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, size, size), np.float32)
+        inputs = np.concatenate([self.preprocessor.prepare_uint8(self._check_image(image)) for image in images])
+        pixels = torch.from_numpy(self.preprocessor.to_pixels(inputs)).to(self.device)
+        total = np.zeros((len(images), size, size), np.float32)
+        with self._lock:
+            for member, target in self.targets:
+                total += grad_cam(member, target.module, pixels, [int(class_id)] * len(images))
+        return total
+
     def _check_image(self, image: np.ndarray) -> np.ndarray:
         from protloc.data.io import to_uint8
 
@@ -444,6 +476,59 @@ def explain_image(
     return Explainer(package, device=device).explain(
         image, classes, max_classes=max_classes, sample_id=sample_id, true_labels=true_labels
     )
+
+
+def cell_activation_map(
+    explainer: Explainer,
+    image: np.ndarray,
+    labels: np.ndarray,
+    class_id: int,
+    *,
+    weights: Mapping[int, float] | None = None,
+) -> np.ndarray:
+    """The class activation map of a cell model over a whole field, one cell at a time.
+
+    Each cell is cut as the cell model saw it when it scored the cell (the masked, padded crop of
+    :func:`protloc.cells.masks.cells_of_field`, padding from the card), explained, and its map, resized back to
+    the crop's window, is put over the cell's own pixels. A cell's map is scaled to 0-1 like any explanation, then
+    multiplied by its weight (the cell's probability of the class, say), so cells unlikely to show the class stay
+    dark; without ``weights`` every cell's map peaks at 1.
+
+    Args:
+        explainer: a loaded cell model (its card has a ``cells`` section).
+        image: ``(C, H, W)`` uint8 field in the model's channel order (:attr:`Explainer.channels`).
+        labels: ``(H, W)`` label image of the same field.
+        class_id: the class to explain.
+        weights: cell id -> factor for its map (cells not listed get 1).
+
+    Returns:
+        ``(H, W)`` float32 map, 0 outside the cells.
+
+    Raises:
+        ModelError: the package is not a cell model.
+        DataError: the image is not ``(C, H, W)`` in the model's channels, or the labels do not match it.
+        ConfigError: a class id outside the model's scheme.
+    """
+    from protloc.cells.masks import cells_of_field
+
+    card = explainer.package.card
+    if card.cells is None:
+        raise ModelError(f"{card.model_name}: not a cell model (its card has no 'cells' section)")
+    class_id = card.scheme.resolve(class_id)
+    field_image = explainer._check_image(image)
+    labels = np.asarray(labels)
+    crops = cells_of_field(field_image, labels, card.size, padding=card.cells.padding)
+    height, width = labels.shape
+    heat = np.zeros((height, width), np.float32)
+    maps = explainer.class_maps(crops.images, class_id)
+    for cell_map, cell, (top, left, bottom, right) in zip(maps, crops.cells, crops.boxes, strict=True):
+        side = int(bottom - top)
+        window = upsample_map(cell_map, side, side) * float((weights or {}).get(int(cell), 1.0))
+        y0, x0, y1, x1 = max(int(top), 0), max(int(left), 0), min(int(bottom), height), min(int(right), width)
+        inside = labels[y0:y1, x0:x1] == cell
+        part = window[y0 - top : y1 - top, x0 - left : x1 - left]
+        heat[y0:y1, x0:x1][inside] = part[inside]
+    return heat
 
 
 # ------------------------------------------------------------------------------------------ the command
