@@ -15,6 +15,7 @@ The package is split by what each module owns:
   weak (the field's) or given, folds by field; ``protloc train`` makes a cell model of one.
 * :mod:`protloc.cells.pseudo` - one round of pseudo-labels refining weak cell labels.
 * :mod:`protloc.cells.predict` - per-cell prediction of a field: cell model, the field baseline, or a mix.
+* :mod:`protloc.cells.activation` - a cell model's class activation map over its field, cell by cell.
 * :mod:`protloc.cells.outputs` - a data set's per-cell table, 2021 submission, AnnData and pictures; scores
   against per-cell truth, every method side by side.
 * :mod:`protloc.cells.report` - the single-cell section of the HTML report.

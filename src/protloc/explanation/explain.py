@@ -36,7 +36,6 @@ __all__ = [
     "Explainer",
     "Explanation",
     "TargetLayer",
-    "cell_activation_map",
     "default_classes",
     "explain_image",
     "explain_sample",
@@ -52,7 +51,7 @@ __all__ = [
 ]
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -383,7 +382,7 @@ class Explainer:
             DataError: the image is not a ``(C, H, W)`` array with the model's channels.
             ConfigError: an unknown class, or ``max_classes`` < 1.
         """
-        field_image = self._check_image(image)
+        field_image = self.check_image(image)
         chosen = resolve_classes(classes, self.package.card.scheme) if classes is not None else None
         if max_classes < 1:
             raise ConfigError(f"max_classes must be at least 1, got {max_classes}")
@@ -436,7 +435,7 @@ class Explainer:
             raise DataError(f"expected (B, {len(self.channels)}, H, W) images, got shape {images.shape}")
         if len(images) == 0:
             return np.zeros((0, size, size), np.float32)
-        inputs = np.concatenate([self.preprocessor.prepare_uint8(self._check_image(image)) for image in images])
+        inputs = np.concatenate([self.preprocessor.prepare_uint8(self.check_image(image)) for image in images])
         pixels = torch.from_numpy(self.preprocessor.to_pixels(inputs)).to(self.device)
         total = np.zeros((len(images), size, size), np.float32)
         with self._lock:
@@ -444,7 +443,13 @@ class Explainer:
                 total += grad_cam(member, target.module, pixels, [int(class_id)] * len(images))
         return total
 
-    def _check_image(self, image: np.ndarray) -> np.ndarray:
+    def check_image(self, image: np.ndarray) -> np.ndarray:
+        """A ``(C, H, W)`` image in the model's channels as the model reads it: uint8 (16-bit and float pixels
+        mapped as the reader maps them, with the card's bit depth).
+
+        Raises:
+            DataError: not ``(C, H, W)`` with the model's channels.
+        """
         from protloc.data.io import to_uint8
 
         array = np.asarray(image)
@@ -476,59 +481,6 @@ def explain_image(
     return Explainer(package, device=device).explain(
         image, classes, max_classes=max_classes, sample_id=sample_id, true_labels=true_labels
     )
-
-
-def cell_activation_map(
-    explainer: Explainer,
-    image: np.ndarray,
-    labels: np.ndarray,
-    class_id: int,
-    *,
-    weights: Mapping[int, float] | None = None,
-) -> np.ndarray:
-    """The class activation map of a cell model over a whole field, one cell at a time.
-
-    Each cell is cut as the cell model saw it when it scored the cell (the masked, padded crop of
-    :func:`protloc.cells.masks.cells_of_field`, padding from the card), explained, and its map, resized back to
-    the crop's window, is put over the cell's own pixels. A cell's map is scaled to 0-1 like any explanation, then
-    multiplied by its weight (the cell's probability of the class, say), so cells unlikely to show the class stay
-    dark; without ``weights`` every cell's map peaks at 1.
-
-    Args:
-        explainer: a loaded cell model (its card has a ``cells`` section).
-        image: ``(C, H, W)`` uint8 field in the model's channel order (:attr:`Explainer.channels`).
-        labels: ``(H, W)`` label image of the same field.
-        class_id: the class to explain.
-        weights: cell id -> factor for its map (cells not listed get 1).
-
-    Returns:
-        ``(H, W)`` float32 map, 0 outside the cells.
-
-    Raises:
-        ModelError: the package is not a cell model.
-        DataError: the image is not ``(C, H, W)`` in the model's channels, or the labels do not match it.
-        ConfigError: a class id outside the model's scheme.
-    """
-    from protloc.cells.masks import cells_of_field
-
-    card = explainer.package.card
-    if card.cells is None:
-        raise ModelError(f"{card.model_name}: not a cell model (its card has no 'cells' section)")
-    class_id = card.scheme.resolve(class_id)
-    field_image = explainer._check_image(image)
-    labels = np.asarray(labels)
-    crops = cells_of_field(field_image, labels, card.size, padding=card.cells.padding)
-    height, width = labels.shape
-    heat = np.zeros((height, width), np.float32)
-    maps = explainer.class_maps(crops.images, class_id)
-    for cell_map, cell, (top, left, bottom, right) in zip(maps, crops.cells, crops.boxes, strict=True):
-        side = int(bottom - top)
-        window = upsample_map(cell_map, side, side) * float((weights or {}).get(int(cell), 1.0))
-        y0, x0, y1, x1 = max(int(top), 0), max(int(left), 0), min(int(bottom), height), min(int(right), width)
-        inside = labels[y0:y1, x0:x1] == cell
-        part = window[y0 - top : y1 - top, x0 - left : x1 - left]
-        heat[y0:y1, x0:x1][inside] = part[inside]
-    return heat
 
 
 # ------------------------------------------------------------------------------------------ the command

@@ -10,7 +10,7 @@ of the command. The per-cell table is :func:`protloc.cells.table.field_table`, t
 The **field labels** come from the field model when one scored the field (its thresholds, at least one label, as
 ``protloc predict`` decides); with a cell model alone they are the union of the cells' labels, the 2021
 challenge's relation between a field and its cells. The **class activation map** is
-:func:`protloc.explanation.explain.cell_activation_map` for a cell model (each cell's map, scaled by its probability of the
+:func:`protloc.cells.activation.cell_activation_map` for a cell model (each cell's map, scaled by its probability of the
 class) and the field's Grad-CAM map (:meth:`protloc.explanation.explain.Explainer.explain`) for a field model.
 
 Typical use (a notebook, a script, the tests)::
@@ -319,7 +319,7 @@ def _activation_map(
     prediction: FieldCellPrediction,
     class_id: int,
 ) -> np.ndarray:
-    from protloc.explanation.explain import cell_activation_map
+    from protloc.cells.activation import cell_activation_map
 
     explainer = models.explainer_for_map()
     selected = image[[channels.index(c) for c in explainer.channels]]
