@@ -24,10 +24,11 @@ import tomllib
 
 from protloc.cells.masks import read_labels
 from protloc.cells.table import read_table
+from protloc.channels import CHANNEL_ROLES, CHANNELS
 from protloc.classes import HPA2018
-from protloc.errors import ConfigError, ModelError
-from protloc.data.io import CHANNEL_ROLES, CHANNELS, IMAGE_EXTENSIONS, read_channel_raw
+from protloc.data.io import IMAGE_EXTENSIONS, read_channel_raw
 from protloc.data.microscope import MICROSCOPE_SUFFIXES, write_ome_tiff
+from protloc.errors import ConfigError, ModelError
 from protloc.napari.analysis import (
     FIELD_LABELS_FROM_CELLS,
     FIELD_LABELS_FROM_FIELD_MODEL,
@@ -78,7 +79,19 @@ def _make_viewer(request: pytest.FixtureRequest, **kwargs: Any) -> Any:
     """A napari viewer from napari's ``make_napari_viewer``, with protloc's plugin registered."""
     _napari_ready()
     _register_plugin()
+    _load_llvm_users_in_a_safe_order()
     return request.getfixturevalue("make_napari_viewer")(**kwargs)
+
+
+def _load_llvm_users_in_a_safe_order() -> None:
+    """Import torch's compiler stack (Triton) before the first OpenGL context.
+
+    Without a GPU, the canvas's OpenGL is Mesa's llvmpipe, which loads LLVM; Triton brings its own LLVM, and
+    loaded *after* llvmpipe it crashes the process (a segmentation fault in ``import torch._dynamo``, which an
+    ONNX export performs). Loaded before, both work. Only a process that draws with llvmpipe and later compiles or
+    exports a network is concerned: the test suite, which exports ONNX after these tests."""
+    if find_spec("torch") is not None:
+        import torch._dynamo  # noqa: F401
 
 
 @pytest.fixture
@@ -240,6 +253,7 @@ def test_files_protloc_refuses_are_one_line_notifications(
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_analysis_gives_field_labels_from_the_field_model_or_the_cells(
     synth_field: tuple[str, Path], models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -282,6 +296,7 @@ def test_the_analysis_gives_field_labels_from_the_field_model_or_the_cells(
         analyse_field(AnalysisSettings(model=models["cell"]), {c: planes[c] for c in ("red", "green", "blue")})
 
 
+@pytest.mark.slow
 def test_the_widget_shows_what_predict_cells_writes_and_the_writer_saves_protlocs_files(
     viewer: Any, qtbot: Any, synth_field: tuple[str, Path], models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -346,6 +361,7 @@ def test_the_widget_shows_what_predict_cells_writes_and_the_writer_saves_protloc
     assert "cells were painted or erased after scoring" in _errors()[-1] and not (out / "again.csv").exists()
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_notifications(
     viewer: Any,
     qtbot: Any,

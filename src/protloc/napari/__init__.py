@@ -9,8 +9,9 @@
 * :mod:`protloc.napari.layers` - protloc's data as napari layer data (colours, features, metadata);
 * :mod:`protloc.napari.writer` - a cells layer saved as protloc's files: the per-cell table and the label image.
 
-It imports the data readers, :mod:`protloc.cells`, the model loading of :mod:`protloc.inference.backends` and
-:mod:`protloc.explanation.explain`; nothing in protloc imports it. Only :mod:`~protloc.napari.widget` needs napari and Qt at
-import time (the others import napari inside the functions that make napari objects); torch is loaded only when
-a model runs. Docs: ``docs/napari.md``.
+Nothing in protloc imports it. Only :mod:`~protloc.napari.widget` needs napari and Qt at import time (the others
+import napari inside the functions that make napari objects); torch is loaded only when a model runs. Docs:
+``docs/napari.md``.
+
+May import: the top level, ``data``, ``model``, ``inference``, ``explanation`` and ``cells``.
 """

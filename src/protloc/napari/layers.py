@@ -39,7 +39,7 @@ LABEL_NAMES = "label names"
 
 def channel_layer(plane: np.ndarray, channel: str, field_id: str, source: str | Path) -> LayerData:
     """One channel of a field as an image layer (see the module docstring)."""
-    from protloc.data.io import CHANNEL_ROLES
+    from protloc.channels import CHANNEL_ROLES
 
     top = float(np.percentile(plane, DISPLAY_PERCENTILE)) if plane.size else 0.0
     peak = float(plane.max()) if plane.size else 0.0

@@ -27,8 +27,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox
 
+from protloc.channels import CHANNELS
 from protloc.errors import DataError, ProtlocError
-from protloc.data.io import CHANNELS
 from protloc.napari.analysis import STAGES, AnalysisSettings, FieldAnalysis, LoadedModels, analyse_field
 from protloc.napari.layers import activation_layer, cells_layer, protloc_metadata
 
