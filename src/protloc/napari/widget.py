@@ -87,9 +87,16 @@ class CellsWidget(Container):
         events.inserted.connect(self._layer_inserted)
         events.removed.connect(self._layers_changed)
         events.moved.connect(self._layers_changed)
+        self.native.destroyed.connect(self._disconnect)  # a closed dock stops following the viewer's layers
         for layer in self.viewer.layers:
             self._follow(layer)
         self._layers_changed()
+
+    def _disconnect(self, *_: Any) -> None:
+        events = self.viewer.layers.events
+        events.inserted.disconnect(self._layer_inserted)
+        events.removed.disconnect(self._layers_changed)
+        events.moved.disconnect(self._layers_changed)
 
     # ------------------------------------------------------------------------------------------ choices
 
