@@ -127,6 +127,29 @@ def test_protloc_predicts_with_the_package(exported: tuple[Path, Path], synth_da
     np.testing.assert_allclose(unpacked.probabilities, reference.probabilities, atol=1e-6)
 
 
+def test_per_cell_prediction_takes_the_package_as_it_takes_the_folder(
+    exported: tuple[Path, Path], synth_data: Path
+) -> None:
+    from protloc.cells.predict import METHOD_BASELINE, predict_cells_in_field, predictor_for
+    from protloc.channels import CHANNELS
+    from protloc.data.catalog import open_dataset
+    from protloc.data.io import read_sample
+    from protloc.inference.backends import read_model_card
+    from protloc.model.card import read_card
+
+    package, archive = exported
+    assert read_model_card(archive).to_dict() == read_card(package).to_dict()  # the card inside the zip
+    catalog = open_dataset(synth_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)  # the default channel order of the call below
+    predictor = predictor_for(archive)  # what `protloc predict ZIP DATA --cells` and the napari widget open
+    assert predictor.method == METHOD_BASELINE
+    zipped = predict_cells_in_field(predictor, image)
+    folder = predict_cells_in_field(predictor_for(package, backend="onnx"), image)
+    assert [c["cell"] for c in zipped] == [c["cell"] for c in folder] and zipped
+    for a, b in zip(zipped, folder, strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
+
+
 def test_foreign_or_damaged_packages_are_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
     from protloc.inference.bioimageio import load_bioimageio
 

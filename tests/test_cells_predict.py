@@ -260,6 +260,29 @@ def test_a_cell_model_exported_to_onnx_predicts_the_same_cells(
     assert not np.allclose(with_torch.probabilities, flipped.probabilities, atol=1e-6)  # TTA changed something
 
 
+def test_a_cell_models_activation_map_lies_on_its_cells_scaled_by_their_weights(
+    cell_data: Path, packages: tuple[Path, Path]
+) -> None:
+    from protloc.cells.activation import cell_activation_map
+    from protloc.explanation.explain import Explainer
+
+    cell_model, field_model = packages
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", catalog.ids[0]))
+    cells = [int(c) for c in np.unique(labels) if c > 0]
+    explainer = Explainer(cell_model)
+    plain = cell_activation_map(explainer, image, labels, 2)
+    assert plain.shape == labels.shape and plain[labels == 0].max() == 0
+    assert all(0 < plain[labels == c].max() <= 1 for c in cells)
+    weights = {cells[0]: 0.0, cells[-1]: 0.25}
+    weighted = cell_activation_map(explainer, image, labels, 2, weights=weights)
+    assert weighted[labels == cells[0]].max() == 0
+    np.testing.assert_allclose(weighted[labels == cells[-1]], 0.25 * plain[labels == cells[-1]], rtol=1e-5)
+    with pytest.raises(ModelError, match="not a cell model"):
+        cell_activation_map(Explainer(field_model), image, labels, 2)
+
+
 def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: tuple[Path, Path]) -> None:
     cell_model, _ = packages
     catalog = open_dataset(cell_data, split="test", channels=None)

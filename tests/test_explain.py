@@ -24,6 +24,7 @@ from protloc.explanation.explain import (
     overlay_rgb,
     resolve_class,
     resolve_classes,
+    upsample_map,
 )
 from protloc.model.network import PackagedNetwork, SeedCNN, create_model
 from protloc.model.package import new_card, save_package
@@ -87,6 +88,17 @@ def test_maps_have_the_field_shape_and_lie_in_0_1(resnet: Explainer) -> None:
     assert any(heat.max() > 0 for heat in explanation.maps.values())
     assert explanation.layers == ["layer4 (2x2)"]
     assert explanation.model_name == "test_resnet"
+
+
+def test_class_maps_of_a_batch_are_each_images_own_map(resnet: Explainer) -> None:
+    images = np.stack([random_field(64, 64, seed) for seed in range(3)])
+    maps = resnet.class_maps(images, 7)  # one batched Grad-CAM pass over three images
+    assert maps.shape == (3, 64, 64)
+    for image, batched in zip(images, maps, strict=True):
+        alone = resnet.explain(image, [7]).maps[7]
+        np.testing.assert_allclose(upsample_map(batched, 64, 64), alone, atol=1e-5)
+    with pytest.raises(DataError, match=r"expected \(B, 4, H, W\) images"):
+        resnet.class_maps(images[:, :3], 7)
 
 
 def test_default_classes_are_the_predicted_ones_most_probable_first(resnet: Explainer, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ The package is split by what each module owns:
 * :mod:`protloc.cells.cam` - CAM-in-mask: a field model's class activation maps averaged in each cell.
 * :mod:`protloc.cells.predict` - per-cell prediction of a field: cell model, the field baseline, or their
   fusion; a cell package that carries its field model.
+* :mod:`protloc.cells.activation` - a cell model's class activation map over its field, cell by cell.
 * :mod:`protloc.cells.outputs` - a data set's per-cell table, 2021 submission, AnnData and pictures; scores
   against per-cell truth, every method side by side.
 * :mod:`protloc.cells.report` - the single-cell section of the HTML report.

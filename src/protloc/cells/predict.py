@@ -194,11 +194,12 @@ def predictor_for(
     tta: str | Sequence[str] | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
 ) -> CellPredictor:
-    """The cell predictor for ``model`` as a user names it: a cell model (with ``field_model``, else the field
-    model its package carries), or a field model, whose labels every cell then gets (the baseline)."""
-    from protloc.model.card import read_card
+    """The cell predictor for ``model`` as a user names it (a package folder, an ``.onnx`` file or a BioImage.IO
+    package): a cell model (with ``field_model``, else the field model its package carries), or a field model,
+    whose labels every cell then gets (the baseline)."""
+    from protloc.inference.backends import read_model_card
 
-    cell_model = model if is_cell_model(read_card(model)) else None
+    cell_model = model if is_cell_model(read_model_card(model)) else None
     return open_cell_predictor(
         cell_model,
         field_model if cell_model is not None else model,
@@ -327,6 +328,7 @@ class FieldCellPrediction:
         decisions: ``(N, K)`` 0/1 labels (probability >= the class threshold).
         embeddings: ``(N, D)`` pooled features of the cell model (``None`` without one, or off torch).
         method: how the probabilities were made (see the module docstring).
+        field_probabilities: ``(K,)`` the field model's probabilities for the whole field, when the fusion ran it.
     """
 
     id: str
@@ -336,6 +338,7 @@ class FieldCellPrediction:
     decisions: np.ndarray
     embeddings: np.ndarray | None
     method: str
+    field_probabilities: np.ndarray | None = None
 
     def field_cells(self) -> FieldCells:
         """As the 2021 encoder and metric take it: cells with per-class confidences."""
@@ -451,6 +454,16 @@ def cell_geometry(labels: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np
     return np.isin(cells, border_cells(labels)), areas.astype(np.int64)
 
 
+def segment_field(predictor: CellPredictor, image: np.ndarray, *, channels: Sequence[str]) -> np.ndarray:
+    """The ``(H, W)`` label image of one ``(C, H, W)`` ``uint8`` field by the predictor's segmenter, as
+    :func:`score_field` segments a field it is given without labels.
+
+    Raises:
+        ConfigError: the field lacks a channel the segmenter reads.
+    """
+    return np.asarray(predictor.segmenter(_select(image, channels, predictor.segmenter.channels)))
+
+
 def score_field(
     predictor: CellPredictor,
     image: np.ndarray,
@@ -477,7 +490,7 @@ def score_field(
             f"field {field_id}: expected ({len(channels)}, H, W) for {', '.join(channels)}, got {image.shape}"
         )
     if labels is None:
-        labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
+        labels = segment_field(predictor, image, channels=channels)
     check_labels_fit(np.shape(labels), image.shape[1:], field_id=field_id)
     labels = np.asarray(labels, dtype=np.int32)
     present = np.unique(labels)
@@ -606,6 +619,7 @@ def fused_prediction(predictor: CellPredictor, scores: FieldScores) -> FieldCell
         decisions=decisions,
         embeddings=scores.embeddings,
         method=predictor.method,
+        field_probabilities=scores.field,
     )
 
 

@@ -96,6 +96,40 @@ def index_images(folder: str | Path, channel_map: str | Mapping[str, str] | None
     return index
 
 
+def sample_files(path: str | Path) -> tuple[str, dict[str, Path]]:
+    """One sample from one of its files: its Id and channel -> file, the way :func:`index_images` groups them.
+
+    ``path`` is a microscope file (OME-TIFF, CZI, ND2, LIF: every channel in it, roles from the channel names)
+    or one channel file ``<Id>_<channel>.<ext>``, whose siblings in the same folder are the other channels
+    (where a channel has several files, the extension first in :data:`~protloc.data.io.IMAGE_EXTENSIONS` wins). Only
+    that sample's files are looked at, never the whole folder.
+
+    Raises:
+        DataError: the file is missing, or is neither a microscope file nor named as a channel file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if is_microscope_file(path.name):
+        return field_id(path), dict(field_planes(path))
+    parsed = split_channel_filename(path.name)
+    if parsed is None:
+        raise DataError(
+            f"{path}: not a channel file <Id>_<red|green|blue|yellow>.<png|tif|jpg> nor a microscope file "
+            "(OME-TIFF, CZI, ND2, LIF)"
+        )
+    sample_id = parsed[0]
+    files: dict[str, Path] = {}
+    for channel in CHANNELS:
+        for extension in IMAGE_EXTENSIONS:
+            found = [path.parent / f"{sample_id}_{channel}{e}" for e in dict.fromkeys((extension, extension.upper()))]
+            hit = next((candidate for candidate in found if candidate.is_file()), None)
+            if hit is not None:
+                files[channel] = hit
+                break
+    return sample_id, files
+
+
 @dataclass(frozen=True)
 class CsvProblem:
     """One problem found in a labels CSV: the line (1-based, header = 1), the id if known, and what."""

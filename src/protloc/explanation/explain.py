@@ -254,29 +254,33 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def grad_cam(network: nn.Module, layer: nn.Module, pixels: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps of ``classes`` for one input: ``(K, S, S)`` float32, each scaled to 0-1.
+    """Grad-CAM maps: ``(K, S, S)`` float32, each scaled to 0-1.
 
     Args:
         network: 0-1 pixels in, logits out (a :class:`~protloc.model.network.PackagedNetwork`).
         layer: the module whose output is weighed (see :func:`find_target_layer`).
-        pixels: ``(1, C, S, S)`` float32 input in 0-1.
+        pixels: ``(1, C, S, S)`` float32 input in 0-1, explained for every class of ``classes``; or ``(K, C, S,
+            S)``, one input per class of ``classes`` (the cells of a field, each for the same class).
         classes: class ids; each gets its own backward pass (several per batch while memory allows).
     """
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if pixels.shape[0] not in (1, len(classes)):
+        raise ValueError(f"{pixels.shape[0]} inputs for {len(classes)} classes: give one input, or one per class")
+    pairs = [(index if pixels.shape[0] > 1 else 0, int(c)) for index, c in enumerate(classes)]
     per_pass = max(1, _PIXELS_PER_PASS // (pixels.shape[-1] * pixels.shape[-2]))
     cam = GradCAM(model=network, target_layers=[layer])
     parts: list[np.ndarray] = []
     try:
         # Grad-CAM needs gradients even when the caller runs under no_grad or inference_mode (a web service).
         with torch.inference_mode(False), torch.enable_grad():
-            for start in range(0, len(classes), per_pass):
-                chunk = [int(c) for c in classes[start : start + per_pass]]
+            for start in range(0, len(pairs), per_pass):
+                chunk = pairs[start : start + per_pass]
                 # the input asks for gradients, so they reach the activations even with frozen weights
-                batch = pixels.detach().clone().repeat(len(chunk), 1, 1, 1).requires_grad_(True)
-                targets = [ClassifierOutputTarget(c) for c in chunk]
+                batch = pixels.detach()[[i for i, _ in chunk]].clone().requires_grad_(True)
+                targets = [ClassifierOutputTarget(c) for _, c in chunk]
                 parts.append(np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32))
     finally:
         cam.activations_and_grads.release()
@@ -312,10 +316,11 @@ class Explainer:
         from protloc.model.network import EnsembleNetwork
         from protloc.model.package import ModelPackage, load_package
 
-        if not isinstance(package, ModelPackage) and Path(package).suffix.lower() == ".onnx":
+        if not isinstance(package, ModelPackage) and (Path(package).suffix.lower() in (".onnx", ".zip")):
+            kind = "BioImage.IO package" if Path(package).suffix.lower() == ".zip" else ".onnx file"
             raise ModelError(
                 f"{package}: explanations need the model package folder (its weights and gradients), not an "
-                "exported .onnx file; give the package folder"
+                f"exported {kind}; give the package folder"
             )
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         card = self.package.card
@@ -377,7 +382,7 @@ class Explainer:
             DataError: the image is not a ``(C, H, W)`` array with the model's channels.
             ConfigError: an unknown class, or ``max_classes`` < 1.
         """
-        field_image = self._check_image(image)
+        field_image = self.check_image(image)
         chosen = resolve_classes(classes, self.package.card.scheme) if classes is not None else None
         if max_classes < 1:
             raise ConfigError(f"max_classes must be at least 1, got {max_classes}")
@@ -412,7 +417,39 @@ class Explainer:
             class_names=self.package.card.scheme.names,
         )
 
-    def _check_image(self, image: np.ndarray) -> np.ndarray:
+    def class_maps(self, images: np.ndarray, class_id: int) -> np.ndarray:
+        """Grad-CAM maps of one class for a batch of images (the cells of a field), in one pass per memory budget.
+
+        Args:
+            images: ``(B, C, H, W)`` uint8 in the model's channel order, each resized to the model's input.
+            class_id: the class to explain, in every image.
+
+        Returns:
+            ``(B, S, S)`` float32 at the model's input size, each image's map in 0-1 (an ensemble: the members'
+            sum, so up to the number of members; :func:`upsample_map` scales it back to 0-1).
+        """
+        import torch
+
+        size = self.package.size
+        if images.ndim != 4 or images.shape[1] != len(self.channels):
+            raise DataError(f"expected (B, {len(self.channels)}, H, W) images, got shape {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, size, size), np.float32)
+        inputs = np.concatenate([self.preprocessor.prepare_uint8(self.check_image(image)) for image in images])
+        pixels = torch.from_numpy(self.preprocessor.to_pixels(inputs)).to(self.device)
+        total = np.zeros((len(images), size, size), np.float32)
+        with self._lock:
+            for member, target in self.targets:
+                total += grad_cam(member, target.module, pixels, [int(class_id)] * len(images))
+        return total
+
+    def check_image(self, image: np.ndarray) -> np.ndarray:
+        """A ``(C, H, W)`` image in the model's channels as the model reads it: uint8 (16-bit and float pixels
+        mapped as the reader maps them, with the card's bit depth).
+
+        Raises:
+            DataError: not ``(C, H, W)`` with the model's channels.
+        """
         from protloc.data.io import to_uint8
 
         array = np.asarray(image)

@@ -87,6 +87,21 @@ def resolve_backend(model: str | Path, backend: str = "auto", *, prefer: Prefere
     )
 
 
+def read_model_card(model: str | Path) -> ModelCard:
+    """The card of any model protloc runs: a package folder (or its card.json), an exported ``.onnx`` file, or
+    a BioImage.IO package protloc exported; nothing is loaded but the card.
+
+    Raises:
+        ModelError: not a model protloc can run, or its card is invalid.
+    """
+    from protloc.inference.bioimageio import is_bioimageio, read_bioimageio_card
+    from protloc.model.card import read_card
+
+    if is_bioimageio(model):
+        return read_bioimageio_card(model)
+    return read_card(model)
+
+
 def load_backend(
     model: str | Path,
     backend: str = "auto",

@@ -279,6 +279,22 @@ def read_description(path: str | Path) -> dict[str, Any]:
     return rdf
 
 
+def read_bioimageio_card(path: str | Path) -> ModelCard:
+    """The protloc model card inside a BioImage.IO package that protloc exported (zip or unpacked folder).
+
+    Raises:
+        ModelError: not a readable BioImage.IO model, or not one exported by protloc.
+    """
+    return _protloc_card(read_description(path), Path(path))
+
+
+def _protloc_card(rdf: dict[str, Any], path: Path) -> ModelCard:
+    card = ((rdf.get("config") or {}).get("protloc") or {}).get("card")
+    if card is None:
+        raise ModelError(f"{path}: a BioImage.IO model, but not one exported by protloc (no config.protloc.model.card)")
+    return check_card(card, where=str(path))
+
+
 def load_bioimageio(path: str | Path, *, threads: int | None = None) -> tuple[ModelCard, SpecPipelineBackend]:
     """The card and a backend for a BioImage.IO package that protloc exported (zip or unpacked folder).
 
@@ -288,10 +304,7 @@ def load_bioimageio(path: str | Path, *, threads: int | None = None) -> tuple[Mo
     """
     path = Path(path)
     rdf = read_description(path)
-    card = ((rdf.get("config") or {}).get("protloc") or {}).get("card")
-    if card is None:
-        raise ModelError(f"{path}: a BioImage.IO model, but not one exported by protloc (no config.protloc.card)")
-    typed = check_card(card, where=str(path))
+    typed = _protloc_card(rdf, path)
     onnx = (rdf.get("weights") or {}).get("onnx")
     if not isinstance(onnx, dict):
         raise ModelError(f"{path}: this BioImage.IO package has no ONNX weights, which protloc runs")
