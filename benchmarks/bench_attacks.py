@@ -1,5 +1,5 @@
-"""Every attack and fault of the reliability issue, replayed side by side in one run: what each got, how long it
-took, and the peak memory it cost.
+"""Every attack and fault of the reliability issue (10) and of the seams issue (20), replayed side by side in one
+run: what each got, how long it took, and the peak memory it cost.
 
     python benchmarks/bench_attacks.py [--quick]
 
@@ -10,6 +10,11 @@ line attacks (``predict``, ``check``, ``train``) run as their own processes and 
 model is the benchmark package of :mod:`bench_serve` (resnet18 at 128 px, untrained weights, exported to ONNX).
 Hostile images are made the way the attacker made them: small files that declare huge images (a PNG of
 11000x11000 16-bit zeros is 0.2 MB). ``--quick`` uses 32 slow clients instead of 64.
+
+The seams' attacks (:mod:`attacks_seams`) add a second service, the same package predicting the 19 classes of
+``hpa2021``, and commands on the newest surfaces: a BioImage.IO zip bomb and packages naming paths outside
+themselves, label images over the budget or of the wrong size, huge OME-TIFFs, the watcher's table deleted under
+it and links out of its folder, hostile class names and 2021 label ids.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from tests.helpers import write_csv, zero_png  # noqa: E402
 
+import attacks_seams  # noqa: E402
 from bench_serve import free_port, make_package  # noqa: E402
 from common import save, table  # noqa: E402
 from protloc.data.io import CHANNELS, write_channel  # noqa: E402
@@ -406,6 +412,12 @@ def main() -> None:
             service.close()
         commands = cli_attacks(model, work)
         commands.append(hostile_checkpoint(work))
+        seams_service = Service(make_package(work / "model2021", scheme="hpa2021"))
+        try:
+            seams = attacks_seams.service_rows(seams_service, post, work)
+        finally:
+            seams_service.close()
+        seams_commands = attacks_seams.command_rows(model, work, env())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     markdown = (
@@ -419,8 +431,19 @@ def main() -> None:
             ["attack on the command line / library", "status", "answer", "s", "peak RSS (MiB)"],
             [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in commands],
         )
+        + "\n\n"
+        + table(
+            ["issue 20: the service on a 19-class model", "status", "answer", "s", "peak RSS above idle (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in seams],
+        )
+        + "\n\n"
+        + table(
+            ["issue 20: commands on the newest surfaces", "status", "answer", "s", "peak RSS (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in seams_commands],
+        )
     )
-    save("attacks", {"idle_rss": idle, "service": served, "commands": commands}, markdown)
+    payload = {"idle_rss": idle, "service": served, "commands": commands}
+    save("attacks", {**payload, "seams_service": seams, "seams_commands": seams_commands}, markdown)
 
 
 if __name__ == "__main__":
