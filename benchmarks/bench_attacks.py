@@ -339,27 +339,34 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
         lambda r: ("chapter3.tex intact; " if (thesis / "chapter3.tex").is_file() else "DELETED; ") + last_line(r),
     )
 
-    # two predictions into one folder at once
+    # two predictions into one folder at once: started together, so whichever takes the folder first is still
+    # predicting when the other reaches it (a fixed delay let a fast first run finish before the second began)
     folder = work / "many"
     folder.mkdir()
-    for i in range(40):
+    for i in range(120):
         for channel in CHANNELS:
             write_channel(folder / f"m{i:03d}_{channel}.png", rng.integers(0, 256, (256, 256), dtype=np.uint8))
     out = work / "shared-out"
     command = [*python, "predict", str(model), str(folder), "--out", str(out), "--backend", "onnx"]
     started = time.perf_counter()
-    first = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    second = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
-    first.wait(timeout=600)
+    both = [
+        subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = []
+    for process in both:
+        out_text, err_text = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(command, process.returncode, out_text, err_text))
     from protloc.inference.predict import read_probabilities
 
     ids, _ = read_probabilities(out / "probabilities.csv") if (out / "probabilities.csv").is_file() else ([], None)
+    refused = [r for r in results if r.returncode != 0]
+    said = last_line(refused[0]) if refused else "NOT REFUSED: " + last_line(results[1])
     rows.append(
         {
             "attack": "two predict runs into one --out at once",
-            "status": f"exit {first.returncode} / {second.returncode}",
-            "answer": (f"{len(ids)} rows, ids in order: {ids == sorted(ids)}; second: " + last_line(second))[:110],
+            "status": " / ".join(f"exit {r.returncode}" for r in results),
+            "answer": (f"{len(ids)} rows, ids in order: {ids == sorted(ids)}; the other: " + said)[:110],
             "seconds": round(time.perf_counter() - started, 2),
             "peak_rss_mib": "",
         }
