@@ -1,5 +1,5 @@
-"""Every attack and fault of the reliability issue, replayed side by side in one run: what each got, how long it
-took, and the peak memory it cost.
+"""Every attack and fault of the reliability issue (10) and of the seams issue (20), replayed side by side in one
+run: what each got, how long it took, and the peak memory it cost.
 
     python benchmarks/bench_attacks.py [--quick]
 
@@ -10,6 +10,11 @@ line attacks (``predict``, ``check``, ``train``) run as their own processes and 
 model is the benchmark package of :mod:`bench_serve` (resnet18 at 128 px, untrained weights, exported to ONNX).
 Hostile images are made the way the attacker made them: small files that declare huge images (a PNG of
 11000x11000 16-bit zeros is 0.2 MB). ``--quick`` uses 32 slow clients instead of 64.
+
+The seams' attacks (:mod:`attacks_seams`) add a second service, the same package predicting the 19 classes of
+``hpa2021``, and commands on the newest surfaces: a BioImage.IO zip bomb and packages naming paths outside
+themselves, label images over the budget or of the wrong size, huge OME-TIFFs, the watcher's table deleted under
+it and links out of its folder, hostile class names and 2021 label ids.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from tests.helpers import write_csv, zero_png  # noqa: E402
 
+import attacks_seams  # noqa: E402
 from bench_serve import free_port, make_package  # noqa: E402
 from common import save, table  # noqa: E402
 from protloc.data.io import CHANNELS, write_channel  # noqa: E402
@@ -333,27 +339,34 @@ def cli_attacks(model: Path, work: Path) -> list[dict[str, Any]]:
         lambda r: ("chapter3.tex intact; " if (thesis / "chapter3.tex").is_file() else "DELETED; ") + last_line(r),
     )
 
-    # two predictions into one folder at once
+    # two predictions into one folder at once: started together, so whichever takes the folder first is still
+    # predicting when the other reaches it (a fixed delay let a fast first run finish before the second began)
     folder = work / "many"
     folder.mkdir()
-    for i in range(40):
+    for i in range(120):
         for channel in CHANNELS:
             write_channel(folder / f"m{i:03d}_{channel}.png", rng.integers(0, 256, (256, 256), dtype=np.uint8))
     out = work / "shared-out"
     command = [*python, "predict", str(model), str(folder), "--out", str(out), "--backend", "onnx"]
     started = time.perf_counter()
-    first = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    second = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
-    first.wait(timeout=600)
+    both = [
+        subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = []
+    for process in both:
+        out_text, err_text = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(command, process.returncode, out_text, err_text))
     from protloc.inference.predict import read_probabilities
 
     ids, _ = read_probabilities(out / "probabilities.csv") if (out / "probabilities.csv").is_file() else ([], None)
+    refused = [r for r in results if r.returncode != 0]
+    said = last_line(refused[0]) if refused else "NOT REFUSED: " + last_line(results[1])
     rows.append(
         {
             "attack": "two predict runs into one --out at once",
-            "status": f"exit {first.returncode} / {second.returncode}",
-            "answer": (f"{len(ids)} rows, ids in order: {ids == sorted(ids)}; second: " + last_line(second))[:110],
+            "status": " / ".join(f"exit {r.returncode}" for r in results),
+            "answer": (f"{len(ids)} rows, ids in order: {ids == sorted(ids)}; the other: " + said)[:110],
             "seconds": round(time.perf_counter() - started, 2),
             "peak_rss_mib": "",
         }
@@ -406,6 +419,12 @@ def main() -> None:
             service.close()
         commands = cli_attacks(model, work)
         commands.append(hostile_checkpoint(work))
+        seams_service = Service(make_package(work / "model2021", scheme="hpa2021"))
+        try:
+            seams = attacks_seams.service_rows(seams_service, post, work)
+        finally:
+            seams_service.close()
+        seams_commands = attacks_seams.command_rows(model, work, env())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     markdown = (
@@ -419,8 +438,19 @@ def main() -> None:
             ["attack on the command line / library", "status", "answer", "s", "peak RSS (MiB)"],
             [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in commands],
         )
+        + "\n\n"
+        + table(
+            ["issue 20: the service on a 19-class model", "status", "answer", "s", "peak RSS above idle (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in seams],
+        )
+        + "\n\n"
+        + table(
+            ["issue 20: commands on the newest surfaces", "status", "answer", "s", "peak RSS (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in seams_commands],
+        )
     )
-    save("attacks", {"idle_rss": idle, "service": served, "commands": commands}, markdown)
+    payload = {"idle_rss": idle, "service": served, "commands": commands}
+    save("attacks", {**payload, "seams_service": seams, "seams_commands": seams_commands}, markdown)
 
 
 if __name__ == "__main__":

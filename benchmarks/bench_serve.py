@@ -47,24 +47,26 @@ SETTINGS: tuple[tuple[str, int, int | None], ...] = (
 """(backend, max_batch, ONNX Runtime intra-op threads; None: the service's default)."""
 
 
-def make_package(folder: Path, model: str = "resnet18", size: int = 128) -> Path:
-    """A package of ``model`` at ``size`` px with untrained weights, and its ONNX export."""
+def make_package(folder: Path, model: str = "resnet18", size: int = 128, scheme: str = "hpa2018") -> Path:
+    """A package of ``model`` at ``size`` px predicting ``scheme``, with untrained weights, and its ONNX export."""
     import torch
 
     from protloc.deployment.onnx import export_onnx
     from protloc.model.network import PackagedNetwork, create_model
     from protloc.model.package import new_card, save_package
+    from protloc.schemes import get_scheme
 
+    classes = get_scheme(scheme).num_classes
     torch.manual_seed(0)
-    backbone = create_model(model, 4, 28, image_size=size)
+    backbone = create_model(model, 4, classes, image_size=size)
     card = new_card(
-        architecture={"name": model, "in_chans": 4, "num_classes": 28, "image_size": size},
+        architecture={"name": model, "in_chans": 4, "num_classes": classes, "image_size": size},
         channels=list(CHANNELS),
         size=size,
         mean=[0.07] * 4,
         std=[0.15] * 4,
-        thresholds=[0.5] * 28,
-        scheme="hpa2018",
+        thresholds=[0.5] * classes,
+        scheme=scheme,
     )
     save_package(folder, PackagedNetwork(backbone, [0.07] * 4, [0.15] * 4).eval(), card)
     export_onnx(folder)

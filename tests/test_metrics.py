@@ -102,3 +102,16 @@ def test_an_exclusive_class_never_shares_a_decision_and_the_surer_side_wins() ->
     for row in labels:
         h21.parse(h21.format(row))  # every decision parses in its own scheme
     assert decide(probabilities, 0.5, min_one=True)[0].sum() == 3  # without the scheme's rule: all three
+
+
+def test_evaluate_scores_the_decisions_protloc_makes_for_exclusive_classes() -> None:
+    from protloc.schemes import get_scheme
+
+    h21 = get_scheme("hpa2021")
+    truth = np.stack([h21.multi_hot([18]), h21.multi_hot([2])])
+    probabilities = np.full((2, 19), 0.1)
+    probabilities[0, [2, 18]] = [0.6, 0.9]  # decided: Negative alone, as the truth says
+    probabilities[1, [2, 18]] = [0.95, 0.55]  # decided: class 2 alone
+    scored = evaluate(truth, probabilities, 0.5, h21.names, min_one=True, exclusive=h21.exclusive)
+    plain = evaluate(truth, probabilities, 0.5, h21.names, min_one=True)
+    assert scored.exact_match == 1.0 and plain.exact_match == 0.0

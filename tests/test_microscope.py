@@ -134,3 +134,24 @@ def test_one_plane_is_read_page_by_page_max_projected_over_z(tmp_path: Path) -> 
     assert len(pages) == 3  # the three Z pages of channel 1, nothing else
     with pytest.raises(DataError, match="has 4 channels, no plane 4"):
         read_plane(PlanePath(path, 4))
+
+
+def test_a_header_claiming_100000_px_planes_is_refused_by_the_budget_not_by_memory(tmp_path: Path) -> None:
+    """A small OME-TIFF whose tags and OME-XML claim 4 x 100000^2 planes: refused from the header with one line
+    (it reached numpy's MemoryError before, issue 20 row 7)."""
+    import time
+
+    import tifffile
+
+    path = write_ome_tiff(tmp_path / "liar.ome.tif", _field(0, size=60), NAMES)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags["ImageWidth"].overwrite(100000)
+            page.tags["ImageLength"].overwrite(100000)
+        description = tif.pages[0].tags["ImageDescription"]
+        description.overwrite(description.value.replace('SizeX="64"', 'SizeX="100000"').replace(
+            'SizeY="60"', 'SizeY="100000"'))  # fmt: skip
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"liar.ome.tif: image of 100000x100000 px .* exceeds the decoding budget"):
+        read_sample(field_planes(path), ("red", "green", "blue", "yellow"))
+    assert time.perf_counter() - started < 2

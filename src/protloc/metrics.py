@@ -142,13 +142,15 @@ def evaluate(
     class_names: Sequence[str],
     *,
     min_one: bool = False,
+    exclusive: Sequence[int] = (),
 ) -> EvaluationReport:
     """Per-class precision/recall/F1/support, macro and micro F1 and exact-match ratio at ``thresholds``
-    (with the at-least-one-label rule of :func:`decide` when ``min_one``)."""
+    (with the at-least-one-label rule of :func:`decide` when ``min_one``, and its rule for the scheme's
+    ``exclusive`` classes: the decisions scored are the ones protloc makes)."""
     if truth.shape != probabilities.shape:
         raise ValueError(f"truth {truth.shape} and probabilities {probabilities.shape} differ in shape")
     cuts = np.broadcast_to(np.asarray(thresholds, np.float64), (truth.shape[1],))
-    predicted = decide(probabilities, cuts, min_one=min_one)
+    predicted = decide(probabilities, cuts, min_one=min_one, exclusive=exclusive)
     tp, fp, fn = _counts(truth, predicted)
     f1 = f1_per_class(truth, predicted)
     rows = []

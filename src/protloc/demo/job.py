@@ -327,7 +327,12 @@ def _predict_test(job: _Job, data: Path, package: Path) -> tuple[float | None, P
     order = [prediction.ids.index(i) for i in truth_catalog.ids]
     probabilities = prediction.probabilities[order]
     test_report = evaluate(
-        truth_catalog.labels, probabilities, prediction.thresholds, prediction.scheme.names, min_one=True
+        truth_catalog.labels,
+        probabilities,
+        prediction.thresholds,
+        prediction.scheme.names,
+        min_one=True,
+        exclusive=prediction.scheme.exclusive,
     )
     test_set = TestSet(
         ids=truth_catalog.ids,

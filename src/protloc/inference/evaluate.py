@@ -68,7 +68,14 @@ def evaluate_model(
     assert probabilities is not None
     if min_one is None:
         min_one = bool(card.decision.min_one)
-    report = evaluate(catalog.labels, probabilities, chosen, min_one=min_one, class_names=card.scheme.names)
+    report = evaluate(
+        catalog.labels,
+        probabilities,
+        chosen,
+        min_one=min_one,
+        class_names=card.scheme.names,
+        exclusive=card.scheme.exclusive,
+    )
     gain = threshold_gain(catalog.labels, probabilities)
     written: dict[str, Path] = {}
     if out is not None:

@@ -100,7 +100,9 @@ def make_ensemble(
         )
         values = fitted.values
         info.update(methods=fitted.methods, min_positives=min_positives, oof_samples=len(truth))
-        scored = evaluate(truth, probabilities, values, min_one=True, class_names=first.scheme.names)
+        scored = evaluate(
+            truth, probabilities, values, min_one=True, class_names=first.scheme.names, exclusive=first.scheme.exclusive
+        )
         metrics["out_of_fold"] = scored.summary()
     else:
         values = [float(np.mean([c.thresholds[i] for c in cards])) for i in range(first.num_classes)]

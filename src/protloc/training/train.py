@@ -474,7 +474,14 @@ def _calibrate(
     )
     # the seed recipe keeps the seed notebook's plain 0.5 rule; protloc's recipes add "at least one label"
     min_one = config.threshold_method != "fixed"
-    report = evaluate(truth, probabilities, decision.values, min_one=min_one, class_names=fold.scheme.names)
+    report = evaluate(
+        truth,
+        probabilities,
+        decision.values,
+        min_one=min_one,
+        class_names=fold.scheme.names,
+        exclusive=fold.scheme.exclusive,
+    )
     gain = threshold_gain(truth, probabilities, config.threshold_min_positives, seed=config.seed)
     return _Calibrated(network, probabilities, decision, min_one, report, gain, best_epoch)
 
