@@ -12,8 +12,8 @@ One run, side by side on the same test fields and the same segmented cells (each
   (c) a cell model trained from per-cell labels (segmented cells matched to true cells, IoU >= 0.5),
   (d) the mix of (b) or (c) with the field model (0.5 / 0.5).
 
-Synthetic fields of ``--size`` px are 512 px fields shrunk (a 128 px field is 4x smaller), so the classical
-segmenter's lengths (set for HPA fields at 512 px working resolution) are scaled by ``size / 512``.
+The classical segmenter runs with its defaults: it scales its lengths to its working plane itself (scaling
+them again by ``size / 512``, as this script did before issue 19, applied them twice).
 Each model trains for ``--minutes`` at most (resnet18, the cpu recipe).
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save, table
 from protloc.cells.dataset import make_cell_dataset
 from protloc.cells.outputs import compare_cell_methods
-from protloc.cells.predict import open_cell_predictor, scaled_segmenter_options
+from protloc.cells.predict import open_cell_predictor
 from protloc.cells.pseudo import refine_labels
 from protloc.cells.runner import segment_dataset
 from protloc.synth import make_dataset
@@ -81,7 +81,7 @@ def main() -> None:
         data, n_train=args.train, n_test=args.test, size=args.size, seed=13, cells=True, overwrite=True, workers=2
     )
     now = lap("synth", now)
-    options = scaled_segmenter_options(args.size)
+    options: dict[str, Any] = {}  # the segmenter scales its settings itself (issue 19: never again)
     segmented = {
         split: segment_dataset(data, work / f"{split}_segmented", split=split, options=options, overwrite=True).out
         for split in ("train", "test")
