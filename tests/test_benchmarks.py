@@ -205,3 +205,30 @@ def test_the_foreign_generator_draws_2021_fields_with_per_cell_truth(tmp_path: P
     hpa_like.make(tmp_path / "again", "dense", n_train=16, n_test=6, size=192, seed=3, workers=1, scheme="hpa2021")
     first = sorted((data / "test").glob("*.png")) + sorted((data / "test_cells_truth").glob("*.png"))
     assert all(p.read_bytes() == (tmp_path / "again" / p.parent.name / p.name).read_bytes() for p in first)
+
+
+@pytest.mark.slow
+def test_the_single_cell_benchmark_scores_every_method_on_the_same_cells(tmp_path: Path) -> None:
+    """bench_cells --quick: foreign 2021 fields, field labels only, every method side by side with intervals."""
+    result = run_benchmark("bench_cells.py", "--quick", "--work", str(tmp_path / "work"), results=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    payload = json.loads((tmp_path / "cells_quick.json").read_text())
+    methods = payload["methods"]
+    assert {
+        "field model copied to every cell",
+        "true field labels copied onto protloc's masks",
+        "cell model from weak labels",
+        "cell model after one pseudo-label round",
+        "true per-cell labels on protloc's masks (ceiling)",
+    } <= set(methods)
+    for name, method in methods.items():
+        assert 0.0 <= method["map"] <= 1.0, name
+        low, high = method["interval_5_95"]
+        assert 0.0 <= low <= high <= 1.0, name
+        assert len(method["per_class"]) == 19  # the 2021 scheme, Negative included
+    ceiling = methods["true per-cell labels on protloc's masks (ceiling)"]["map"]
+    assert ceiling > methods["true field labels copied onto protloc's masks"]["map"]
+    assert ceiling >= max(m["map"] for m in methods.values())
+    assert [s["iou"] for s in payload["segmentation"]] == [0.5, 0.6, 0.75]
+    assert payload["segmentation"][0]["f1"] > 0.8  # the defaults, scaled once
+    assert "| true per-cell labels on protloc's masks (ceiling) |" in (tmp_path / "cells_quick.md").read_text()

@@ -82,7 +82,7 @@ def test_classical_segmenter_finds_each_made_up_cell() -> None:
     labels = segmenter(image[[2, 0, 3]])
     assert labels.shape == truth.shape and labels.dtype == np.int32
     assert labels.max() == truth.max()
-    half, three_quarters = segmentation_scores([labels], [truth])
+    half, three_quarters = segmentation_scores([labels], [truth], [0.5, 0.75])
     assert half.f1 == 1.0
     assert three_quarters.f1 > 0.9
     # Working at a quarter of a 2048 px field: same cells, edges stepped by 4 px.
