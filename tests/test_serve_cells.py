@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from protloc.cells.encode import decode_mask
 from protloc.cells.masks import border_cells
-from protloc.cells.predict import METHOD_BASELINE, METHOD_CELL, METHOD_MIX, open_cell_predictor, predict_field_cells
+from protloc.cells.predict import METHOD_BASELINE, METHOD_CELL, METHOD_FUSION, open_cell_predictor, predict_field_cells
 from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ModelError
 from protloc.serve import create_app
@@ -134,7 +134,7 @@ def test_baseline_and_mix_are_named_and_built_from_the_field_prediction(client: 
 
     alone = client.post("/predict?cells=true&cell_method=cell", files=files).json()
     mix = client.post("/predict?cells=true&cell_method=mix", files=files).json()
-    assert mix["cell_info"]["method"] == METHOD_MIX and mix["cell_info"]["mix"] == 0.5
+    assert mix["cell_info"]["method"] == METHOD_FUSION and mix["cell_info"]["mix"] == 0.5
     by_cell = np.asarray([c["probabilities"] for c in alone["cells"]])
     expected = 0.5 * by_cell + 0.5 * np.asarray(field["probabilities"])
     np.testing.assert_allclose([c["probabilities"] for c in mix["cells"]], expected, atol=5e-6)
@@ -143,7 +143,8 @@ def test_baseline_and_mix_are_named_and_built_from_the_field_prediction(client: 
 def test_model_info_says_what_cells_can_do(client: TestClient) -> None:
     cells = client.get("/model").json()["cells"]
     assert cells["cell_model"] == "test_resnet" and cells["crop_size"] == 32
-    assert cells["methods"] == ["auto", "cell", "baseline", "mix"] and cells["default_method"] == METHOD_CELL
+    assert cells["methods"] == ["auto", "cell", "baseline", "mix", "fusion"] and cells["default_method"] == METHOD_CELL
+    assert cells["default_fusion"] == "cell model alone"  # the test package has no fitted fusion
 
 
 def test_batch_returns_cells_for_every_sample(client: TestClient, cell_fields: Path) -> None:

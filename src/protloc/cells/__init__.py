@@ -13,15 +13,20 @@ The package is split by what each module owns:
 * :mod:`protloc.cells.truth` - per-cell ground truth on disk (what ``protloc synth --cells`` writes).
 * :mod:`protloc.cells.dataset` - cell data sets: every cell cut once into a masked crop, labels per cell,
   weak (the field's) or given, folds by field; ``protloc train`` makes a cell model of one.
-* :mod:`protloc.cells.pseudo` - one round of pseudo-labels refining weak cell labels.
-* :mod:`protloc.cells.predict` - per-cell prediction of a field: cell model, the field baseline, or a mix.
+* :mod:`protloc.cells.pseudo` - pseudo-labels: weak cell labels refined by a cell model's scores.
+* :mod:`protloc.cells.fusion` - how a cell's and its field's probabilities combine (product, means, Negative
+  rules), the rule fitted on validation fields and kept on the card; a cell model's image head.
+* :mod:`protloc.cells.cam` - CAM-in-mask: a field model's class activation maps averaged in each cell.
+* :mod:`protloc.cells.predict` - per-cell prediction of a field: cell model, the field baseline, or their
+  fusion; a cell package that carries its field model.
 * :mod:`protloc.cells.outputs` - a data set's per-cell table, 2021 submission, AnnData and pictures; scores
   against per-cell truth, every method side by side.
 * :mod:`protloc.cells.report` - the single-cell section of the HTML report.
 
-Nothing here imports torch at import time (cell prediction loads it through the model backend); scikit-image,
-pycocotools and anndata come with ``pip install 'protloc[cells]'``. Class names and counts come from the model
-card's or the catalog's class scheme (:mod:`protloc.schemes`), never from a constant.
+Training cell models lives in :mod:`protloc.training` (``mil``: the image-head cell model; ``cells``:
+``protloc train DATA --cells``). Nothing here imports torch at import time (cell prediction loads it through the
+model backend); scikit-image, pycocotools and anndata come with ``pip install 'protloc[cells]'``. Class names and
+counts come from the model card's or the catalog's class scheme (:mod:`protloc.schemes`), never from a constant.
 
 May import: the top level, ``data``, ``model``, ``inference`` and ``explanation``.
 """

@@ -10,6 +10,7 @@ ensembles) works on it unchanged::
                                              writes ID,Label with |-separated ids over its 19 classes)
     OUT/train/<Id>_<channel>.png             the crop (see protloc.cells.masks.cells_of_field), lossless
     OUT/folds.csv               Id,fold      folds by field: the cells of one field never straddle folds
+    OUT/geometry.csv            Id,area,border   each cell's area (field px) and whether the border cuts it
     OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels,
                                 and the class scheme (read back by training, see cell_dataset_scheme)
 
@@ -34,7 +35,7 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from protloc import __version__
-from protloc.cells.masks import cells_of_field, labels_path, read_labels
+from protloc.cells.masks import border_cells, cells_of_field, labels_path, read_labels
 from protloc.cells.truth import match_truth, read_cell_truth
 from protloc.data.catalog import Catalog, open_dataset
 from protloc.data.io import CHANNELS, read_sample, write_channel
@@ -51,6 +52,7 @@ from protloc.schemes import ClassScheme, get_scheme
 from protloc.utils import atomic_write_json, atomic_write_text
 
 CELL_SETTINGS_FILE = "cells.json"
+GEOMETRY_FILE = "geometry.csv"
 CELL_ID_SEPARATOR = "--c"
 LABEL_SOURCES = ("cells", "field")
 
@@ -107,6 +109,7 @@ def make_cell_dataset(
     min_area: int = 0,
     n_folds: int = 5,
     seed: int = 0,
+    folds: Mapping[str, int] | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CellDatasetSummary:
@@ -123,6 +126,8 @@ def make_cell_dataset(
         match_iou: IoU a cell needs with a true cell to take its classes (``labels="cells"``).
         min_area: cells smaller than this many field px are left out.
         n_folds: folds written to ``folds.csv``, stratified over the fields' labels, grouped by field.
+        folds: field Id -> fold, to use instead (so that a field model and a cell model hold out the same
+            fields).
         overwrite: replace ``out`` if it holds a cell data set.
 
     Raises:
@@ -153,6 +158,7 @@ def make_cell_dataset(
     images.mkdir(parents=True)
     rows: list[tuple[str, str]] = []
     groups: list[int] = []
+    geometry: list[tuple[str, int, int]] = []
     skipped = 0
     try:
         for index, field_id in enumerate(catalog.ids):
@@ -168,8 +174,9 @@ def make_cell_dataset(
                 per_cell = {int(c): field_hot for c in np.unique(field_labels) if c > 0}
             present = np.unique(field_labels)
             present = present[present > 0]
+            areas = np.bincount(field_labels.ravel())
+            cut = set(border_cells(field_labels).tolist())
             if min_area:
-                areas = np.bincount(field_labels.ravel())
                 present = present[areas[present] >= min_area]
             wanted = np.asarray([c for c in present if int(c) in per_cell], dtype=np.int64)
             skipped += len(present) - len(wanted)
@@ -182,6 +189,7 @@ def make_cell_dataset(
                         write_channel(images / f"{sample_id}_{channel}.png", plane)
                     rows.append((sample_id, scheme.format(np.asarray(per_cell[int(cell)]))))
                     groups.append(index)
+                    geometry.append((sample_id, int(areas[int(cell)]), int(int(cell) in cut)))
             if on_progress:
                 on_progress(index + 1, len(catalog))
         if not rows:
@@ -192,7 +200,16 @@ def make_cell_dataset(
         writer.writerows(rows)
         atomic_write_text(staging / "train.csv", buffer.getvalue())
         ids = [row[0] for row in rows]
-        _write_group_folds(staging / "folds.csv", ids, np.asarray(groups), catalog.labels, n_folds, seed)
+        if folds is not None:
+            missing = [i for i in catalog.ids if i not in folds]
+            if missing:
+                raise ConfigError(f"no fold given for field {missing[0]}")
+            from protloc.data.dataset import save_folds
+
+            save_folds(staging / "folds.csv", ids, np.asarray([folds[catalog.ids[g]] for g in groups]))
+        else:
+            _write_group_folds(staging / "folds.csv", ids, np.asarray(groups), catalog.labels, n_folds, seed)
+        _write_geometry(staging / GEOMETRY_FILE, geometry)
         atomic_write_json(
             staging / CELL_SETTINGS_FILE,
             {
@@ -227,6 +244,32 @@ def make_cell_dataset(
         seconds=time.perf_counter() - started,
         class_counts=[int(c) for c in hot.sum(axis=0)],
     )
+
+
+def _write_geometry(path: Path, rows: list[tuple[str, int, int]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Id", "area", "border"])
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_geometry(folder: str | Path, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(areas, border flags)`` of the cells ``ids`` of a cell data set (from its ``geometry.csv``).
+
+    Raises:
+        DataError: the data set has no geometry (made by protloc 0.2 or older) or lacks a cell.
+    """
+    path = Path(folder) / GEOMETRY_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; cut the cell data set again with this protloc")
+    with path.open(newline="") as handle:
+        table = {row["Id"]: (int(row["area"]), int(row["border"])) for row in csv.DictReader(handle)}
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise DataError(f"{path}: no cell {missing[0]}")
+    values = np.asarray([table[i] for i in ids], dtype=np.int64).reshape(len(ids), 2)
+    return values[:, 0], values[:, 1].astype(bool)
 
 
 def _write_group_folds(

@@ -19,8 +19,9 @@ segmentation F1/AP at IoU 0.5, 0.6 and 0.75 (see :mod:`protloc.cells.metrics`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,17 @@ import numpy as np
 
 from protloc.cells.draw import draw_outlines, write_picture
 from protloc.cells.encode import write_submission
+from protloc.cells.fusion import FusionInputs, FusionSpec
 from protloc.cells.masks import FieldCells, labels_path, read_labels, write_labels
 from protloc.cells.metrics import cell_map, segmentation_scores
 from protloc.cells.predict import (
     METHOD_BASELINE,
     METHOD_CELL,
-    METHOD_MIX,
     CellPredictor,
     FieldCellPrediction,
+    FieldScores,
     predict_field_cells,
+    score_field,
 )
 from protloc.cells.table import concat_tables, field_table, read_table, write_anndata, write_table
 from protloc.cells.truth import read_cell_truth, truth_folder
@@ -302,22 +305,109 @@ def evaluate_cells(
     return evaluation
 
 
+def score_fields(
+    predictor: CellPredictor,
+    data: str | Path,
+    *,
+    split: str | None = "test",
+    ids: Sequence[str] | None = None,
+    masks: str | Path | None = None,
+    bit_depth: int = 16,
+    cam: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[FieldScores]:
+    """Run every model the predictor has on every field of ``data`` once (segmenting each field once, or reading
+    its label image from ``masks``): the inputs every fusion rule is scored from. ``cam``: also the field
+    model's class activation maps in each cell (:mod:`protloc.cells.cam`, torch backend)."""
+    from protloc.inference.predict import open_for_prediction
+
+    catalog = open_for_prediction(data, split=split, ids=ids, channels=predictor.channels)
+    sources = {"cell"} if predictor.cell_backend is not None else set()
+    if predictor.field_backend is not None:
+        sources |= {"field", "cam"} if cam else {"field"}
+    scored = []
+    for index, field_id in enumerate(catalog.ids):
+        image = read_sample(catalog.files[field_id], predictor.channels, bit_depth=bit_depth, sample_id=field_id)
+        labels = read_labels(labels_path(masks, field_id)) if masks is not None else None
+        scored.append(
+            score_field(
+                predictor,
+                image,
+                channels=predictor.channels,
+                field_id=field_id,
+                labels=labels,
+                embeddings=False,
+                sources=sources,
+            )
+        )
+        if on_progress:
+            on_progress(index + 1, len(catalog))
+    return scored
+
+
+def fusion_inputs(scores: Sequence[FieldScores], field_labels: np.ndarray) -> FusionInputs:
+    """The cells of scored fields, concatenated for :func:`protloc.cells.fusion.fit_fusion`; ``field_labels``
+    ``(F, K)`` in the order of ``scores``."""
+    sources: dict[str, list[np.ndarray]] = {}
+    for scored in scores:
+        for name, values in scored.images().items():
+            sources.setdefault(name, []).append(np.broadcast_to(values, (len(scored.cells), len(values))))
+    images = {name: np.concatenate(parts) for name, parts in sources.items() if len(parts) == len(scores)}
+    cell = [s.cell for s in scores]
+    if any(c is None for c in cell):
+        raise DataError("fitting a fusion needs the cell model's probabilities of every field")
+    return FusionInputs(
+        cell=np.concatenate([c for c in cell if c is not None]),
+        images=images,
+        border=np.concatenate([s.border for s in scores]),
+        areas=np.concatenate([s.areas for s in scores]),
+        offsets=np.concatenate([[0], np.cumsum([len(s.cells) for s in scores])]).astype(np.int64),
+        field_labels=np.asarray(field_labels),
+    )
+
+
+def method_rules(predictor: CellPredictor, mixes: Sequence[float] = ()) -> dict[str, FusionSpec]:
+    """The methods evaluation compares, each a fusion rule, named: the baseline, the cell model alone, the
+    cell model's fitted fusion (when it has one) and a weighted mean with the field model per weight of
+    ``mixes``."""
+    rules: dict[str, FusionSpec] = {}
+    if predictor.field_backend is not None:
+        rules[METHOD_BASELINE] = FusionSpec("image")
+    if predictor.cell_backend is not None:
+        rules[METHOD_CELL] = FusionSpec()
+        fitted = predictor.fusion
+        usable = predictor.field_backend is not None or not fitted.needs_field_model
+        plain = dataclasses.replace(fitted, thresholds=None) == FusionSpec()
+        if not plain and usable and (predictor.image_head is not None or fitted.image != "cell model"):
+            rules[f"{FUSED_PREFIX}{fitted.describe()}"] = fitted
+        if predictor.field_backend is not None:
+            for weight in mixes:
+                rules[f"{MIX_PREFIX}{weight:g}"] = FusionSpec("mean", weight=float(weight))
+    return rules
+
+
+FUSED_PREFIX = "the package's fusion: "
+MIX_PREFIX = "cell + field mix "
+
+
 def compare_cell_methods(
     predictor: CellPredictor,
     data: str | Path,
     *,
     truth: str | Path | None = None,
     split: str = "test",
-    mixes: Sequence[float] = (0.5,),
+    mixes: Sequence[float] = (),
+    rules: Mapping[str, FusionSpec] | None = None,
     masks: str | Path | None = None,
     bit_depth: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, CellEvaluation]:
     """Score, side by side on the same cells, every method the predictor's models allow.
 
-    Each field is segmented once (or its label image read from ``masks``); the cell model and the field model
-    each score it once, and every method is derived from those: ``"cell model"``, the baseline ``"baseline:
-    field labels to every cell"`` and ``"cell + field mix <w>"`` for each weight ``w`` of ``mixes``.
+    Each field is segmented once (or its label image read from ``masks``) and each model scores it once
+    (:func:`score_fields`); every method is a fusion rule over those scores (:func:`method_rules`: the baseline
+    ``"baseline: field labels to every cell"``, ``"cell model"`` alone, the package's fitted fusion, and
+    ``"cell + field mix <w>"`` for each weight of ``mixes``), plus the named ``rules``.
 
     Args:
         predictor: with a cell model, a field model, or both.
@@ -327,36 +417,16 @@ def compare_cell_methods(
     Raises:
         DataError: no per-cell truth for the fields.
     """
-    from dataclasses import replace
-
-    from protloc.inference.predict import open_for_prediction
-
-    catalog = open_for_prediction(data, split=split, channels=predictor.channels)
+    chosen = {**method_rules(predictor, mixes), **dict(rules or {})}
+    cam = any(spec.needs_image and spec.image == "field model CAM" for spec in chosen.values())
+    scored = score_fields(
+        predictor, data, split=split, masks=masks, bit_depth=bit_depth, cam=cam, on_progress=on_progress
+    )
     names = predictor.class_names
-    truths = read_cell_truth(truth_folder(truth or data, split), len(names), catalog.ids)
-    cell_only = replace(predictor, field_backend=None, field_card=None) if predictor.cell_backend else None
-    field_only = replace(predictor, cell_backend=None, cell_card=None) if predictor.field_backend else None
-    results: dict[str, list[FieldCells]] = {}
-    channels = predictor.channels
-    for index, field_id in enumerate(catalog.ids):
-        image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
-        labels = read_labels(labels_path(masks, field_id)) if masks is not None else None
-        scored: dict[str, FieldCellPrediction] = {}
-        for part in (cell_only, field_only):
-            if part is None:
-                continue
-            result = predict_field_cells(part, image, channels=channels, field_id=field_id, labels=labels)
-            labels = result.labels  # the second model scores the same cells
-            scored[result.method] = result
-        for method, result in scored.items():
-            results.setdefault(method, []).append(result.field_cells())
-        if len(scored) == 2:
-            cell, field = scored[METHOD_CELL], scored[METHOD_BASELINE]
-            for weight in mixes:
-                values = weight * cell.probabilities + (1 - weight) * field.probabilities
-                results.setdefault(f"{METHOD_MIX} {weight:g}", []).append(
-                    FieldCells(id=field_id, labels=cell.labels, cells=cell.cells, values=values)
-                )
-        if on_progress:
-            on_progress(index + 1, len(catalog))
-    return {method: score_cells(fields, truths, method=method, class_names=names) for method, fields in results.items()}
+    truths = read_cell_truth(truth_folder(truth or data, split), len(names), [s.id for s in scored])
+    negative = predictor.scheme.exclusive
+    results = {}
+    for method, spec in chosen.items():
+        fields = [FieldCells(s.id, s.labels, s.cells, s.fused(spec, negative)) for s in scored]
+        results[method] = score_cells(fields, truths, method=method, class_names=names)
+    return results

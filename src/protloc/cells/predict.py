@@ -3,10 +3,20 @@
 Three **methods**, named in every output so a result never hides how it was made:
 
 * ``"cell model"`` - a cell model (a package trained on a cell data set, whose card has a ``"cells"``
-  section: crop size, padding, segmentation settings) scores each masked crop;
+  section: crop size, padding, segmentation settings) scores each masked crop, fused as its card says with
+  its own image head when it has one (see :mod:`protloc.cells.fusion`);
 * ``"baseline: field labels to every cell"`` - with only a field model, every cell of a field gets the
   field's probabilities (the honest baseline of the 2021 challenge);
-* ``"cell + field mix"`` - both: ``mix * cell + (1 - mix) * field`` per class.
+* ``"cell + field fusion"`` - both, combined by the fusion rule fitted on validation fields and stored on the
+  cell model's card (e.g. ``cell x field``), or by a weighted mean the caller asks for (``mix=``).
+
+Scoring a field is two steps: :func:`score_field` runs the models once (cell probabilities, the field's
+probabilities, border flags and areas: :class:`FieldScores`), and :func:`protloc.cells.fusion.fuse` combines
+them; evaluation scores every rule from the same :class:`FieldScores`.
+
+A cell model package made by ``protloc train DATA --cells`` (:mod:`protloc.training.cells`) carries its field
+model in ``field/`` (named on its card): :func:`predictor_for` and the service load it from there, so the
+package is used as it is.
 
 Backends, TTA views and ensembles are those of field prediction (:func:`protloc.inference.predict.load_backend`,
 :func:`protloc.inference.core.run_with_tta`); a cell model exported to ONNX predicts the same way. Embeddings (the
@@ -18,23 +28,26 @@ network's pooled features before the classifier) come with the torch backend of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protloc.cells.masks import FieldCells, cell_properties, cells_of_field
+from protloc.cells.fusion import FusionSpec, ImageHead, field_model_of, fuse, fusion_of, image_head_of, small_cells
+from protloc.cells.masks import FieldCells, border_cells, cell_properties, cells_of_field
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
 from protloc.inference.core import Backend, Preprocessor, parse_tta, predict_inputs, run_with_tta
-from protloc.model.card import ModelCard
+from protloc.model.card import ModelCard, resolve_package_path
 from protloc.schemes import ClassScheme
 
 METHOD_CELL = "cell model"
 METHOD_BASELINE = "baseline: field labels to every cell"
-METHOD_MIX = "cell + field mix"
+METHOD_FUSION = "cell + field fusion"
+METHOD_MIX = METHOD_FUSION
+"""The name of protloc 0.2, kept for callers."""
 
 _NOT_SEGMENTER_SETTINGS = {"segmenter", "channels", "border_margin", "bit_depth", "label_format"}
 
@@ -72,15 +85,27 @@ class CellPredictor:
     cell_backend: Backend | None = None
     field_card: ModelCard | None = None
     field_backend: Backend | None = None
-    mix: float = 0.5
+    fusion: FusionSpec = field(default_factory=FusionSpec)
+    """how the cell model's and the image's probabilities combine (see :mod:`protloc.cells.fusion`)."""
     views: tuple[str, ...] = ("id",)
     thresholds: list[float] = field(default_factory=list)
+    image_head: ImageHead | None = None
+    """the cell model's image head, when it has one (from its card)."""
 
     @property
     def method(self) -> str:
-        if self.cell_backend is not None and self.field_backend is not None:
-            return METHOD_MIX
-        return METHOD_CELL if self.cell_backend is not None else METHOD_BASELINE
+        if self.cell_backend is None:
+            return METHOD_BASELINE
+        if self.field_backend is not None and self.fusion.needs_field_model:
+            return METHOD_FUSION
+        return METHOD_CELL
+
+    @property
+    def mix(self) -> float | None:
+        """The cell model's weight when the fusion is a weighted mean with the field model (protloc 0.2's mix)."""
+        if self.method == METHOD_FUSION and self.fusion.rule == "mean":
+            return self.fusion.weight
+        return None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -105,18 +130,35 @@ class CellPredictor:
     def class_names(self) -> tuple[str, ...]:
         return self.scheme.names
 
+    @property
+    def applied_fusion(self) -> FusionSpec:
+        """The rule actually applied: the baseline copies the image; a cell model alone ignores a fusion that
+        needs the field model it was not given."""
+        if self.method == METHOD_BASELINE:
+            return FusionSpec("image")
+        if self.method == METHOD_CELL and self.fusion.needs_field_model:
+            return FusionSpec()
+        return self.fusion
+
     def describe(self) -> dict[str, Any]:
         """What made the predictions, for the outputs' provenance."""
         return {
             "method": self.method,
-            "mix": self.mix if self.method == METHOD_MIX else None,
+            "fusion": self.applied_fusion.describe(),
+            "fusion_rule": self.applied_fusion.to_dict(),
+            "mix": self.mix,
             "tta": list(self.views),
             "segmenter": self.segmenter.settings(),
             "cell_model": self.cell_card.cells if self.cell_card is not None else None,
-            "thresholds_from": "cell model" if self.cell_card is not None else "field model",
+            "thresholds_from": self._thresholds_from(),
             "scheme": self.scheme.name,
             "classes": list(self.scheme.names),
         }
+
+    def _thresholds_from(self) -> str:
+        if self.cell_card is None:
+            return "field model"
+        return "fitted with the fusion" if self.applied_fusion.thresholds is not None else "cell model"
 
 
 def predictor_for(
@@ -125,12 +167,13 @@ def predictor_for(
     *,
     backend: str = "auto",
     device: str = "auto",
-    mix: float = 0.5,
+    mix: float | None = None,
+    fusion: FusionSpec | None = None,
     tta: str | Sequence[str] | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
 ) -> CellPredictor:
-    """The cell predictor for ``model`` as a user names it: a cell model (mixed with ``field_model`` when given),
-    or a field model, whose labels every cell then gets (the baseline)."""
+    """The cell predictor for ``model`` as a user names it: a cell model (with ``field_model``, else the field
+    model its package carries), or a field model, whose labels every cell then gets (the baseline)."""
     from protloc.model.card import read_card
 
     cell_model = model if is_cell_model(read_card(model)) else None
@@ -140,9 +183,21 @@ def predictor_for(
         backend=backend,
         device=device,
         mix=mix,
+        fusion=fusion,
         tta=tta,
         segmenter_options=segmenter_options,
     )
+
+
+def carried_field_model(cell_model: str | Path, card: ModelCard) -> Path | None:
+    """The field model a cell model package carries (``protloc train DATA --cells`` puts it in ``field/``)."""
+    relative = field_model_of(card.cells)
+    if relative is None or Path(cell_model).suffix.lower() == ".onnx":
+        return None
+    path = resolve_package_path(cell_model) / relative
+    if not path.is_dir():
+        raise ModelError(f"{cell_model}: its card names the field model {relative!r}, which the package lacks")
+    return path
 
 
 def open_cell_predictor(
@@ -151,7 +206,8 @@ def open_cell_predictor(
     *,
     backend: str = "auto",
     device: str = "auto",
-    mix: float = 0.5,
+    mix: float | None = None,
+    fusion: FusionSpec | None = None,
     tta: str | Sequence[str] | None = None,
     segmenter: str | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
@@ -159,30 +215,46 @@ def open_cell_predictor(
     """Load the packages and the segmenter for per-cell prediction.
 
     Args:
-        cell_model: a cell model package (or its ``.onnx``); its card says how to segment and crop.
-        field_model: a field model package; alone it gives the baseline, with a cell model the mix.
-        mix: weight of the cell model in the mix (0-1).
+        cell_model: a cell model package (or its ``.onnx``); its card says how to segment, crop and fuse.
+        field_model: a field model package; alone it gives the baseline; with a cell model, the image
+            probabilities of the fusion (default: the field model the cell model's package carries, if any).
+        mix: instead of the card's fusion, ``mix x cell + (1 - mix) x field`` (0-1).
+        fusion: instead of the card's fusion, this rule.
         tta: test-time augmentation views (``none``, ``flips``, ``d4``...), applied to crops and fields.
         segmenter: a registered segmenter name, overriding the one on the cell model's card.
         segmenter_options: settings over the segmenter's (e.g. ``{"min_cell_area": 19}``).
 
     Raises:
         ConfigError: neither model given, or ``mix`` outside 0-1.
-        ModelError: ``cell_model`` is not a cell model, or ``field_model`` is one.
+        ModelError: ``cell_model`` is not a cell model, ``field_model`` is one, or the fusion needs a field
+            model and none is given or carried.
     """
     from protloc.inference.predict import load_backend
 
     if cell_model is None and field_model is None:
         raise ConfigError("per-cell prediction needs a cell model, a field model, or both")
-    if not 0.0 <= mix <= 1.0:
-        raise ConfigError(f"mix must lie between 0 and 1, got {mix}")
+    if mix is not None:
+        if not 0.0 <= mix <= 1.0:
+            raise ConfigError(f"mix must lie between 0 and 1, got {mix}")
+        fusion = FusionSpec("mean", weight=float(mix))
     cell_card = cell_backend = field_card = field_backend = None
+    head = None
     if cell_model is not None:
         cell_card, cell_backend = load_backend(cell_model, backend, device=device)
         if not is_cell_model(cell_card):
             raise ModelError(
                 f"{cell_model}: not a cell model (its card has no 'cells' section); pass it as the field model"
             )
+        fusion = fusion if fusion is not None else fusion_of(cell_card.cells, where=str(cell_model))
+        head = image_head_of(cell_card.cells, where=str(cell_model))
+        if field_model is None:  # loaded when carried (the baseline side by side), run only when the fusion asks
+            field_model = carried_field_model(cell_model, cell_card)
+            if field_model is None and fusion.needs_field_model:
+                raise ModelError(
+                    f"{cell_model}: its fusion ({fusion.describe()}) needs a field model; pass --field-model"
+                )
+        if fusion.image == "cell model" and fusion.needs_image and head is None:
+            raise ModelError(f"{cell_model}: the fusion {fusion.describe()!r} needs an image head it does not have")
     if field_model is not None:
         field_card, field_backend = load_backend(field_model, backend, device=device)
         if is_cell_model(field_card):
@@ -190,24 +262,35 @@ def open_cell_predictor(
     if cell_card is not None and field_card is not None and cell_card.scheme.names != field_card.scheme.names:
         raise ModelError(
             f"{cell_model} predicts {cell_card.scheme.describe()} but {field_model} predicts "
-            f"{field_card.scheme.describe()}; the mix needs models of the same classes"
+            f"{field_card.scheme.describe()}; the fusion needs models of the same classes"
         )
     if segmenter is not None:
         built = create_segmenter(segmenter, **dict(segmenter_options or {}))
     else:
         built = segmenter_from_card(cell_card, segmenter_options)
-    thresholds_card = cell_card if cell_card is not None else field_card
-    assert thresholds_card is not None
-    return CellPredictor(
+    predictor = CellPredictor(
         segmenter=built,
         cell_card=cell_card,
         cell_backend=cell_backend,
         field_card=field_card,
         field_backend=field_backend,
-        mix=mix,
+        fusion=fusion or FusionSpec(),
         views=parse_tta(tta),
-        thresholds=[float(t) for t in thresholds_card.thresholds],
+        image_head=head,
     )
+    predictor.thresholds = predictor_thresholds(predictor)
+    return predictor
+
+
+def predictor_thresholds(predictor: CellPredictor) -> list[float]:
+    """The per-class thresholds of a predictor's scores: those fitted with its fusion, else its cell model's,
+    else (the baseline) its field model's."""
+    applied = predictor.applied_fusion
+    if predictor.cell_card is not None and applied.thresholds is not None:
+        return [float(t) for t in applied.thresholds]
+    card = predictor.cell_card if predictor.cell_card is not None else predictor.field_card
+    assert card is not None
+    return [float(t) for t in card.thresholds]
 
 
 @dataclass
@@ -292,6 +375,179 @@ def embed_crops(backend: Backend, pixels: np.ndarray) -> np.ndarray | None:
     return np.asarray(features.float().cpu().numpy())
 
 
+@dataclass
+class FieldScores:
+    """What the models say about the cells of one field, before fusion (see :func:`score_field`).
+
+    Attributes:
+        id: the field's Id.
+        labels: ``(H, W)`` label image.
+        cells: ``(N,)`` cell ids (increasing).
+        cell: ``(N, K)`` the cell model's probabilities (``None`` without a cell model).
+        field: ``(K,)`` the field model's probabilities (``None`` without a field model).
+        head: ``(K,)`` the cell model's image head over the field's cells (``None`` without one).
+        cam: ``(N, K)`` the field model's class activation maps averaged in each cell (when asked for).
+        border: ``(N,)`` cells cut by the field's border.
+        areas: ``(N,)`` cell areas in pixels.
+        embeddings: ``(N, D)`` pooled features of the cell model (``None`` without one, or off torch).
+    """
+
+    id: str
+    labels: np.ndarray
+    cells: np.ndarray
+    cell: np.ndarray | None
+    field: np.ndarray | None
+    head: np.ndarray | None
+    border: np.ndarray
+    areas: np.ndarray
+    embeddings: np.ndarray | None = None
+    cam: np.ndarray | None = None
+
+    def images(self) -> dict[str, np.ndarray]:
+        """The image probabilities this field has, by source (see :data:`protloc.cells.fusion.IMAGE_SOURCES`)."""
+        found = {"field model": self.field, "cell model": self.head, "field model CAM": self.cam}
+        return {name: value for name, value in found.items() if value is not None}
+
+    def fused(self, spec: FusionSpec, negative: Sequence[int] = ()) -> np.ndarray:
+        """``(N, K)`` scores of the cells under ``spec``."""
+        if len(self.cells) == 0:
+            width = next(v.shape[-1] for v in (self.cell, self.field, self.head) if v is not None)
+            return np.zeros((0, width), np.float32)
+        return fuse(
+            spec,
+            self.cell,
+            self.images().get(spec.image),
+            border=self.border,
+            small=small_cells(self.areas, spec.small_fraction),
+            negative=negative,
+        )
+
+
+def cell_geometry(labels: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(border flags, areas)`` of ``cells`` (increasing ids) of a label image."""
+    areas = np.bincount(labels.ravel(), minlength=int(cells.max(initial=0)) + 1)[cells]
+    return np.isin(cells, border_cells(labels)), areas.astype(np.int64)
+
+
+def score_field(
+    predictor: CellPredictor,
+    image: np.ndarray,
+    *,
+    channels: Sequence[str],
+    field_id: str = "field",
+    labels: np.ndarray | None = None,
+    batch_size: int = 64,
+    embeddings: bool = True,
+    field_probabilities: np.ndarray | None = None,
+    sources: Collection[str] | None = None,
+) -> FieldScores:
+    """Segment (unless ``labels`` are given) one ``(C, H, W)`` ``uint8`` field and run the models on it once.
+
+    Args:
+        field_probabilities: the field model's probabilities of this field when the caller has them already
+            (the service, which answers the field's labels too): the field network then does not run again.
+        sources: what to compute, of ``"cell"`` (the cell model), ``"field"`` (the field model) and ``"cam"``
+            (the field model's maps in each cell); default: what the predictor's fusion needs.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] != len(channels):
+        raise ConfigError(
+            f"field {field_id}: expected ({len(channels)}, H, W) for {', '.join(channels)}, got {image.shape}"
+        )
+    if labels is None:
+        labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
+    labels = np.asarray(labels, dtype=np.int32)
+    present = np.unique(labels)
+    cells = present[present > 0].astype(np.int64)
+    applied = predictor.applied_fusion
+    if sources is None:
+        sources = {"cell"} if applied.needs_cell_model else set()
+        if applied.needs_field_model:
+            sources |= {"cam" if applied.image == "field model CAM" else "field"}
+    run_cell, run_field = "cell" in sources, "field" in sources
+    probabilities: np.ndarray | None = None
+    features: np.ndarray | None = None
+    cell_card = predictor.cell_card
+    if run_cell and predictor.cell_backend is not None and cell_card is not None:
+        probabilities, features = _score_crops(predictor, image, channels, labels, batch_size, embeddings)
+    field_values = None
+    if run_field and predictor.field_backend is not None and predictor.field_card is not None:
+        if field_probabilities is not None:
+            field_values = np.asarray(field_probabilities, dtype=np.float32)
+        else:
+            preprocessor = Preprocessor.from_card(predictor.field_card)
+            inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))[None]
+            field_values = predict_inputs(predictor.field_backend, inputs, preprocessor, predictor.views)[0]
+            field_values = field_values.astype(np.float32)
+    head = predictor.image_head(probabilities) if predictor.image_head and probabilities is not None else None
+    cam = _cam(predictor, image, channels, labels, cells) if "cam" in sources else None
+    border, areas = cell_geometry(labels, cells)
+    return FieldScores(
+        id=field_id,
+        labels=labels,
+        cells=cells,
+        cell=probabilities,
+        field=field_values,
+        head=head,
+        border=border,
+        areas=areas,
+        embeddings=features,
+        cam=cam,
+    )
+
+
+def _cam(
+    predictor: CellPredictor, image: np.ndarray, channels: Sequence[str], labels: np.ndarray, cells: np.ndarray
+) -> np.ndarray | None:
+    """The field model's class activation maps averaged in each cell (:mod:`protloc.cells.cam`); ``None``
+    without a field model.
+
+    Raises:
+        ModelError: the field model does not run on the torch backend, or has no linear head.
+    """
+    card, backend = predictor.field_card, predictor.field_backend
+    if card is None or backend is None:
+        return None
+    network = getattr(backend, "model", None)
+    if network is None or not hasattr(network, "backbone"):
+        raise ModelError("CAM-in-mask scores need the field model on the torch backend (--backend torch)")
+    from protloc.cells.cam import cam_in_cells
+
+    preprocessor = Preprocessor.from_card(card)
+    inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))
+    return cam_in_cells(network, Preprocessor.to_pixels(inputs), labels, cells)
+
+
+def _score_crops(
+    predictor: CellPredictor,
+    image: np.ndarray,
+    channels: Sequence[str],
+    labels: np.ndarray,
+    batch_size: int,
+    embeddings: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cell model's probabilities ``(N, K)`` of every cell's crop, and their pooled features."""
+    cell_card = predictor.cell_card
+    assert cell_card is not None and predictor.cell_backend is not None
+    spec = cell_card.cells or {}
+    crops = cells_of_field(
+        _select(image, channels, cell_card.channels), labels, cell_card.size, padding=float(spec.get("padding", 0.05))
+    )
+    if len(crops.cells) == 0:
+        return np.zeros((0, cell_card.num_classes), np.float32), None
+    pixels = Preprocessor.to_pixels(crops.images)
+    parts, feature_parts = [], []
+    for start in range(0, len(pixels), batch_size):
+        batch = pixels[start : start + batch_size]
+        parts.append(run_with_tta(predictor.cell_backend, batch, predictor.views))
+        if embeddings:
+            feature_parts.append(embed_crops(predictor.cell_backend, batch))
+    features = None
+    if feature_parts and all(part is not None for part in feature_parts):
+        features = np.concatenate([p for p in feature_parts if p is not None])
+    return np.concatenate(parts).astype(np.float32), features
+
+
 def predict_field_cells(
     predictor: CellPredictor,
     image: np.ndarray,
@@ -301,57 +557,34 @@ def predict_field_cells(
     labels: np.ndarray | None = None,
     batch_size: int = 64,
     embeddings: bool = True,
+    field_probabilities: np.ndarray | None = None,
 ) -> FieldCellPrediction:
-    """Segment (unless ``labels`` are given) and score the cells of one ``(C, H, W)`` ``uint8`` field."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != len(channels):
-        raise ConfigError(
-            f"field {field_id}: expected ({len(channels)}, H, W) for {', '.join(channels)}, got {image.shape}"
-        )
-    if labels is None:
-        labels = predictor.segmenter(_select(image, channels, predictor.segmenter.channels))
-    present = np.unique(labels)
-    cells = present[present > 0].astype(np.int64)
-    n_classes = len(predictor.thresholds)
-    probabilities = np.zeros((len(cells), n_classes), dtype=np.float32)
-    features: np.ndarray | None = None
-    cell_card = predictor.cell_card
-    spec = cell_card.cells if cell_card is not None else None
-    if predictor.cell_backend is not None and cell_card is not None and spec is not None and len(cells):
-        crops = cells_of_field(
-            _select(image, channels, cell_card.channels),
-            labels,
-            cell_card.size,
-            padding=float(spec.get("padding", 0.05)),
-        )
-        pixels = Preprocessor.to_pixels(crops.images)
-        parts, feature_parts = [], []
-        for start in range(0, len(pixels), batch_size):
-            batch = pixels[start : start + batch_size]
-            parts.append(run_with_tta(predictor.cell_backend, batch, predictor.views))
-            if embeddings:
-                feature_parts.append(embed_crops(predictor.cell_backend, batch))
-        probabilities = np.concatenate(parts).astype(np.float32)
-        if feature_parts and all(part is not None for part in feature_parts):
-            features = np.concatenate([p for p in feature_parts if p is not None])
-    if predictor.field_backend is not None and predictor.field_card is not None:
-        preprocessor = Preprocessor.from_card(predictor.field_card)
-        inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))[None]
-        field_probabilities = predict_inputs(predictor.field_backend, inputs, preprocessor, predictor.views)[0]
-        if predictor.cell_backend is None:
-            probabilities = np.tile(field_probabilities.astype(np.float32), (len(cells), 1))
-        else:
-            probabilities = (predictor.mix * probabilities + (1 - predictor.mix) * field_probabilities).astype(
-                np.float32
-            )
+    """Segment (unless ``labels`` are given) and score the cells of one ``(C, H, W)`` ``uint8`` field: the models
+    (:func:`score_field`), then the predictor's fusion and thresholds."""
+    scores = score_field(
+        predictor,
+        image,
+        channels=channels,
+        field_id=field_id,
+        labels=labels,
+        batch_size=batch_size,
+        embeddings=embeddings,
+        field_probabilities=field_probabilities,
+    )
+    return fused_prediction(predictor, scores)
+
+
+def fused_prediction(predictor: CellPredictor, scores: FieldScores) -> FieldCellPrediction:
+    """A field's cells scored by the predictor's fusion, with its thresholds' decisions."""
+    probabilities = scores.fused(predictor.applied_fusion, predictor.scheme.exclusive)
     decisions = (probabilities >= np.asarray(predictor.thresholds, dtype=np.float32)).astype(np.uint8)
     return FieldCellPrediction(
-        id=field_id,
-        labels=np.asarray(labels, dtype=np.int32),
-        cells=cells,
+        id=scores.id,
+        labels=scores.labels,
+        cells=scores.cells,
         probabilities=probabilities,
         decisions=decisions,
-        embeddings=features,
+        embeddings=scores.embeddings,
         method=predictor.method,
     )
 
@@ -367,8 +600,8 @@ def predict_cells_in_field(
     """Per-cell results of one field, as plain dicts (for the service and notebooks).
 
     Args:
-        models: a :class:`CellPredictor`, or one package path (a cell model, or a field model for the
-            baseline), or ``(cell model, field model)`` for the mix.
+        models: a :class:`CellPredictor`, or one package path (a cell model, with the field model its package
+            carries; or a field model for the baseline), or ``(cell model, field model)``.
         image: ``(C, H, W)`` ``uint8`` field in ``channels`` order (default: red, green, blue, yellow).
         labels: the field's label image, if already segmented.
 

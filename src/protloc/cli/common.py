@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -75,6 +76,33 @@ def progress_bars(*descriptions: str) -> Iterator[tuple[Callable[[int, int], Non
             return update
 
         yield tuple(bar(d) for d in descriptions)
+
+
+@contextmanager
+def stage_progress() -> Iterator[Callable[[Any], None]]:
+    """One progress bar for a run of stages (``protloc train --cells``): it shows the current stage and how far
+    it is; a line is printed as each stage begins. Yields an ``on_progress(report)`` callback for reports with
+    ``name``, ``number``, ``stages``, ``done``, ``total`` and ``note``
+    (:class:`protloc.training.cells.PipelineProgress`)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("•"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("starting", total=1)
+        current: list[str] = [""]
+
+        def update(report: Any) -> None:
+            label = f"[{report.number}/{report.stages}] {report.name}"
+            if report.name != current[0]:
+                current[0] = report.name
+                progress.console.print(escape(f"{label}{': ' + report.note if report.note else ''}"))
+            progress.update(task, description=label, completed=report.done, total=max(report.total, 1e-9))
+
+        yield update
 
 
 def _version(value: bool) -> None:

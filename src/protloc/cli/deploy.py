@@ -55,14 +55,25 @@ def predict(
         bool,
         typer.Option(
             "--cells",
-            help="Per cell: segment, score each cell (MODEL = a cell model; a field model gives the baseline "
-            "'field labels to every cell'); writes cells.csv, the 2021 submission.csv, cells.h5ad.",
+            help="Per cell: segment, score each cell (MODEL = a cell model, fused with its field model as its card "
+            "says; a field model gives the baseline 'field labels to every cell'); writes cells.csv, the 2021 "
+            "submission.csv, cells.h5ad.",
         ),
     ] = False,
     field_model: Annotated[
-        Path | None, typer.Option("--field-model", help="With --cells: a field model mixed with the cell model.")
+        Path | None,
+        typer.Option(
+            "--field-model",
+            help="With --cells: the field model fused with the cell model (default: the one it carries).",
+        ),
     ] = None,
-    mix: Annotated[float, typer.Option(help="With --cells and --field-model: weight of the cell model.")] = 0.5,
+    mix: Annotated[
+        float | None,
+        typer.Option(
+            help="With --cells: instead of the card's fitted fusion, mix x cell + (1 - mix) x field (needs a field "
+            "model)."
+        ),
+    ] = None,
     masks: Annotated[Path | None, typer.Option(help="With --cells: label images to use instead of segmenting.")] = None,
     pictures: Annotated[int, typer.Option(help="With --cells: outline pictures of the first N fields.")] = 0,
     seg_option: Annotated[
@@ -130,7 +141,7 @@ def _predict_cells(
     data: Path,
     out: Path,
     field_model: Path | None,
-    mix: float,
+    mix: float | None,
     masks: Path | None,
     pictures: int,
     seg_option: list[str] | None,
@@ -163,7 +174,7 @@ def _predict_cells(
     )
     console.print(
         f"{summary.cells} cells in {summary.fields} fields in {summary.seconds:.1f} s, method: "
-        f"[bold]{escape(summary.method)}[/]{note}"
+        f"[bold]{escape(summary.method)}[/] ({escape(predictor.applied_fusion.describe())}){note}"
     )
     console.print(escape("wrote " + ", ".join(str(p) for p in summary.written.values())))
 

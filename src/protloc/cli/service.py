@@ -18,7 +18,13 @@ from protloc.cli.common import (
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="Model package folder (or exported .onnx: no explanations).")],
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Model package folder (or exported .onnx: no explanations); a cell model package from `protloc "
+            "train DATA --cells` is served as it is (its field model answers fields, the package answers cells)."
+        ),
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on; non-loopback needs --token or --allow-remote.")
     ] = "127.0.0.1",
@@ -50,7 +56,11 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
     max_batch: Annotated[int, typer.Option(help="Micro-batch size for concurrent requests (1 = off).")] = 8,
     cells: Annotated[
-        Path | None, typer.Option(help="Cell model package for /predict?cells=true (default: field baseline).")
+        Path | None,
+        typer.Option(
+            help="Cell model package for /predict?cells=true (default: field baseline); alone, without MODEL, a "
+            "package that carries its field model."
+        ),
     ] = None,
     cell_mix: Annotated[float, typer.Option(help="Cell model's weight for cell_method=mix.")] = 0.5,
     max_cell_mpx: Annotated[float, typer.Option(help="Largest field segmented for cells, in megapixels.")] = 16.0,
@@ -58,6 +68,10 @@ def serve(
     """Serve a model over HTTP: JSON API, web page at /, API reference at /docs."""
     from protloc.serve import run
 
+    if model is None:
+        if cells is None:
+            raise typer.BadParameter("give the MODEL to serve (or --cells CELL_PACKAGE alone)")
+        model = cells
     console.print(escape(f"protloc serving {model} on http://{host}:{port}/  (API reference: /docs)"))
     run(
         model,
@@ -106,6 +120,14 @@ def watch(
     tiles: Annotated[int, typer.Option(help="1 = resize each field; N = N x N tiles, max over tiles.")] = 1,
     bit_depth: Annotated[int | None, typer.Option(help="Significant bits of 16-bit files (default: card's).")] = None,
     batch_size: Annotated[int, typer.Option(help="At most this many ready fields per network call.")] = 8,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="One row per cell: segment each field and score its cells (MODEL: a cell model package from "
+            "`protloc train DATA --cells`, used as it is; a field model gives every cell its field's labels).",
+        ),
+    ] = False,
     max_fields: Annotated[int | None, typer.Option(help="Exit after this many fields.", hidden=True)] = None,
 ) -> None:
     """Classify each acquisition as it lands in FOLDER; results appended to one table. Ctrl-C stops cleanly."""
@@ -146,6 +168,7 @@ def watch(
             poll_interval=poll_interval,
             once=once,
             batch_size=batch_size,
+            cells=cells,
             max_fields=max_fields,
             stop=stop,
             on_event=show,

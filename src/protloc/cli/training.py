@@ -19,6 +19,7 @@ from protloc.cli.common import (
     console,
     progress_bar,
     progress_bars,
+    stage_progress,
 )
 
 # ------------------------------------------------------------------------------------------ training
@@ -93,10 +94,60 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="A cell model package from field labels: segment, cut crops, field model, cell model, pseudo-label "
+            "rounds, fusion, all under one --max-time; resumable (run it again after a stop).",
+        ),
+    ] = False,
+    crop_size: Annotated[int | None, typer.Option(help="With --cells: side of the cell crops in px.")] = None,
+    cell_head: Annotated[
+        str | None, typer.Option(help="With --cells: mil (an image head over each field's cells) or plain.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="With --cells: out-of-fold pseudo-label rounds.")] = None,
+    cell_truth: Annotated[
+        Path | None,
+        typer.Option(help="With --cells: per-cell truth of some fields; the fusion is fitted on the held-out ones."),
+    ] = None,
 ) -> None:
-    """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package."""
+    """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package.
+
+    With --cells: a cell model package (see docs/cells.md), which predict, evaluate, serve and watch take as it is.
+    """
     from protloc.training.config import resolve_config
     from protloc.training.train import train as run_training
+
+    if cells:
+        _train_cells(
+            data,
+            out,
+            {
+                "split": split,
+                "labels": str(labels) if labels else None,
+                "classes": classes,
+                "map_from": map_from,
+                "channel_map": channel_map,
+                "bit_depth": bit_depth,
+                "max_time": max_time,
+                "crop_size": crop_size,
+                "field_size": image_size,
+                "field_model": model,
+                "cell_model": model,
+                "field_epochs": epochs,
+                "cell_epochs": epochs,
+                "cell_head": cell_head,
+                "rounds": rounds,
+                "cell_truth": str(cell_truth) if cell_truth else None,
+                "folds": folds,
+                "fold": fold,
+                "seed": seed,
+                "cache_dir": str(cache_dir) if cache_dir else None,
+                "workers": workers,
+            },
+        )
+        return
 
     overrides: dict[str, Any] = {
         "data": str(data),
@@ -163,6 +214,60 @@ def train(
     )
 
 
+def _train_cells(data: Path, out: Path | None, options: dict[str, Any]) -> None:
+    from protloc.training.cells import CellPipelineSettings, train_cells
+
+    settings = CellPipelineSettings(
+        data=str(data), out=str(out or "runs/cells"), **{k: v for k, v in options.items() if v is not None}
+    )
+    with stage_progress() as update:
+        result = train_cells(settings, on_progress=update)
+    for name, record in result.stages.items():
+        values = record["summary"].get("fit", record["summary"])
+        summary = ", ".join(
+            f"{k} {v}" for k, v in values.items() if isinstance(v, (int, float, str)) and k != "package"
+        )
+        note = " (done before)" if name in result.skipped else ""
+        console.print(escape(f"{name}: {record['seconds']:.0f} s{note}  {summary}"))
+    console.print(
+        f"cell model package: [bold]{escape(str(result.package_dir))}[/] (fusion: {escape(result.fusion.describe())}; "
+        f"carries its field model); {result.seconds:.0f} s in this run"
+    )
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    cell_model: Annotated[Path, typer.Argument(help="A cell model package that scores the crops.")],
+    cell_data: Annotated[Path, typer.Argument(help="The cell data set (protloc cell-data) whose labels to refine.")],
+    out: Annotated[Path, typer.Option(help="The labels CSV to write (train with --labels).")] = Path(
+        "pseudo_labels.csv"
+    ),
+    threshold: Annotated[float, typer.Option(help="Drop a field class where the cell scores below this.")] = 0.1,
+    relative: Annotated[
+        float, typer.Option(help="Also where it scores below this share of its field's best cell (0 = off).")
+    ] = 0.0,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+) -> None:
+    """One round of pseudo-labels: drop from each cell the field classes a cell model scores it low for.
+
+    Score with a model that did not train on these cells where you can (out of fold); `protloc train DATA --cells
+    --rounds N` does the rounds out of fold by itself.
+    """
+    from protloc.cells.pseudo import pseudo_label as run
+
+    with progress_bar("scoring cells") as update:
+        result = run(
+            cell_model, cell_data, out, threshold=threshold, relative=relative, backend=backend, on_progress=update
+        )
+    console.print(
+        escape(
+            f"{result.cells} cells: {result.labels_before} labels -> {result.labels_after} "
+            f"({result.cells_without_class} cells left without a class); wrote {result.out}; train with "
+            f"`protloc train {cell_data} --labels {result.out}`"
+        )
+    )
+
+
 @app.command()
 def evaluate(
     model: Annotated[
@@ -188,15 +293,19 @@ def evaluate(
         bool,
         typer.Option(
             "--cells",
-            help="Per cell, against per-cell truth (<split>_cells_truth/): the 2021 mAP and segmentation F1/AP, "
-            "side by side with the baseline 'field labels to every cell' when --field-model is given.",
+            help="Per cell, against per-cell truth (<split>_cells_truth/): the 2021 mAP and segmentation F1/AP of "
+            "the cell model alone, its fitted fusion and the baseline 'field labels to every cell', side by side.",
         ),
     ] = False,
     field_model: Annotated[
-        Path | None, typer.Option("--field-model", help="With --cells: the field model (baseline and mix).")
+        Path | None,
+        typer.Option(
+            "--field-model", help="With --cells: the field model (baseline and fusion; default: the one MODEL carries)."
+        ),
     ] = None,
     mix: Annotated[
-        list[float] | None, typer.Option(help="With --cells: cell-model weights of the mix, repeatable.")
+        list[float] | None,
+        typer.Option(help="With --cells: also score mix x cell + (1 - mix) x field for these weights, repeatable."),
     ] = None,
     masks: Annotated[Path | None, typer.Option(help="With --cells: label images instead of segmenting.")] = None,
     seg_option: Annotated[
@@ -208,7 +317,7 @@ def evaluate(
     from protloc.inference.evaluate import evaluate_model
 
     if cells:
-        _evaluate_cells(model, data, out, field_model, mix or [0.5], masks, seg_option, split, backend, device, tta)
+        _evaluate_cells(model, data, out, field_model, mix or [], masks, seg_option, split, backend, device, tta)
         return
 
     with progress_bar("predicting") as update:

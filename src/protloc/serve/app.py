@@ -10,7 +10,7 @@ Endpoints (all JSON errors are ``{"detail": "one line"}``):
   the time taken; ``?previews=true`` adds PNG pictures of the composite and each channel.
   ``?cells=true`` adds the field's cells (segmented on the service): box, area, centroid, border flag,
   per-class probabilities, labels, the mask (2021 challenge RLE) and an outline polygon, and says whether a cell
-  model, the field baseline or their mix made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
+  model, the field baseline or their fusion made them (``?cell_method=``; see :mod:`protloc.serve.cells`).
 * ``POST /predict/batch``: several samples in the repeated field ``files``: channel images named
   ``<Id>_<channel>.<ext>`` (the Kaggle layout) and/or stacks named ``<Id>.tif`` / ``<Id>.npy``.
 * ``POST /explain``: the same inputs as ``/predict`` and ``?class_id=`` (id or name; default the most probable
@@ -119,6 +119,7 @@ def create_app(
         ConfigError: a setting is out of range.
     """
     settings = model if isinstance(model, ServiceSettings) else ServiceSettings(model=str(model), **options)
+    settings = settings.with_cell_package()
     owns_engine = engine is None
     engine = engine or InferenceEngine(
         settings.model,
@@ -239,8 +240,9 @@ def create_app(
         "labels, mask (2021 challenge RLE) and outline polygon"
     )
     method_help = (
-        "how cells get probabilities: cell (the cell model), baseline (the field's probabilities to every cell), "
-        "mix (both), auto (the cell model if the service has one, else the baseline)"
+        "how cells get probabilities: auto (the cell model's fitted fusion if the service has a cell model, else "
+        "the baseline), fusion (the cell model's fitted fusion), cell (the cell model alone), baseline (the "
+        "field's probabilities to every cell), mix (cell_mix x cell + (1 - cell_mix) x field)"
     )
     cell_errors = {
         **errors,

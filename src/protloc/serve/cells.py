@@ -38,7 +38,7 @@ MASK_ENCODING = "hpa2021-rle"
 OUTLINE_TOLERANCE = 0.5
 """Largest distance, in field pixels, between a cell's true boundary and the outline polygon returned."""
 
-CellMethod = Literal["auto", "cell", "baseline", "mix"]
+CellMethod = Literal["auto", "cell", "baseline", "mix", "fusion"]
 
 CELL_METHODS: tuple[str, ...] = get_args(CellMethod)
 """What ``?cell_method=`` takes: ``auto`` is the cell model when one is loaded, else the baseline."""
@@ -142,19 +142,19 @@ class CellService:
         return self._segmenter
 
     def methods(self) -> list[str]:
-        """The values of ``?cell_method=`` this service can answer."""
+        """The values of ``?cell_method=`` this service can answer (``auto``: the cell model's fitted fusion)."""
         return list(CELL_METHODS) if self.cell_card is not None else ["auto", "baseline"]
 
     def describe(self) -> dict[str, Any]:
         """For ``GET /model``: what per-cell prediction this service offers."""
-        from protloc.cells.predict import METHOD_BASELINE, METHOD_CELL
-
+        auto = self.predictor("auto")
         cell = self.cell_card
         return {
             "cell_model": None if cell is None else cell.model_name,
             "crop_size": None if cell is None else cell.size,
             "methods": self.methods(),
-            "default_method": METHOD_CELL if cell is not None else METHOD_BASELINE,
+            "default_method": auto.method,
+            "default_fusion": auto.applied_fusion.describe(),
             "mix": self.settings.cell_mix,
             "mask_encoding": MASK_ENCODING,
             "max_pixels": self.settings.max_cell_pixels,
@@ -183,24 +183,37 @@ class CellService:
         if method not in CELL_METHODS:
             raise ConfigError(f"cell_method {method!r} is not one of {', '.join(CELL_METHODS)}")
         if method == "auto":
-            method = "cell" if self.cell_card is not None else "baseline"
-        if method in ("cell", "mix") and self.cell_card is None:
+            method = "fusion" if self.cell_card is not None else "baseline"
+        if method in ("cell", "mix", "fusion") and self.cell_card is None:
             raise ConfigError(
                 f"cell_method {method!r} needs a cell model, and this service has none (start it with --cells "
                 "CELL_MODEL); cell_method=baseline gives every cell the field's probabilities"
             )
-        use_cell = method in ("cell", "mix")
-        use_field = method in ("baseline", "mix")
-        thresholds_card = self.cell_card if use_cell and self.cell_card is not None else self.engine.card
-        return CellPredictor(
+        from protloc.cells.fusion import FusionSpec
+        from protloc.cells.predict import fusion_of, image_head_of, predictor_thresholds
+
+        use_cell = method in ("cell", "mix", "fusion")
+        if method == "cell":
+            fusion = FusionSpec()
+        elif method == "mix":
+            fusion = FusionSpec("mean", weight=self.settings.cell_mix)
+        elif method == "fusion":
+            assert self.cell_card is not None
+            fusion = fusion_of(self.cell_card.cells, where=str(self.settings.cell_model))
+        else:
+            fusion = FusionSpec("image")
+        use_field = fusion.needs_field_model
+        predictor = CellPredictor(
             segmenter=self.segmenter,
             cell_card=self.cell_card if use_cell else None,
             cell_backend=self.cell_backend if use_cell else None,
             field_card=self.engine.card if use_field else None,
             field_backend=self.engine.backend if use_field else None,
-            mix=self.settings.cell_mix,
-            thresholds=[float(t) for t in thresholds_card.thresholds],
+            fusion=fusion,
+            image_head=image_head_of(self.cell_card.cells) if use_cell and self.cell_card is not None else None,
         )
+        predictor.thresholds = predictor_thresholds(predictor)
+        return predictor
 
     def _segment(self, image: np.ndarray, channels: tuple[str, ...], label: str) -> np.ndarray:
         height, width = image.shape[1:]
@@ -225,7 +238,7 @@ class CellService:
             ConfigError: a method this service cannot answer (422).
             DataError: the field is over ``max_cell_pixels`` (422).
         """
-        from protloc.cells.predict import METHOD_MIX, predict_field_cells
+        from protloc.cells.predict import predict_field_cells
 
         for module in ("skimage", "pycocotools"):
             require(module, "cells")
@@ -243,7 +256,8 @@ class CellService:
         cells = await loop.run_in_executor(pool, self._shape, result, predictor.thresholds, predictor.class_names)
         summary = {
             "method": result.method,
-            "mix": predictor.mix if result.method == METHOD_MIX else None,
+            "mix": predictor.mix,
+            "fusion": predictor.applied_fusion.describe(),
             "count": len(cells),
             "segmenter": predictor.segmenter.settings(),
             "mask_encoding": MASK_ENCODING,

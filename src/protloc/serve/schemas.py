@@ -84,11 +84,12 @@ class CellTiming(BaseModel):
 class CellsSummary(BaseModel):
     """How the cells of a ``?cells=true`` answer were made."""
 
-    method: Literal["cell model", "baseline: field labels to every cell", "cell + field mix"] = Field(
+    method: Literal["cell model", "baseline: field labels to every cell", "cell + field fusion"] = Field(
         description="a cell model on each cell's crop; the field model's probabilities given to every cell (the "
-        "2021 challenge's baseline); or mix x cell + (1 - mix) x field"
+        "2021 challenge's baseline); or both, combined by a fusion rule (e.g. cell x field)"
     )
-    mix: float | None = Field(description="the cell model's weight, for the mix")
+    fusion: str = Field(description="the rule that made the scores, e.g. 'cell x image (field model)'")
+    mix: float | None = Field(description="the cell model's weight, when the rule is a weighted mean (a mix)")
     count: int = Field(ge=0, description="cells found")
     segmenter: dict[str, Any] = Field(description="the segmenter and its settings")
     mask_encoding: Literal["hpa2021-rle"]
@@ -142,8 +143,11 @@ class CellCapabilities(BaseModel):
 
     cell_model: str | None = Field(description="the cell model's architecture; null: only the field baseline")
     crop_size: int | None = Field(description="side of the cell model's crops in px")
-    methods: list[Literal["auto", "cell", "baseline", "mix"]] = Field(description="values ?cell_method= takes")
+    methods: list[Literal["auto", "cell", "baseline", "mix", "fusion"]] = Field(
+        description="values ?cell_method= takes"
+    )
     default_method: str = Field(description="what cell_method=auto gives")
+    default_fusion: str = Field(description="the rule of cell_method=auto: the cell model's fitted fusion")
     mix: float = Field(description="the cell model's weight in cell_method=mix")
     mask_encoding: Literal["hpa2021-rle"]
     max_pixels: int = Field(description="largest field (height x width) segmented; larger ones get 422")

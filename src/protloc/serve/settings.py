@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -70,6 +71,27 @@ class ServiceSettings:
     cell_mix: float = 0.5
     cell_threads: int = 1
     max_cell_pixels: int = 4096 * 4096
+
+    def with_cell_package(self) -> ServiceSettings:
+        """These settings with a cell model package served as it is: a package made by ``protloc train DATA
+        --cells`` carries its field model, which then answers the fields while the package answers
+        ``?cells=true``. Other models are returned unchanged.
+
+        Raises:
+            ConfigError: the served package is a cell model and ``cell_model`` names another one.
+        """
+        from protloc.cells.predict import carried_field_model, is_cell_model
+        from protloc.model.card import read_card
+
+        if Path(self.model).suffix.lower() == ".onnx" or not Path(self.model).is_dir():
+            return self
+        card = read_card(self.model)
+        field_model = carried_field_model(self.model, card) if is_cell_model(card) else None
+        if field_model is None:
+            return self
+        if self.cell_model is not None and Path(self.cell_model).resolve() != Path(self.model).resolve():
+            raise ConfigError(f"{self.model} is a cell model package; serve it alone, or a field model with --cells")
+        return dataclasses.replace(self, model=str(field_model), cell_model=self.model)
 
     def __post_init__(self) -> None:
         self.allowed_hosts = tuple(str(h).strip().lower() for h in self.allowed_hosts if str(h).strip())

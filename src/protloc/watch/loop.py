@@ -133,6 +133,10 @@ class _Classifier:
         self.thresholds = list(thresholds)
         self.min_one = min_one
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.preprocessor.channels
+
     def read(self, pending: PendingField) -> tuple[np.ndarray, np.ndarray]:
         image = read_sample(
             pending.files, self.preprocessor.channels, bit_depth=self.preprocessor.bit_depth, sample_id=pending.key
@@ -142,6 +146,60 @@ class _Classifier:
     def __call__(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities = batch_probabilities(self.backend, inputs, self.views)
         return probabilities, decide(probabilities, self.thresholds, min_one=self.min_one)
+
+
+class _CellScorer:
+    """Per-cell results of a field: a cell model package as it is (with the field model it carries), or a field
+    model (the baseline: its probabilities to every cell), through :func:`protloc.cells.predict.predict_field_cells`."""
+
+    def __init__(self, predictor: Any, bit_depth: int | None) -> None:
+        self.predictor = predictor
+        self.classes = [str(c) for c in predictor.class_names]
+        self.bit_depth = int(bit_depth or 16)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.predictor.channels)
+
+    def read(self, pending: PendingField) -> tuple[np.ndarray, np.ndarray]:
+        image = read_sample(pending.files, self.channels, bit_depth=self.bit_depth, sample_id=pending.key)
+        return image, image
+
+    def __call__(self, image: np.ndarray) -> Any:
+        from protloc.cells.predict import predict_field_cells
+
+        return predict_field_cells(self.predictor, image, channels=self.channels, embeddings=False)
+
+
+def _cell_rows(scorer: _CellScorer, result: Any, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """One results row per cell of a field."""
+    rows = []
+    for row, cell in enumerate(result.as_dicts(scorer.classes)):
+        probabilities = result.probabilities[row]
+        ids = sorted(np.flatnonzero(result.decisions[row]).tolist(), key=lambda i: -float(probabilities[i]))
+        rows.append(
+            {
+                "field": common["field"],
+                "cell": cell["cell"],
+                "box": cell["box"],
+                "area": cell["area"],
+                "border": bool(cell["border"]),
+                **{k: v for k, v in common.items() if k != "field"},
+                "labels": [scorer.classes[i] for i in ids],
+                "predicted": ids,
+                "probabilities": {c: round(float(p), 5) for c, p in zip(scorer.classes, probabilities, strict=True)},
+            }
+        )
+    return rows
+
+
+def _cell_picture(image: np.ndarray, channels: Sequence[str], result: Any, n_classes: int, path: Path) -> None:
+    from protloc.cells.draw import draw_outlines, write_picture
+
+    classes = {
+        int(c): [int(k) for k in np.flatnonzero(row)] for c, row in zip(result.cells, result.decisions, strict=True)
+    }
+    write_picture(path, draw_outlines(image, channels, result.labels, cell_classes=classes, n_classes=n_classes))
 
 
 def watch_folder(
@@ -166,6 +224,7 @@ def watch_folder(
     rescan_every: float = 60.0,
     batch_size: int = 8,
     once: bool = False,
+    cells: bool = False,
     max_fields: int | None = None,
     stop: threading.Event | None = None,
     on_event: Callable[[WatchEvent], None] | None = None,
@@ -187,6 +246,9 @@ def watch_folder(
             ``poll_interval`` seconds.
         rescan_every: seconds between full rescans that catch anything the events missed.
         batch_size: at most this many ready fields through the network at once.
+        cells: one row per cell: each field is segmented and its cells scored (``model``: a cell model
+            package, fused with the field model it carries as its card says; or a field model, whose
+            probabilities every cell gets); pictures show the cells' outlines.
         once: classify what is there (waiting for files to settle) and return instead of watching on.
         max_fields: return after this many fields were classified or set aside.
         stop: set it to stop after the batch in hand (see :func:`stop_on_signals`).
@@ -212,22 +274,33 @@ def watch_folder(
         raise ConfigError("settle must be >= 0, incomplete-after and poll-interval > 0, batch-size >= 1")
     out = Path(out) if out is not None else folder / DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
-    card, network = load_backend(model, backend, device=device, threads=default_workers(limit=256))
-    classify = _Classifier(
-        network,
-        card,
-        resolve_thresholds(card, thresholds),
-        tta=tta,
-        tiles=tiles,
-        bit_depth=bit_depth,
-        min_one=min_one,
-    )
+    classify: _Classifier | _CellScorer
+    if cells:
+        from protloc.cells.predict import predictor_for
+
+        predictor = predictor_for(model, backend=backend, device=device, tta=tta)
+        if thresholds is not None:
+            scored_by = predictor.cell_card or predictor.field_card
+            assert scored_by is not None
+            predictor.thresholds = resolve_thresholds(scored_by, thresholds)
+        classify = _CellScorer(predictor, bit_depth)
+    else:
+        card, network = load_backend(model, backend, device=device, threads=default_workers(limit=256))
+        classify = _Classifier(
+            network,
+            card,
+            resolve_thresholds(card, thresholds),
+            tta=tta,
+            tiles=tiles,
+            bit_depth=bit_depth,
+            min_one=min_one,
+        )
     stop = stop if stop is not None else threading.Event()
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     with watch_locks(folder, out):
         journal = Journal.open(out / JOURNAL_FILE)
-        results = ResultsTable(out / f"results.{table}", classify.classes)
+        results = ResultsTable(out / f"results.{table}", classify.classes, cells=cells)
         rejected = RejectedTable(out / REJECTED_FILE)
         summary = WatchSummary(out=out, table=results.path)
         try:
@@ -237,7 +310,7 @@ def watch_folder(
             summary.already_done = len(journal.done)
             tracker = FieldTracker(
                 folder,
-                classify.preprocessor.channels,
+                classify.channels,
                 recursive=recursive,
                 exclude=out,
                 settle=settle,
@@ -272,6 +345,11 @@ def watch_folder(
                     loaded.append((pending, image, inputs))
                 if not loaded:
                     return
+                if isinstance(classify, _CellScorer):
+                    for pending, image, _ in loaded:
+                        take_cells(classify, pending, image)
+                    return
+                assert isinstance(classify, _Classifier)
                 tick = time.perf_counter()
                 probabilities, labels = classify(np.stack([inputs for _, _, inputs in loaded]))
                 each = (time.perf_counter() - tick) / len(loaded)
@@ -282,7 +360,7 @@ def watch_folder(
                     if pictures:
                         relative = Path("pictures") / f"{pending.key}.png"
                         caption = ", ".join(f"{classify.classes[i]} {probs[i]:.2f}" for i in ids)
-                        _picture(image, classify.preprocessor.channels, caption, out / relative)
+                        _picture(image, classify.channels, caption, out / relative)
                         picture = relative.as_posix()
                     newest = max(mtime for _, _, mtime in pending.signature or ((None, 0, 0),))
                     row = {
@@ -302,6 +380,38 @@ def watch_folder(
                     journal.record(pending.key, "done", pending.signature or ())
                     summary.classified += 1
                     emit(WatchEvent("classified", pending.key, "; ".join(names), row))
+
+            def take_cells(scorer: _CellScorer, pending: PendingField, image: np.ndarray) -> None:
+                tick = time.perf_counter()
+                result = scorer(image)
+                seconds = time.perf_counter() - tick
+                picture = None
+                if pictures:
+                    relative = Path("pictures") / f"{pending.key}.png"
+                    _cell_picture(image, scorer.channels, result, len(scorer.classes), out / relative)
+                    picture = relative.as_posix()
+                newest = max(mtime for _, _, mtime in pending.signature or ((None, 0, 0),))
+                common = {
+                    "field": pending.key,
+                    "time": now_iso(),
+                    "acquired": dt.datetime.fromtimestamp(newest / 1e9, dt.timezone.utc).isoformat(
+                        timespec="milliseconds"
+                    ),
+                    "seconds": round(seconds, 4),
+                    "picture": picture,
+                    "files": pending.names(),
+                }
+                rows = _cell_rows(scorer, result, common)
+                results.append_rows(rows)
+                journal.record(pending.key, "done", pending.signature or ())
+                summary.classified += 1
+                counts: dict[str, int] = {}
+                for row in rows:
+                    for name in row["labels"]:
+                        counts[name] = counts.get(name, 0) + 1
+                top = sorted(counts.items(), key=lambda item: -item[1])[:5]
+                message = f"{len(rows)} cells ({result.method}): " + ", ".join(f"{n} {c}" for n, c in top)
+                emit(WatchEvent("classified", pending.key, message, {**common, "cells": len(rows)}))
 
             def work() -> bool:
                 """Take what is due; True when the loop should end."""

@@ -177,21 +177,37 @@ def signature_from_json(files: Sequence[Sequence[Any]]) -> Signature:
 
 
 class ResultsTable:
-    """One row per field, appended and fsynced row by row: ``results.csv`` or ``results.jsonl``.
+    """One row per field (or, with ``cells``, per cell), appended and fsynced field by field: ``results.csv`` or
+    ``results.jsonl``.
 
-    Columns: ``field``, ``time`` (when classified, UTC), ``acquired`` (newest file's modification time),
+    Columns: ``field``, with ``cells`` the cell's ``cell`` id, ``box`` (``y0 x0 y1 x1``), ``area`` and
+    ``border`` flag; ``time`` (when classified, UTC), ``acquired`` (newest file's modification time),
     ``labels`` (names, ``; ``), ``predicted`` (class ids), ``seconds``, ``picture``, then one probability per
-    class name. The JSONL form has the same keys, with lists for labels/predicted and a ``probabilities``
+    class name. The JSONL form has the same keys, with lists for labels/predicted/box and a ``probabilities``
     object; it also names the ``files``.
     """
 
-    def __init__(self, path: Path, classes: Sequence[str]) -> None:
+    CELL_COLUMNS = ("cell", "box", "area", "border")
+
+    def __init__(self, path: Path, classes: Sequence[str], *, cells: bool = False) -> None:
         self.path = path
         self.format = path.suffix.lstrip(".")
         if self.format not in TABLE_FORMATS:
             raise ConfigError(f"{path}: the results table must be .csv or .jsonl")
         self.classes = list(classes)
-        self.header = ["field", "time", "acquired", "labels", "predicted", "seconds", "picture", *self.classes]
+        self.cells = cells
+        per_cell = list(self.CELL_COLUMNS) if cells else []
+        self.header = [
+            "field",
+            *per_cell,
+            "time",
+            "acquired",
+            "labels",
+            "predicted",
+            "seconds",
+            "picture",
+            *self.classes,
+        ]
         _cut_torn_tail(path)
         fresh = not path.is_file() or path.stat().st_size == 0
         if not fresh and self.format == "csv":
@@ -231,22 +247,32 @@ class ResultsTable:
         return buffer.getvalue()
 
     def append(self, row: dict[str, Any]) -> None:
+        self.append_rows([row])
+
+    def append_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append a field's rows in one write (a field's cells land together or, after a crash, not at all)."""
+        if rows:
+            _append_line(self._handle, "\n".join(self._text(row) for row in rows))
+
+    def _text(self, row: dict[str, Any]) -> str:
         if self.format == "jsonl":
-            text = json.dumps(row)
-        else:
-            probabilities = row["probabilities"]
-            values = [
-                row["field"],
-                row["time"],
-                row["acquired"],
-                "; ".join(row["labels"]),
-                " ".join(str(i) for i in row["predicted"]),
-                row["seconds"],
-                row["picture"] or "",
-                *(f"{probabilities[name]:.5f}" for name in self.classes),
-            ]
-            text = self._csv_line(values)
-        _append_line(self._handle, text)
+            return json.dumps(row)
+        probabilities = row["probabilities"]
+        per_cell = (
+            [row["cell"], " ".join(str(v) for v in row["box"]), row["area"], int(row["border"])] if self.cells else []
+        )
+        values = [
+            row["field"],
+            *per_cell,
+            row["time"],
+            row["acquired"],
+            "; ".join(row["labels"]),
+            " ".join(str(i) for i in row["predicted"]),
+            row["seconds"],
+            row["picture"] or "",
+            *(f"{probabilities[name]:.5f}" for name in self.classes),
+        ]
+        return self._csv_line(values)
 
     def close(self) -> None:
         self._handle.close()

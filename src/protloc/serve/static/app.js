@@ -356,13 +356,24 @@ async function explain() {
 
 // ---------------------------------------------------------------------------------------------- cells
 
-const METHOD_NAMES = { auto: "automatic", cell: "cell model", baseline: "field baseline", mix: "cell + field mix" };
+const METHOD_NAMES = {
+  auto: "automatic",
+  cell: "cell model alone",
+  baseline: "field baseline",
+  mix: "cell + field mix",
+  fusion: "fitted fusion",
+};
 
 function setupCells(model) {
   const cells = model.cells;
   $("cells-controls").hidden = !cells;
   if (!cells) return;
-  const names = { ...METHOD_NAMES, auto: `automatic (${cells.default_method})`, mix: `cell + field mix (${cells.mix})` };
+  const names = {
+    ...METHOD_NAMES,
+    auto: `automatic (${cells.default_fusion})`,
+    mix: `cell + field mix (${cells.mix})`,
+    fusion: `fitted fusion (${cells.default_fusion})`,
+  };
   $("cell-method").replaceChildren(...cells.methods.map((m) => el("option", { value: m, text: names[m] || m })));
   $("cell-method").disabled = !$("cells-toggle").checked;
 }
