@@ -5,21 +5,22 @@
 **Data** protloc never made: ``benchmarks/hpa_like.py --scheme hpa2021`` (its own generator, not
 ``protloc.synth``), the *dense* family at ``--size`` px in the Kaggle 2021 layout (``train.csv`` ``ID,Label``
 with ``|``, 19 classes with an exclusive Negative), with per-cell truth that protloc sees only when scoring.
-Training uses **field labels only**, as the 2021 competitors had.
+Training uses **field labels only**, as the 2021 competitors had (one method, marked, fits its fusion on the
+per-cell truth of held-out training fields, to show what that lever is worth).
 
-**The pipeline under a stated CPU budget** (``--budget`` minutes of this machine's cores for the whole
-pipeline, 20 by default for ~1,200 fields of 256 px): segment every field with the classical segmenter's
-defaults, a field model, masked crops with the field's labels, a cell model on them, one round of pseudo-labels
-and a cell model on those. The training stages share the budget (``STAGE_SHARES``); what segmentation and
-crop cutting took is recorded beside it.
+**The default pipeline under a stated CPU budget**: ``protloc train DATA --cells --max-time BUDGET``
+(:func:`protloc.training.cells.train_cells` with its defaults; ``--budget`` minutes, 20 by default for ~1,200
+fields of 256 px on the 2-core machine): segment, crops, field model, cell model with its image head, fusion,
+package. Variants reuse its finished stages (same settings, same digests) in a copy of its folder, so each
+differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the budget share the
+default leaves to rounds), a plain cell model without the image head, and the fusion fitted on per-cell truth.
 
-**Methods** (``METHODS``, a table: a row names what it needs and how it scores the cells; add a row to add a
-method), all scored on the same test fields and the same cells, segmented once:
-
-* the field model's probabilities copied to every cell (``predict FIELD_MODEL --cells``: the baseline);
-* the TRUE field labels copied onto protloc's own masks (what perfect field labels give when copied);
-* the cell model from weak labels, its mixes with the field model, the cell model after a pseudo-label round;
-* true per-cell labels on protloc's own masks (the ceiling its segmentation allows).
+**Methods** (``METHODS``, a table: a row names the runs it needs and how it scores the cells; add a row to add
+a method), all scored on the same test fields and the same cells, segmented once with the defaults; the models
+run once per field (:func:`protloc.cells.outputs.score_fields`) and every fusion rule is arithmetic on those
+scores: the field model copied to every cell (the baseline), the TRUE field labels copied onto protloc's masks,
+the cell model alone, the package as it is, fusion rules, CAM-in-mask, the pseudo-label round, the plain cell
+model, and true per-cell labels on protloc's masks (the ceiling its segmentation allows).
 
 **Scores** (``protloc.cells.metrics``): the 2021 mAP (mask IoU >= 0.6) with a 5-95 % percentile interval over
 ``--resamples`` bootstrap resamples of the test fields, the same resamples for every method, so differences
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -54,10 +56,10 @@ from protloc.cells.metrics import (
 from protloc.cells.truth import field_labels_on_cells, read_cell_truth, truth_on_cells
 
 FAMILY = "dense"
-STAGE_SHARES = {"field model": 0.25, "cell model": 0.35, "pseudo-label round": 0.25}
-"""Shares of ``--budget`` for the training stages; the rest (~15 %) is segmentation and crop cutting."""
 REFERENCE = "true field labels copied onto protloc's masks"
 BASELINE = "field model copied to every cell"
+DEFAULT = "default pipeline: protloc train --cells, its package as it is"
+FITTED = "fusion fitted on per-cell truth of held-out training fields (not field labels only)"
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -77,7 +79,7 @@ class Bench:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     _cells: list[FieldCells] | None = None
     _truths: list[FieldCells] | None = None
-    _probabilities: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _scores: dict[str, tuple[Any, list[Any]]] = field(default_factory=dict)
 
     @property
     def scheme(self) -> Any:
@@ -115,30 +117,21 @@ class Bench:
     def with_values(self, values: list[np.ndarray]) -> list[FieldCells]:
         return [FieldCells(c.id, c.labels, c.cells, v) for c, v in zip(self.cells, values, strict=True)]
 
-    def probabilities(self, model: str) -> list[np.ndarray]:
-        """Per test field, ``(cells, K)`` probabilities of ``model`` (a stage's package) on the segmented cells:
-        a cell model scores each masked crop, a field model gives every cell its field's probabilities."""
-        if model not in self._probabilities:
-            self._probabilities[model] = _score_cells(self, self.models[model])
-        return self._probabilities[model]
+    def field_scores(self, run: str) -> tuple[Any, list[Any]]:
+        """``run``'s package (as ``predict --cells`` opens it) and what its models say about every test cell,
+        computed once (cell model, image head, carried field model, CAM in each cell)."""
+        if run not in self._scores:
+            from protloc.cells.outputs import score_fields
+            from protloc.cells.predict import open_cell_predictor
 
-
-def _score_cells(bench: Bench, package: Path) -> list[np.ndarray]:
-    from protloc.cells.predict import predict_field_cells, predictor_for
-    from protloc.data.io import read_sample
-    from protloc.inference.predict import open_for_prediction
-
-    predictor = predictor_for(package)  # a cell model alone, or a field model's labels to every cell
-    catalog = open_for_prediction(bench.data, split="test", channels=predictor.channels)
-    out = []
-    for cells in bench.cells:
-        image = read_sample(catalog.files[cells.id], predictor.channels, sample_id=cells.id)
-        result = predict_field_cells(
-            predictor, image, channels=predictor.channels, field_id=cells.id, labels=cells.labels, embeddings=False
-        )
-        assert np.array_equal(result.cells, cells.cells)
-        out.append(result.probabilities)
-    return out
+            predictor = open_cell_predictor(self.models[run])
+            fields = score_fields(
+                predictor, self.data, split="test", ids=self.test_ids, masks=self.masks["test"], cam=run == "default"
+            )
+            for cells, scored in zip(self.cells, fields, strict=True):
+                assert cells.id == scored.id and np.array_equal(cells.cells, scored.cells)
+            self._scores[run] = (predictor, fields)
+        return self._scores[run]
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -153,31 +146,6 @@ def _timed(bench: Bench, name: str, step: Callable[[], Any]) -> Any:
     return result
 
 
-def _train(bench: Bench, data: Path, name: str, image_size: int, minutes: float) -> Path:
-    from protloc.training.config import resolve_config
-    from protloc.training.train import train
-
-    out = bench.work / "runs" / name
-    if bench.args.reuse and (out / "model").is_dir():
-        return out / "model"
-    config = resolve_config(
-        "cpu",
-        overrides={
-            "data": str(data),
-            "out": str(out),
-            "cache_dir": str(bench.work / "cache"),
-            "image_size": image_size,
-            "epochs": bench.args.epochs,  # a ceiling: the budget ends training
-            "max_time": f"{minutes:.3f}",
-            "seed": 0,
-        },
-    )
-    result = train(config, overwrite=True)
-    assert result is not None
-    bench.notes[name] = {"epochs": result.epochs_run, "minutes": round(minutes, 2)}
-    return Path(result.package_dir)
-
-
 def stage_data(bench: Bench) -> None:
     import hpa_like
 
@@ -190,66 +158,94 @@ def stage_data(bench: Bench) -> None:
     stamp_file.write_text(json.dumps(stamp))
 
 
-def stage_segment(bench: Bench) -> None:
+def stage_segment_test(bench: Bench) -> None:
+    """The test fields segmented once with the defaults: the cells every method scores."""
     from protloc.cells.runner import segment_dataset
 
-    for split in ("train", "test"):
-        out = bench.work / f"{split}_cells"
-        bench.masks[split] = segment_dataset(bench.data, out, split=split, workers=2).out
+    bench.masks["test"] = segment_dataset(bench.data, bench.work / "test_cells", split="test", workers=2).out
 
 
-def stage_field_model(bench: Bench) -> None:
-    minutes = bench.args.budget * STAGE_SHARES["field model"]
-    bench.models["field"] = _train(bench, bench.data, "field", bench.args.size, minutes)
+STAGE_FOLDERS = {"segment": "segmented", "crops": "crops", "field": "field", "cell": "cell", "package": "model"}
 
 
-def stage_cell_model(bench: Bench) -> None:
-    from protloc.cells.dataset import make_cell_dataset
+def _pipeline(bench: Bench, name: str, base: str | None = None, keep: tuple[str, ...] = (), **changes: Any) -> None:
+    """``protloc train DATA --cells`` with its defaults and ``changes``. A variant starts from a copy (hard
+    links) of the ``base`` run's folder holding only the stages in ``keep`` (those its change does not touch:
+    the journal forgets the others, so the budget they leave is what a fresh run with the change would have)."""
+    from protloc.training.cells import PIPELINE_FILE, CellPipelineSettings, train_cells
 
-    weak = make_cell_dataset(
-        bench.data, bench.work / "cells_weak", masks=bench.masks["train"], labels="field", size=bench.args.crop,
-        overwrite=True,
-    )  # fmt: skip
-    bench.notes["weak cells"] = weak.cells
-    bench.models["weak"] = _train(
-        bench, weak.out, "cell_weak", bench.args.crop, bench.args.budget * STAGE_SHARES["cell model"]
-    )
+    out = bench.work / "runs" / name
+    if not (bench.args.reuse and (out / "model").is_dir()):
+        shutil.rmtree(out, ignore_errors=True)
+        if base is not None:
+            shutil.copytree(bench.work / "runs" / base, out, copy_function=os.link)
+            journal = json.loads((out / PIPELINE_FILE).read_text())
+            for stage in list(journal["stages"]):
+                if stage not in keep:
+                    del journal["stages"][stage]
+                    shutil.rmtree(out / STAGE_FOLDERS.get(stage, stage), ignore_errors=True)
+            (out / PIPELINE_FILE).unlink()
+            (out / PIPELINE_FILE).write_text(json.dumps(journal))
+        settings = CellPipelineSettings(
+            data=str(bench.data), out=str(out), max_time=f"{bench.args.budget:g}", workers=2, **changes
+        )
+        train_cells(settings)
+    journal = json.loads((out / PIPELINE_FILE).read_text())["stages"]
+    bench.notes[name] = {
+        "seconds": round(sum(r["seconds"] for r in journal.values()), 1),
+        "stages": {k: {"seconds": r["seconds"], **_small(r.get("summary", {}))} for k, r in journal.items()},
+    }
+    bench.models[name] = out / "model"
 
 
-def stage_pseudo(bench: Bench) -> None:
-    from protloc.cells.dataset import make_cell_dataset
-    from protloc.cells.pseudo import refine_labels
-
-    refined, stats = refine_labels(bench.models["weak"], bench.work / "cells_weak", threshold=0.1)
-    bench.notes["pseudo labels"] = stats
-    pseudo = make_cell_dataset(
-        bench.data, bench.work / "cells_pseudo", masks=bench.masks["train"], labels=refined, size=bench.args.crop,
-        overwrite=True,
-    )  # fmt: skip
-    bench.models["pseudo"] = _train(
-        bench, pseudo.out, "cell_pseudo", bench.args.crop, bench.args.budget * STAGE_SHARES["pseudo-label round"]
-    )
+def _small(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "package"}
 
 
 STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
-    # (name, step, part of the pipeline's budget)
+    # (name, step, counted in the default pipeline's budget)
     ("make data (hpa_like, hpa2021)", stage_data, False),
-    ("segment train + test", stage_segment, True),
-    ("field model", stage_field_model, True),
-    ("weak crops + cell model", stage_cell_model, True),
-    ("pseudo-labels + cell model", stage_pseudo, True),
+    ("segment the test fields", stage_segment_test, False),
+    ("default: protloc train --cells", lambda b: _pipeline(b, "default"), True),
+    ("+ one pseudo-label round", lambda b: _pipeline(b, "round", "default", TRAINED, rounds=1), False),
+    (
+        "plain cell model (no image head)",
+        lambda b: _pipeline(b, "plain", "default", PREPARED, cell_head="plain"),
+        False,
+    ),
+    (
+        "fusion fitted on per-cell truth",
+        lambda b: _pipeline(b, "fitted", "default", TRAINED, cell_truth=str(b.data / "train_cells_truth")),
+        False,
+    ),
 ]
+PREPARED = ("segment", "crops", "field")
+TRAINED = (*PREPARED, "cell")
 
 
 # ------------------------------------------------------------------------------------------------ methods
 
 
-def _mix(weight: float) -> Callable[[Bench], list[FieldCells]]:
+def _fused(run: str, spec: Any = None) -> Callable[[Bench], list[FieldCells]]:
+    """The cells scored by ``run``'s package under ``spec`` (default: the package's own fusion)."""
+
     def scores(bench: Bench) -> list[FieldCells]:
-        cell, image = bench.probabilities("weak"), bench.probabilities("field")
-        return bench.with_values([weight * c + (1 - weight) * i for c, i in zip(cell, image, strict=True)])
+        predictor, fields = bench.field_scores(run)
+        rule = spec if spec is not None else predictor.applied_fusion
+        negative = predictor.scheme.exclusive
+        return bench.with_values([f.fused(rule, negative) for f in fields])
 
     return scores
+
+
+def _fitted(bench: Bench) -> list[FieldCells]:
+    """The default run's scores under the fusion the ``fitted`` run chose (only the fusion stage differs)."""
+    from protloc.cells.fusion import fusion_of
+    from protloc.model.card import read_card
+
+    spec = fusion_of(read_card(bench.models["fitted"]).cells)
+    bench.notes["fitted fusion"] = spec.describe()
+    return _fused("default", spec)(bench)
 
 
 def _true_field_labels(bench: Bench) -> list[FieldCells]:
@@ -267,21 +263,46 @@ class Method:
     """column name in the per-class table."""
     scores: Callable[[Bench], list[FieldCells]]
     needs: tuple[str, ...] = ()
-    """the models (stage outputs) it reads."""
+    """the runs (pipeline variants) it reads."""
+
+
+def _spec(rule: str = "cell", **settings: Any) -> Any:
+    from protloc.cells.fusion import FusionSpec
+
+    return FusionSpec(rule, **settings)
 
 
 METHODS: list[Method] = [
-    Method(BASELINE, "field copied", lambda b: b.with_values(b.probabilities("field")), ("field",)),
+    Method(BASELINE, "field copied", _fused("default", _spec("image")), ("default",)),
     Method(REFERENCE, "true field labels", _true_field_labels),
-    Method("cell model from weak labels", "cell", lambda b: b.with_values(b.probabilities("weak")), ("weak",)),
-    Method("0.5 cell model + 0.5 field model", "mix 0.5", _mix(0.5), ("weak", "field")),
-    Method("0.3 cell model + 0.7 field model", "mix 0.3", _mix(0.3), ("weak", "field")),
     Method(
-        "cell model after one pseudo-label round",
-        "pseudo",
-        lambda b: b.with_values(b.probabilities("pseudo")),
-        ("pseudo",),
+        "image head copied to every cell",
+        "head copied",
+        _fused("default", _spec("image", image="cell model")),
+        ("default",),
     ),
+    Method(
+        "field model's CAM in each cell",
+        "CAM",
+        _fused("default", _spec("image", image="field model CAM")),
+        ("default",),
+    ),
+    Method(DEFAULT, "default", _fused("default"), ("default",)),
+    Method("cell model alone (image-head model)", "cell", _fused("default", _spec()), ("default",)),
+    Method("cell x field model", "c x field", _fused("default", _spec("product")), ("default",)),
+    Method("cell x image head", "c x head", _fused("default", _spec("product", image="cell model")), ("default",)),
+    Method(
+        "cell x field model, Negative = max",
+        "c x f, neg max",
+        _fused("default", _spec("product", negative="max")),
+        ("default",),
+    ),
+    Method("cell x CAM in mask", "c x CAM", _fused("default", _spec("product", image="field model CAM")), ("default",)),
+    Method("0.5 cell + 0.5 field model", "mean 0.5", _fused("default", _spec("mean")), ("default",)),
+    Method("+ one out-of-fold pseudo-label round", "round", _fused("round"), ("round",)),
+    Method("plain cell model from weak labels (no image head)", "plain", _fused("plain", _spec()), ("plain",)),
+    Method("plain cell model, 0.5 cell + 0.5 field", "plain mean", _fused("plain", _spec("mean")), ("plain",)),
+    Method(FITTED, "fitted", _fitted, ("default", "fitted")),
     Method("true per-cell labels on protloc's masks (ceiling)", "ceiling", lambda b: truth_on_cells(b.cells, b.truths)),
 ]
 
@@ -330,7 +351,7 @@ def score(bench: Bench) -> dict[str, Any]:
 
 def markdown(bench: Bench, scored: dict[str, Any]) -> str:
     a = bench.args
-    pipeline = sum(bench.seconds[name] for name, _, counted in STAGES if counted and name in bench.seconds)
+    pipeline = bench.notes.get("default", {}).get("seconds", 0.0)  # its stages, from its journal
     methods = scored["methods"]
 
     def interval(values: list[float] | None, digits: int = 3) -> str:
@@ -364,8 +385,8 @@ def markdown(bench: Bench, scored: dict[str, Any]) -> str:
         [
             f"{scored['test_fields']} test fields of {a.size} px ({FAMILY} family, hpa2021), "
             f"{scored['true_cells']} true cells, {scored['segmented_cells']} segmented by protloc's defaults; "
-            f"{a.n_train} training fields with field labels only; crops {a.crop} px; budget {a.budget:g} min "
-            f"(pipeline took {pipeline / 60:.1f} min wall on {os.cpu_count()} cores, load average at the end "
+            f"{a.n_train} training fields with field labels only; `protloc train --cells --max-time {a.budget:g}` with "
+            f"its defaults took {pipeline / 60:.1f} min wall on {os.cpu_count()} cores (load average at the end "
             f"{os.getloadavg()[0]:.1f}); intervals: 5-95 % over {a.resamples} bootstrap resamples of the test fields.",
             table(
                 ["method", "mAP (IoU >= 0.6) [5-95 %]", "minus true field labels copied", "x field model copied"], rows
@@ -387,17 +408,14 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=100, help="a ceiling: the budget ends training")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/results/cells-work"))
     parser.add_argument("--reuse", action="store_true", help="reuse finished models in --work (for rescoring)")
-    parser.add_argument("--quick", action="store_true", help="toy sizes: the code path in a couple of minutes")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: the code path in a few minutes")
     args = parser.parse_args()
     if args.quick:
-        args.budget, args.n_train, args.n_test, args.size, args.crop = 1.5, 24, 6, 128, 32
-        args.epochs, args.resamples = 2, 50
+        args.budget, args.n_train, args.n_test, args.size, args.resamples = 1.0, 30, 6, 128, 50
     bench = Bench(args, args.work / "data", args.work)
     for name, step, _ in STAGES:
         _timed(bench, name, lambda s=step: s(bench))
@@ -406,7 +424,6 @@ def main() -> None:
         "cells_quick" if args.quick else "cells",
         {
             "settings": vars(args) | {"work": str(args.work)},
-            "budget_shares": STAGE_SHARES,
             "seconds": bench.seconds,
             "cpu_seconds": bench.cpu_seconds,
             "notes": bench.notes,

@@ -79,6 +79,8 @@ MIN_AREA_FRACTION = 0.15
 """Cells cut by the border smaller than this share of the median cell area are not cells of the truth."""
 MITOTIC_WITHOUT_SPINDLE = 0.15
 """Chance that a field without the spindle class still holds one mitotic cell."""
+NUCLEUS_OFFSET = 0.2
+"""A nucleus sits up to this share of the cell spacing off its cell's Voronoi seed."""
 TEST_MINIMUM = 4
 """Every class is drawn in at least this many test fields (training fields keep the real frequencies)."""
 LANDMARK_GAIN = 0.7
@@ -170,10 +172,12 @@ class Window:
 
 
 def _geometry(rng: np.random.Generator, side: int, family: Family) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell bodies (a label image ``1..n``), their nuclei (a label image) and centres, on a ``side`` canvas.
+    """Cell bodies (a label image ``1..n``), their nuclei (a label image) and the nuclei's centres.
 
-    Cells are Voronoi regions around jittered centres, each reaching a radius of its own (a wobbly edge);
-    nuclei are irregular polygons (an ellipse with a bumpy radius), not hpa_like's 2018 ellipses."""
+    Cells are Voronoi regions around jittered seeds, each reaching a radius of its own (a wobbly edge); nuclei
+    are irregular polygons (an ellipse with a bumpy radius, not hpa_like's 2018 ellipses) set off their seed by
+    up to ``NUCLEUS_OFFSET`` of the cell spacing, so the boundary between two touching cells is not midway
+    between their nuclei (a segmenter that assumes it is pays for it)."""
     n = int(rng.integers(family.cells[0], family.cells[1] + 1))
     spacing = side / np.sqrt(n) * 0.55
     centres: list[np.ndarray] = []
@@ -196,7 +200,12 @@ def _geometry(rng: np.random.Generator, side: int, family: Family) -> tuple[np.n
     wobble /= max(float(np.abs(wobble).max()), 1e-6)
     bodies = np.where(distance < reach[owner] * (1 + 0.3 * wobble), owner, 0).astype(np.int32)
     nuclei = np.zeros((side, side), np.int32)
-    for i, (y, x) in enumerate(centres):
+    middles = []
+    for i, (y0, x0) in enumerate(centres):  # a nucleus sits off its cell's seed: boundaries are not midway
+        turn = rng.uniform(0, 2 * np.pi)
+        shift = spacing * rng.uniform(0.0, NUCLEUS_OFFSET)
+        y, x = y0 + shift * np.sin(turn), x0 + shift * np.cos(turn)
+        middles.append((y, x))
         a = spacing * rng.uniform(0.3, 0.42)
         b = a * rng.uniform(0.6, 0.95)
         turn = rng.uniform(0, np.pi)
@@ -206,7 +215,7 @@ def _geometry(rng: np.random.Generator, side: int, family: Family) -> tuple[np.n
         polygon = np.stack([x + px * np.cos(turn) - py * np.sin(turn), y + px * np.sin(turn) + py * np.cos(turn)], 1)
         cv2.fillPoly(nuclei, [np.round(polygon).astype(np.int32)], i + 1)
     nuclei = np.where(nuclei == bodies, nuclei, 0)
-    return bodies, nuclei, np.array(centres).reshape(-1, 2)
+    return bodies, nuclei, np.array(middles).reshape(-1, 2)
 
 
 def _local_cells(
