@@ -215,3 +215,14 @@ def _long_functions() -> list[str]:
 def test_library_functions_are_short_or_say_why_not() -> None:
     long = _long_functions()
     assert not long, "\n".join(long)
+
+
+def test_tests_require_optional_packages_through_the_one_switch() -> None:
+    """A test file that skipped with pytest.importorskip would hide a missing extra in CI."""
+    tests = Path(__file__).parent
+    offenders = [
+        p.name
+        for p in sorted(tests.glob("test_*.py"))
+        if p.name != Path(__file__).name and re.search(r"pytest\.importorskip\(", p.read_text("utf-8"))
+    ]
+    assert not offenders, f"use tests.helpers.require instead of pytest.importorskip in {offenders}"

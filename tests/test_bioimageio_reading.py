@@ -19,9 +19,9 @@ import yaml
 from protloc.errors import ModelError
 from protloc.inference.bioimageio import CHUNK, is_bioimageio, load_bioimageio
 from protloc.inference.predict import load_backend
-from tests.helpers import tiny_package
+from tests.helpers import require, tiny_package
 
-pytest.importorskip("onnxruntime")
+require("onnxruntime")
 
 
 def _rdf(card: dict[str, Any], source: str, sha256: str | None) -> dict[str, Any]:

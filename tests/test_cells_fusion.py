@@ -23,6 +23,7 @@ from protloc.cells.masks import FieldCells
 from protloc.cells.metrics import CellMatches, cell_map, match_cells, matched_map
 from protloc.cells.pseudo import refine
 from protloc.errors import ConfigError, DataError, ModelError
+from tests.helpers import require
 
 
 def _grid_truth(seed: int, n_fields: int = 6, k: int = 4) -> tuple[list[FieldCells], list[FieldCells]]:
@@ -186,7 +187,7 @@ def test_the_fusion_and_image_head_travel_on_the_card() -> None:
 
 
 def test_the_image_head_pools_as_training_does() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from protloc.training.mil import lse_pool
 
     rng = np.random.default_rng(3)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage")
-pytest.importorskip("torch")
+from tests.helpers import require
+
+require("skimage")
+require("torch")
 
 from protloc.cells.fusion import FusionSpec, fusion_of
 from protloc.cells.predict import (
@@ -161,8 +163,8 @@ def test_a_fusion_that_needs_the_field_model_uses_the_carried_one(
 def test_serve_and_watch_take_the_package_as_it_is(
     weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
 ) -> None:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("watchfiles")
+    require("fastapi")
+    require("watchfiles")
     from fastapi.testclient import TestClient
 
     from protloc.serve import create_app

@@ -264,3 +264,51 @@ def test_an_empty_id_in_a_labels_file_is_an_error_with_its_line(tmp_path: Path) 
     assert "'1||2' has an empty class id" in bad[0].message and "ASCII digits" in bad[1].message
     with pytest.raises(DataError, match="line 3"):
         open_dataset(root)
+
+
+def test_a_2021_model_runs_through_predict_cells_and_explain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 19-class model through the commands a user runs: field prediction, per-cell prediction with the 2021
+    submission, and an explanation of a class named in the 2021 scheme."""
+    from protloc.cli import main
+    from protloc.synth import make_dataset
+    from tests.helpers import require, tiny_package
+
+    require("skimage")
+    require("pycocotools")
+    h21 = get_scheme("hpa2021")
+    data = tmp_path / "data"
+    make_dataset(data, n_train=1, n_test=3, size=128, seed=4, workers=1)
+    field = tiny_package(tmp_path / "field", size=64, scheme=h21, seed=1)
+    segmentation = {"segmenter": "classical", "channels": ["blue", "red", "yellow"], "smooth_sigma": 0.5}
+    cell = tiny_package(tmp_path / "cell", size=32, scheme=h21, cells={"crop_size": 32, "segmentation": segmentation})
+
+    assert main(["predict", str(field), str(data), "--out", str(tmp_path / "p"), "--workers", "0"]) == 0
+    header = (tmp_path / "p" / "probabilities.csv").read_text().splitlines()[0].split(",")
+    assert header == ["Id", *h21.names]
+    with (tmp_path / "p" / "predictions.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            ids = [int(i) for i in row[next(k for k in row if k != "Id" and "name" not in k.lower())].split("|") if i]
+            assert ids and all(0 <= i < 19 for i in ids)
+            if h21.names.index("Negative") in ids:
+                assert ids == [h21.names.index("Negative")], "Negative is exclusive in the 2021 scheme"
+
+    out = tmp_path / "c"
+    assert main(["predict", str(cell), str(data), "--cells", "--field-model", str(field), "--out", str(out)]) == 0
+    with (out / "cells.csv").open() as handle:
+        columns = next(csv.reader(handle))
+    assert [c for c in columns if c.startswith("p_")] == [f"p_{name}" for name in h21.names]
+    with (out / "submission.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and any(r["PredictionString"] for r in rows)
+    for row in rows:
+        parts = row["PredictionString"].split()
+        assert all(0 <= int(c) < 19 for c in parts[0::3]), "class ids of the 2021 scheme"
+
+    sample = open_dataset(data, split="test").ids[0]
+    picture = tmp_path / "x.png"
+    assert main(["explain", str(field), str(data), sample, "--class", "mitotic spindle", "--out", str(picture)]) == 0
+    assert picture.is_file() and "Mitotic spindle" in capsys.readouterr().out
+    assert main(["explain", str(field), str(data), sample, "--class", "rods & rings", "--out", str(picture)]) == 1
+    assert "Rods & rings" not in h21.names  # a 2018 class name is no class of this model

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("multipart")
-pytest.importorskip("skimage")
-pytest.importorskip("pycocotools")
+from tests.helpers import require
+
+require("fastapi")
+require("multipart")
+require("skimage")
+require("pycocotools")
 
 from fastapi.testclient import TestClient
 
