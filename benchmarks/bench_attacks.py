@@ -404,6 +404,35 @@ def hostile_checkpoint(work: Path) -> dict[str, Any]:
     }
 
 
+def render(
+    idle: int, served: list[dict[str, Any]], commands: list[dict[str, Any]], seams: list[dict[str, Any]],
+    seams_commands: list[dict[str, Any]],
+) -> str:  # fmt: skip
+    """The Markdown of a run: the service's and the commands' tables of issue 10, then those of issue 20."""
+    return (
+        f"Service idle RSS: {idle / MiB:.0f} MiB (ONNX Runtime, one worker).\n\n"
+        + table(
+            ["attack on the service", "status", "answer", "s", "peak RSS above idle (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in served],
+        )
+        + "\n\n"
+        + table(
+            ["attack on the command line / library", "status", "answer", "s", "peak RSS (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in commands],
+        )
+        + "\n\n"
+        + table(
+            ["issue 20: the service on a 19-class model", "status", "answer", "s", "peak RSS above idle (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in seams],
+        )
+        + "\n\n"
+        + table(
+            ["issue 20: commands on the newest surfaces", "status", "answer", "s", "peak RSS (MiB)"],
+            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in seams_commands],
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -427,28 +456,7 @@ def main() -> None:
         seams_commands = attacks_seams.command_rows(model, work, env())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    markdown = (
-        f"Service idle RSS: {idle / MiB:.0f} MiB (ONNX Runtime, one worker).\n\n"
-        + table(
-            ["attack on the service", "status", "answer", "s", "peak RSS above idle (MiB)"],
-            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in served],
-        )
-        + "\n\n"
-        + table(
-            ["attack on the command line / library", "status", "answer", "s", "peak RSS (MiB)"],
-            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in commands],
-        )
-        + "\n\n"
-        + table(
-            ["issue 20: the service on a 19-class model", "status", "answer", "s", "peak RSS above idle (MiB)"],
-            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_above_idle_mib"]] for r in seams],
-        )
-        + "\n\n"
-        + table(
-            ["issue 20: commands on the newest surfaces", "status", "answer", "s", "peak RSS (MiB)"],
-            [[r["attack"], r["status"], r["answer"], r["seconds"], r["peak_rss_mib"]] for r in seams_commands],
-        )
-    )
+    markdown = render(idle, served, commands, seams, seams_commands)
     payload = {"idle_rss": idle, "service": served, "commands": commands}
     save("attacks", {**payload, "seams_service": seams, "seams_commands": seams_commands}, markdown)
 
