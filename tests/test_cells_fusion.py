@@ -175,14 +175,21 @@ def test_min_gain_keeps_the_simple_rule_unless_another_beats_it_clearly() -> Non
 
 def test_the_fusion_and_image_head_travel_on_the_card() -> None:
     spec = FusionSpec("geometric", weight=0.25, negative="max", border=0.5, thresholds=(0.1, 0.2))
+    from protloc.model.card import CellSpec
+
     section = cells_section({"crop_size": 64}, fusion=spec, image_head=ImageHead(3.0), field_model="field")
+    assert isinstance(section, CellSpec) and section.crop_size == 64
     assert fusion_of(section) == spec and image_head_of(section) == ImageHead(3.0)
-    assert field_model_of(section) == "field" and section["crop_size"] == 64
-    assert fusion_of({"crop_size": 64}) == FusionSpec() and image_head_of({}) is None
+    assert field_model_of(section) == "field"
+    # the card's JSON carries them and reads them back
+    again = CellSpec.from_dict(section.to_dict())
+    assert fusion_of(again) == spec and image_head_of(again) == ImageHead(3.0) and field_model_of(again) == "field"
+    plain = CellSpec(crop_size=64)
+    assert fusion_of(plain) == FusionSpec() and image_head_of(plain) is None and fusion_of(None) == FusionSpec()
     with pytest.raises(ModelError, match="damaged"):
-        fusion_of({"fusion": {"rule": "nonsense"}})
+        fusion_of(CellSpec(crop_size=64, fusion={"rule": "nonsense"}))
     with pytest.raises(ModelError):
-        image_head_of({"image_head": {"pool": "attention"}})
+        image_head_of(CellSpec(crop_size=64, image_head={"pool": "attention"}))
     assert spec.describe() == "cell^0.25 x image (field model)^0.75, Negative: max, border x0.5"
 
 

@@ -89,9 +89,10 @@ def test_weak_labels_become_a_cell_package_that_carries_its_field_model(
     package = result.package_dir
     card = read_card(package)
     assert is_cell_model(card) and card.cells is not None
-    assert card.cells["field_model"] == "field" and is_cell_model(read_card(package / "field")) is False
-    assert card.cells["image_head"]["pool"] == "lse"  # the default cell model has an image head
-    fit = card.cells["fusion_fit"]
+    assert card.cells.field_model == "field" and is_cell_model(read_card(package / "field")) is False
+    assert card.cells.image_head is not None and card.cells.image_head["pool"] == "lse"  # an image head by default
+    fit = card.cells.fusion_fit
+    assert fit is not None
     assert fit["fitted"] and fit["map"] >= fit["cell_model_alone"]  # never below the cell model alone
     assert fusion_of(card.cells) == result.fusion and result.fusion.thresholds is not None
     assert card.training["pipeline"]["settings"]["rounds"] == 1
@@ -126,7 +127,10 @@ def test_a_finished_run_is_skipped_and_a_changed_setting_redoes_only_what_follow
     default = train_cells(_settings(weak_data, run, root / "cache", rounds=1))
     assert default.skipped == ["segment", "crops", "field", "cell", "round1"]
     assert (run / "round1" / "model" / "weights.safetensors").stat().st_mtime_ns == before
-    fit = read_card(default.package_dir).cells["fusion_fit"]  # type: ignore[index]
+    spec = read_card(default.package_dir).cells
+    assert spec is not None
+    fit = spec.fusion_fit
+    assert fit is not None
     assert not fit["fitted"] and default.fusion.rule == "cell"  # no per-cell truth: the measured default
     shorter = train_cells(_settings(weak_data, run, root / "cache", rounds=0, cell_epochs=1))
     assert shorter.skipped == ["segment", "crops", "field"]
@@ -145,7 +149,8 @@ def test_a_fusion_that_needs_the_field_model_uses_the_carried_one(
     shutil.copytree(finished[1].package_dir, package)
     card = read_card(package)
     product = FusionSpec("product", negative="max")
-    card.extra["cells"] = cells_section(card.cells or {}, fusion=product)
+    assert card.cells is not None
+    card.cells = cells_section(card.cells, fusion=product)
     (package / CARD_FILE).write_text(json.dumps(card.to_dict()))
 
     catalog = open_dataset(weak_data, split="test", channels=None)
