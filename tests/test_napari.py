@@ -47,13 +47,18 @@ REAL_FIELD = "5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0"
 WAIT_MS = 180_000
 
 
-def _napari_ready() -> None:
-    """Skip (fail under ``PROTLOC_REQUIRE_NAPARI``) when napari, its test fixtures or a display are missing."""
+def _napari_ready(display: bool = True) -> None:
+    """Skip (fail under ``PROTLOC_REQUIRE_NAPARI``) when napari, its test fixtures or (for a viewer) a display are
+    missing."""
     missing = [name for name in ("napari", "npe2", "magicgui", "pytestqt") if find_spec(name) is None]
     problem = ""
     if missing:
         problem = f"the napari tests need {', '.join(missing)}: pip install 'protloc[napari,dev]'"
-    elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    elif (
+        display
+        and sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    ):
         problem = (
             "napari's canvas needs an X display with OpenGL and there is none: install Xvfb (apt-get install xvfb), "
             "which pytest-xvfb then starts"
@@ -182,7 +187,7 @@ def _check_against_cli(cells: Any, table: dict[str, np.ndarray], masks: np.ndarr
 
 
 def test_the_manifest_declares_reader_writers_and_widget_and_pyproject_installs_it() -> None:
-    _napari_ready()
+    _napari_ready(display=False)
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_file(MANIFEST)
