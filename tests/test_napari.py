@@ -23,6 +23,7 @@ import pytest
 import tomllib
 
 from protloc.cells.masks import read_labels
+from protloc.cells.predict import METHOD_FUSION
 from protloc.cells.table import read_table
 from protloc.channels import CHANNEL_ROLES, CHANNELS
 from protloc.classes import HPA2018
@@ -285,7 +286,7 @@ def test_the_analysis_gives_field_labels_from_the_field_model_or_the_cells(
         0.25 * cells.prediction.probabilities + 0.75 * baseline.prediction.probabilities,
         atol=1e-6,
     )
-    assert mixed.field_labels == baseline.field_labels and mixed.method == "cell + field mix"
+    assert mixed.field_labels == baseline.field_labels and mixed.method == METHOD_FUSION
     # the loaded models are reused while the settings stay, reloaded when they change
     again = analyse_field(AnalysisSettings(model=models["cell"]), planes, field_id=field_id, models=cells.models)
     assert again.models is cells.models

@@ -51,8 +51,9 @@ class AnalysisSettings:
     Attributes:
         model: a cell model or a field model: package folder (or its card.json), ``.onnx``, or BioImage.IO zip
             (``None``: none chosen yet, which :func:`load_models` refuses).
-        field_model: with a cell model, a field model mixed in (``--field-model``).
-        mix: the cell model's weight in the mix.
+        field_model: with a cell model, the field model of its fusion (``--field-model``; default: the one its
+            package carries, if any).
+        mix: instead of the card's fusion, ``mix x cell + (1 - mix) x field`` (``--mix``); ``None``: the card's.
         tta: test-time augmentation views (``none``, ``flips``, ``d4``...).
         device: ``auto``, ``cpu``, ``cuda``... (the torch backend).
         explain: a class (name, short name or id of the model's scheme) whose activation map to draw; ``None``:
@@ -63,7 +64,7 @@ class AnalysisSettings:
 
     model: Path | None
     field_model: Path | None = None
-    mix: float = 0.5
+    mix: float | None = None
     tta: str = "none"
     device: str = "auto"
     explain: str | None = None

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from protloc.channels import CHANNELS
 from protloc.errors import DataError, ProtlocError
@@ -58,9 +58,10 @@ class CellsWidget(Container):
         self.model = FileEdit(label="model", mode=OPEN_FILE, filter=MODEL_FILTER, nullable=True)
         self.model.tooltip = "A cell or field model: its package folder (or card.json), an .onnx or a BioImage.IO zip"
         self.field_model = FileEdit(label="field model", mode=OPEN_FILE, filter=MODEL_FILTER, nullable=True)
-        self.field_model.tooltip = "Optional, with a cell model: a field model mixed in (predict --field-model)"
-        self.mix = FloatSpinBox(label="mix", value=0.5, min=0.0, max=1.0, step=0.05)
-        self.mix.tooltip = "Weight of the cell model when a field model is mixed in"
+        self.field_model.tooltip = (
+            "Optional, with a cell model: the field model of its fusion (predict --field-model; default: the one "
+            "its package carries)"
+        )
         self.tta = ComboBox(label="TTA", choices=TTA_CHOICES, value="none")
         self.channels = {c: ComboBox(label=c, choices=self._image_layers, nullable=True, value=None) for c in CHANNELS}
         self._classes: list[str] = []
@@ -70,10 +71,13 @@ class CellsWidget(Container):
         self.progress = ProgressBar(label="progress", value=0, min=0, max=len(STAGES) - 1)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        # the widget's spare height goes to the result line, so a wrapped line is never cut when the dock narrows
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.MinimumExpanding)
+        self.status.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         for box in self.channels.values():  # long layer names must not widen the dock over the canvas
             box.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             box.native.setMinimumContentsLength(18)
-        choices = [self.model, self.field_model, self.mix, self.tta, *self.channels.values(), self.explain]
+        choices = [self.model, self.field_model, self.tta, *self.channels.values(), self.explain]
         self.extend([*choices, self.run_button, self.progress])
         # the result line spans the widget's width (outside the labelled rows, so its wrapped lines all show)
         self.native.layout().addWidget(self.status.native)
@@ -150,7 +154,6 @@ class CellsWidget(Container):
         return AnalysisSettings(
             model=_path(self.model),
             field_model=_path(self.field_model),
-            mix=float(self.mix.value),
             tta=str(self.tta.value),
             explain=None if chosen in (None, NO_MAP) else str(chosen),
         )
