@@ -190,3 +190,40 @@ def test_a_bad_file_fails_the_prefetched_run_with_its_name(kaggle_dir: Callable[
             _fake_network, _card(), catalog, batch_size=2, workers=0, ahead=2, on_batch=lambda f, p: done.append(f)
         )
     assert done == [0, 2, 4]  # the batches before the bad one were delivered, in order
+
+
+def test_predict_and_evaluate_take_their_split_from_the_budget_and_the_cli_override_wins(
+    trained_run: Path, synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protloc.cli import main
+    from protloc.inference import core, evaluate, predict
+
+    seen: list[dict[str, Any]] = []
+    real_load, real_catalog = predict.load_backend, core.predict_catalog
+
+    def spy_load(*args: Any, **kwargs: Any) -> Any:
+        seen.append({"threads": kwargs["threads"], "spin": kwargs["spin"]})
+        return real_load(*args, **kwargs)
+
+    def spy_catalog(*args: Any, **kwargs: Any) -> Any:
+        seen[-1].update(workers=kwargs["workers"], ahead=kwargs["ahead"])
+        return real_catalog(*args, **kwargs)
+
+    for module in (predict, evaluate):
+        monkeypatch.setattr(module, "load_backend", spy_load)
+        monkeypatch.setattr(module, "predict_catalog", spy_catalog)
+    model = str(trained_run / "model")
+    assert main(["predict", model, str(synth_data), "--out", str(tmp_path / "a"), "--threads", "1"]) == 0
+    assert main(["predict", model, str(synth_data), "--out", str(tmp_path / "b"), "--workers", "3"]) == 0
+    assert (
+        main(["evaluate", model, str(synth_data), "--out", str(tmp_path / "e"), "--workers", "0", "--threads", "5"])
+        == 0
+    )
+    assert main(["predict", model, str(synth_data), "--out", str(tmp_path / "c")]) == 0
+    catalog = open_for_prediction(synth_data, channels=list(CHANNELS))
+    default = budget_module.plan_for_catalog("torch", 64, catalog, device="auto")
+    assert seen[0]["threads"] == 1 and seen[0]["workers"] + seen[0]["threads"] <= max(2, utils.usable_cpus())
+    assert seen[1]["workers"] == 3
+    assert (seen[2]["workers"], seen[2]["threads"], seen[2]["ahead"]) == (0, 5, budget_module.PREFETCH_BATCHES)
+    assert (seen[3]["workers"], seen[3]["threads"], seen[3]["spin"]) == (default.workers, default.threads, False)
+    assert seen[3]["workers"] + seen[3]["threads"] <= utils.usable_cpus()
