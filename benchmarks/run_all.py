@@ -67,6 +67,11 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_budget.py"],
         ["bench_budget.py", "--minutes", "0.3", "--n-train", "200", "--work", str(RESULTS / "budget-quick")],
     ),
+    "throughput": (
+        "predict and the service against the model alone (the thread budget, issue 24)",
+        ["bench_throughput.py"],
+        ["bench_throughput.py", "--samples", "16", "--rounds", "1", "--sizes", "128"],
+    ),
     "serve": ("HTTP service latency and throughput", ["bench_serve.py"], ["bench_serve.py", "--quick"]),
     "attacks": (
         "Attacks and faults: what each got, and its peak memory",

@@ -7,12 +7,16 @@ Either way each worker imports the calling script again, so a script that starts
 under ``if __name__ == "__main__":`` (the ``protloc`` command and ``python -m protloc`` do).
 
 :func:`imap` is the one way to run a function over many items: in order, at most ``window`` chunks in flight
-(bounded memory whatever the number of items), in this process when ``workers <= 1``.
+(bounded memory whatever the number of items), in this process when ``workers <= 1``. :func:`prefetch` runs
+an iterator ahead of its consumer on one thread of this process (decoding while the network computes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -107,3 +111,52 @@ def imap(
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """``items`` produced on one background thread, at most ``depth`` ahead of the consumer, in order.
+
+    For work that releases the GIL (OpenCV, tifffile and NumPy decoding) while the consumer runs a network:
+    the two overlap. An exception in ``items`` is raised here, at the item where it happened; a consumer that
+    stops early stops the thread (it finishes the item in hand). ``depth <= 0`` iterates in the caller's thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((_END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put((_END, exc))
+
+    thread = threading.Thread(target=produce, name="protloc-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+        thread.join()

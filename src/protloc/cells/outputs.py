@@ -46,7 +46,9 @@ from protloc.cells.table import concat_tables, field_table, read_table, write_an
 from protloc.cells.truth import read_cell_truth, truth_folder
 from protloc.data.io import read_sample
 from protloc.errors import DataError
+from protloc.inference.budget import plan_cells
 from protloc.utils import atomic_write_json
+from protloc.workers import prefetch
 
 TABLE_FILE = "cells.csv"
 SUBMISSION_FILE = "submission.csv"
@@ -105,11 +107,17 @@ def predict_cells(
     features: list[np.ndarray] = []
     has_features = True
     drawn: list[Path] = []
-    for index, field_id in enumerate(catalog.ids):
+
+    def read(field_id: str) -> tuple[str, np.ndarray, np.ndarray | None]:
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
         given = None
         if masks is not None:
             given = read_labels(labels_path(masks, field_id), shape=image.shape[1:], field=field_id)
+        return field_id, image, given
+
+    # the next field is read on a thread while this one is segmented and scored (protloc.inference.budget)
+    fields = prefetch(map(read, catalog.ids), plan_cells().prefetch)
+    for index, (field_id, image, given) in enumerate(fields):
         result = predict_field_cells(predictor, image, channels=channels, field_id=field_id, labels=given)
         write_labels(labels_path(out / MASKS_DIR, field_id), result.labels)
         tables.append(

@@ -173,6 +173,7 @@ def predictor_for(
     fusion: FusionSpec | None = None,
     tta: str | Sequence[str] | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> CellPredictor:
     """The cell predictor for ``model`` as a user names it (a package folder, an ``.onnx`` file or a BioImage.IO
     package): a cell model (with ``field_model``, else the field model its package carries), or a field model,
@@ -189,6 +190,7 @@ def predictor_for(
         fusion=fusion,
         tta=tta,
         segmenter_options=segmenter_options,
+        threads=threads,
     )
 
 
@@ -214,6 +216,7 @@ def open_cell_predictor(
     tta: str | Sequence[str] | None = None,
     segmenter: str | None = None,
     segmenter_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> CellPredictor:
     """Load the packages and the segmenter for per-cell prediction.
 
@@ -226,14 +229,17 @@ def open_cell_predictor(
         tta: test-time augmentation views (``none``, ``flips``, ``d4``...), applied to crops and fields.
         segmenter: a registered segmenter name, overriding the one on the cell model's card.
         segmenter_options: settings over the segmenter's (e.g. ``{"min_cell_area": 19}``).
+        threads: the networks' threads (default: :func:`protloc.inference.budget.plan_cells`).
 
     Raises:
         ConfigError: neither model given, or ``mix`` outside 0-1.
         ModelError: ``cell_model`` is not a cell model, ``field_model`` is one, or the fusion needs a field
             model and none is given or carried.
     """
+    from protloc.inference.budget import plan_cells
     from protloc.inference.predict import load_backend
 
+    budget = plan_cells(threads=threads)
     if cell_model is None and field_model is None:
         raise ConfigError("per-cell prediction needs a cell model, a field model, or both")
     if mix is not None:
@@ -243,7 +249,9 @@ def open_cell_predictor(
     cell_card = cell_backend = field_card = field_backend = None
     head = None
     if cell_model is not None:
-        cell_card, cell_backend = load_backend(cell_model, backend, device=device)
+        cell_card, cell_backend = load_backend(
+            cell_model, backend, device=device, threads=budget.threads, spin=budget.spin
+        )
         if not is_cell_model(cell_card):
             raise ModelError(
                 f"{cell_model}: not a cell model (its card has no 'cells' section); pass it as the field model"
@@ -259,7 +267,9 @@ def open_cell_predictor(
         if fusion.image == "cell model" and fusion.needs_image and head is None:
             raise ModelError(f"{cell_model}: the fusion {fusion.describe()!r} needs an image head it does not have")
     if field_model is not None:
-        field_card, field_backend = load_backend(field_model, backend, device=device)
+        field_card, field_backend = load_backend(
+            field_model, backend, device=device, threads=budget.threads, spin=budget.spin
+        )
         if is_cell_model(field_card):
             raise ModelError(f"{field_model}: is a cell model, not a field model")
     if cell_card is not None and field_card is not None and cell_card.scheme.names != field_card.scheme.names:

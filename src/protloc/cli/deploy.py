@@ -46,7 +46,12 @@ def predict(
     allow_empty: Annotated[bool, typer.Option(help="Allow images with no label (default: at least one).")] = False,
     tiles: Annotated[int, typer.Option(help="1 = resize each field; N = N x N tiles, max over tiles.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: CPUs).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes; 0 = a prefetch thread (default: fitted to the CPUs).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="The network's threads (default: the CPUs decoding leaves).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
     devices: Annotated[int, typer.Option(help="Devices for DDP prediction (torch backend).")] = 1,
     num_nodes: Annotated[int, typer.Option(help="Machines for multi-node DDP prediction.")] = 1,
@@ -100,6 +105,7 @@ def predict(
             backend,
             device,
             tta,
+            threads,
         )
         return
 
@@ -115,6 +121,7 @@ def predict(
         tiles=tiles,
         batch_size=batch_size,
         workers=workers,
+        threads=threads,
         devices=devices,
         num_nodes=num_nodes,
         accelerator=accelerator,
@@ -149,6 +156,7 @@ def _predict_cells(
     backend: str,
     device: str,
     tta: str,
+    threads: int | None,
 ) -> None:
     from protloc.cells.outputs import predict_cells
     from protloc.cells.predict import METHOD_BASELINE, predictor_for
@@ -161,6 +169,7 @@ def _predict_cells(
         mix=mix,
         tta=tta,
         segmenter_options=_parse_options(seg_option or []),
+        threads=threads,
     )
     with progress_bar("cells") as update:
         summary = predict_cells(

@@ -286,7 +286,12 @@ def evaluate(
     tta: Annotated[str, typer.Option(help="none, flips, rot90, d4 or a list of views.")] = "none",
     threshold: Annotated[str | None, typer.Option(help="One global threshold, or a JSON of per-class values.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes; 0 = a prefetch thread (default: fitted to the CPUs).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="The network's threads (default: the CPUs decoding leaves).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
     cells: Annotated[
@@ -335,6 +340,7 @@ def evaluate(
             thresholds=threshold,
             batch_size=batch_size,
             workers=workers,
+            threads=threads,
             on_progress=update,
         )
     _print_report(result.report, f"{data}: per-class scores")

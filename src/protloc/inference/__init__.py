@@ -1,7 +1,8 @@
 """Inference: the one prediction core and everything that runs it on files.
 
 The prediction core every caller runs batches through, preprocessing, TTA, ONNX Runtime (``core``); the
-backend policy (``backends``); the PyTorch backend (``torch_backend``); reading and running BioImage.IO
+backend policy (``backends``); the one thread budget, decoding workers and the network's threads within the
+usable CPUs (``budget``); the PyTorch backend (``torch_backend``); reading and running BioImage.IO
 packages (``bioimageio``); resumable batch prediction (``predict``); scoring a labelled set (``evaluate``);
 the probabilities, predictions and submission files (``files``).
 

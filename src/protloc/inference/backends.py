@@ -109,8 +109,10 @@ def load_backend(
     device: str = "auto",
     threads: int | None = None,
     prefer: Preference = "throughput",
+    spin: bool = True,
 ) -> tuple[ModelCard, Backend]:
-    """The card and a callable backend for a package (or an exported ``.onnx`` file); see :func:`resolve_backend`."""
+    """The card and a callable backend for a package (or an exported ``.onnx`` file); see :func:`resolve_backend`.
+    ``threads`` and ``spin`` (ONNX Runtime) come from :mod:`protloc.inference.budget`."""
     chosen = resolve_backend(model, backend, prefer=prefer)
     from protloc.inference.bioimageio import is_bioimageio, load_bioimageio
 
@@ -119,7 +121,7 @@ def load_backend(
     if chosen == "onnx":
         from protloc.inference.core import load_onnx
 
-        return load_onnx(model, threads=threads)
+        return load_onnx(model, threads=threads, spin=spin)
     from protloc.inference.torch_backend import load_torch_backend
 
     return load_torch_backend(model, device=device)

@@ -28,8 +28,9 @@ import numpy as np
 from protloc.data.catalog import Catalog
 from protloc.data.io import read_sample, resize_plane
 from protloc.errors import ConfigError, DataError, ModelError
+from protloc.inference.budget import PREFETCH_BATCHES
 from protloc.model.card import ONNX_FILE, ModelCard, check_channels_available, read_card, resolve_package_path
-from protloc.workers import imap
+from protloc.workers import imap, prefetch
 
 # The 8 symmetries of the square (dihedral group D4): k quarter turns, then an optional horizontal flip.
 TTA_VIEWS: dict[str, tuple[int, bool]] = {
@@ -167,7 +168,14 @@ def batch_probabilities(
 class OnnxBackend:
     """ONNX Runtime session for an exported model (CPU by default; CUDA when available and asked)."""
 
-    def __init__(self, onnx_path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        spin: bool = True,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -179,6 +187,8 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # the threads sleep between operators, leaving the core to a decoding thread
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         try:
@@ -200,13 +210,14 @@ def onnx_path_for(model: str | Path) -> Path:
     return resolve_package_path(path) / ONNX_FILE
 
 
-def load_onnx(model: str | Path, *, threads: int | None = None) -> tuple[ModelCard, OnnxBackend]:
-    """The card and an ONNX Runtime backend for a package (with model.onnx) or an exported .onnx file."""
+def load_onnx(model: str | Path, *, threads: int | None = None, spin: bool = True) -> tuple[ModelCard, OnnxBackend]:
+    """The card and an ONNX Runtime backend for a package (with model.onnx) or an exported .onnx file (``spin``:
+    see :class:`protloc.inference.budget.ThreadBudget`)."""
     path = onnx_path_for(model)
     if not path.is_file():
         raise ModelError(f"{model}: no {ONNX_FILE}; run `protloc export {model}` first")
     card = read_card(path if Path(model).suffix.lower() == ".onnx" else Path(model))
-    return card, OnnxBackend(path, threads=threads)
+    return card, OnnxBackend(path, threads=threads, spin=spin)
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -232,9 +243,17 @@ def _run_job(job: _LoadJob) -> np.ndarray:
 
 
 def iter_input_batches(
-    catalog: Catalog, preprocessor: Preprocessor, *, batch_size: int, workers: int, start: int = 0
+    catalog: Catalog,
+    preprocessor: Preprocessor,
+    *,
+    batch_size: int,
+    workers: int,
+    start: int = 0,
+    ahead: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first index, uint8 inputs (B, T, C, S, S))`` for the catalog from ``start`` on, decoded in workers."""
+    """Yield ``(first index, uint8 inputs (B, T, C, S, S))`` for the catalog from ``start`` on, decoded in
+    ``workers`` processes, or in this process (``workers <= 1``) on one thread ``ahead`` batches ahead of the
+    caller (:func:`protloc.workers.prefetch`; 0: in the caller's thread)."""
     indices = range(start, len(catalog), batch_size)
     jobs = (
         _LoadJob(
@@ -246,6 +265,9 @@ def iter_input_batches(
         )
         for first in indices
     )
+    if workers <= 1:
+        yield from prefetch(zip(indices, map(_run_job, jobs), strict=False), ahead)
+        return
     yield from zip(indices, bounded_map(_run_job, jobs, workers=workers, window=max(2, 2 * workers)), strict=False)
 
 
@@ -259,6 +281,7 @@ def predict_catalog(
     tile_aggregate: str = "max",
     batch_size: int = 16,
     workers: int = 1,
+    ahead: int = PREFETCH_BATCHES,
     bit_depth: int | None = None,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
     start: int = 0,
@@ -271,6 +294,8 @@ def predict_catalog(
         card: the model card (channels, size, normalisation).
         tta: test-time augmentation preset or views (see :func:`parse_tta`).
         tiles: 1 resizes the whole field; N cuts N x N tiles (see the module docstring).
+        workers: decoding processes; 0 or 1 decodes in this process, on a thread ``ahead`` batches ahead of the
+            network (see :mod:`protloc.inference.budget`, which chooses both).
         on_batch: when given, called with (first index, probabilities) per batch and nothing is kept in
             memory (returns ``None``): for streaming very large sets to disk.
     """
@@ -284,7 +309,10 @@ def predict_catalog(
     done = start
     if on_progress:
         on_progress(done, len(catalog))
-    for first, inputs in iter_input_batches(catalog, preprocessor, batch_size=batch_size, workers=workers, start=start):
+    batches = iter_input_batches(
+        catalog, preprocessor, batch_size=batch_size, workers=workers, start=start, ahead=ahead
+    )
+    for first, inputs in batches:
         probabilities = batch_probabilities(backend, inputs, views, tile_aggregate)
         if on_batch is not None:
             on_batch(first, probabilities)

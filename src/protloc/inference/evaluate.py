@@ -14,13 +14,14 @@ from typing import Any
 
 from protloc.data.catalog import Catalog, open_dataset
 from protloc.errors import DataError
-from protloc.inference.backends import load_backend, resolve_backend
+from protloc.inference.backends import load_backend, read_model_card, resolve_backend
+from protloc.inference.budget import plan_for_catalog
 from protloc.inference.core import predict_catalog
 from protloc.inference.files import probabilities_csv
-from protloc.inference.predict import model_threads, resolve_thresholds, torch_threads
+from protloc.inference.predict import resolve_thresholds, torch_threads
 from protloc.metrics import EvaluationReport, evaluate, threshold_gain
 from protloc.schemes import ClassScheme, require_same_scheme
-from protloc.utils import atomic_write_json, atomic_write_text, default_workers
+from protloc.utils import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -43,6 +44,7 @@ def evaluate_model(
     thresholds: float | str | Path | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    threads: int | None = None,
     min_one: bool | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     map_from: str | Path | None = None,
@@ -53,17 +55,24 @@ def evaluate_model(
     The labels are read in the package's class scheme; labels of another scheme are refused, unless
     ``map_from`` names their scheme and a documented mapping into the package's exists (hpa2018 -> hpa2021).
     """
-    workers = default_workers() if workers is None else workers
-    threads = model_threads(workers)
     backend = resolve_backend(model, backend)
-    card, run = load_backend(model, backend, device=device, threads=threads)
+    card = read_model_card(model)
     catalog = _labelled_catalog(data, split, labels, card.channels, card.scheme, map_from, channel_map)
+    budget = plan_for_catalog(backend, card.size, catalog, device=device, workers=workers, threads=threads)
+    card, run = load_backend(model, backend, device=device, threads=budget.threads, spin=budget.spin)
     if catalog.labels is None:
         raise DataError(f"{data}: evaluation needs labels ({split}.csv, or --labels for a test truth file)")
     chosen = resolve_thresholds(card, thresholds)
-    with torch_threads(threads if backend == "torch" else None):
+    with torch_threads(budget.threads if backend == "torch" else None):
         probabilities = predict_catalog(
-            run, card, catalog, tta=tta, batch_size=batch_size, workers=workers, on_progress=on_progress
+            run,
+            card,
+            catalog,
+            tta=tta,
+            batch_size=batch_size,
+            workers=budget.workers,
+            ahead=budget.prefetch,
+            on_progress=on_progress,
         )
     assert probabilities is not None
     if min_one is None:

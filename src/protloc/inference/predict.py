@@ -39,7 +39,8 @@ from protloc.data.catalog import Catalog, index_images, open_dataset
 from protloc.data.io import split_channel_filename
 from protloc.data.microscope import field_id, field_planes, is_microscope_file, parse_channel_map
 from protloc.errors import ConfigError
-from protloc.inference.backends import BACKENDS, load_backend, resolve_backend, torch_available
+from protloc.inference.backends import BACKENDS, load_backend, read_model_card, resolve_backend, torch_available
+from protloc.inference.budget import plan_budget, plan_for_catalog
 from protloc.inference.core import parse_tta, predict_catalog
 from protloc.inference.files import (
     field_submission_csv,
@@ -52,7 +53,7 @@ from protloc.locks import locked_output
 from protloc.metrics import decide
 from protloc.model.card import ModelCard
 from protloc.schemes import ClassScheme
-from protloc.utils import atomic_write_json, atomic_write_text, default_workers
+from protloc.utils import atomic_write_json, atomic_write_text
 
 __all__ = [  # the backend policy and the CSV files have homes of their own; these names stay importable here
     "BACKENDS",
@@ -75,11 +76,9 @@ PARTIAL_DIR = ".predict-partial"
 
 
 def model_threads(decode_workers: int) -> int:
-    """Threads for the network while ``decode_workers`` processes decode images: the remaining cores.
-
-    Oversubscribing the cores costs ~20% end to end on a 2-core machine (benchmarks/bench_inference.py).
-    """
-    return max(1, default_workers(limit=256) - decode_workers)
+    """Threads for the network while ``decode_workers`` processes decode images: the CPUs they leave (see
+    :func:`protloc.inference.budget.plan_budget`, which every prediction path uses)."""
+    return plan_budget("onnx", 1, workers=decode_workers).threads
 
 
 @contextlib.contextmanager
@@ -342,7 +341,10 @@ class PredictSettings:
     """1 resizes each field to the model input; N predicts N x N tiles and keeps each class's max."""
     batch_size: int = 16
     workers: int | None = None
-    """decoding processes (default: the CPUs this process may use)."""
+    """decoding processes; 0 decodes in this process on a prefetch thread (default: chosen with ``threads`` by
+    :func:`protloc.inference.budget.plan_budget` so that both fit the CPUs this process may use)."""
+    threads: int | None = None
+    """the network's threads (default: the CPUs decoding leaves)."""
     devices: int = 1
     """more than one (or ``num_nodes`` > 1) runs Lightning's DDP over devices/machines (torch backend)."""
     num_nodes: int = 1
@@ -441,12 +443,19 @@ def _probabilities(
             return None
         _clear_previous_outputs(out)
         return card, catalog, probabilities_or_none, 0
-    workers = default_workers() if settings.workers is None else settings.workers
-    threads = model_threads(workers)
-    card, run = load_backend(model, settings.backend, device=settings.device, threads=threads)
+    card = read_model_card(model)
     catalog = open_for_prediction(
         data, split=settings.split, ids=settings.ids, channels=card.channels, channel_map=settings.channel_map
     )
+    budget = plan_for_catalog(
+        settings.backend,
+        card.size,
+        catalog,
+        device=settings.device,
+        workers=settings.workers,
+        threads=settings.threads,
+    )
+    card, run = load_backend(model, settings.backend, device=settings.device, threads=budget.threads, spin=budget.spin)
     key_settings = {
         "tta": parse_tta(settings.tta),
         "tiles": settings.tiles,
@@ -459,7 +468,7 @@ def _probabilities(
     )
     resumed_from = partial.completed
     if partial.completed < len(catalog):
-        with torch_threads(threads if settings.backend == "torch" else None):
+        with torch_threads(budget.threads if settings.backend == "torch" else None):
             predict_catalog(
                 run,
                 card,
@@ -467,7 +476,8 @@ def _probabilities(
                 tta=settings.tta,
                 tiles=settings.tiles,
                 batch_size=settings.batch_size,
-                workers=workers,
+                workers=budget.workers,
+                ahead=budget.prefetch,
                 on_batch=partial.append,
                 start=partial.completed,
                 on_progress=on_progress,

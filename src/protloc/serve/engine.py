@@ -35,10 +35,10 @@ import numpy as np
 
 from protloc.errors import ConfigError, ModelError, ProtlocError
 from protloc.inference import backends
+from protloc.inference.budget import plan_service
 from protloc.inference.core import Preprocessor, batch_probabilities
 from protloc.metrics import decide
 from protloc.model.card import resolve_package_path
-from protloc.utils import usable_cpus
 
 T = TypeVar("T")
 
@@ -100,7 +100,8 @@ class InferenceEngine:
             (``benchmarks/bench_serve.py``).
         max_batch: the most samples run through the network in one call (1 disables micro-batching).
         max_pending: the most requests admitted at a time; more get :class:`ServiceBusyError`.
-        decode_threads: threads that decode uploads (default: the CPUs, at most 4).
+        decode_threads: threads that decode uploads (default: the CPUs the network's threads leave, at least 1 and
+            at most 4: :func:`protloc.inference.budget.plan_service`).
         inference_threads: batches run at the same time (default 1: the network's own threads use the cores).
 
     Raises:
@@ -125,9 +126,9 @@ class InferenceEngine:
         self.model_path = Path(model)
         self.backend_name = resolve_backend(model, backend)
         self.device = device
-        cpus = usable_cpus()
+        budget = plan_service(self.backend_name, threads=threads, decode_threads=decode_threads)
         if threads is None and self.backend_name == "onnx":
-            threads = max(1, cpus // 2)
+            threads = budget.threads
         self.threads = threads
         loaded = time.perf_counter()
         self.card, self.backend = backends.load_backend(model, self.backend_name, device=device, threads=threads)
@@ -137,7 +138,7 @@ class InferenceEngine:
         self.min_one = bool(self.card.decision.min_one)
         self.max_batch = max_batch
         self.max_pending = max_pending
-        self.decode_threads = decode_threads or max(1, min(cpus, 4))
+        self.decode_threads = budget.workers
         self.inference_threads = inference_threads
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pools_lock = threading.Lock()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from protloc.errors import ConfigError, require
+from protloc.inference.budget import plan_service
 from protloc.serve.protocol import HEADER_TIMEOUT_ENV, HeaderTimeoutH11Protocol
 from protloc.serve.settings import (
     SETTINGS_ENV,
@@ -92,13 +93,16 @@ def run(
     check_model_path(model)
     if cells is not None:
         check_model_path(cells)
-    if threads is None and workers > 1:
-        threads = max(1, usable_cpus() // (2 * workers))
+    decode_threads = None
+    if workers > 1:  # each server process gets its share of the CPUs, split by the one budget
+        share = plan_service(backend, threads=threads, cpus=max(1, usable_cpus() // workers))
+        threads, decode_threads = share.threads, share.workers
     settings = ServiceSettings(
         model=str(model),
         backend=backend,
         device=device,
         threads=threads,
+        **({} if decode_threads is None else {"decode_threads": decode_threads}),
         max_upload_mb=max_upload_mb,
         max_batch=max_batch,
         max_pending=max_pending,

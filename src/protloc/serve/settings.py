@@ -30,7 +30,7 @@ class ServiceSettings:
         threads: ONNX Runtime intra-op threads (default: half the CPUs, leaving the rest to decoding).
         max_batch: most samples per network call when concurrent requests are micro-batched (1: off).
         max_pending: most requests in progress at once; more are answered 503 with ``Retry-After``.
-        decode_threads: threads decoding uploads (default: the CPUs, at most 4).
+        decode_threads: threads decoding uploads (default: the CPUs the network leaves, 1-4).
         inference_threads: network calls at the same time (default 1).
         max_upload_mb: largest request body in MB (10^6 bytes); larger ones are answered 413.
         max_batch_samples: most samples in one ``/predict/batch`` request.

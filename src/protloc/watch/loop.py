@@ -249,8 +249,9 @@ def watch_folder(
 
 def _scorer(model: str | Path, settings: WatchSettings) -> _Classifier | _CellScorer:
     """What answers a field: the field model's classifier, or with ``cells`` the per-cell scorer."""
+    from protloc.inference.backends import read_model_card, resolve_backend
+    from protloc.inference.budget import plan_budget
     from protloc.inference.predict import load_backend, resolve_thresholds
-    from protloc.utils import default_workers
 
     if settings.cells:
         from protloc.cells.predict import predictor_for
@@ -261,7 +262,10 @@ def _scorer(model: str | Path, settings: WatchSettings) -> _Classifier | _CellSc
             assert scored_by is not None
             predictor.thresholds = resolve_thresholds(scored_by, settings.thresholds)
         return _CellScorer(predictor, settings.bit_depth)
-    card, network = load_backend(model, settings.backend, device=settings.device, threads=default_workers(limit=256))
+    # one field at a time, read then classified in turn: the network takes every usable CPU (the one budget)
+    chosen = resolve_backend(model, settings.backend)
+    budget = plan_budget(chosen, read_model_card(model).size, device=settings.device, workers=0)
+    card, network = load_backend(model, chosen, device=settings.device, threads=budget.threads, spin=budget.spin)
     return _Classifier(
         network,
         card,
