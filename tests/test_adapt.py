@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from protloc.channels import CHANNELS
 from protloc.errors import ConfigError, DataError, ModelError
 from protloc.model.card import CARD_FILE, VALIDATION_FILE, read_card
 from protloc.model.package import load_package, save_package
@@ -211,3 +212,23 @@ def test_the_guard_refuses_an_adaptation_that_hurts_the_validation_fields(tmp_pa
     assert guard["macro_f1_before"] == 1.0 and guard["macro_f1_adapted"] < 0.98
     skipped = adapt_package(source, target, out, AdaptSettings(batch_size=4, guard=False))
     assert read_card(skipped.out).adaptation["guard"] == {"run": False}
+
+
+def test_the_service_serves_the_adapted_package_and_says_so(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from protloc.serve import create_app
+    from protloc.training.adapt import probabilities_of
+
+    source = tiny_package(tmp_path / "model")
+    data = _fields(tmp_path / "fields", 8, scale=0.5)
+    adapted = adapt_package(source, data, tmp_path / "adapted", AdaptSettings(batch_size=4)).out
+    with TestClient(create_app(adapted, backend="torch"), base_url="http://localhost") as client:
+        info = client.get("/model").json()
+        assert info["adaptation"]["methods"] == ["norm", "bn"] and info["adaptation"]["fields_used"] == 8
+        files = {c: (f"f000_{c}.png", (data / f"f000_{c}.png").read_bytes(), "image/png") for c in CHANNELS}
+        response = client.post("/predict", files=files)
+    assert response.status_code == 200, response.text
+    package = load_package(adapted)
+    expected = probabilities_of(package.build_model(), read_inputs(load_catalog(data), package.card)[:1])[0]
+    np.testing.assert_allclose(response.json()["probabilities"], expected, atol=1e-4)
