@@ -49,19 +49,23 @@ def scores(truth: np.ndarray, decided: np.ndarray) -> tuple[float, float, float]
     return macro_f1(truth, decided), micro_f1(truth, decided), exact
 
 
-def bootstrap(truth: np.ndarray, decided: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, Any]:
-    """95 % percentile intervals of each row's scores, and of each row's difference to ``before`` rows, over the
-    same field resamples."""
+def bootstrap(
+    truth: np.ndarray, decided: dict[str, np.ndarray], bases: dict[str, str], resamples: int, seed: int
+) -> dict[str, Any]:
+    """95 % percentile intervals of each row's scores, and of each row's difference to its row in ``bases``, over
+    the same field resamples."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(truth), size=(resamples, len(truth)))
     values = {name: np.array([scores(truth[d], labels[d]) for d in draws]) for name, labels in decided.items()}
     out: dict[str, Any] = {}
     for name, v in values.items():
-        out[name] = {"low": np.percentile(v, 2.5, axis=0).round(4).tolist(), "high": np.percentile(v, 97.5, axis=0)}
-        out[name]["high"] = out[name]["high"].round(4).tolist()
-        base = name.replace("after", "before")
-        if base != name and base in values:
-            diff = v - values[base]
+        out[name] = {
+            "point": [round(x, 4) for x in scores(truth, decided[name])],
+            "low": np.percentile(v, 2.5, axis=0).round(4).tolist(),
+            "high": np.percentile(v, 97.5, axis=0).round(4).tolist(),
+        }
+        if name in bases:
+            diff = v - values[bases[name]]
             out[name]["diff_low"] = np.percentile(diff, 2.5, axis=0).round(4).tolist()
             out[name]["diff_high"] = np.percentile(diff, 97.5, axis=0).round(4).tolist()
     return out
@@ -120,6 +124,7 @@ def choose(args: argparse.Namespace) -> None:
 
 
 def genuine(args: argparse.Namespace) -> None:
+    from protloc.errors import ModelError
     from protloc.model.package import load_package
     from protloc.training.adapt import AdaptSettings, adapt_package, probabilities_of, read_inputs
 
@@ -131,23 +136,29 @@ def genuine(args: argparse.Namespace) -> None:
     prior = np.zeros_like(truth)
     prior[:, commonest] = 1
     decided = {"prior: Nucleoplasm + Cytosol": prior}
+    bases: dict[str, str] = {}
     records: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in _pairs(args.model).items():
             before = load_package(path)
-            decided[f"{name} before"] = _decide(
-                before.card, probabilities_of(before.build_model(), read_inputs(catalog, before.card))
-            )
-            started = time.perf_counter()
-            settings = AdaptSettings(methods=tuple(args.method.split(",")), seed=args.seed)
-            result = adapt_package(path, real / "images", Path(tmp) / name, settings)
-            seconds = time.perf_counter() - started
-            after = load_package(result.out)
-            decided[f"{name} after"] = _decide(
-                after.card, probabilities_of(after.build_model(), read_inputs(catalog, after.card))
-            )
-            records[name] = {"seconds": round(seconds, 1), "guard": result.guard, "methods": result.record["methods"]}
-    intervals = bootstrap(truth, decided, args.resamples, args.seed)
+            inputs = read_inputs(catalog, before.card)
+            decided[f"{name}: as trained"] = _decide(before.card, probabilities_of(before.build_model(), inputs))
+            for method in args.method:
+                label = f"{name}: adapted ({method})"
+                started = time.perf_counter()
+                settings = AdaptSettings(methods=tuple(method.split(",")), seed=args.seed)
+                try:
+                    result = adapt_package(path, real / "images", Path(tmp) / name, settings)
+                except ModelError as exc:
+                    records[label] = {"refused": str(exc)}
+                    print(f"{label}: {exc}", flush=True)
+                    continue
+                after = load_package(result.out)
+                probabilities = probabilities_of(after.build_model(), read_inputs(catalog, after.card))
+                decided[label] = _decide(after.card, probabilities)
+                bases[label] = f"{name}: as trained"
+                records[label] = {"seconds": round(time.perf_counter() - started, 1), "guard": result.guard}
+    intervals = bootstrap(truth, decided, bases, args.resamples, args.seed)
     rows = []
     for label, labels in decided.items():
         point = scores(truth, labels)
@@ -155,6 +166,9 @@ def genuine(args: argparse.Namespace) -> None:
         cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(point, ci["low"], ci["high"], strict=True)]
         diff = f"{ci['diff_low'][0]:+.3f} to {ci['diff_high'][0]:+.3f}" if "diff_low" in ci else ""
         rows.append([label, *cells, diff])
+    for label, record in records.items():
+        if "refused" in record:
+            rows.append([label, "refused by the guard", "", "", record["refused"].split(": ", 1)[-1]])
     save(
         "adapt_genuine",
         {"machine": machine(), "fields": len(truth), "intervals": intervals, "adaptation": records},
@@ -171,12 +185,13 @@ def main() -> None:
     parser.add_argument("--source", action="append", default=[], help="NAME=labelled root of the model's generator")
     parser.add_argument("--shift", action="append", default=[], help="NAME=labelled root of a shifted family")
     parser.add_argument("--fields", type=int, nargs="+", default=[16, 64, 10_000])
-    parser.add_argument("--method", default="norm,bn")
+    parser.add_argument("--method", action="append", default=None, help="norm, bn or norm,bn; repeatable")
     default = Path(os.environ.get("PROTLOC_REALDATA", REPO.parent / "shared" / "realdata"))
     parser.add_argument("--realdata", type=Path, default=default)
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.method = args.method or ["norm"]
     choose(args) if args.stage == "choose" else genuine(args)
 
 

@@ -37,7 +37,8 @@ def _state(package: Path) -> dict[str, torch.Tensor]:
 def test_adapt_changes_only_statistics_and_the_card_records_it(tmp_path: Path) -> None:
     source = tiny_package(tmp_path / "model")
     data = _fields(tmp_path / "fields", 12, scale=0.3)
-    result = adapt_package(source, data, tmp_path / "adapted", AdaptSettings(max_fields=10, batch_size=4))
+    settings = AdaptSettings(methods=("bn", "norm"), max_fields=10, batch_size=4)
+    result = adapt_package(source, data, tmp_path / "adapted", settings)
     before, after = _state(source), _state(result.out)
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -119,6 +120,7 @@ def test_the_cli_adapts_and_says_so(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "adapted" in result.output and "guard not run" in result.output
+    assert "(norm)" in result.output  # the measured default
     assert json.loads((tmp_path / "a" / CARD_FILE).read_text())["adaptation"]["fields_used"] == 8
 
 
@@ -159,9 +161,9 @@ def test_a_network_without_batchnorm_says_so(tmp_path: Path) -> None:
     source = save_package(tmp_path / "seed", network, card)
     data = _fields(tmp_path / "fields", 8)
     with pytest.raises(ModelError, match="no batch-norm layers.*--method norm"):
-        adapt_package(source, data, tmp_path / "a")
+        adapt_package(source, data, tmp_path / "a", AdaptSettings(methods=("norm", "bn")))
     assert not (tmp_path / "a").exists()
-    done = adapt_package(source, data, tmp_path / "a", AdaptSettings(methods=("norm",)))
+    done = adapt_package(source, data, tmp_path / "a")
     assert read_card(done.out).adaptation["methods"] == ["norm"]
 
 
@@ -225,7 +227,7 @@ def test_the_service_serves_the_adapted_package_and_says_so(tmp_path: Path) -> N
     adapted = adapt_package(source, data, tmp_path / "adapted", AdaptSettings(batch_size=4)).out
     with TestClient(create_app(adapted, backend="torch"), base_url="http://localhost") as client:
         info = client.get("/model").json()
-        assert info["adaptation"]["methods"] == ["norm", "bn"] and info["adaptation"]["fields_used"] == 8
+        assert info["adaptation"]["methods"] == ["norm"] and info["adaptation"]["fields_used"] == 8
         files = {c: (f"f000_{c}.png", (data / f"f000_{c}.png").read_bytes(), "image/png") for c in CHANNELS}
         response = client.post("/predict", files=files)
     assert response.status_code == 200, response.text

@@ -401,7 +401,7 @@ def adapt(
     out: Annotated[Path, typer.Option(help="The adapted package to write (replaced if it exists).")],
     method: Annotated[
         str, typer.Option(help="Comma-separated: norm (per-channel intensity statistics), bn (batch-norm, AdaBN).")
-    ] = "norm,bn",
+    ] = "norm",
     max_fields: Annotated[int, typer.Option(help="Fields read at most (a random choice).")] = 256,
     min_fields: Annotated[int, typer.Option(help="Refuse fewer fields than this.")] = 8,
     guard: Annotated[
@@ -422,7 +422,8 @@ def adapt(
 ) -> None:
     """Adapt a model package to a new microscope without labels: re-estimate its normalisation on the new fields.
 
-    The weights stay; the per-channel intensity statistics and the batch-norm statistics become the new fields'.
+    The weights stay; the per-channel intensity statistics (and with --method norm,bn the batch-norm statistics)
+    become the new fields'. See docs/adaptation.md for when it helps and when it cannot.
     predict, watch and the service take the new package as they take any other; its card records the adaptation.
     """
     from protloc.training.adapt import AdaptSettings, adapt_package
