@@ -278,9 +278,9 @@ def adapt_package(
         on_progress=on_progress,
     )
     adapted, info = adapt_network(network, inputs, settings.methods, batch_size=settings.batch_size)
-    guard = _run_guard(package, network, adapted, settings, len(inputs)) if settings.guard else {"run": False}
-    if settings.guard and not guard["run"]:
-        guard["reason"] = str(guard.get("reason", "not at hand"))
+    guard: dict[str, Any] = {"run": False}
+    if settings.guard:
+        guard = _run_guard(package, network, adapted, settings, len(inputs))
     if guard.get("passed") is False:
         raise ModelError(
             f"{package.path}: adaptation refused: on the source validation fields the same adaptation moves macro F1 "
