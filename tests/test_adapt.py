@@ -234,3 +234,14 @@ def test_the_service_serves_the_adapted_package_and_says_so(tmp_path: Path) -> N
     package = load_package(adapted)
     expected = probabilities_of(package.build_model(), read_inputs(load_catalog(data), package.card)[:1])[0]
     np.testing.assert_allclose(response.json()["probabilities"], expected, atol=1e-4)
+
+
+def test_watch_classifies_with_the_adapted_package(tmp_path: Path) -> None:
+    from protloc.watch.loop import watch_folder
+
+    source = tiny_package(tmp_path / "model")
+    adapted = adapt_package(source, _fields(tmp_path / "fields", 8, scale=0.5), tmp_path / "adapted").out
+    scope = _fields(tmp_path / "scope", 2, scale=0.5)
+    run = watch_folder(scope, adapted, out=tmp_path / "out", backend="torch", settle=0.1, once=True, table="jsonl")
+    assert run.classified == 2 and run.rejected == 0
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
