@@ -245,3 +245,20 @@ def test_watch_classifies_with_the_adapted_package(tmp_path: Path) -> None:
     run = watch_folder(scope, adapted, out=tmp_path / "out", backend="torch", settle=0.1, once=True, table="jsonl")
     assert run.classified == 2 and run.rejected == 0
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_the_guard_rescores_a_trained_packages_own_validation_fields(
+    trained_run: Path, synth_data: Path, tmp_path: Path
+) -> None:
+    from protloc.inference.files import read_probabilities_table
+
+    package = trained_run / "model"
+    card = read_card(package)
+    ids, _, _ = read_probabilities_table(package / VALIDATION_FILE, card.scheme)
+    result = adapt_package(package, synth_data / "test", tmp_path / "adapted", AdaptSettings(tolerance=1.0))
+    guard = result.guard
+    assert guard["run"] and guard["passed"] and guard["validation_fields"] == min(len(ids), 256)
+    # before adapting, the guard scores what training scored on the same fields
+    assert guard["macro_f1_before"] == pytest.approx(card.metrics["validation"]["macro_f1"], abs=0.01)
+    assert read_card(result.out).adaptation["fields"] == 40
