@@ -150,6 +150,7 @@ def test_health_and_model_describe_the_package(client: TestClient, package: Path
     assert info["metrics"]["validation"]["macro_f1"] == card.metrics["validation"]["macro_f1"]
     assert info["explanations"] is True
     assert "data" not in info["training"] and "config" not in info["training"]  # no local paths leak out
+    assert info["adaptation"] == {}  # as trained; protloc adapt fills it (tests/test_adapt.py)
 
 
 def test_predict_channel_files_matches_the_library(

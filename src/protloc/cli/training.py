@@ -395,3 +395,69 @@ def _evaluate_cells(
     console.print(table)
     path = atomic_write_json(out / "cells_evaluation.json", {m: r.as_dict() for m, r in results.items()})
     console.print(escape(f"wrote {path}"))
+
+
+# ---------------------------------------------------------------------------------------------- adapt
+
+
+@app.command()
+def adapt(
+    model: Annotated[Path, typer.Argument(help="The field model package to adapt.")],
+    data: Annotated[Path, typer.Argument(help="Unlabelled fields of the new microscope (any layout predict reads).")],
+    out: Annotated[Path, typer.Option(help="The adapted package to write (replaced if it exists).")],
+    method: Annotated[
+        str, typer.Option(help="Comma-separated: norm (per-channel intensity statistics), bn (batch-norm, AdaBN).")
+    ] = "norm",
+    max_fields: Annotated[int, typer.Option(help="Fields read at most (a random choice).")] = 256,
+    min_fields: Annotated[int, typer.Option(help="Refuse fewer fields than this.")] = 8,
+    guard: Annotated[
+        bool,
+        typer.Option(
+            "--guard/--no-guard",
+            help="Refuse an adaptation that lowers the source validation macro F1 when run on those fields.",
+        ),
+    ] = True,
+    tolerance: Annotated[float, typer.Option(help="Macro F1 the guard lets the adaptation lose.")] = 0.02,
+    batch_size: Annotated[int, typer.Option(help="Fields per batch (batch-norm statistics).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of fields.")] = 0,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 1,
+    bit_depth: Annotated[
+        int | None, typer.Option(help="Significant bits of 16-bit files (default: the card's).")
+    ] = None,
+    channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+) -> None:
+    """Adapt a model package to a new microscope without labels: re-estimate its normalisation on the new fields.
+
+    The weights stay; the per-channel intensity statistics (and with --method norm,bn the batch-norm statistics)
+    become the new fields'. See docs/adaptation.md for when it helps and when it cannot.
+    predict, watch and the service take the new package as they take any other; its card records the adaptation.
+    """
+    from protloc.training.adapt import AdaptSettings, adapt_package
+
+    settings = AdaptSettings(
+        methods=tuple(method.split(",")),
+        max_fields=max_fields,
+        min_fields=min_fields,
+        guard=guard,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        seed=seed,
+        workers=workers,
+        bit_depth=bit_depth,
+        channel_map=channel_map,
+    )
+    with progress_bar("reading fields") as update:
+        result = adapt_package(model, data, out, settings, on_progress=update)
+    record = result.record
+    guard_line = (
+        f"guard passed (validation macro F1 {result.guard['macro_f1_before']:.3f} -> "
+        f"{result.guard['macro_f1_adapted']:.3f} when adapted on those fields)"
+        if result.guard.get("passed")
+        else f"guard not run: {result.guard.get('reason', 'switched off')}"
+    )
+    console.print(
+        escape(
+            f"adapted {model} ({', '.join(record['methods'])}) on {record['fields_used']} of {record['fields']} "
+            f"fields of {data}; {guard_line}; wrote {result.out}"
+        )
+    )

@@ -323,6 +323,9 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
     cells: CellSpec | None = None
     """A cell model's crop settings; ``None`` for a field model."""
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    """How the package was adapted to unlabelled fields (``protloc adapt``): methods, the fields' fingerprint
+    and counts, the statistics before and after, the guard's scores, when; empty for a package as trained."""
     class_scheme: ClassScheme | None = None
     """The class scheme (``card.json`` key ``scheme``); cards written before schemes existed name only
     ``classes`` and get the built-in scheme of those names (``hpa2018``) or a custom one. Read it as
@@ -382,6 +385,7 @@ class ModelCard:
             threshold_info=_section(known.get("threshold_info"), "threshold_info", where),
             metrics=_section(known.get("metrics"), "metrics", where),
             training=_section(known.get("training"), "training", where),
+            adaptation=_section(known.get("adaptation"), "adaptation", where),
             protloc_version=known.get("protloc_version"),
             created=known.get("created"),
             format=CARD_FORMAT,
@@ -408,7 +412,7 @@ class ModelCard:
             "thresholds": [float(t) for t in self.thresholds],
             "decision": self.decision.to_dict(),
         }
-        for key in ("members", "threshold_info", "metrics", "training"):
+        for key in ("members", "threshold_info", "metrics", "training", "adaptation"):
             value = getattr(self, key)
             if value:
                 out[key] = value
@@ -441,6 +445,11 @@ class ModelCard:
     @property
     def is_ensemble(self) -> bool:
         return self.kind == "ensemble"
+
+    @property
+    def is_adapted(self) -> bool:
+        """Whether ``protloc adapt`` re-estimated this package's statistics on unlabelled fields."""
+        return bool(self.adaptation)
 
     @property
     def channels(self) -> tuple[str, ...]:

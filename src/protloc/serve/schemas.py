@@ -180,6 +180,10 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="validation metrics recorded in the package")
     architecture: dict[str, Any]
     training: dict[str, Any] = Field(description="what the model was trained on (counts, sizes, epochs)")
+    adaptation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="protloc adapt's record: methods, fields used, their fingerprint, when (empty: as trained)",
+    )
     protloc_version: str | None = Field(description="protloc version that made the package")
     created: str | None
     service_version: str = Field(description="protloc version serving it")

@@ -97,6 +97,14 @@ class PredictionService:
             "metrics": card.metrics,
             "architecture": card.architecture.to_dict(),
             "training": training,
+            "adaptation": {
+                k: card.adaptation[k] for k in ("methods", "fields", "fields_used", "when") if k in card.adaptation
+            }
+            | (
+                {"fingerprint": card.adaptation["fingerprint"].get("sha256")}
+                if "fingerprint" in card.adaptation
+                else {}
+            ),
             "protloc_version": card.protloc_version,
             "created": card.created,
             "service_version": __version__,
