@@ -209,3 +209,23 @@ def test_pseudo_labels_only_remove_classes_and_the_relative_rule_follows_the_fie
     assert refine(weak, scores, groups, threshold=0.0, relative=0.5).tolist() == [[1, 0], [0, 1], [1, 0], [0, 1]]
     with pytest.raises(ConfigError):
         refine(weak, scores, groups, relative=1.5)
+
+
+def test_cam_in_mask_over_the_whole_field_is_the_field_models_own_probability() -> None:
+    torch = pytest.importorskip("torch")
+    from protloc.cells.cam import cam_in_cells
+    from protloc.model.network import PackagedNetwork, create_model
+
+    torch.manual_seed(0)
+    network = PackagedNetwork(create_model("test_resnet", 4, 5, image_size=64), [0.1] * 4, [0.2] * 4).eval()
+    pixels = np.random.default_rng(0).random((1, 4, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(torch.from_numpy(pixels))).numpy()[0]
+    whole = np.ones((96, 96), np.int32)  # one cell covering the field: the average of the map is the pooled logit
+    np.testing.assert_allclose(cam_in_cells(network, pixels, whole, np.asarray([1]))[0], expected, atol=2e-3)
+    halves = np.ones((96, 96), np.int32)
+    halves[:, 48:] = 2
+    both = cam_in_cells(network, pixels, halves, np.asarray([1, 2]))
+    assert both.shape == (2, 5) and not np.allclose(both[0], both[1])  # the two halves differ
+    logits = np.log(both / (1 - both))
+    np.testing.assert_allclose(logits.mean(axis=0), np.log(expected / (1 - expected)), atol=2e-2)

@@ -260,6 +260,7 @@ def train_cells(
         catalog = _field_catalog(s)
         run.held_out = len(catalog) // s.folds
         w_field, w_cell, w_rounds = s.shares
+        w_rounds = w_rounds if s.rounds else 0.0  # without rounds, their share goes to the models
         digest = _digest("segment", s.data, s.split, s.labels, s.segmenter, s.segmenter_options, s.bit_depth)
         run.stage("segment", digest, partial(_segment, run, catalog))
         crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from)
@@ -275,7 +276,7 @@ def train_cells(
             seconds = partial(run.training_seconds, share, share * (s.rounds - r))
             run.stage(f"round{r}", digest, partial(_round, run, catalog, r, model, seconds))
             model = out / f"round{r}" / MODEL_DIR
-        digest = _digest(digest, field, s.cell_truth, s.cam)
+        digest = _digest(digest, field, s.cell_truth, s.cam, DEFAULT_FUSION.to_dict())
         fusion = run.stage("fusion", digest, partial(_fusion, run, catalog, model))
         run.stage("package", _digest(digest), partial(_package, run, model, fusion))
         return CellPipelineResult(
