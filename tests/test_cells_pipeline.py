@@ -270,7 +270,7 @@ def test_pseudo_label_command_writes_labels_the_engine_trains_on(
     crops = root / "run" / "crops"
     out = tmp_path / "pseudo.csv"
     answer = CliRunner().invoke(
-        app, ["pseudo-label", str(result.package_dir), str(crops), "--out", str(out), "--relative", "0.5"]
+        app, ["pseudo-label", str(result.package_dir), str(crops), "--out", str(out), "--threshold", "0.6"]
     )
     assert answer.exit_code == 0, answer.output
     scheme = cell_dataset_scheme(crops)
@@ -278,4 +278,4 @@ def test_pseudo_label_command_writes_labels_the_engine_trains_on(
     refined = open_dataset(crops, labels=out, scheme=scheme, allow_empty_labels=True, channels=None)
     assert refined.ids == weak.ids and weak.labels is not None and refined.labels is not None
     assert not (refined.labels & ~weak.labels.astype(bool)).any()  # classes only removed
-    assert refined.labels.sum() < weak.labels.sum()  # relative 0.5 removes some
+    assert refined.labels.sum() < weak.labels.sum()  # a barely trained model scores many cells below 0.6
