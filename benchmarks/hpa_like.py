@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 COLOURS = ("red", "green", "blue", "yellow")
+SCHEMES = ("hpa2018", "hpa2021")
 
 
 @dataclass(frozen=True)
@@ -170,106 +171,120 @@ def _filaments(
 
 
 def _draw_pattern(c: int, canvas: np.ndarray, cells: list[Cell], label: np.ndarray, rng, family: Family) -> None:
+    for cell in cells:
+        draw_in_cell(c, canvas, cell, label, rng, family)
+    _draw_field_event(c, canvas, cells, rng, family)
+
+
+def draw_in_cell(
+    c: int, canvas: np.ndarray, cell: Cell, label: np.ndarray, rng, family: Family, scale: float | None = None
+) -> None:
+    """Draw rendering ``c`` (a Kaggle 2018 class id) of one cell onto ``canvas`` (not clipped to the cell);
+    ``scale``: lengths per 256 px of field (default: the canvas is the whole field, ``side / 256``)."""
     sq, thick = family.square_puncta, family.thick
     side = canvas.shape[0]
-    s = side / 256
-    for cell in cells:
-        cx, cy = int(cell.centre[1]), int(cell.centre[0])
-        v = rng.uniform(0.6, 1.0)
-        if c == 0:  # nucleoplasm: the nucleus filled, a little grain
-            canvas[cell.nucleus] += v * 0.55 * (0.8 + 0.2 * rng.random(int(cell.nucleus.sum())))
-        elif c == 1:  # nuclear membrane: the nucleus rim
-            canvas[_outline(cell.nucleus, thick)] += v
-        elif c in (2, 3):  # nucleoli: 1-4 round bodies; fibrillar centre: tiny dots inside them
-            spots = _points_in(cell.nucleus, rng, int(rng.integers(1, 5)))
-            if c == 2:
-                _dots(canvas, spots, 4 * s * rng.uniform(0.8, 1.3), v * 0.8, False)
-            else:
-                for y, x in spots:
-                    _dots(canvas, np.array([[y, x]]) + rng.integers(-3, 4, (4, 2)), 1.2 * s, v, sq)
-        elif c == 4:  # speckles: many irregular small dots in the nucleus
-            _dots(canvas, _points_in(cell.nucleus, rng, 25), 2.0 * s, v * 0.7, sq)
-        elif c == 5:  # nuclear bodies: a few bright dots
-            _dots(canvas, _points_in(cell.nucleus, rng, int(rng.integers(2, 6))), 2.2 * s, v, sq)
-        elif c == 6:  # ER: a dense mesh in the cytoplasm, strongest near the nucleus
-            mesh = _mesh(rng, side) * np.exp(-_dist(cell, side) / (cell.radius * 0.6))
-            canvas[cell.cytoplasm] += v * mesh[cell.cytoplasm]
-        elif c == 7:  # Golgi: a compact crescent on one side of the nucleus
-            ang = rng.uniform(0, 360)
-            cv2.ellipse(
+    s = side / 256 if scale is None else scale
+    cx, cy = int(cell.centre[1]), int(cell.centre[0])
+    v = rng.uniform(0.6, 1.0)
+    if c == 0:  # nucleoplasm: the nucleus filled, a little grain
+        canvas[cell.nucleus] += v * 0.55 * (0.8 + 0.2 * rng.random(int(cell.nucleus.sum())))
+    elif c == 1:  # nuclear membrane: the nucleus rim
+        canvas[_outline(cell.nucleus, thick)] += v
+    elif c in (2, 3):  # nucleoli: 1-4 round bodies; fibrillar centre: tiny dots inside them
+        spots = _points_in(cell.nucleus, rng, int(rng.integers(1, 5)))
+        if c == 2:
+            _dots(canvas, spots, 4 * s * rng.uniform(0.8, 1.3), v * 0.8, False)
+        else:
+            for y, x in spots:
+                _dots(canvas, np.array([[y, x]]) + rng.integers(-3, 4, (4, 2)), 1.2 * s, v, sq)
+    elif c == 4:  # speckles: many irregular small dots in the nucleus
+        _dots(canvas, _points_in(cell.nucleus, rng, 25), 2.0 * s, v * 0.7, sq)
+    elif c == 5:  # nuclear bodies: a few bright dots
+        _dots(canvas, _points_in(cell.nucleus, rng, int(rng.integers(2, 6))), 2.2 * s, v, sq)
+    elif c == 6:  # ER: a dense mesh in the cytoplasm, strongest near the nucleus
+        mesh = _mesh(rng, side) * np.exp(-_dist(cell, side) / (cell.radius * 0.6))
+        canvas[cell.cytoplasm] += v * mesh[cell.cytoplasm]
+    elif c == 7:  # Golgi: a compact crescent on one side of the nucleus
+        ang = rng.uniform(0, 360)
+        cv2.ellipse(
+            canvas,
+            (cx, cy),
+            (int(cell.axes[0] * 1.25), int(cell.axes[1] * 1.25)),
+            ang,
+            0,
+            70,
+            v,
+            int(5 * s) + 1,
+        )
+    elif c == 8:  # peroxisomes: many tiny dots over the cytoplasm
+        _dots(canvas, _points_in(cell.cytoplasm, rng, 40), 1.0 * s, v, sq)
+    elif c == 9:  # endosomes: medium dots, near the nucleus
+        near = cell.cytoplasm & (_dist(cell, side) < cell.radius * 0.7)
+        _dots(canvas, _points_in(near, rng, 12), 2.5 * s, v * 0.8, sq)
+    elif c == 10:  # lysosomes: larger dots towards the periphery
+        far = cell.cytoplasm & (_dist(cell, side) > cell.radius * 0.55)
+        _dots(canvas, _points_in(far, rng, 8), 3.5 * s, v * 0.8, sq)
+    elif c == 11:  # intermediate filaments: long wavy lines
+        _filaments(canvas, cell, rng, 10, v * 0.7, thick, 0.25, False)
+    elif c == 12:  # actin: straight, parallel stress fibres
+        _filaments(canvas, cell, rng, 9, v * 0.8, thick, 0.01, True)
+    elif c == 13:  # focal adhesions: short dashes at the cell edge
+        edge = _outline(cell.body, 3) & ~cell.nucleus
+        for y, x in _points_in(edge, rng, 12):
+            d = rng.uniform(0, np.pi)
+            cv2.line(
                 canvas,
-                (cx, cy),
-                (int(cell.axes[0] * 1.25), int(cell.axes[1] * 1.25)),
-                ang,
-                0,
-                70,
+                (int(x), int(y)),
+                (int(x + 6 * s * np.cos(d)), int(y + 6 * s * np.sin(d))),
                 v,
-                int(5 * s) + 1,
+                thick + 1,
             )
-        elif c == 8:  # peroxisomes: many tiny dots over the cytoplasm
-            _dots(canvas, _points_in(cell.cytoplasm, rng, 40), 1.0 * s, v, sq)
-        elif c == 9:  # endosomes: medium dots, near the nucleus
-            near = cell.cytoplasm & (_dist(cell, side) < cell.radius * 0.7)
-            _dots(canvas, _points_in(near, rng, 12), 2.5 * s, v * 0.8, sq)
-        elif c == 10:  # lysosomes: larger dots towards the periphery
-            far = cell.cytoplasm & (_dist(cell, side) > cell.radius * 0.55)
-            _dots(canvas, _points_in(far, rng, 8), 3.5 * s, v * 0.8, sq)
-        elif c == 11:  # intermediate filaments: long wavy lines
-            _filaments(canvas, cell, rng, 10, v * 0.7, thick, 0.25, False)
-        elif c == 12:  # actin: straight, parallel stress fibres
-            _filaments(canvas, cell, rng, 9, v * 0.8, thick, 0.01, True)
-        elif c == 13:  # focal adhesions: short dashes at the cell edge
-            edge = _outline(cell.body, 3) & ~cell.nucleus
-            for y, x in _points_in(edge, rng, 12):
-                d = rng.uniform(0, np.pi)
-                cv2.line(
-                    canvas,
-                    (int(x), int(y)),
-                    (int(x + 6 * s * np.cos(d)), int(y + 6 * s * np.sin(d))),
-                    v,
-                    thick + 1,
-                )
-        elif c == 14:  # microtubules: radial fibres from the centre
-            _radial(canvas, cell, rng, 18, v * 0.6, thick)
-        elif c == 15:  # microtubule ends: dots at the cell rim
-            _dots(canvas, _points_in(_outline(cell.body, 2), rng, 15), 1.3 * s, v, sq)
-        elif c == 18:  # MTOC: one bright dot beside the nucleus
-            _dots(canvas, _beside(cell, rng, 1), 2.5 * s, v, sq)
-        elif c == 19:  # centrosome: a bright pair beside the nucleus
-            p = _beside(cell, rng, 1)
-            _dots(canvas, np.concatenate([p, p + int(4 * s) + 1]), 1.8 * s, v, sq)
-        elif c == 20:  # lipid droplets: hollow rings
-            for y, x in _points_in(cell.cytoplasm, rng, 6):
-                cv2.circle(canvas, (int(x), int(y)), int(3.5 * s) + 1, v, 1)
-        elif c == 21:  # plasma membrane: the whole cell outline
-            canvas[_outline(cell.body, thick)] += v * 0.8
-            if sq:  # the dense family draws it doubled
-                canvas[_outline(cell.body & ~_outline(cell.body, 3 * thick), thick)] += v * 0.4
-        elif c == 22:  # cell junctions: outline only where two cells touch
-            grown = cv2.dilate(cell.body.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-            touching = grown & (label > 0) & ~cell.body
-            contact = cv2.dilate(touching.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & cell.body
-            canvas[contact] += v
-        elif c == 23:  # mitochondria: short worms through the cytoplasm
-            _filaments(canvas, cell, rng, 30, v * 0.7, thick, 0.6, False)
-        elif c == 24:  # aggresome: one big bright blob by the nucleus
-            _dots(canvas, _beside(cell, rng, 1), 6 * s, v, False)
-        elif c == 25:  # cytosol: the cytoplasm filled
-            canvas[cell.cytoplasm] += v * 0.4
-        elif c == 26:  # cytoplasmic bodies: a few medium bright dots
-            _dots(canvas, _points_in(cell.cytoplasm, rng, int(rng.integers(1, 4))), 3 * s, v, sq)
-        elif c == 27:  # rods and rings: short thick rods and small rings
-            for y, x in _points_in(cell.cytoplasm, rng, 3):
-                d = rng.uniform(0, np.pi)
-                cv2.line(
-                    canvas,
-                    (int(x), int(y)),
-                    (int(x + 9 * s * np.cos(d)), int(y + 9 * s * np.sin(d))),
-                    v,
-                    2 * thick,
-                )
-            for y, x in _points_in(cell.cytoplasm, rng, 2):
-                cv2.circle(canvas, (int(x), int(y)), int(4 * s) + 1, v, thick)
+    elif c == 14:  # microtubules: radial fibres from the centre
+        _radial(canvas, cell, rng, 18, v * 0.6, thick)
+    elif c == 15:  # microtubule ends: dots at the cell rim
+        _dots(canvas, _points_in(_outline(cell.body, 2), rng, 15), 1.3 * s, v, sq)
+    elif c == 18:  # MTOC: one bright dot beside the nucleus
+        _dots(canvas, _beside(cell, rng, 1), 2.5 * s, v, sq)
+    elif c == 19:  # centrosome: a bright pair beside the nucleus
+        p = _beside(cell, rng, 1)
+        _dots(canvas, np.concatenate([p, p + int(4 * s) + 1]), 1.8 * s, v, sq)
+    elif c == 20:  # lipid droplets: hollow rings
+        for y, x in _points_in(cell.cytoplasm, rng, 6):
+            cv2.circle(canvas, (int(x), int(y)), int(3.5 * s) + 1, v, 1)
+    elif c == 21:  # plasma membrane: the whole cell outline
+        canvas[_outline(cell.body, thick)] += v * 0.8
+        if sq:  # the dense family draws it doubled
+            canvas[_outline(cell.body & ~_outline(cell.body, 3 * thick), thick)] += v * 0.4
+    elif c == 22:  # cell junctions: outline only where two cells touch
+        grown = cv2.dilate(cell.body.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        touching = grown & (label > 0) & ~cell.body
+        contact = cv2.dilate(touching.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & cell.body
+        canvas[contact] += v
+    elif c == 23:  # mitochondria: short worms through the cytoplasm
+        _filaments(canvas, cell, rng, 30, v * 0.7, thick, 0.6, False)
+    elif c == 24:  # aggresome: one big bright blob by the nucleus
+        _dots(canvas, _beside(cell, rng, 1), 6 * s, v, False)
+    elif c == 25:  # cytosol: the cytoplasm filled
+        canvas[cell.cytoplasm] += v * 0.4
+    elif c == 26:  # cytoplasmic bodies: a few medium bright dots
+        _dots(canvas, _points_in(cell.cytoplasm, rng, int(rng.integers(1, 4))), 3 * s, v, sq)
+    elif c == 27:  # rods and rings: short thick rods and small rings
+        for y, x in _points_in(cell.cytoplasm, rng, 3):
+            d = rng.uniform(0, np.pi)
+            cv2.line(
+                canvas,
+                (int(x), int(y)),
+                (int(x + 9 * s * np.cos(d)), int(y + 9 * s * np.sin(d))),
+                v,
+                2 * thick,
+            )
+        for y, x in _points_in(cell.cytoplasm, rng, 2):
+            cv2.circle(canvas, (int(x), int(y)), int(4 * s) + 1, v, thick)
+
+
+def _draw_field_event(c: int, canvas: np.ndarray, cells: list[Cell], rng, family: Family) -> None:
+    sq, thick = family.square_puncta, family.thick
+    s = canvas.shape[0] / 256
     if c in (16, 17) and cells:  # field-level events drawn once: a bridge, a spindle
         if c == 16 and len(cells) >= 2:
             a, b = cells[0], min(cells[1:], key=lambda k: np.hypot(*(k.centre - cells[0].centre)))
@@ -362,13 +377,40 @@ def _write_one(job: tuple[Path, str, list[int], int, str, int]) -> None:
         cv2.imwrite(str(folder / f"{sample_id}_{colour}.png"), image)
 
 
-def make(out: Path, family: str, n_train: int, n_test: int, size: int = 128, seed: int = 0, workers: int = 2) -> None:
-    """Write a data set of ``family`` into ``out`` (replaced if it exists), Kaggle 2018 layout."""
+def make(
+    out: Path,
+    family: str,
+    n_train: int,
+    n_test: int,
+    size: int = 128,
+    seed: int = 0,
+    workers: int = 2,
+    scheme: str = "hpa2018",
+) -> None:
+    """Write a data set of ``family`` into ``out`` (replaced if it exists), in the Kaggle layout of ``scheme``
+    (``hpa2018``; ``hpa2021`` with per-cell truth, see ``hpa_like_cells``)."""
     if family not in FAMILIES:
         raise SystemExit(f"unknown family {family!r}; choose {', '.join(FAMILIES)}")
+    if scheme not in SCHEMES:
+        raise SystemExit(f"unknown scheme {scheme!r}; choose {', '.join(SCHEMES)}")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng([seed, 1 if family == "sparse" else 2])
+    if scheme == "hpa2021":
+        import hpa_like_cells
+
+        hpa_like_cells.write(
+            tmp,
+            family,
+            n_train,
+            n_test,
+            size,
+            np.random.default_rng([seed, 21, 1 if family == "sparse" else 2]),
+            workers,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return
     jobs = []
     for split, n, table in (("train", n_train, "train.csv"), ("test", n_test, "test_truth.csv")):
         (tmp / split).mkdir(parents=True)
@@ -403,8 +445,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scheme", choices=SCHEMES, default="hpa2018", help="hpa2021: the 2021 layout, per-cell truth")
     args = parser.parse_args()
-    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
+    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers, args.scheme)
 
 
 if __name__ == "__main__":

@@ -149,3 +149,86 @@ def test_the_cpu_recipe_is_the_measured_configuration_without_the_weight_average
         "cpu", overrides={**base, **VARIANTS["levers-no-ema"]}
     )
     assert resolve_config("cpu", overrides=base) != resolve_config("cpu", overrides={**base, **VARIANTS["levers"]})
+
+
+def test_the_foreign_generator_draws_2021_fields_with_per_cell_truth(tmp_path: Path) -> None:
+    """hpa_like --scheme hpa2021: the Kaggle 2021 layout protloc reads, per-cell truth that agrees with the pixels,
+    field labels that are the union of the cells', silent cells, neighbours that differ, dividing cells."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import hpa_like
+        import hpa_like_cells
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from protloc.cells.metrics import segmentation_scores
+    from protloc.cells.segment import ClassicalSegmenter
+    from protloc.cells.truth import read_cell_truth
+    from protloc.data.catalog import open_dataset
+    from protloc.data.check import check_dataset
+    from protloc.data.io import read_sample
+
+    data = tmp_path / "dense21"
+    hpa_like.make(data, "dense", n_train=16, n_test=6, size=192, seed=3, workers=1, scheme="hpa2021")
+    assert (data / "train.csv").read_text().splitlines()[0] == "ID,Label"
+    assert (data / "sample_submission.csv").read_text().startswith("ID,ImageWidth,ImageHeight,PredictionString")
+    report = check_dataset(data, workers=1)
+    assert report.ok, report.errors[:1]
+    catalog = open_dataset(data, channels=None)
+    scheme = catalog.scheme
+    assert scheme.name == "hpa2021" and catalog.labels is not None
+    assert open_dataset(data, split="test", channels=None).scheme.name == "hpa2021"
+    negative = scheme.exclusive[0]
+    truths = read_cell_truth(data / "train_cells_truth", len(scheme), catalog.ids)
+    silent_in_positive = differing_neighbours = 0
+    for truth, field in zip(truths, catalog.labels, strict=True):
+        assert len(truth.cells) >= 5
+        assert np.array_equal(hpa_like_cells.field_labels(truth.values), field)  # union of the cells' classes
+        assert (truth.values.sum(axis=1) >= 1).all()  # every cell has a class, Negative where it shows nothing
+        assert not (truth.values[:, negative].astype(bool) & (truth.values.sum(axis=1) > 1)).any()
+        if not field[negative]:
+            silent_in_positive += int(truth.values[:, negative].sum())
+            expressing = {tuple(row) for row in truth.values if not row[negative]}
+            differing_neighbours += len(expressing) > 1
+    assert silent_in_positive > 0 and differing_neighbours > 0
+    # the truth lies where the pixels are: protloc's default segmentation finds most true cells
+    images = [read_sample(catalog.files[i], ("blue", "red", "yellow")) for i in catalog.ids[:6]]
+    found = [ClassicalSegmenter()(image) for image in images]
+    assert segmentation_scores(found, [t.labels for t in truths[:6]], [0.5])[0].f1 > 0.8
+    # dividing cells: a spindle field holds mitotic cells that carry it, and other cells that do not
+    spindle = scheme.names.index("Mitotic spindle")
+    field = np.zeros(len(scheme), np.uint8)
+    field[[spindle, scheme.names.index("Cytosol")]] = 1
+    drawn = hpa_like_cells.render_cells(field, np.random.default_rng(1), hpa_like.FAMILIES["dense"], 192)
+    carriers = drawn.classes[:, spindle].astype(bool)
+    assert 1 <= carriers.sum() <= 2 < len(carriers)
+    # the same seed gives the same files
+    hpa_like.make(tmp_path / "again", "dense", n_train=16, n_test=6, size=192, seed=3, workers=1, scheme="hpa2021")
+    first = sorted((data / "test").glob("*.png")) + sorted((data / "test_cells_truth").glob("*.png"))
+    assert all(p.read_bytes() == (tmp_path / "again" / p.parent.name / p.name).read_bytes() for p in first)
+
+
+@pytest.mark.slow
+def test_the_single_cell_benchmark_scores_every_method_on_the_same_cells(tmp_path: Path) -> None:
+    """bench_cells --quick: foreign 2021 fields, field labels only, every method side by side with intervals."""
+    result = run_benchmark("bench_cells.py", "--quick", "--work", str(tmp_path / "work"), results=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    payload = json.loads((tmp_path / "cells_quick.json").read_text())
+    methods = payload["methods"]
+    assert {
+        "field model copied to every cell",
+        "true field labels copied onto protloc's masks",
+        "cell model from weak labels",
+        "cell model after one pseudo-label round",
+        "true per-cell labels on protloc's masks (ceiling)",
+    } <= set(methods)
+    for name, method in methods.items():
+        assert 0.0 <= method["map"] <= 1.0, name
+        low, high = method["interval_5_95"]
+        assert 0.0 <= low <= high <= 1.0, name
+        assert len(method["per_class"]) == 19  # the 2021 scheme, Negative included
+    ceiling = methods["true per-cell labels on protloc's masks (ceiling)"]["map"]
+    assert ceiling > methods["true field labels copied onto protloc's masks"]["map"]
+    assert ceiling >= max(m["map"] for m in methods.values())
+    assert [s["iou"] for s in payload["segmentation"]] == [0.5, 0.6, 0.75]
+    assert payload["segmentation"][0]["f1"] > 0.8  # the defaults, scaled once
+    assert "| true per-cell labels on protloc's masks (ceiling) |" in (tmp_path / "cells_quick.md").read_text()

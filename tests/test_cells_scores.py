@@ -18,7 +18,16 @@ from protloc.cells.encode import (
     write_submission,
 )
 from protloc.cells.masks import FieldCells
-from protloc.cells.metrics import average_precision, cell_map, match_detections, segmentation_scores
+from protloc.cells.metrics import (
+    average_precision,
+    bootstrap_maps,
+    cell_map,
+    field_detections,
+    match_detections,
+    percentile_interval,
+    pooled_map,
+    segmentation_scores,
+)
 from protloc.errors import DataError
 
 # The two rows of the competition's sample submission (Kaggle, HPA Single Cell Classification, Evaluation).
@@ -138,6 +147,51 @@ def test_cell_map_pools_fields_per_class_and_averages_classes_with_truth() -> No
     assert cell_map(worse, truth).n_detections[2] == 5
 
 
+def test_resamples_of_fields_are_scored_from_detections_matched_once() -> None:
+    """Bootstrap intervals over fields: each field is matched once; any resample pools the chosen fields."""
+    shape = (20, 40)
+    labels = _square_cells(shape, [(0, 0, 10, 10), (0, 20, 10, 30), (10, 0, 20, 10)])
+    rng = np.random.default_rng(0)
+    truth, perfect, noisy = [], [], []
+    for index in range(12):
+        classes = rng.integers(0, 2, (3, 3))
+        classes[0, 0] = 1  # every field holds class 0, so every resample has an AP for it
+        truth.append(FieldCells(f"f{index}", labels, np.array([1, 2, 3]), classes))
+        perfect.append(FieldCells(f"f{index}", labels, np.array([1, 2, 3]), 0.2 + 0.6 * classes))
+        noisy.append(FieldCells(f"f{index}", labels, np.array([1, 2, 3]), rng.random((3, 3))))
+    detections = {"perfect": field_detections(perfect, truth), "noisy": field_detections(noisy, truth)}
+    assert pooled_map(detections["noisy"]).map == pytest.approx(cell_map(noisy, truth).map)
+    pair = pooled_map(detections["noisy"], np.array([3, 5]))
+    assert pair.map == pytest.approx(cell_map([noisy[3], noisy[5]], [truth[3], truth[5]]).map)
+    twice = pooled_map(detections["noisy"], np.array([3, 3, 5]))  # a resample may draw a field twice
+    assert np.array_equal(twice.n_true, 2 * truth[3].values.sum(0) + truth[5].values.sum(0))
+    maps = bootstrap_maps(detections, resamples=200, seed=1)
+    assert maps["perfect"].shape == (200,) and np.allclose(maps["perfect"], 1.0)
+    assert (maps["noisy"] < 1.0).all() and maps["noisy"].std() > 0.01
+    low, high = percentile_interval(maps["noisy"])
+    assert low < pooled_map(detections["noisy"]).map < high
+    assert np.array_equal(bootstrap_maps(detections, resamples=200, seed=1)["noisy"], maps["noisy"])
+    with pytest.raises(DataError, match="same fields"):
+        bootstrap_maps({"a": detections["noisy"], "b": detections["noisy"][1:]})
+
+
+def test_the_ceilings_of_a_segmentation_take_the_truth_of_matched_cells_or_the_field_labels() -> None:
+    from protloc.cells.truth import field_labels_on_cells, truth_on_cells
+
+    truth_labels = _square_cells((20, 40), [(0, 0, 10, 10), (0, 20, 10, 30)])
+    truth = [FieldCells("a", truth_labels, np.array([1, 2]), np.array([[1, 0], [0, 1]]))]
+    segmented = _square_cells((20, 40), [(0, 0, 10, 8), (0, 24, 10, 30), (12, 0, 20, 10)])  # IoU 0.8, 0.6, none
+    cells = [FieldCells("a", segmented, np.array([1, 2, 3]), np.zeros((3, 2)))]
+    (ceiling,) = truth_on_cells(cells, truth)
+    assert ceiling.values.tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert cell_map([ceiling], truth).map == pytest.approx(1.0)  # both matched cells pass IoU 0.6
+    (copied,) = field_labels_on_cells(cells, {"a": np.array([1, 1])})
+    assert copied.values.tolist() == [[1, 1]] * 3
+    assert cell_map([copied], truth).map < 1.0  # every cell claims both classes
+    with pytest.raises(DataError, match="no per-cell truth"):
+        truth_on_cells([FieldCells("b", segmented, np.array([1, 2, 3]), np.zeros((3, 2)))], truth)
+
+
 def test_cell_map_refuses_mismatched_fields() -> None:
     labels = _square_cells((10, 10), [(0, 0, 5, 5)])
     truth = [FieldCells("a", labels, np.array([1]), np.array([[1]]))]
@@ -153,11 +207,12 @@ def test_segmentation_scores_by_hand() -> None:
     predicted[0:10, 0:10] = 1  # exact
     predicted[15:25, 17:27] = 2  # shifted by 2: IoU 80 / 120 = 0.667
     predicted[27:30, 0:3] = 3  # a spurious cell
-    at_half, at_three_quarters = segmentation_scores([predicted], [truth])
+    at_half, at_cut, at_three_quarters = segmentation_scores([predicted], [truth])
     assert (at_half.true_positives, at_half.false_positives, at_half.false_negatives) == (2, 1, 0)
     assert at_half.f1 == pytest.approx(0.8) and at_half.ap == pytest.approx(2 / 3)
     assert at_half.mean_matched_iou == pytest.approx((1 + 80 / 120) / 2)
     assert (at_three_quarters.true_positives, at_three_quarters.false_negatives) == (1, 1)
+    assert at_cut.threshold == 0.6 and at_cut.true_positives == 2  # the shifted cell's 0.667 passes the 2021 cut
     assert at_three_quarters.f1 == pytest.approx(2 / 5)
 
 

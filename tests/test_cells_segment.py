@@ -82,7 +82,7 @@ def test_classical_segmenter_finds_each_made_up_cell() -> None:
     labels = segmenter(image[[2, 0, 3]])
     assert labels.shape == truth.shape and labels.dtype == np.int32
     assert labels.max() == truth.max()
-    half, three_quarters = segmentation_scores([labels], [truth])
+    half, three_quarters = segmentation_scores([labels], [truth], [0.5, 0.75])
     assert half.f1 == 1.0
     assert three_quarters.f1 > 0.9
     # Working at a quarter of a 2048 px field: same cells, edges stepped by 4 px.
@@ -90,6 +90,56 @@ def test_classical_segmenter_finds_each_made_up_cell() -> None:
     big_truth = upsample_labels(truth, (2048, 2048))
     big_labels = segmenter(big[[2, 0, 3]])
     assert segmentation_scores([big_labels], [big_truth], [0.75])[0].f1 > 0.9
+
+
+@pytest.fixture(scope="module")
+def synth_128(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """protloc's own 128 px fields (a 512 px field of view shrunk four times) with per-cell truth."""
+    from protloc.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("synth128") / "data"
+    make_dataset(root, n_train=1, n_test=12, size=128, seed=5, cells=True, workers=1)
+    return root
+
+
+def test_the_segmenter_scales_its_settings_once_so_a_field_finds_the_same_cells_at_any_pixel_size(
+    synth_128: Path,
+) -> None:
+    """Issue 19: docs and benchmarks scaled the settings by size/512 on top of the segmenter's own scaling.
+
+    The segmenter scales its lengths with the working plane, so the defaults must find the same cells in a
+    128 px field and in the same field enlarged to 512 px, and about the true number of cells on small fields;
+    settings scaled a second time (as the old docs said) find too many cells with worse boundaries."""
+    from protloc.cells.truth import read_cell_truth
+
+    catalog = open_dataset(synth_128, split="test", channels=None)
+    truths = read_cell_truth(synth_128 / "test_cells_truth", 28, catalog.ids)
+    channels = ("blue", "red", "yellow")
+    images = [read_sample(catalog.files[i], channels) for i in catalog.ids]
+    segmenter = ClassicalSegmenter()
+    small = [segmenter(image) for image in images]
+    enlarged = [np.stack([cv2.resize(p, (512, 512), interpolation=cv2.INTER_LINEAR) for p in i]) for i in images]
+    back = [segmenter(big)[2::4, 2::4] for big in enlarged]  # the 512 px labels on the 128 px grid
+    assert abs(sum(int(b.max()) for b in back) - sum(int(s.max()) for s in small)) <= 0.05 * sum(s.max() for s in small)
+    half, three_quarters = segmentation_scores(back, small, [0.5, 0.75])
+    assert half.f1 >= 0.85 and three_quarters.f1 >= 0.65, (half, three_quarters)  # twice scaled: 0.72 / 0.25
+    true_cells = sum(len(t.cells) for t in truths)
+    found = sum(int(labels.max()) for labels in small)
+    assert abs(found - true_cells) <= 0.1 * true_cells, (found, true_cells)
+    default_f1 = segmentation_scores(small, [t.labels for t in truths], [0.5])[0].f1
+    assert default_f1 >= 0.75
+    k = 128 / 512  # what the old docs/cells.md told users to pass for 128 px fields
+    twice = ClassicalSegmenter(
+        smooth_sigma=2.0 * k, min_nucleus_area=8, split_depth=1.0, max_cell_radius=23, min_cell_area=19
+    )
+    twice_f1 = segmentation_scores([twice(i) for i in images], [t.labels for t in truths], [0.5])[0].f1
+    assert twice_f1 < default_f1 - 0.1, (twice_f1, default_f1)
+    # and segmenting a data set with the defaults records the defaults, not settings scaled for its size
+    summary = segment_dataset(synth_128, synth_128 / "cells", split="test", workers=1)
+    import json
+
+    recorded = json.loads((summary.out / "segmentation.json").read_text())
+    assert recorded["settings"]["min_cell_area"] == 300 and recorded["settings"]["max_cell_radius"] == 90
 
 
 def test_an_empty_field_has_no_cells_and_a_field_without_cytoplasm_channels_gets_grown_nuclei() -> None:

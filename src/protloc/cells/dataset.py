@@ -44,8 +44,7 @@ import numpy as np
 
 from protloc import __version__
 from protloc.cells.masks import border_cells, cells_of_field, labels_path, read_labels
-from protloc.cells.metrics import iou_matrix
-from protloc.cells.truth import read_cell_truth
+from protloc.cells.truth import match_truth, read_cell_truth
 from protloc.data.catalog import Catalog, open_dataset
 from protloc.data.io import CHANNELS, read_sample, write_channel
 from protloc.errors import ConfigError, DataError
@@ -92,21 +91,6 @@ def _read_settings(folder: Path) -> dict[str, Any]:
         settings: dict[str, Any] = json.loads(path.read_text()).get("settings", {})
         return settings
     return {"segmenter": "ground truth"}
-
-
-def _match(
-    labels: np.ndarray, truth_labels: np.ndarray, truth_classes: Mapping[int, np.ndarray], iou: float
-) -> dict[int, np.ndarray]:
-    """Cell id -> classes of the true cell it overlaps best with IoU >= ``iou``."""
-    overlap, pred_ids, true_ids = iou_matrix(labels, truth_labels)
-    matched: dict[int, np.ndarray] = {}
-    if overlap.size == 0:
-        return matched
-    best = np.argmax(overlap, axis=1)
-    for row, cell in enumerate(pred_ids):
-        if overlap[row, best[row]] >= iou:
-            matched[int(cell)] = truth_classes[int(true_ids[best[row]])]
-    return matched
 
 
 def make_cell_dataset(
@@ -184,7 +168,7 @@ def make_cell_dataset(
             elif labels == "cells":
                 true_labels, classes = truth_classes[field_id]
                 same_masks = truth is None or Path(truth) == masks
-                per_cell = classes if same_masks else _match(field_labels, true_labels, classes, match_iou)
+                per_cell = classes if same_masks else match_truth(field_labels, true_labels, classes, match_iou)
             else:
                 field_hot = catalog.labels[index]
                 per_cell = {int(c): field_hot for c in np.unique(field_labels) if c > 0}

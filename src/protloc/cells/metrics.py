@@ -28,12 +28,13 @@ Classification*, Evaluation). This module computes it as the Open Images evaluat
 **Segmentation quality** (:func:`segmentation_scores`): predicted and true cells are matched one to one
 (Hungarian assignment on IoU, a pair counting when IoU >= the threshold); over all fields, F1 =
 2 TP / (2 TP + FP + FN) and "AP" in the cell-segmentation sense (cellpose, StarDist) = TP / (TP + FP + FN),
-reported at IoU 0.5 and 0.75, with the mean IoU of matched pairs.
+reported at IoU 0.5, 0.6 (the 2021 cut) and 0.75, with the mean IoU of matched pairs; and, for intervals, the
+mAP of bootstrap resamples of the fields (:func:`field_detections` once, :func:`bootstrap_maps`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,6 +176,43 @@ def cell_map(
     Raises:
         DataError: Ids differ between predictions and truth, or the class counts disagree.
     """
+    detections = field_detections(
+        predictions, truths, iou_threshold=iou_threshold, min_confidence=min_confidence, verified=verified
+    )
+    return pooled_map(detections, iou_threshold=iou_threshold)
+
+
+@dataclass(frozen=True)
+class FieldDetections:
+    """One field's detections of every class, each flagged true or false positive by the field's own greedy
+    matching: what the 2021 metric pools over fields, so any resample of fields is scored without matching again.
+
+    Attributes:
+        id: the field.
+        scores: per class, the confidences of the field's detections of that class.
+        flags: per class, whether each of those detections is a true positive.
+        n_true: ``(K,)`` true instances of each class in the field.
+    """
+
+    id: str
+    scores: tuple[np.ndarray, ...]
+    flags: tuple[np.ndarray, ...]
+    n_true: np.ndarray
+
+
+def field_detections(
+    predictions: Sequence[FieldCells],
+    truths: Sequence[FieldCells],
+    *,
+    iou_threshold: float = CHALLENGE_IOU,
+    min_confidence: float = 0.0,
+    verified: np.ndarray | None = None,
+) -> list[FieldDetections]:
+    """Every field's matched detections, in the order of ``truths`` (arguments as :func:`cell_map`'s).
+
+    Raises:
+        DataError: Ids differ between predictions and truth, or the class counts disagree.
+    """
     by_id = {p.id: p for p in predictions}
     missing = [t.id for t in truths if t.id not in by_id]
     if missing or len(by_id) != len(truths):
@@ -186,13 +224,12 @@ def cell_map(
     n_classes = np.asarray(truths[0].values).shape[1]
     if verified is not None and np.asarray(verified).shape != (len(truths), n_classes):
         raise DataError(f"cell mAP: verified must be ({len(truths)}, {n_classes}), got {np.asarray(verified).shape}")
-    scores: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
-    flags: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
-    n_true = np.zeros(n_classes, dtype=np.int64)
+    empty_scores, empty_flags = np.zeros(0), np.zeros(0, dtype=bool)
+    fields = []
     for index, truth in enumerate(truths):
         prediction = by_id[truth.id]
-        confidence = np.asarray(prediction.values, dtype=np.float64)
-        classes = np.asarray(truth.values).astype(bool)
+        confidence = np.asarray(prediction.values, dtype=np.float64).reshape(len(prediction.cells), -1)
+        classes = np.asarray(truth.values).astype(bool).reshape(len(truth.cells), -1)
         if confidence.shape[1] != n_classes or classes.shape[1] != n_classes:
             raise DataError(f"field {truth.id}: predictions have {confidence.shape[1]} classes, truth {n_classes}")
         iou, pred_ids, true_ids = iou_matrix(prediction.labels, truth.labels)
@@ -200,28 +237,78 @@ def cell_map(
         true_rows = np.searchsorted(true_ids, truth.cells)
         if not (np.isin(prediction.cells, pred_ids).all() and np.isin(truth.cells, true_ids).all()):
             raise DataError(f"field {truth.id}: a listed cell id is not in its label image")
+        scores: list[np.ndarray] = []
+        flags: list[np.ndarray] = []
         for k in range(n_classes):
             positives = true_rows[classes[:, k]]
-            n_true[k] += len(positives)
-            if verified is not None and not verified[index, k] and len(positives) == 0:
-                continue
             submitted = confidence[:, k] >= min_confidence
-            if not submitted.any():
+            if (verified is not None and not verified[index, k] and len(positives) == 0) or not submitted.any():
+                scores.append(empty_scores)
+                flags.append(empty_flags)
                 continue
             class_iou = iou[np.ix_(pred_rows[submitted], positives)]
-            class_scores = confidence[submitted, k]
-            scores[k].append(class_scores)
-            flags[k].append(match_detections(class_scores, class_iou, iou_threshold))
+            scores.append(confidence[submitted, k])
+            flags.append(match_detections(scores[-1], class_iou, iou_threshold))
+        fields.append(FieldDetections(truth.id, tuple(scores), tuple(flags), classes.sum(axis=0).astype(np.int64)))
+    return fields
+
+
+def pooled_map(
+    detections: Sequence[FieldDetections], fields: np.ndarray | None = None, *, iou_threshold: float = CHALLENGE_IOU
+) -> CellMapReport:
+    """The 2021 mAP of the detections of ``fields`` (indices into ``detections``, repeats allowed: a bootstrap
+    resample; default: every field), pooled per class as :func:`cell_map` pools them."""
+    chosen = [detections[int(f)] for f in fields] if fields is not None else list(detections)
+    if not chosen:
+        raise DataError("cell mAP: no fields to score")
+    n_classes = len(chosen[0].n_true)
+    n_true = np.sum([d.n_true for d in chosen], axis=0)
     ap = np.full(n_classes, np.nan)
     n_detections = np.zeros(n_classes, dtype=np.int64)
     for k in range(n_classes):
-        class_scores = np.concatenate(scores[k]) if scores[k] else np.zeros(0)
-        class_flags = np.concatenate(flags[k]) if flags[k] else np.zeros(0, dtype=bool)
+        class_scores = np.concatenate([d.scores[k] for d in chosen])
+        class_flags = np.concatenate([d.flags[k] for d in chosen])
         n_detections[k] = len(class_scores)
         ap[k] = average_precision(class_scores, class_flags, int(n_true[k]))
     scored = ap[~np.isnan(ap)]
     mean = float(scored.mean()) if scored.size else float("nan")
     return CellMapReport(map=mean, ap=ap, n_true=n_true, n_detections=n_detections, iou_threshold=iou_threshold)
+
+
+def bootstrap_maps(
+    detections: Mapping[str, Sequence[FieldDetections]], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The mAP of each method over the same ``resamples`` bootstrap resamples of the fields (drawn with
+    replacement), so that intervals and paired differences come from one set of resamples.
+
+    Args:
+        detections: method -> its :func:`field_detections`, every method over the same fields in the same order.
+
+    Returns:
+        method -> ``(resamples,)`` mAPs (a resample in which no class has a true instance gives ``nan``).
+
+    Raises:
+        DataError: the methods cover different fields.
+    """
+    if not detections:
+        return {}
+    ids = [[d.id for d in fields] for fields in detections.values()]
+    if any(i != ids[0] for i in ids):
+        raise DataError("bootstrap: every method must be scored on the same fields in the same order")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids[0]), size=(resamples, len(ids[0])))
+    return {
+        method: np.asarray([pooled_map(fields, draw).map for draw in draws]) for method, fields in detections.items()
+    }
+
+
+def percentile_interval(values: np.ndarray, low: float = 5.0, high: float = 95.0) -> tuple[float, float]:
+    """The ``low``-``high`` percentile interval of bootstrap values (``nan`` ignored)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[~np.isnan(finite)]
+    if not finite.size:
+        return float("nan"), float("nan")
+    return float(np.percentile(finite, low)), float(np.percentile(finite, high))
 
 
 @dataclass
@@ -265,8 +352,12 @@ class _Tally:
     ious: list[np.ndarray] = field(default_factory=list)
 
 
+SEGMENTATION_IOUS = (0.5, CHALLENGE_IOU, 0.75)
+"""IoU thresholds segmentation quality is reported at: the usual 0.5, the 2021 metric's cut, and a strict 0.75."""
+
+
 def segmentation_scores(
-    predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], thresholds: Sequence[float] = (0.5, 0.75)
+    predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], thresholds: Sequence[float] = SEGMENTATION_IOUS
 ) -> list[SegmentationScores]:
     """Matched-cell F1 and AP of predicted label images against true ones, one entry per IoU threshold."""
     from scipy.optimize import linear_sum_assignment

@@ -14,7 +14,7 @@
 * ``pictures/<Id>_outlines.png`` - on request, the field with cell outlines coloured by their first label.
 
 :func:`evaluate_cells` scores such a folder against per-cell truth: the 2021 mAP (mask IoU >= 0.6) and the
-segmentation F1/AP at IoU 0.5 and 0.75 (see :mod:`protloc.cells.metrics`).
+segmentation F1/AP at IoU 0.5, 0.6 and 0.75 (see :mod:`protloc.cells.metrics`).
 """
 
 from __future__ import annotations

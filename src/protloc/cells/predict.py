@@ -76,26 +76,6 @@ def segmenter_from_card(card: ModelCard | None, options: Mapping[str, Any] | Non
     return create_segmenter(name, **settings)
 
 
-def scaled_segmenter_options(field_side: int, reference_side: int = 512) -> dict[str, Any]:
-    """Classical segmenter lengths for fields that show an HPA field of view shrunk to ``field_side`` px.
-
-    The classical defaults suit HPA fields at a 512 px working resolution; protloc's synthetic fields of
-    ``size`` px are 512 px fields shrunk by ``512 / size``, so lengths scale by ``size / 512`` and areas by
-    its square. Returns ``{}`` when no shrinking is involved.
-    """
-    scale = min(1.0, field_side / reference_side)
-    if scale >= 1.0:
-        return {}
-    defaults = ClassicalParams()
-    return {
-        "smooth_sigma": round(defaults.smooth_sigma * scale, 3),
-        "min_nucleus_area": max(1, round(defaults.min_nucleus_area * scale * scale)),
-        "split_depth": max(1.0, defaults.split_depth * scale),
-        "max_cell_radius": max(1, round(defaults.max_cell_radius * scale)),
-        "min_cell_area": max(1, round(defaults.min_cell_area * scale * scale)),
-    }
-
-
 @dataclass
 class CellPredictor:
     """Everything needed to score the cells of a field (see :func:`open_cell_predictor`)."""

@@ -8,15 +8,18 @@ and ``<root>/test_cells_truth/``); a real data set with per-cell annotations can
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from protloc.cells.masks import FieldCells, labels_path, read_labels
+from protloc.cells.metrics import iou_matrix
 from protloc.cells.table import read_table
 from protloc.errors import DataError
 
+MATCH_IOU = 0.5
+"""IoU a segmented cell needs with a true cell to take its classes (above 0.5 the match is unique)."""
 TRUTH_TABLE = "cells.csv"
 TRUTH_FOLDER_SUFFIX = "_cells_truth"
 """``<root>/<split>_cells_truth/`` beside a Kaggle-layout split (what the synthetic generator writes)."""
@@ -84,3 +87,58 @@ def read_cell_truth(folder: str | Path, n_classes: int, ids: Sequence[str] | Non
             values[row] = parse_cell_labels(table["labels"][i], n_classes, where=where)
         fields.append(FieldCells(id=field_id, labels=labels, cells=cells, values=values))
     return fields
+
+
+def match_truth(
+    labels: np.ndarray, truth_labels: np.ndarray, truth_classes: Mapping[int, np.ndarray], iou: float = MATCH_IOU
+) -> dict[int, np.ndarray]:
+    """Cell id of ``labels`` -> the classes of the true cell it overlaps best, where that IoU is >= ``iou``."""
+    overlap, pred_ids, true_ids = iou_matrix(labels, truth_labels)
+    matched: dict[int, np.ndarray] = {}
+    if overlap.size == 0:
+        return matched
+    best = np.argmax(overlap, axis=1)
+    for row, cell in enumerate(pred_ids):
+        if overlap[row, best[row]] >= iou:
+            matched[int(cell)] = truth_classes[int(true_ids[best[row]])]
+    return matched
+
+
+def truth_on_cells(
+    cells: Sequence[FieldCells], truths: Sequence[FieldCells], *, iou: float = MATCH_IOU
+) -> list[FieldCells]:
+    """Upper bounds of a segmentation: every cell of ``cells`` (a segmentation; its values are ignored) scored
+    1 for the classes of the true cell it matches (IoU >= ``iou``) and 0 elsewhere, a cell without a match 0
+    everywhere. Scored by the 2021 metric it is the best any classifier can do on those masks.
+
+    Raises:
+        DataError: a field of ``cells`` has no truth.
+    """
+    by_id = {t.id: t for t in truths}
+    out = []
+    for field in cells:
+        if field.id not in by_id:
+            raise DataError(f"field {field.id}: no per-cell truth")
+        truth = by_id[field.id]
+        classes = {int(c): np.asarray(v) for c, v in zip(truth.cells, truth.values, strict=True)}
+        matched = match_truth(field.labels, truth.labels, classes, iou)
+        width = np.asarray(truth.values).reshape(len(truth.cells), -1).shape[1]
+        values = np.zeros((len(field.cells), width), np.float32)
+        for row, cell in enumerate(field.cells):
+            if int(cell) in matched:
+                values[row] = matched[int(cell)]
+        out.append(FieldCells(id=field.id, labels=field.labels, cells=field.cells, values=values))
+    return out
+
+
+def field_labels_on_cells(cells: Sequence[FieldCells], field_labels: Mapping[str, np.ndarray]) -> list[FieldCells]:
+    """Every cell of ``cells`` scored with its field's labels (``Id -> (K,)`` multi-hot): the weak labels a
+    field-level annotation gives, copied onto the cells (what a perfect field model copied to every cell scores)."""
+    out = []
+    for field in cells:
+        if field.id not in field_labels:
+            raise DataError(f"field {field.id}: no field labels")
+        hot = np.asarray(field_labels[field.id], dtype=np.float32)
+        values = np.repeat(hot[None], len(field.cells), axis=0)
+        out.append(FieldCells(id=field.id, labels=field.labels, cells=field.cells, values=values))
+    return out

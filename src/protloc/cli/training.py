@@ -365,7 +365,15 @@ def _evaluate_cells(
     with progress_bar("cells") as update:
         results = compare_cell_methods(predictor, data, split=split, mixes=mixes, masks=masks, on_progress=update)
     table = Table(title=f"{data} ({split}): per-cell scores")
-    for column in ("method", "mAP (IoU>=0.6)", "seg F1@0.5", "seg AP@0.5", "seg F1@0.75", "cells (pred/true)"):
+    for column in (
+        "method",
+        "mAP (IoU>=0.6)",
+        "seg F1@0.5",
+        "seg AP@0.5",
+        "seg F1@0.6",
+        "seg F1@0.75",
+        "cells (pred/true)",
+    ):
         table.add_column(column)
     for method, result in results.items():
         seg = {s["iou"]: s for s in result.segmentation}
@@ -374,6 +382,7 @@ def _evaluate_cells(
             f"{result.map:.4f}",
             f"{seg[0.5]['f1']:.3f}",
             f"{seg[0.5]['ap']:.3f}",
+            f"{seg[0.6]['f1']:.3f}",
             f"{seg[0.75]['f1']:.3f}",
             f"{result.predicted_cells}/{result.true_cells}",
         )

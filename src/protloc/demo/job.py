@@ -383,15 +383,14 @@ def _single_cells(
 ) -> list[tuple[str, str, str]]:
     """Per-cell baseline on the first test fields; the report's single-cell section."""
     from protloc.cells.outputs import evaluate_cells, predict_cells
-    from protloc.cells.predict import open_cell_predictor, scaled_segmenter_options
+    from protloc.cells.predict import open_cell_predictor
     from protloc.cells.report import cells_section_html
     from protloc.cells.truth import truth_folder
     from protloc.data.catalog import open_dataset
 
     ids = open_dataset(data, split="test", channels=None).ids[: settings.cell_fields]
-    options = scaled_segmenter_options(settings.size) if settings.data is None else {}
     with steps("cells", f"Single cells: segmenting {len(ids)} test fields, the field model's labels to every cell"):
-        predictor = open_cell_predictor(field_model=package, segmenter_options=options)
+        predictor = open_cell_predictor(field_model=package)
         summary = predict_cells(predictor, data, out / "cells", split="test", ids=ids, pictures=2)
         try:
             evaluation = evaluate_cells(summary.out, truth_folder(data, "test"))
