@@ -13,7 +13,9 @@ per-cell truth of held-out training fields, to show what that lever is worth).
 fields of 256 px on the 2-core machine): segment, crops, field model, cell model with its image head, fusion,
 package. Variants reuse its finished stages (same settings, same digests) in a copy of its folder, so each
 differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the budget share the
-default leaves to rounds), a plain cell model without the image head, and the fusion fitted on per-cell truth.
+default leaves to rounds), a plain cell model without the image head, border and small cells at half weight
+in the cell model's loss, and the fusion fitted on per-cell truth. Each method's difference from the cell model
+alone (paired: the same resamples) is the effect of its lever, with its interval.
 
 **Methods** (``METHODS``, a table: a row names the runs it needs and how it scores the cells; add a row to add
 a method), all scored on the same test fields and the same cells, segmented once with the defaults; the models
@@ -60,6 +62,7 @@ REFERENCE = "true field labels copied onto protloc's masks"
 BASELINE = "field model copied to every cell"
 DEFAULT = "default pipeline: protloc train --cells, its package as it is"
 FITTED = "fusion fitted on per-cell truth of held-out training fields (not field labels only)"
+CELL_ALONE = "cell model alone (image-head model)"
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -202,6 +205,12 @@ def _small(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "package"}
 
 
+def _half_weights() -> Any:
+    from protloc.training.mil import MilSettings
+
+    return MilSettings(border_weight=0.5, small_weight=0.5)
+
+
 STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
     # (name, step, counted in the default pipeline's budget)
     ("make data (hpa_like, hpa2021)", stage_data, False),
@@ -218,7 +227,14 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
         lambda b: _pipeline(b, "fitted", "default", TRAINED, cell_truth=str(b.data / "train_cells_truth")),
         False,
     ),
+    (
+        "border and small cells at half weight in training",
+        lambda b: _pipeline(b, "weighted", "default", PREPARED, mil=_half_weights()),
+        False,
+    ),
 ]
+
+
 PREPARED = ("segment", "crops", "field")
 TRAINED = (*PREPARED, "cell")
 
@@ -288,7 +304,7 @@ METHODS: list[Method] = [
         ("default",),
     ),
     Method(DEFAULT, "default", _fused("default"), ("default",)),
-    Method("cell model alone (image-head model)", "cell", _fused("default", _spec()), ("default",)),
+    Method(CELL_ALONE, "cell", _fused("default", _spec()), ("default",)),
     Method("cell x field model", "c x field", _fused("default", _spec("product")), ("default",)),
     Method("cell x image head", "c x head", _fused("default", _spec("product", image="cell model")), ("default",)),
     Method(
@@ -299,6 +315,30 @@ METHODS: list[Method] = [
     ),
     Method("cell x CAM in mask", "c x CAM", _fused("default", _spec("product", image="field model CAM")), ("default",)),
     Method("0.5 cell + 0.5 field model", "mean 0.5", _fused("default", _spec("mean")), ("default",)),
+    Method(
+        "cell x image head, Negative = none of the others",
+        "c x h, neg none",
+        _fused("default", _spec("product", image="cell model", negative="none-of-others")),
+        ("default",),
+    ),
+    Method(
+        "cell^0.25 x image head^0.75",
+        "geo 0.25",
+        _fused("default", _spec("geometric", weight=0.25, image="cell model")),
+        ("default",),
+    ),
+    Method(
+        "cell model alone, border and small cells' scores x0.5",
+        "c, edge x0.5",
+        _fused("default", _spec(border=0.5, small=0.5)),
+        ("default",),
+    ),
+    Method(
+        "cell model trained with border and small cells at half weight",
+        "weighted",
+        _fused("weighted", _spec()),
+        ("weighted",),
+    ),
     Method("+ one out-of-fold pseudo-label round", "round", _fused("round"), ("round",)),
     Method("plain cell model from weak labels (no image head)", "plain", _fused("plain", _spec()), ("plain",)),
     Method("plain cell model, 0.5 cell + 0.5 field", "plain mean", _fused("plain", _spec("mean")), ("plain",)),
@@ -332,6 +372,9 @@ def score(bench: Bench) -> dict[str, Any]:
             entry["minus_true_field_labels_5_95"] = [
                 round(v, 4) for v in percentile_interval(maps[name] - maps[REFERENCE])
             ]
+        if CELL_ALONE in maps and name != CELL_ALONE:  # a lever's own effect: paired, the same resamples
+            entry["minus_cell_alone"] = round(report.map - pooled_map(detections[CELL_ALONE]).map, 4)
+            entry["minus_cell_alone_5_95"] = [round(v, 4) for v in percentile_interval(maps[name] - maps[CELL_ALONE])]
         if BASELINE in maps and name != BASELINE:
             entry["times_baseline"] = round(report.map / pooled_map(detections[BASELINE]).map, 3)
             entry["times_baseline_5_95"] = [round(v, 3) for v in percentile_interval(maps[name] / maps[BASELINE])]
@@ -365,6 +408,7 @@ def markdown(bench: Bench, scored: dict[str, Any]) -> str:
             if "minus_true_field_labels" in m
             else "",
             f"{m['times_baseline']:.2f}x {interval(m.get('times_baseline_5_95'), 2)}" if "times_baseline" in m else "",
+            f"{m['minus_cell_alone']:+.3f} {interval(m['minus_cell_alone_5_95'])}" if "minus_cell_alone" in m else "",
         ]
         for name, m in methods.items()
     ]
@@ -389,7 +433,14 @@ def markdown(bench: Bench, scored: dict[str, Any]) -> str:
             f"its defaults took {pipeline / 60:.1f} min wall on {os.cpu_count()} cores (load average at the end "
             f"{os.getloadavg()[0]:.1f}); intervals: 5-95 % over {a.resamples} bootstrap resamples of the test fields.",
             table(
-                ["method", "mAP (IoU >= 0.6) [5-95 %]", "minus true field labels copied", "x field model copied"], rows
+                [
+                    "method",
+                    "mAP (IoU >= 0.6) [5-95 %]",
+                    "minus true field labels copied",
+                    "x field model copied",
+                    "minus cell model alone",
+                ],
+                rows,
             ),
             table(["segmentation IoU", "F1", "AP (TP/(TP+FP+FN))", "mean matched IoU"], seg_rows),
             table(["class (AP)", "true cells", *short.values()], class_rows),

@@ -105,7 +105,8 @@ class FusionSpec:
 
     @property
     def needs_cell_model(self) -> bool:
-        return self.rule != "image" or self.negative == "max"
+        """Whether the cell model runs: for its own scores, or for its image head."""
+        return self.rule != "image" or self.negative == "max" or self.image == "cell model"
 
     def describe(self) -> str:
         """A short human name: ``"cell x image (field model), Negative: max, border x0.5"``."""

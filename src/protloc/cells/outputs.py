@@ -351,7 +351,7 @@ def fusion_inputs(scores: Sequence[FieldScores], field_labels: np.ndarray) -> Fu
     sources: dict[str, list[np.ndarray]] = {}
     for scored in scores:
         for name, values in scored.images().items():
-            sources.setdefault(name, []).append(np.broadcast_to(values, (len(scored.cells), len(values))))
+            sources.setdefault(name, []).append(np.broadcast_to(values, (len(scored.cells), values.shape[-1])))
     images = {name: np.concatenate(parts) for name, parts in sources.items() if len(parts) == len(scores)}
     cell = [s.cell for s in scores]
     if any(c is None for c in cell):

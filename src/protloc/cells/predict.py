@@ -408,6 +408,11 @@ class FieldScores:
         found = {"field model": self.field, "cell model": self.head, "field model CAM": self.cam}
         return {name: value for name, value in found.items() if value is not None}
 
+    def field_cells(self, values: np.ndarray | None = None) -> FieldCells:
+        """The cells as the metric takes them, with ``values`` (default: none, for matching them to the truth)."""
+        chosen = np.zeros((len(self.cells), 0)) if values is None else values
+        return FieldCells(id=self.id, labels=self.labels, cells=self.cells, values=chosen)
+
     def fused(self, spec: FusionSpec, negative: Sequence[int] = ()) -> np.ndarray:
         """``(N, K)`` scores of the cells under ``spec``."""
         if len(self.cells) == 0:

@@ -160,8 +160,9 @@ class CellPipelineResult:
 class _Journal:
     """``OUT/pipeline.json``: each finished stage with its digest, seconds and summary, written atomically."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, order: list[str]) -> None:
         self.path = out / PIPELINE_FILE
+        self.order = order
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             try:
@@ -177,11 +178,9 @@ class _Journal:
         from protloc.utils import atomic_write_json
 
         self.stages[name] = {"digest": digest, "seconds": round(seconds, 1), "summary": summary}
+        # in this run's order; stages this run does not have (a round of an earlier run with more) are dropped
+        self.stages = {stage: self.stages[stage] for stage in self.order if stage in self.stages}
         atomic_write_json(self.path, {"format": "protloc-cell-pipeline", "stages": self.stages})
-
-    @property
-    def seconds(self) -> float:
-        return float(sum(r.get("seconds", 0.0) for r in self.stages.values()))
 
 
 def _digest(*parts: Any) -> str:
@@ -222,13 +221,19 @@ class _Run:
         self.report(1, 1)
         return summary
 
+    held_out: int = 0
+    """fields the fusion stage scores (for its reserve)."""
+
     def training_seconds(self, weight: float, later: float) -> float | None:
-        """This training stage's share of what is left of the budget, keeping a reserve for the fusion."""
+        """This training stage's share of what is left of the budget, keeping a reserve for the fusion stage
+        (which scores the held-out fields: about 0.3 s each on two cores, or 8 % of the budget)."""
         total = self.s.budget_seconds
         if total is None:
             return None
-        spent = self.journal.seconds
-        left = total - spent - 0.08 * total
+        reserve = max(0.08 * total, 0.3 * self.held_out)
+        before = self.stage_names[: self.stage_names.index(self.current)]  # passed in this run: done or skipped
+        spent = sum(float(self.journal.stages.get(name, {}).get("seconds", 0.0)) for name in before)
+        left = total - spent - reserve
         return max(30.0, left * weight / max(weight + later, 1e-9))
 
 
@@ -250,9 +255,12 @@ def train_cells(
     s = settings.validate()
     out = Path(s.out)
     with hold(out, "protloc train --cells"):
-        run = _Run(s, out, _Journal(out), on_progress, list(stage_names(s)))
+        names = list(stage_names(s))
+        run = _Run(s, out, _Journal(out, names), on_progress, names)
         catalog = _field_catalog(s)
+        run.held_out = len(catalog) // s.folds
         w_field, w_cell, w_rounds = s.shares
+        w_rounds = w_rounds if s.rounds else 0.0  # without rounds, their share goes to the models
         digest = _digest("segment", s.data, s.split, s.labels, s.segmenter, s.segmenter_options, s.bit_depth)
         run.stage("segment", digest, partial(_segment, run, catalog))
         crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from)
@@ -268,7 +276,7 @@ def train_cells(
             seconds = partial(run.training_seconds, share, share * (s.rounds - r))
             run.stage(f"round{r}", digest, partial(_round, run, catalog, r, model, seconds))
             model = out / f"round{r}" / MODEL_DIR
-        digest = _digest(digest, field, s.cell_truth, s.cam)
+        digest = _digest(digest, field, s.cell_truth, s.cam, DEFAULT_FUSION.to_dict())
         fusion = run.stage("fusion", digest, partial(_fusion, run, catalog, model))
         run.stage("package", _digest(digest), partial(_package, run, model, fusion))
         return CellPipelineResult(
@@ -380,8 +388,16 @@ def _engine(run: _Run, config: Any) -> Path:
     return result.package_dir
 
 
+def _fresh(folder: Path) -> Path:
+    """A stage's own output folder, emptied: what an interrupted or outdated run of the stage left is redone."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
 def _field_model(run: _Run, catalog: Any, seconds: float | None) -> dict[str, Any]:
     s = run.s
+    _fresh(run.out / "field")
     config = _train_config(run, Path(s.data), run.out / "field", s.field_model, s.field_size, s.field_epochs, seconds)
     config.split, config.labels, config.classes, config.map_from = s.split, s.labels, s.classes, s.map_from
     config.channel_map = s.channel_map
@@ -468,7 +484,7 @@ def _weak_cell_labels(crops: Path) -> dict[str, np.ndarray]:
 
 
 def _cell_model(run: _Run, catalog: Any, seconds: float | None) -> dict[str, Any]:
-    package = _fit_cell_model(run, catalog, run.out / "cell", seconds)
+    package = _fit_cell_model(run, catalog, _fresh(run.out / "cell"), seconds)
     return {"package": str(package), "head": run.s.cell_head, "budget_seconds": seconds}
 
 
@@ -478,7 +494,7 @@ def _round(run: _Run, catalog: Any, r: int, previous: Path, budget: Callable[[],
     from protloc.cells.pseudo import refine, score_cell_data, write_cell_labels
 
     s = run.s
-    folder = run.out / f"round{r}"
+    folder = _fresh(run.out / f"round{r}")
     crops = run.out / "crops"
     folds = _read_folds(crops / "folds.csv")
     field_fold = {split_cell_sample_id(i)[0]: f for i, f in folds.items()}
@@ -533,7 +549,7 @@ def _current_labels(previous: Path, crops: Path) -> dict[str, np.ndarray]:
 def _fusion(run: _Run, catalog: Any, model: Path) -> dict[str, Any]:
     """Score the held-out fields with the cell and field models; fit the fusion on those with per-cell truth."""
     from protloc.cells.fusion import fit_fusion, fused_thresholds
-    from protloc.cells.masks import FieldCells, labels_path
+    from protloc.cells.masks import labels_path
     from protloc.cells.metrics import match_cells
     from protloc.cells.outputs import fusion_inputs, score_fields
     from protloc.cells.predict import open_cell_predictor
@@ -566,7 +582,7 @@ def _fusion(run: _Run, catalog: Any, model: Path) -> dict[str, Any]:
         spec = dataclasses.replace(spec, thresholds=tuple(fused_thresholds(inputs, spec, negative)))
         return {"spec": spec.to_dict(), "fit": {"chosen": spec.describe(), "fitted": False, "fields": len(scores)}}
     truths = read_cell_truth(truth, len(predictor.class_names), held_out)
-    matches = match_cells([FieldCells(f.id, f.labels, f.cells, np.zeros((len(f.cells), 0))) for f in scores], truths)
+    matches = match_cells([f.field_cells() for f in scores], truths)
     fit = fit_fusion(inputs, matches, negative=negative)
     return {"spec": fit.spec.to_dict(), "fit": {**fit.summary(), "fitted": True}}
 

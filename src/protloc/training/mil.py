@@ -59,6 +59,7 @@ class MilSettings:
     epochs: int = 40
     """a ceiling; the time budget ends training first when given."""
     seconds: float | None = None
+    """a budget for the whole of :func:`train_mil` (opening the data, training, validation)."""
     border_weight: float = 1.0
     small_weight: float = 1.0
     small_fraction: float = 0.25
@@ -204,6 +205,7 @@ def train_mil(
     from protloc.model.network import PackagedNetwork, create_model
     from protloc.utils import usable_cpus
 
+    began = time.perf_counter()
     s = settings or MilSettings()
     cell_data = Path(cell_data)
     spec = read_cell_settings(cell_data)
@@ -245,11 +247,13 @@ def train_mil(
     steps_per_epoch = max(1, math.ceil(len(chosen) / s.fields_per_step))
     planned = s.epochs * steps_per_epoch
     started = time.perf_counter()
+    # the budget covers the whole call: what opening the data took, and a tenth kept for validation
+    train_seconds = max(1.0, 0.9 * s.seconds - (started - began)) if s.seconds else None
     step = 0
     network.train()
     for fields in _batches(chosen, s.fields_per_step, s.epochs, rng):
         elapsed = time.perf_counter() - started
-        progress = elapsed / s.seconds if s.seconds else step / planned
+        progress = elapsed / train_seconds if train_seconds else step / planned
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
@@ -261,8 +265,10 @@ def train_mil(
         optimizer.step()
         step += 1
         if on_progress:
-            done = (min(time.perf_counter() - started, s.seconds), s.seconds) if s.seconds else (step, planned)
-            on_progress(*done)
+            if train_seconds:
+                on_progress(min(time.perf_counter() - started, train_seconds), train_seconds)
+            else:
+                on_progress(step, planned)
     seconds = time.perf_counter() - started
     network.eval()
     validation, thresholds = _validate(network, crops, bags, val_fields, s, scheme.names)

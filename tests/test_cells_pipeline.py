@@ -1,0 +1,281 @@
+"""`protloc train DATA --cells` (issue 19): weak labels to a cell model package, resumable stage by stage, taken as
+it is by predict, evaluate, serve and watch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+pytest.importorskip("torch")
+
+from protloc.cells.fusion import FusionSpec, fusion_of
+from protloc.cells.predict import (
+    METHOD_CELL,
+    METHOD_FUSION,
+    is_cell_model,
+    open_cell_predictor,
+    predict_cells_in_field,
+    predict_field_cells,
+)
+from protloc.data.catalog import open_dataset
+from protloc.data.io import CHANNELS, read_sample
+from protloc.model.card import read_card
+from protloc.training.cells import PIPELINE_FILE, CellPipelineSettings, PipelineProgress, train_cells
+from protloc.training.mil import MilSettings
+
+
+@pytest.fixture(scope="module")
+def weak_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic fields with their labels (and per-cell truth, which the pipeline only reads when told)."""
+    from protloc.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("weak") / "data"
+    make_dataset(root, n_train=24, n_test=3, size=128, seed=5, workers=1, cells=True)
+    return root
+
+
+def _settings(data: Path, out: Path, cache: Path, **changes: object) -> CellPipelineSettings:
+    values: dict[str, object] = {
+        "data": str(data),
+        "out": str(out),
+        "field_model": "test_resnet",
+        "cell_model": "test_resnet",
+        "field_size": 64,
+        "crop_size": 32,
+        "field_epochs": 1,
+        "cell_epochs": 2,
+        "folds": 3,
+        "workers": 1,
+        "cache_dir": str(cache),
+        "mil": MilSettings(fields_per_step=4, max_cells=8),
+    }
+    values.update(changes)
+    return CellPipelineSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def finished(weak_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, list[PipelineProgress]]:
+    """One finished run with a pseudo-label round and a fusion fitted on per-cell truth of the held-out fields."""
+    root = tmp_path_factory.mktemp("pipeline")
+    reports: list[PipelineProgress] = []
+    settings = _settings(
+        weak_data, root / "run", root / "cache", rounds=1, cell_truth=str(weak_data / "train_cells_truth")
+    )
+    return root, train_cells(settings, on_progress=reports.append), reports
+
+
+def test_weak_labels_become_a_cell_package_that_carries_its_field_model(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]]
+) -> None:
+    root, result, reports = finished
+    names = ["segment", "crops", "field", "cell", "round1", "fusion", "package"]
+    assert list(result.stages) == names and not result.skipped
+    assert list(dict.fromkeys(r.name for r in reports)) == names  # one display: each stage reports in turn
+    assert all(r.stages == len(names) and r.number == names.index(r.name) + 1 for r in reports)
+
+    package = result.package_dir
+    card = read_card(package)
+    assert is_cell_model(card) and card.cells is not None
+    assert card.cells["field_model"] == "field" and is_cell_model(read_card(package / "field")) is False
+    assert card.cells["image_head"]["pool"] == "lse"  # the default cell model has an image head
+    fit = card.cells["fusion_fit"]
+    assert fit["fitted"] and fit["map"] >= fit["cell_model_alone"]  # never below the cell model alone
+    assert fusion_of(card.cells) == result.fusion and result.fusion.thresholds is not None
+    assert card.training["pipeline"]["settings"]["rounds"] == 1
+    round_summary = result.stages["round1"]["summary"]
+    assert round_summary["labels_after"] <= round_summary["labels_before"]  # pseudo-labels only remove classes
+    # the field model held out the fields the cell model held out
+    field_folds = (root / "run" / "field" / "folds.csv").read_text().splitlines()[1:]
+    cell_folds = (root / "run" / "crops" / "folds.csv").read_text().splitlines()[1:]
+    by_field = {row.split(",")[0]: row.split(",")[1] for row in field_folds}
+    assert all(by_field[row.split(",")[0].rsplit("--c", 1)[0]] == row.split(",")[1] for row in cell_folds)
+
+    # the package as it is: one field, its cells, fused as the card says
+    catalog = open_dataset(weak_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    cells = predict_cells_in_field(package, image)
+    assert cells and set(cells[0]["probabilities"]) == set(card.classes)
+    predictor = open_cell_predictor(package)
+    assert predictor.field_backend is not None  # the carried field model, loaded from inside the package
+    assert predictor.method == (METHOD_FUSION if result.fusion.needs_field_model else METHOD_CELL)
+
+
+def test_a_finished_run_is_skipped_and_a_changed_setting_redoes_only_what_follows(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    root, result, _ = finished
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    truth = str(weak_data / "train_cells_truth")
+    again = train_cells(_settings(weak_data, run, root / "cache", rounds=1, cell_truth=truth))
+    assert again.skipped == list(result.stages)
+    before = (run / "round1" / "model" / "weights.safetensors").stat().st_mtime_ns
+    default = train_cells(_settings(weak_data, run, root / "cache", rounds=1))
+    assert default.skipped == ["segment", "crops", "field", "cell", "round1"]
+    assert (run / "round1" / "model" / "weights.safetensors").stat().st_mtime_ns == before
+    fit = read_card(default.package_dir).cells["fusion_fit"]  # type: ignore[index]
+    assert not fit["fitted"] and default.fusion.rule == "cell"  # no per-cell truth: the measured default
+    shorter = train_cells(_settings(weak_data, run, root / "cache", rounds=0, cell_epochs=1))
+    assert shorter.skipped == ["segment", "crops", "field"]
+    assert list(shorter.stages)[-2:] == ["fusion", "package"]
+
+
+def test_a_fusion_that_needs_the_field_model_uses_the_carried_one(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from protloc.cells.fusion import cells_section
+    from protloc.model.card import CARD_FILE
+
+    package = tmp_path / "model"
+    shutil.copytree(finished[1].package_dir, package)
+    card = read_card(package)
+    product = FusionSpec("product", negative="max")
+    card.extra["cells"] = cells_section(card.cells or {}, fusion=product)
+    (package / CARD_FILE).write_text(json.dumps(card.to_dict()))
+
+    catalog = open_dataset(weak_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[1]], CHANNELS)
+    fused = predict_field_cells(open_cell_predictor(package), image, channels=CHANNELS)
+    assert fused.method == METHOD_FUSION
+    alone = open_cell_predictor(package, fusion=FusionSpec())
+    field = open_cell_predictor(field_model=package / "field")
+    cell_p = predict_field_cells(alone, image, channels=CHANNELS, labels=fused.labels).probabilities
+    field_p = predict_field_cells(field, image, channels=CHANNELS, labels=fused.labels).probabilities
+    np.testing.assert_allclose(fused.probabilities, cell_p * field_p, rtol=1e-5, atol=1e-6)
+    assert dataclasses.replace(fusion_of(read_card(package).cells), thresholds=None) == product
+
+
+def test_serve_and_watch_take_the_package_as_it_is(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("watchfiles")
+    from fastapi.testclient import TestClient
+
+    from protloc.serve import create_app
+    from protloc.watch import watch_folder
+
+    result = finished[1]
+    package = result.package_dir
+    with TestClient(create_app(package, backend="torch"), base_url="http://localhost") as client:
+        info = client.get("/model").json()
+        assert info["cells"]["cell_model"] == "test_resnet" and info["cells"]["default_fusion"]
+        first = sorted(path.name.rsplit("_", 1)[0] for path in (weak_data / "test").glob("*_red.png"))[0]
+        files = {
+            c: (f"{first}_{c}.png", (weak_data / "test" / f"{first}_{c}.png").read_bytes(), "image/png")
+            for c in CHANNELS
+        }
+        answer = client.post("/predict?cells=true", files=files).json()
+        assert answer["cells"] and answer["cell_info"]["fusion"] == result.fusion.describe()
+        assert len(answer["probabilities"]) == len(read_card(package).classes)  # fields: the carried field model
+
+    folder = tmp_path / "microscope"
+    shutil.copytree(weak_data / "test", folder)
+    summary = watch_folder(folder, package, cells=True, once=True, settle=0)
+    assert summary.classified == 3
+    rows = (summary.table).read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[:5] == ["field", "cell", "box", "area", "border"]
+    fields = {row.split(",")[0] for row in rows[1:]}
+    assert len(fields) == 3 and len(rows) - 1 > 3  # one row per cell
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_run_killed_at_any_stage_resumes_and_finishes(weak_data: Path, tmp_path: Path) -> None:
+    """kill -9 the command once the crops are cut (while it trains the field model) and again once the field model
+    is done (while it trains the cell model): each rerun skips exactly the finished stages, and the last one ends
+    with the package."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "protloc",
+        "train",
+        str(weak_data),
+        "--cells",
+        "--out",
+        str(out),
+        "--model",
+        "test_resnet",
+        "--image-size",
+        "64",
+        "--crop-size",
+        "32",
+        "--epochs",
+        "3",
+        "--folds",
+        "3",
+        "--workers",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    journal = out / PIPELINE_FILE
+    names = ["segment", "crops", "field", "cell", "fusion", "package"]
+
+    def finished_stages() -> list[str]:
+        return list(json.loads(journal.read_text())["stages"]) if journal.is_file() else []
+
+    def kill_after(stage: str) -> list[str]:
+        """Run the command, kill -9 it just after ``stage`` is recorded; the stages finished by then."""
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        try:
+            while time.monotonic() < deadline and process.poll() is None and stage not in finished_stages():
+                time.sleep(0.1)
+            time.sleep(0.3)
+            assert process.poll() is None, "the run ended before it could be killed"
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        done = finished_stages()
+        assert stage in done and done == names[: len(done)]  # a prefix of the stages, in order
+        assert not (out / "model").exists()
+        return done
+
+    kill_after("crops")
+    done = kill_after("field")
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    skipped = [line.split(":")[0] for line in finished.stdout.splitlines() if "(done before)" in line]
+    assert skipped == done
+    assert finished_stages() == names
+    assert is_cell_model(read_card(out / "model")) and (out / "model" / "field" / "card.json").is_file()
+
+
+def test_pseudo_label_command_writes_labels_the_engine_trains_on(
+    finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from protloc.cells.dataset import cell_dataset_scheme
+    from protloc.cli import app
+
+    root, result, _ = finished
+    crops = root / "run" / "crops"
+    out = tmp_path / "pseudo.csv"
+    answer = CliRunner().invoke(
+        app, ["pseudo-label", str(result.package_dir), str(crops), "--out", str(out), "--threshold", "0.6"]
+    )
+    assert answer.exit_code == 0, answer.output
+    scheme = cell_dataset_scheme(crops)
+    weak = open_dataset(crops, scheme=scheme, allow_empty_labels=True, channels=None)
+    refined = open_dataset(crops, labels=out, scheme=scheme, allow_empty_labels=True, channels=None)
+    assert refined.ids == weak.ids and weak.labels is not None and refined.labels is not None
+    assert not (refined.labels & ~weak.labels.astype(bool)).any()  # classes only removed
+    assert refined.labels.sum() < weak.labels.sum()  # a barely trained model scores many cells below 0.6
