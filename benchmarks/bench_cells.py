@@ -12,10 +12,11 @@ per-cell truth of held-out training fields, to show what that lever is worth).
 (:func:`protloc.training.cells.train_cells` with its defaults; ``--budget`` minutes, 20 by default for ~1,200
 fields of 256 px on the 2-core machine): segment, crops, field model, cell model with its image head, fusion,
 package. Variants reuse its finished stages (same settings, same digests) in a copy of its folder, so each
-differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the budget share the
-default leaves to rounds), a plain cell model without the image head, border and small cells at half weight
-in the cell model's loss, and the fusion fitted on per-cell truth. Each method's difference from the cell model
-alone (paired: the same resamples) is the effect of its lever, with its interval.
+differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the cell model and the
+round share the budget the default gives the cell model alone), a plain cell model without the image head,
+border and small cells at half weight in the cell model's loss, and the fusion fitted on per-cell truth. Each
+method's difference from the cell model alone (paired: the same resamples) is the effect of its lever, with its
+interval.
 
 **Methods** (``METHODS``, a table: a row names the runs it needs and how it scores the cells; add a row to add
 a method), all scored on the same test fields and the same cells, segmented once with the defaults; the models
@@ -216,7 +217,7 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
     ("make data (hpa_like, hpa2021)", stage_data, False),
     ("segment the test fields", stage_segment_test, False),
     ("default: protloc train --cells", lambda b: _pipeline(b, "default"), True),
-    ("+ one pseudo-label round", lambda b: _pipeline(b, "round", "default", TRAINED, rounds=1), False),
+    ("+ one pseudo-label round", lambda b: _pipeline(b, "round", "default", PREPARED, rounds=1), False),
     (
         "plain cell model (no image head)",
         lambda b: _pipeline(b, "plain", "default", PREPARED, cell_head="plain"),

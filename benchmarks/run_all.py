@@ -84,6 +84,16 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_segment.py"],
         ["bench_segment.py", "--quick"],
     ),
+    "boundaries": (
+        "Cell boundaries: what each segmenter step buys at IoU 0.5 / 0.6 / 0.75",
+        ["bench_cell_boundaries.py"],
+        ["bench_cell_boundaries.py", "--quick", "--work", str(RESULTS / "cell-boundaries-quick")],
+    ),
+    "cells": (
+        "Single cells on foreign 2021 fields: every method, the 2021 mAP with intervals",
+        ["bench_cells.py"],
+        ["bench_cells.py", "--quick", "--work", str(RESULTS / "cells-quick")],
+    ),
     "quality": (
         "Quality: default recipe vs the seed recipe, TTA, 5-fold ensemble",
         ["bench_quality.py"],
