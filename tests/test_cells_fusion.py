@@ -220,7 +220,7 @@ def test_pseudo_labels_only_remove_classes_and_the_relative_rule_follows_the_fie
 
 
 def test_cam_in_mask_over_the_whole_field_is_the_field_models_own_probability() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from protloc.cells.cam import cam_in_cells
     from protloc.model.network import PackagedNetwork, create_model
 
