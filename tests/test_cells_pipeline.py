@@ -240,13 +240,15 @@ def test_a_run_killed_at_any_stage_resumes_and_finishes(weak_data: Path, tmp_pat
 
     def kill_after(stage: str) -> list[str]:
         """Run the command, kill -9 it just after ``stage`` is recorded; the stages finished by then."""
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        errors = tmp_path / f"stderr-{stage}.txt"
+        with errors.open("wb") as stderr:
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 600
         try:
             while time.monotonic() < deadline and process.poll() is None and stage not in finished_stages():
                 time.sleep(0.1)
             time.sleep(0.3)
-            assert process.poll() is None, "the run ended before it could be killed"
+            assert process.poll() is None, f"the run ended before it could be killed: {errors.read_text()[-2000:]}"
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()

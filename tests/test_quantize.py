@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,12 @@ def exported(package: Path) -> Path:
     return package
 
 
+def onnx_graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path)).graph
+
+
 def _ops(path: Path) -> list[str]:
     import onnx
 
@@ -40,6 +47,15 @@ def test_int8_export_is_quantised_and_self_describing(exported: Path) -> None:
     assert ops.count("QuantizeLinear") >= 5 and "DequantizeLinear" in ops
     assert "QuantizeLinear" not in _ops(fp32)
     assert int8.stat().st_size < fp32.stat().st_size / 2  # int8 weights
+    # the classifier stays float32: its inputs come straight from a Dequantize, its logits are not re-quantised
+    graph = onnx_graph(int8)
+    producer = {out: node for node in graph.node for out in node.output}
+    logits = producer[graph.output[0].name]
+    while logits.op_type not in ("Gemm", "MatMul"):
+        logits = producer[logits.input[0]]
+    weight = producer.get(logits.input[1])
+    assert weight is None or weight.op_type != "DequantizeLinear"
+    assert "QuantizeLinear" not in [node.op_type for node in graph.node if graph.output[0].name in node.output]
     assert read_card(int8) == read_card(exported)
     import onnx
 

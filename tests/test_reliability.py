@@ -6,8 +6,10 @@ nothing let in, memory bounded. Slow ones (a real service, training) are marked 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -220,6 +222,38 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         child.wait()
     with hold(out, "after"):
         pass
+
+
+def test_a_forked_worker_of_a_killed_holder_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A data-loader worker forked while the folder is held outlives its kill -9'd parent for a few seconds;
+    a rerun at once is not refused for the dead process (CI saw exactly that)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import multiprocessing, os, time\n"
+        "from protloc.locks import hold\n"
+        f"with hold({str(out)!r}, 'parent'):\n"
+        "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "    worker.start()\n"
+        "    print(worker.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    try:
+        with pytest.raises(BusyError, match="in use by parent"), hold(out):
+            pass
+        parent.kill()
+        parent.wait()
+        os.kill(worker, 0)  # the orphaned worker still runs...
+        with hold(out, "rerun"):  # ...and the folder is free
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
 
 
 def _env() -> dict[str, str]:

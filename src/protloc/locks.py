@@ -28,6 +28,29 @@ from protloc.errors import STORAGE_ERRNOS, BusyError, storage_error
 
 LOCK_NAME = ".protloc.lock"
 
+_HELD: set[int] = set()
+"""File descriptors of the locks this process holds, dropped in forked children (:func:`_drop_in_child`)."""
+
+
+def _drop_in_child() -> None:
+    """In a forked child (a data-loader or pool worker), let go of the parent's locks.
+
+    ``flock`` belongs to the open file, which a fork shares: a worker that outlives its killed parent for a few
+    seconds would otherwise keep the folder locked, and the user's rerun would be refused for a dead process.
+    The descriptor is pointed at ``/dev/null`` rather than closed, so nothing the child does with it can touch
+    the lock.
+    """
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_in_child)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -86,6 +109,7 @@ def hold(folder: str | Path, command: str = "protloc") -> Iterator[Path]:
             raise BusyError(
                 f"{folder}: in use by {_describe(holder(folder))}; wait for it to finish or choose another folder"
             )
+        _HELD.add(handle.fileno())
         try:
             handle.seek(0)
             handle.truncate()
@@ -106,6 +130,7 @@ def hold(folder: str | Path, command: str = "protloc") -> Iterator[Path]:
                 _remove_if_only_lock(folder, path)
             raise
         finally:
+            _HELD.discard(handle.fileno())
             _unlock(handle)
 
 
