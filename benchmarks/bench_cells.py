@@ -14,7 +14,8 @@ fields of 256 px on the 2-core machine): segment, crops, field model, cell model
 package. Variants reuse its finished stages (same settings, same digests) in a copy of its folder, so each
 differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the cell model and the
 round share the budget the default gives the cell model alone), a plain cell model without the image head,
-border and small cells at half weight in the cell model's loss, and the fusion fitted on per-cell truth. Each
+border and small cells at half weight in the cell model's loss, the cell model started from the field model's
+weights (``cell_init``), and the fusion fitted on per-cell truth. Each
 method's difference from the cell model alone (paired: the same resamples) is the effect of its lever, with its
 interval.
 
@@ -233,6 +234,11 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
         lambda b: _pipeline(b, "weighted", "default", PREPARED, mil=_half_weights()),
         False,
     ),
+    (
+        "cell model started from the field model's weights",
+        lambda b: _pipeline(b, "init", "default", PREPARED, cell_init=True),
+        False,
+    ),
 ]
 
 
@@ -339,6 +345,19 @@ METHODS: list[Method] = [
         "weighted",
         _fused("weighted", _spec()),
         ("weighted",),
+    ),
+    Method("cell model started from the field model", "init", _fused("init", _spec()), ("init",)),
+    Method(
+        "cell model started from the field model, x field model",
+        "init x field",
+        _fused("init", _spec("product")),
+        ("init",),
+    ),
+    Method(
+        "cell model started from the field model, x image head",
+        "init x head",
+        _fused("init", _spec("product", image="cell model")),
+        ("init",),
     ),
     Method("+ one out-of-fold pseudo-label round", "round", _fused("round"), ("round",)),
     Method("plain cell model from weak labels (no image head)", "plain", _fused("plain", _spec()), ("plain",)),

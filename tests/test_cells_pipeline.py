@@ -32,6 +32,7 @@ from protloc.cells.predict import (
 )
 from protloc.data.catalog import open_dataset
 from protloc.data.io import CHANNELS, read_sample
+from protloc.errors import ConfigError, DataError
 from protloc.model.card import read_card
 from protloc.training.cells import PIPELINE_FILE, CellPipelineSettings, PipelineProgress, train_cells
 from protloc.training.mil import MilSettings
@@ -288,3 +289,31 @@ def test_pseudo_label_command_writes_labels_the_engine_trains_on(
     assert refined.ids == weak.ids and weak.labels is not None and refined.labels is not None
     assert not (refined.labels & ~weak.labels.astype(bool)).any()  # classes only removed
     assert refined.labels.sum() < weak.labels.sum()  # a barely trained model scores many cells below 0.6
+
+
+def test_a_given_field_run_is_the_field_stage_and_must_hold_out_the_same_fields(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    """--field-run: a finished `protloc train` run becomes the field stage (copied, not trained again) when it
+    held out the fields the pipeline holds out; one trained on other folds is refused with one line."""
+    root, _, _ = finished
+    field_run = root / "run" / "field"  # a `protloc train` run folder (model/ + folds.csv)
+    base = {"cell_epochs": 1, "threshold_fields": 3}
+    given = train_cells(_settings(weak_data, tmp_path / "given", tmp_path / "cache", field_run=str(field_run), **base))
+    assert given.stages["field"]["summary"]["given"] == str(field_run)
+    assert given.stages["field"]["seconds"] < 5  # copied, not trained
+    copied = given.package_dir / "field" / "card.json"
+    assert copied.read_bytes() == (field_run / "model" / "card.json").read_bytes()
+    assert given.stages["fusion"]["summary"]["fit"]["fields"] <= 3  # thresholds on a sample of the held-out fields
+    with pytest.raises(DataError, match=r"held out other fields than this pipeline would; .*--folds 4"):
+        train_cells(_settings(weak_data, tmp_path / "other", tmp_path / "cache", field_run=str(field_run), folds=4))
+    with pytest.raises(ConfigError, match="not a finished protloc train run"):
+        train_cells(_settings(weak_data, tmp_path / "none", tmp_path / "cache", field_run=str(tmp_path)))
+
+
+def test_cell_options_without_cells_are_refused(weak_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from protloc.cli import main
+
+    assert main(["train", str(weak_data), "--crop-size", "32", "--field-run", "runs/x"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == "error: --crop-size, --field-run only apply with --cells (a cell model pipeline)"

@@ -46,6 +46,9 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
         "cells/cells.csv",
         "cells/submission.csv",
         "cells/cells.h5ad",
+        "cells-baseline/cells.csv",
+        "cells-run/model/card.json",
+        "cells-run/model/field/card.json",
         "data/test_cells_truth/cells.csv",
         "report.html",
     ):
@@ -68,6 +71,24 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
         "Configuration and timings",
     ):
         assert section in html, section
+    # a cell model trained in the demo against the baseline, on the same cells, with the figures printed
+    from protloc.cells.outputs import evaluate_cells
+
+    scores = {
+        folder: evaluate_cells(out / folder, out / "data" / "test_cells_truth").map
+        for folder in ("cells", "cells-baseline")
+    }
+    assert json.loads((out / "cells-baseline" / "cells_prediction.json").read_text())["masks"] == str(
+        out / "cells" / "masks"
+    )
+    assert "cell model: " in printed and f"per-cell mAP {scores['cells']:.3f}" in printed
+    assert f"per-cell mAP {scores['cells-baseline']:.3f}" in printed
+    for name, value in (
+        ("cell model", scores["cells"]),
+        ("baseline: field labels to every cell", scores["cells-baseline"]),
+    ):
+        assert f"<tr><td>{name}</td><td><b>{value:.3f}</b></td>" in html
+    assert read_card(out / "cells-run" / "model").cells is not None
     assert html.count("data:image/png;base64,") >= 10  # pictures embedded: one file to share
     # both per-class tables (validation and test) say how each class's threshold was set
     methods = set(json.loads((out / "run" / "thresholds.json").read_text())["methods"].values())

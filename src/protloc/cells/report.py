@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,31 @@ def _picture(path: Path) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
 
 
-def cells_section_html(folder: str | Path, *, evaluation: CellEvaluation | None = None, rows: int = 30) -> str:
-    """HTML for the report's single-cell section (the first ``rows`` cells in the table)."""
+def _comparison(compare: Sequence[tuple[str, CellEvaluation]]) -> str:
+    """Methods scored on the same cells: per-cell mAP and the difference from the last one (the baseline)."""
+    first = compare[0][1]
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td><b>{e.map:.3f}</b></td><td>{e.map - compare[-1][1].map:+.3f}</td></tr>"
+        for name, e in compare
+    )
+    note = ""
+    if len(compare) > 1:
+        note = (
+            f"<p>Both scored on the same cells of the same fields ({first.predicted_cells} cells); the last row is "
+            "the baseline a cell model must beat.</p>"
+        )
+    return "<table><tr><th>method</th><th>per-cell mAP</th><th>vs baseline</th></tr>" + body + "</table>" + note
+
+
+def cells_section_html(
+    folder: str | Path,
+    *,
+    evaluation: CellEvaluation | None = None,
+    rows: int = 30,
+    compare: Sequence[tuple[str, CellEvaluation]] = (),
+) -> str:
+    """HTML for the report's single-cell section (the first ``rows`` cells in the table); ``compare`` lists
+    methods scored on the same cells, ``(name, evaluation)``, shown side by side (the first is ``folder``'s)."""
     folder = Path(folder)
     provenance = json.loads((folder / PROVENANCE_FILE).read_text()) if (folder / PROVENANCE_FILE).is_file() else {}
     method = str(provenance.get("method", "?"))
@@ -52,6 +76,8 @@ def cells_section_html(folder: str | Path, *, evaluation: CellEvaluation | None 
             )
             + "</div>"
         )
+    if compare:
+        parts.append(_comparison(compare))
     pictures = sorted((folder / PICTURES_DIR).glob("*_outlines.png"))
     if pictures:
         parts.append('<div class="grid2">' + "".join(_picture(p) for p in pictures) + "</div>")

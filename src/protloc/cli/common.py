@@ -121,14 +121,15 @@ def _root(
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["work_side=768", "weights=cyto3"]`` -> ``{"work_side": 768, "weights": "cyto3"}`` (numbers parsed)."""
+    """``["work_side=768", "weights=cyto3", "match_nuclei=true"]`` -> ``{"work_side": 768, "weights": "cyto3",
+    "match_nuclei": True}`` (numbers and true/false parsed)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise ProtlocError(f"option {pair!r} must look like KEY=VALUE")
-        value: Any = text
-        for kind in (int, float):
+        value: Any = {"true": True, "false": False}.get(text.strip().lower(), text)
+        for kind in (int, float) if isinstance(value, str) else ():
             try:
                 value = kind(text)
                 break

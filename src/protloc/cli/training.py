@@ -21,6 +21,7 @@ from protloc.cli.common import (
     progress_bars,
     stage_progress,
 )
+from protloc.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------ training
 
@@ -111,6 +112,13 @@ def train(
         Path | None,
         typer.Option(help="With --cells: per-cell truth of some fields; the fusion is fitted on the held-out ones."),
     ] = None,
+    field_run: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --cells: a finished `protloc train` run (same data, --folds, --fold, --seed) whose model is the "
+            "field model, instead of training one."
+        ),
+    ] = None,
 ) -> None:
     """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package.
 
@@ -119,6 +127,10 @@ def train(
     from protloc.training.config import resolve_config
     from protloc.training.train import train as run_training
 
+    cell_only = {"--crop-size": crop_size, "--cell-head": cell_head, "--rounds": rounds, "--cell-truth": cell_truth}
+    given = [flag for flag, value in {**cell_only, "--field-run": field_run}.items() if value is not None]
+    if given and not cells:
+        raise ConfigError(f"{', '.join(given)} only apply with --cells (a cell model pipeline)")
     if cells:
         _train_cells(
             data,
@@ -140,6 +152,7 @@ def train(
                 "cell_head": cell_head,
                 "rounds": rounds,
                 "cell_truth": str(cell_truth) if cell_truth else None,
+                "field_run": str(field_run) if field_run else None,
                 "folds": folds,
                 "fold": fold,
                 "seed": seed,

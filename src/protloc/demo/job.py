@@ -26,7 +26,7 @@ from protloc.errors import ConfigError, DataError
 DEMO_EPOCH_CEILING = 60
 """at most this many epochs; the time budget normally ends training first."""
 
-DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "cells", "report.html"}
+DEMO_ENTRIES = {"data", "stats", "run", "cache", "predictions", "cells", "cells-run", "cells-baseline", "report.html"}
 """What a demo writes into its folder; a folder holding anything else is never deleted."""
 
 
@@ -43,6 +43,9 @@ class DemoSettings:
     n_test: int = 400
     cell_fields: int = 12
     """test fields predicted cell by cell for the report's single-cell section (0 = none)."""
+    cell_share: float = 0.35
+    """share of the training time given to the cell model (``protloc train --cells`` on the same fields, with the
+    demo's field model); 0 = the report shows only the baseline (field labels to every cell)."""
     size: int = 256
     image_size: int = 128
     model: str = "resnet18"
@@ -60,6 +63,7 @@ class DemoSettings:
                 n_train=400,
                 n_test=100,
                 cell_fields=4,
+                cell_share=self.cell_share,
                 size=128,
                 image_size=64,
                 model=self.model,
@@ -68,6 +72,8 @@ class DemoSettings:
             )
         if self.minutes <= 0:
             raise ConfigError(f"minutes must be positive, got {self.minutes}")
+        if not 0 <= self.cell_share < 1:
+            raise ConfigError(f"cell_share must be in [0, 1), got {self.cell_share}")
         return self
 
 
@@ -126,6 +132,12 @@ class _Job:
     steps: Steps
     bar: Bars
     started: float = field(default_factory=time.perf_counter)
+    cell_seconds: float = 0.0
+    """the cell model's training budget (set by the field model's step, which leaves it)."""
+
+    @property
+    def cells(self) -> bool:
+        return self.settings.cell_fields > 0
 
     @property
     def out(self) -> Path:
@@ -149,8 +161,9 @@ def run_demo(settings: DemoSettings, on_event: Listener | None = None, progress:
     result = _train(job, data)
     test_f1, submission, test_set = _predict_test(job, data, result.package_dir)
     cell_sections: list[tuple[str, str, str]] = []
-    if job.settings.cell_fields > 0 and (data / "test").is_dir():
-        cell_sections = _single_cells(job.settings, data, job.out, result.package_dir, job.steps)
+    if job.cells and (data / "test").is_dir():
+        cell_package = _cell_model(job, data)
+        cell_sections = _single_cells(job, data, result.package_dir, cell_package)
     onnx_path = _export(job, result.package_dir)
     report_path = _report(job, data, test_set, cell_sections)
     job.steps.seconds["total"] = round(time.perf_counter() - job.started, 1)
@@ -285,6 +298,9 @@ def _train(job: _Job, data: Path) -> Any:
     # after training: calibration on the validation fold, test prediction, export, report (+ margin)
     reserve = max(40.0, 0.08 * budget) if not settings.quick else 15.0
     train_budget = max(30.0, budget - elapsed - reserve)
+    if job.cells and settings.cell_share > 0 and (data / "test").is_dir():  # the cell model gets its share
+        job.cell_seconds = train_budget * settings.cell_share
+        train_budget -= job.cell_seconds
     config = replace(config, max_time=f"{train_budget / 60:.3f}")
     with (
         job.steps(
@@ -385,27 +401,74 @@ def _report(job: _Job, data: Path, test_set: Any, cell_sections: list[tuple[str,
         )
 
 
-def _single_cells(
-    settings: DemoSettings, data: Path, out: Path, package: Path, steps: Steps
-) -> list[tuple[str, str, str]]:
-    """Per-cell baseline on the first test fields; the report's single-cell section."""
-    from protloc.cells.outputs import evaluate_cells, predict_cells
+def _cell_model(job: _Job, data: Path) -> Path | None:
+    """6. a cell model from the same fields' labels (``protloc train --cells`` with the demo's field model:
+    segment, crops, cell model with its image head, fusion), in the time the field model's step left."""
+    from protloc.training.cells import CellPipelineSettings, train_cells
+
+    settings = job.settings
+    if job.cell_seconds <= 0:
+        return None
+    pipeline = CellPipelineSettings(
+        data=str(data),
+        out=str(job.out / "cells-run"),
+        max_time=f"{job.cell_seconds / 60:.3f}",
+        field_run=str(job.out / "run"),
+        field_size=settings.image_size,
+        crop_size=max(32, min(64, settings.size // 4)),
+        cell_model=settings.model,
+        seed=settings.seed,
+        workers=settings.workers,
+    )
+    with (
+        job.steps(
+            "cell model",
+            f"Training a cell model from the fields' labels for {job.cell_seconds / 60:.1f} min (segment every "
+            "training field, cut the cells, train with an image head over each field's cells, fit the fusion)",
+        ),
+        job.bar("cell model") as update,
+    ):
+        result = train_cells(
+            pipeline,
+            on_progress=lambda p: update(int(1000 * (p.number - 1 + p.done / max(p.total, 1e-9)) / p.stages), 1000),
+        )
+    job.steps.note(f"{result.package_dir} (fusion: {result.fusion.describe()})")
+    return result.package_dir
+
+
+def _single_cells(job: _Job, data: Path, package: Path, cell_package: Path | None) -> list[tuple[str, str, str]]:
+    """The first test fields cell by cell: the cell model's package and the baseline (its field model's labels to
+    every cell) on the same cells; the report's single-cell section."""
+    from protloc.cells.outputs import MASKS_DIR, evaluate_cells, predict_cells
     from protloc.cells.predict import open_cell_predictor
     from protloc.cells.report import cells_section_html
     from protloc.cells.truth import truth_folder
     from protloc.data.catalog import open_dataset
 
-    ids = open_dataset(data, split="test", channels=None).ids[: settings.cell_fields]
-    with steps("cells", f"Single cells: segmenting {len(ids)} test fields, the field model's labels to every cell"):
-        predictor = open_cell_predictor(field_model=package)
-        summary = predict_cells(predictor, data, out / "cells", split="test", ids=ids, pictures=2)
-        try:
-            evaluation = evaluate_cells(summary.out, truth_folder(data, "test"))
-        except DataError:  # real data: no per-cell truth
-            evaluation = None
-    scored = f"; per-cell mAP {evaluation.map:.3f} (2021 metric)" if evaluation is not None else ""
-    steps.note(f"{summary.cells} cells ({summary.method}){scored}")
-    html = cells_section_html(summary.out, evaluation=evaluation)
+    ids = open_dataset(data, split="test", channels=None).ids[: job.settings.cell_fields]
+    runs = [("baseline: field labels to every cell", open_cell_predictor(field_model=package), "cells-baseline")]
+    if cell_package is not None:
+        runs.insert(0, ("cell model", open_cell_predictor(cell_package), "cells"))
+    else:
+        runs[0] = (runs[0][0], runs[0][1], "cells")
+    text = "the cell model and the baseline" if cell_package is not None else "the field model's labels to every cell"
+    scored: list[tuple[str, Any, Any]] = []
+    with job.steps("cells", f"Single cells: segmenting {len(ids)} test fields, {text}"):
+        masks: Path | None = None
+        for name, predictor, folder in runs:
+            summary = predict_cells(predictor, data, job.out / folder, split="test", ids=ids, masks=masks, pictures=2)
+            masks = masks or summary.out / MASKS_DIR  # the same cells for every method
+            try:
+                evaluation = evaluate_cells(summary.out, truth_folder(data, "test"))
+            except DataError:  # real data: no per-cell truth
+                evaluation = None
+            scored.append((name, summary, evaluation))
+    for name, summary, evaluation in scored:
+        value = f"; per-cell mAP {evaluation.map:.3f} (2021 metric)" if evaluation is not None else ""
+        job.steps.note(f"{name}: {summary.cells} cells ({summary.method}){value}")
+    summary, evaluation = scored[0][1], scored[0][2]
+    others = [(name, e) for name, _, e in scored if e is not None]
+    html = cells_section_html(summary.out, evaluation=evaluation, compare=others)
     return [("cells", f"Single cells: {summary.cells} cells of {summary.fields} test fields", html)]
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import Any
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

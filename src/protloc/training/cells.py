@@ -10,7 +10,8 @@ setting redoes the stage it touches and those after it:
    its field's labels (``OUT/crops/``, :func:`protloc.cells.dataset.make_cell_dataset`); the cells of a field
    share its fold.
 3. ``field`` - a field model (``OUT/field/model``, the ordinary training engine, the cpu recipe) holding out
-   the same fold.
+   the same fold; or, with ``field_run``, a finished ``protloc train`` run's model, taken as it is (it must
+   have held out the same fields).
 4. ``cell`` - a cell model (``OUT/cell/model``): with an image head trained on each field's cells
    (:mod:`protloc.training.mil`, the default) or crop by crop on the weak labels (``cell_head="plain"``).
 5. ``round<r>`` - pseudo-label rounds (``rounds``): two models each trained on half of the training fields score
@@ -76,10 +77,15 @@ class CellPipelineSettings:
     crop_size: int = 64
     padding: float = 0.05
     field_model: str = "resnet18"
+    field_run: str | None = None
+    """a finished ``protloc train`` run folder (``model/`` and ``folds.csv``) whose model is the field model, instead
+    of training one; it must have held out the same fields (the same data, ``folds``, ``fold`` and ``seed``)."""
     field_size: int = 128
     field_epochs: int = 12
     cell_head: str = "mil"
     cell_model: str = "resnet18"
+    cell_init: bool = False
+    """start the cell model (image head) from the field model's weights (same architecture) instead of random ones."""
     cell_epochs: int = 12
     """a ceiling for the cell model(s); the budget ends training first when given."""
     mil: MilSettings = field(default_factory=MilSettings)
@@ -92,6 +98,8 @@ class CellPipelineSettings:
     """per-cell truth (label images + cells.csv) for some fields: the fusion is fitted on the held-out ones."""
     cam: bool = False
     """let the fusion fit try the field model's class activation maps in each cell (torch)."""
+    threshold_fields: int = 100
+    """without per-cell truth, the held-out fields scored to fit the fused scores' thresholds (at most)."""
     folds: int = 5
     fold: int = 0
     seed: int = 0
@@ -111,6 +119,8 @@ class CellPipelineSettings:
             raise ConfigError("crop_size must be 16-512 px and field_size 32-4096 px")
         if self.folds < 3 or not 0 <= self.fold < self.folds:
             raise ConfigError(f"need at least 3 folds and 0 <= fold < folds, got {self.folds} and {self.fold}")
+        if self.threshold_fields < 1:
+            raise ConfigError(f"threshold_fields must be at least 1, got {self.threshold_fields}")
         if len(self.shares) != 3 or min(self.shares) < 0 or sum(self.shares) <= 0:
             raise ConfigError(f"shares must be three non-negative weights, got {self.shares}")
         if self.max_time is not None:
@@ -258,19 +268,21 @@ def train_cells(
         names = list(stage_names(s))
         run = _Run(s, out, _Journal(out, names), on_progress, names)
         catalog = _field_catalog(s)
-        run.held_out = len(catalog) // s.folds
+        held_out = len(catalog) // s.folds
+        run.held_out = held_out if s.cell_truth else min(held_out, s.threshold_fields)
         w_field, w_cell, w_rounds = s.shares
         w_rounds = w_rounds if s.rounds else 0.0  # without rounds, their share goes to the models
         digest = _digest("segment", s.data, s.split, s.labels, s.segmenter, s.segmenter_options, s.bit_depth)
         run.stage("segment", digest, partial(_segment, run, catalog))
         crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from)
         run.stage("crops", digest, partial(_crops, run, catalog))
-        field = _digest(crops, s.field_model, s.field_size, s.field_epochs, s.fold, s.max_time)
+        field = _digest(crops, s.field_model, s.field_size, s.field_epochs, s.fold, s.max_time, _run_stamp(s.field_run))
         # under a budget, the cell model's time depends on the shares and on whether rounds follow it (a finished
         # field model is kept when rounds are added: the rest of the budget is shared by what is left)
         budget = (s.max_time, list(s.shares), bool(s.rounds)) if s.max_time else None
         run.stage("field", field, lambda: _field_model(run, catalog, run.training_seconds(w_field, w_cell + w_rounds)))
-        digest = _digest(crops, s.cell_head, s.cell_model, s.cell_epochs, s.mil.to_dict(), s.fold, budget)
+        start = field if s.cell_init else None  # a cell model started from the field model depends on it
+        digest = _digest(crops, s.cell_head, s.cell_model, s.cell_epochs, s.mil.to_dict(), s.fold, budget, start)
         run.stage("cell", digest, lambda: _cell_model(run, catalog, run.training_seconds(w_cell, w_rounds)))
         model = out / "cell" / MODEL_DIR
         for r in range(1, s.rounds + 1):
@@ -279,7 +291,7 @@ def train_cells(
             seconds = partial(run.training_seconds, share, share * (s.rounds - r))
             run.stage(f"round{r}", digest, partial(_round, run, catalog, r, model, seconds))
             model = out / f"round{r}" / MODEL_DIR
-        digest = _digest(digest, field, s.cell_truth, s.cam, DEFAULT_FUSION.to_dict())
+        digest = _digest(digest, field, s.cell_truth, s.cam, s.threshold_fields, DEFAULT_FUSION.to_dict())
         fusion = run.stage("fusion", digest, partial(_fusion, run, catalog, model))
         run.stage("package", _digest(digest), partial(_package, run, model, fusion))
         return CellPipelineResult(
@@ -398,9 +410,31 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
+def _run_stamp(folder: str | None) -> str | None:
+    """What identifies a given field run: its path and its card's content (a retrained run is a new stamp)."""
+    if folder is None:
+        return None
+    card = Path(folder) / MODEL_DIR / "card.json"
+    if not card.is_file() or not (Path(folder) / "folds.csv").is_file():
+        raise ConfigError(f"{folder}: not a finished protloc train run (needs model/card.json and folds.csv)")
+    return f"{Path(folder).resolve()}:{hashlib.sha256(card.read_bytes()).hexdigest()[:16]}"
+
+
 def _field_model(run: _Run, catalog: Any, seconds: float | None) -> dict[str, Any]:
     s = run.s
     _fresh(run.out / "field")
+    if s.field_run is not None:  # a trained field model: copied in, so the package never depends on it
+        from protloc.utils import atomic_folder
+
+        with atomic_folder(run.out / "field") as staging:
+            shutil.copytree(Path(s.field_run) / MODEL_DIR, staging / MODEL_DIR)
+            shutil.copy2(Path(s.field_run) / "folds.csv", staging / "folds.csv")
+        if _read_folds(run.out / "field" / "folds.csv") != _field_folds(run, catalog):
+            raise DataError(
+                f"{s.field_run}: its model held out other fields than this pipeline would; train it on the same "
+                f"data with --folds {s.folds} --fold {s.fold} --seed {s.seed}, or leave the field model to the pipeline"
+            )
+        return {"package": str(run.out / "field" / MODEL_DIR), "given": str(s.field_run)}
     config = _train_config(run, Path(s.data), run.out / "field", s.field_model, s.field_size, s.field_epochs, seconds)
     config.split, config.labels, config.classes, config.map_from = s.split, s.labels, s.classes, s.map_from
     config.channel_map = s.channel_map
@@ -446,6 +480,7 @@ def _fit_cell_model(
             validation_fold=s.fold,
             seed=s.seed,
             cell_weight=s.mil.cell_weight if cell_weight is None else cell_weight,
+            init=str(run.out / "field" / MODEL_DIR) if s.cell_init else s.mil.init,
         )
         result = train_mil(
             crops,
@@ -567,6 +602,8 @@ def _fusion(run: _Run, catalog: Any, model: Path) -> dict[str, Any]:
         held_out = [i for i in held_out if labels_path(truth, i).is_file()]
         if not held_out:
             raise DataError(f"{truth}: no per-cell truth for any held-out field (fold {s.fold})")
+    else:  # thresholds only (the 2021 mAP ranks scores and does not use them): a sample spread over the fold
+        held_out = held_out[:: max(1, -(-len(held_out) // max(1, s.threshold_fields)))]
     scores = score_fields(
         predictor,
         s.data,

@@ -68,6 +68,9 @@ class MilSettings:
     seed: int = 0
     bf16: bool | None = None
     """bfloat16 autocast on the CPU (default: where the CPU computes it natively)."""
+    init: str | None = None
+    """a package (same architecture, channels and classes) whose network starts the cell model instead of random
+    weights: the pipeline passes its field model, which learned the classes from the same fields."""
 
     def __post_init__(self) -> None:
         if self.fields_per_step < 1 or self.max_cells < 1:
@@ -239,6 +242,8 @@ def train_mil(
     channels = tuple(spec["channels"])
     mean, std = cache.channel_statistics(np.concatenate([bags.rows[f] for f in chosen]), seed=s.seed)
     backbone = create_model(s.model, len(channels), scheme.num_classes, drop_rate=0.2)
+    if s.init is not None:
+        _start_from(backbone, s.init, s.model, channels, scheme.names)
     network = PackagedNetwork(backbone, mean, std).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     bf16 = s.bf16 if s.bf16 is not None else _fast_bf16()
@@ -276,6 +281,25 @@ def train_mil(
         Path(out), network, spec, scheme, s, thresholds, validation, catalog, mean, std, step, seconds, steps_per_epoch
     )
     return MilResult(package, step, step / steps_per_epoch, seconds, validation)
+
+
+def _start_from(backbone: Any, package_path: str, model: str, channels: tuple[str, ...], names: Any) -> None:
+    """Load a package's backbone weights into ``backbone`` (its own input normalisation is not taken: the crops
+    get theirs)."""
+    from protloc.model.package import load_package
+
+    package = load_package(package_path)
+    card = package.card
+    if package.is_ensemble or card.architecture.name != model:
+        raise ConfigError(f"{package_path}: a {card.architecture.name} model cannot start a {model} cell model")
+    if tuple(card.channels) != channels or tuple(card.classes) != tuple(names):
+        raise ConfigError(f"{package_path}: its channels or classes differ from the cell data set's")
+    try:
+        backbone.load_state_dict(package.build_model().backbone.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{package_path}: its weights do not fit the cell model ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def _fast_bf16() -> bool:
