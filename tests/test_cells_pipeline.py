@@ -314,6 +314,6 @@ def test_a_given_field_run_is_the_field_stage_and_must_hold_out_the_same_fields(
 def test_cell_options_without_cells_are_refused(weak_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from protloc.cli import main
 
-    assert main(["train", str(weak_data), "--crop-size", "32", "--field-run", "runs/x"]) == 1
+    assert main(["train", str(weak_data), "--crop-size", "32", "--field-run", "runs/x", "--seg-option", "a=1"]) == 1
     error = capsys.readouterr().err.strip()
-    assert error == "error: --crop-size, --field-run only apply with --cells (a cell model pipeline)"
+    assert error == "error: --crop-size, --field-run, --seg-option only apply with --cells (a cell model pipeline)"

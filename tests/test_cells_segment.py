@@ -144,6 +144,52 @@ def test_the_segmenter_scales_its_settings_once_so_a_field_finds_the_same_cells_
     assert recorded["settings"]["min_cell_area"] == 300 and recorded["settings"]["max_cell_radius"] == 90
 
 
+def test_match_nuclei_finds_the_cells_of_a_lower_magnification_and_leaves_a_field_of_view_alone(
+    synth_128: Path,
+) -> None:
+    """Issue 23: four fields tiled 2x2 and shrunk to one field's side show cells at half the size (a lower
+    magnification). The working side alone drops many of them; ``match_nuclei`` measures the nuclei (about half
+    the diameter), scales the settings and finds about the true number; on the fields as made it changes nothing
+    to speak of."""
+    from protloc.cells.segment import ClassicalParams, nucleus_scale
+    from protloc.cells.truth import read_cell_truth
+
+    catalog = open_dataset(synth_128, split="test", channels=None)
+    truths = [t.labels for t in read_cell_truth(synth_128 / "test_cells_truth", 28, catalog.ids)]
+    channels = ("blue", "red", "yellow")
+    images = [read_sample(catalog.files[i], channels) for i in catalog.ids]
+    mosaics, mosaic_truths = [], []
+    for first in range(0, 12, 4):
+        group = images[first : first + 4]
+        planes = [np.block([[g[c] for g in group[:2]], [g[c] for g in group[2:]]]) for c in range(3)]
+        mosaics.append(np.stack([cv2.resize(p, (128, 128), interpolation=cv2.INTER_AREA) for p in planes]))
+        offsets = np.cumsum([0] + [int(t.max()) for t in truths[first : first + 4]])
+        shifted = [np.where(t > 0, t + o, 0) for t, o in zip(truths[first : first + 4], offsets, strict=False)]
+        mosaic = np.block([[shifted[0], shifted[1]], [shifted[2], shifted[3]]]).astype(np.int32)
+        mosaic_truths.append(cv2.resize(mosaic, (128, 128), interpolation=cv2.INTER_NEAREST))
+    params = ClassicalParams().at(128)
+    scales = [nucleus_scale(m[0], params) for m in mosaics]
+    as_made = [nucleus_scale(i[0], params) for i in images]
+    assert 0.35 <= float(np.median(scales)) <= 0.7 and 0.75 <= float(np.median(as_made)) <= 1.33, (scales, as_made)
+    true_cells = sum(len(np.unique(t)) - 1 for t in mosaic_truths)
+    plain, matched = ClassicalSegmenter(), ClassicalSegmenter(match_nuclei=True)
+    plain_found = sum(int(plain(m).max()) for m in mosaics)
+    matched_found = sum(int(matched(m).max()) for m in mosaics)
+    assert abs(matched_found - true_cells) < abs(plain_found - true_cells), (matched_found, plain_found, true_cells)
+    # a field of view as HPA's: the same cells within a few percent
+    same = sum(int(matched(i).max()) for i in images)
+    assert abs(same - sum(int(plain(i).max()) for i in images)) <= 0.05 * same
+    with pytest.raises(ConfigError, match="match_nuclei and fill_nuclei must be true or false"):
+        ClassicalSegmenter(match_nuclei="yes")
+
+
+def test_segmenter_options_parse_numbers_and_booleans() -> None:
+    from protloc.cli.common import _parse_options
+
+    parsed = _parse_options(["work_side=768", "match-nuclei=true", "fill_nuclei=False", "weights=cyto3", "x=0.5"])
+    assert parsed == {"work_side": 768, "match_nuclei": True, "fill_nuclei": False, "weights": "cyto3", "x": 0.5}
+
+
 def test_an_empty_field_has_no_cells_and_a_field_without_cytoplasm_channels_gets_grown_nuclei() -> None:
     segmenter = ClassicalSegmenter()
     assert segmenter(np.zeros((3, 128, 128), np.uint8)).max() == 0

@@ -104,10 +104,12 @@ class ClassicalParams:
     distance from the nearest nucleus, so where touching cells show no dim valley between them the boundary
     falls about midway between their nuclei instead of wandering with the noise (0: the signal alone)."""
     match_nuclei: bool = False
-    """Scale the lengths and areas to the field's own nuclei instead of assuming HPA's field of view: their
-    median area (a first, unsplit thresholding of the blue plane) is brought to ``REFERENCE_NUCLEUS_AREA`` of a
-    512 px HPA plane (lengths by the square root of the ratio, clamped to 1/4-4x). For fields at another
-    magnification or pixel size, or crops of a field; off by default (HPA fields need nothing)."""
+    """Scale the lengths and areas to the field's own nuclei instead of assuming HPA's field of view, where they
+    are smaller than an HPA field's: their median area (a first, unsplit thresholding of the blue plane) is
+    brought to ``REFERENCE_NUCLEUS_AREA`` of a 512 px HPA plane (lengths by the square root of the ratio, down
+    to 1/4). For fields at a lower magnification or a larger pixel size; larger nuclei than HPA's are left to the
+    reference settings, which segmented them better than scaled ones (BENCHMARKS.md, "Segmentation at another
+    magnification"). Off by default: HPA fields need nothing."""
     fill_nuclei: bool = True
     """Inside nuclei the cytoplasm signal is raised to its 90th percentile over the foreground: a nucleus that is
     darker than its cytoplasm in the microtubule and ER channels is then no barrier around its own seed, which a
@@ -289,7 +291,7 @@ class ClassicalSegmenter:
         planes = {name: resize_plane(image[i], work) for i, name in enumerate(self.channels)}
         params = self.params.at(max(work))
         if self.params.match_nuclei:
-            params = self.params.at(max(work) * nucleus_scale(planes["blue"], params))
+            params = self.params.at(max(work) * min(1.0, nucleus_scale(planes["blue"], params)))
         nuclei = segment_nuclei(planes["blue"], params)
         bodies = [_scaled(planes[name]) for name in ("red", "yellow") if name in planes]
         cytoplasm = np.mean(bodies, axis=0) if bodies else None

@@ -119,6 +119,10 @@ def train(
             "field model, instead of training one."
         ),
     ] = None,
+    seg_option: Annotated[
+        list[str] | None,
+        typer.Option("--seg-option", help="With --cells: classical segmenter setting KEY=VALUE, repeatable."),
+    ] = None,
 ) -> None:
     """Train a model: cache, stratified folds, Lightning fit, per-class thresholds, model package.
 
@@ -129,6 +133,7 @@ def train(
 
     cell_only = {"--crop-size": crop_size, "--cell-head": cell_head, "--rounds": rounds, "--cell-truth": cell_truth}
     given = [flag for flag, value in {**cell_only, "--field-run": field_run}.items() if value is not None]
+    given += ["--seg-option"] if seg_option else []
     if given and not cells:
         raise ConfigError(f"{', '.join(given)} only apply with --cells (a cell model pipeline)")
     if cells:
@@ -153,6 +158,7 @@ def train(
                 "rounds": rounds,
                 "cell_truth": str(cell_truth) if cell_truth else None,
                 "field_run": str(field_run) if field_run else None,
+                "segmenter_options": _parse_options(seg_option) if seg_option else None,
                 "folds": folds,
                 "fold": fold,
                 "seed": seed,
