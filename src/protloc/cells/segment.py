@@ -280,7 +280,10 @@ class ClassicalSegmenter:
             raise ConfigError("the classical segmenter needs the blue (nucleus) channel")
 
     def settings(self) -> dict[str, Any]:
-        return {"segmenter": self.name, "channels": list(self.channels), **asdict(self.params)}
+        values = asdict(self.params)
+        if not values["match_nuclei"]:  # as before the option existed: folders segmented then stay valid
+            del values["match_nuclei"]
+        return {"segmenter": self.name, "channels": list(self.channels), **values}
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 3 or image.shape[0] != len(self.channels):

@@ -276,13 +276,16 @@ def train_cells(
         run.stage("segment", digest, partial(_segment, run, catalog))
         crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from)
         run.stage("crops", digest, partial(_crops, run, catalog))
-        field = _digest(crops, s.field_model, s.field_size, s.field_epochs, s.fold, s.max_time, _run_stamp(s.field_run))
+        field = _digest(crops, s.field_model, s.field_size, s.field_epochs, s.fold, s.max_time)
+        if s.field_run is not None:  # a given field model: what it is, not how one would be trained
+            field = _digest(crops, _run_stamp(s.field_run))
         # under a budget, the cell model's time depends on the shares and on whether rounds follow it (a finished
         # field model is kept when rounds are added: the rest of the budget is shared by what is left)
         budget = (s.max_time, list(s.shares), bool(s.rounds)) if s.max_time else None
         run.stage("field", field, lambda: _field_model(run, catalog, run.training_seconds(w_field, w_cell + w_rounds)))
-        start = field if s.cell_init else None  # a cell model started from the field model depends on it
-        digest = _digest(crops, s.cell_head, s.cell_model, s.cell_epochs, s.mil.to_dict(), s.fold, budget, start)
+        digest = _digest(crops, s.cell_head, s.cell_model, s.cell_epochs, s.mil.to_dict(), s.fold, budget)
+        if s.cell_init:  # a cell model started from the field model depends on it
+            digest = _digest(digest, field)
         run.stage("cell", digest, lambda: _cell_model(run, catalog, run.training_seconds(w_cell, w_rounds)))
         model = out / "cell" / MODEL_DIR
         for r in range(1, s.rounds + 1):

@@ -83,7 +83,10 @@ class MilSettings:
             raise ConfigError(f"the time budget must be positive, got {self.seconds} s")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["init"] is None:  # as before there was a choice (digests of finished runs stay valid)
+            del data["init"]
+        return data
 
 
 @dataclass
