@@ -311,6 +311,31 @@ def test_a_given_field_run_is_the_field_stage_and_must_hold_out_the_same_fields(
         train_cells(_settings(weak_data, tmp_path / "none", tmp_path / "cache", field_run=str(tmp_path)))
 
 
+def test_a_cell_model_can_start_from_the_field_models_weights(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    """cell_init: the image-head model starts from the field model (same architecture) instead of random weights;
+    its digest depends on the field model; a field model of another architecture is refused in one line."""
+    import torch
+    from safetensors.torch import load_file
+
+    from protloc.training.mil import MilSettings, train_mil
+
+    root, _, _ = finished
+    field = root / "run" / "field" / "model"
+    crops = root / "run" / "crops"
+    started = train_mil(crops, tmp_path / "init", MilSettings(model="test_resnet", epochs=0, init=str(field)))
+    cold = train_mil(crops, tmp_path / "cold", MilSettings(model="test_resnet", epochs=0))
+    assert started.steps == cold.steps == 0  # no training: the weights are where each started
+    weights = {p.name: load_file(str(p / "model" / "weights.safetensors")) for p in (tmp_path / "init", tmp_path / "cold")}
+    source = load_file(str(field / "weights.safetensors"))
+    backbone = [k for k in source if k.startswith("backbone.")]
+    assert all(torch.equal(weights["init"][k], source[k]) for k in backbone)
+    assert not all(torch.equal(weights["cold"][k], source[k]) for k in backbone)
+    with pytest.raises(ConfigError, match="cannot start a resnet18 cell model"):
+        train_mil(crops, tmp_path / "bad", MilSettings(model="resnet18", epochs=0, init=str(field)))
+
+
 def test_cell_options_without_cells_are_refused(weak_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from protloc.cli import main
 

@@ -181,6 +181,8 @@ def test_match_nuclei_finds_the_cells_of_a_lower_magnification_and_leaves_a_fiel
     assert abs(same - sum(int(plain(i).max()) for i in images)) <= 0.05 * same
     with pytest.raises(ConfigError, match="match_nuclei and fill_nuclei must be true or false"):
         ClassicalSegmenter(match_nuclei="yes")
+    # recorded only when on: a folder segmented before the option existed is not "segmented with other settings"
+    assert "match_nuclei" not in plain.settings() and matched.settings()["match_nuclei"] is True
 
 
 def test_segmenter_options_parse_numbers_and_booleans() -> None:
