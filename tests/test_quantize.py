@@ -109,3 +109,21 @@ def test_the_default_calibration_keeps_activation_memory_flat_across_input_sizes
     from protloc.deployment.quantize import default_calibration_images
 
     assert [default_calibration_images(s) for s in (None, 64, 128, 256, 512, 2048)] == [512, 512, 512, 128, 32, 32]
+
+
+def test_the_stem_can_stay_float_and_an_unknown_layer_is_refused(package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stem.int8.onnx"
+    quantize_onnx(package, out, count=16, check_count=8, keep_float=("classifier", "stem"), tolerance=1.0)
+    graph = onnx_graph(out)
+    producer = {name: node for node in graph.node for name in node.output}
+    stem = next(node for node in graph.node if node.op_type == "Conv")
+    weight = producer.get(stem.input[1])
+    assert weight is None or weight.op_type != "DequantizeLinear"  # float weights
+    later = [node for node in graph.node if node.op_type == "Conv"][1]
+    assert producer[later.input[1]].op_type == "DequantizeLinear"  # the others int8
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta[QUANT_KEY])["float32"] == ["classifier", "stem"]
+    with pytest.raises(ConfigError, match="unknown float layer 'head'"):
+        quantize_onnx(package, tmp_path / "x.onnx", keep_float=("head",))

@@ -219,6 +219,12 @@ def export(
     int8_tolerance: Annotated[
         float, typer.Option(help="Largest allowed change of a probability, int8 vs float32.")
     ] = 0.1,
+    int8_float: Annotated[
+        str,
+        typer.Option(
+            "--int8-float", help="Layers --int8 leaves in float32: classifier, stem, both (comma-separated) or none."
+        ),
+    ] = "classifier",
 ) -> None:
     """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs.
 
@@ -250,6 +256,7 @@ def export(
             count=calibration_images,
             method=calibration_method,
             tolerance=int8_tolerance,
+            keep_float=tuple(p.strip() for p in int8_float.split(",") if p.strip() and p.strip() != "none"),
         )
         console.print(
             f"wrote {escape(str(quantized.path))} (int8, calibrated on {escape(quantized.calibration)}); on "

@@ -31,6 +31,8 @@ from protloc.utils import atomic_path
 INT8_ONNX_FILE = "model.int8.onnx"
 QUANT_KEY = "protloc_quantization"
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+FLOAT_LAYERS = ("classifier", "stem")
+"""Layers :func:`quantize_onnx` can leave in float32 (``keep_float``)."""
 
 
 @dataclass
@@ -103,6 +105,7 @@ def quantize_onnx(
     check_count: int = 64,
     method: str = "percentile",
     tolerance: float = 0.1,
+    keep_float: tuple[str, ...] = ("classifier",),
     on_progress: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     """Write an int8 ONNX model of a package, calibrated on its training images, and measure the change.
@@ -116,6 +119,9 @@ def quantize_onnx(
             disjoint from them, measure the change.
         method: range calibration: ``minmax``, ``percentile`` (99.999th) or ``entropy``.
         tolerance: largest allowed change of any probability between int8 and float32.
+        keep_float: layers left in float32 (``FLOAT_LAYERS``): ``classifier`` (the last Gemm/MatMul and what
+            follows it, so the logits are not rounded to 256 levels) and ``stem`` (the first convolution, which
+            sees the raw pixels); ``()`` quantises everything.
 
     Raises:
         ConfigError: no calibration data, or a bad setting.
@@ -128,6 +134,9 @@ def quantize_onnx(
     from protloc.model.package import load_package
 
     start = time.perf_counter()
+    unknown = [name for name in keep_float if name not in FLOAT_LAYERS]
+    if unknown:
+        raise ConfigError(f"unknown float layer {unknown[0]!r}; use {', '.join(FLOAT_LAYERS)}")
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}")
     package = load_package(model)
@@ -153,7 +162,7 @@ def quantize_onnx(
         progress(f"calibrating on {len(calibration)} images ({method})")
         prepared = work / "prepared.onnx"
         quantized = work / "int8.onnx"
-        _quantize(Path(source), prepared, quantized, Preprocessor.to_pixels(calibration), method)
+        _quantize(Path(source), prepared, quantized, Preprocessor.to_pixels(calibration), method, keep_float)
         progress(f"checking on {len(checking)} other images")
         pixels = Preprocessor.to_pixels(checking)
         reference = _probabilities(OnnxBackend(source), pixels)
@@ -170,7 +179,8 @@ def quantize_onnx(
             )
         settings = {
             "format": "QDQ",
-            "weights": "int8, per channel, symmetric; the classifier float32",
+            "weights": "int8, per channel, symmetric",
+            "float32": list(keep_float),
             "activations": "uint8, per tensor",
             "calibration": method,
             "calibration_images": calibration_source,
@@ -230,7 +240,24 @@ def _head_nodes(model: Any) -> list[str]:
     return head
 
 
-def _quantize(source: Path, prepared: Path, out: Path, pixels: np.ndarray, method: str) -> None:
+def _stem_nodes(model: Any) -> list[str]:
+    """The first convolution the input reaches (it sees the raw pixels, whose range calibration fits worst)."""
+    inputs = {i.name for i in model.graph.input}
+    frontier, seen = set(inputs), 0
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if any(name in frontier for name in node.input):
+            if node.op_type == "Conv":
+                return [node.name]
+            frontier.update(node.output)
+            seen += 1
+            if seen > 16:
+                break
+    return []
+
+
+def _quantize(
+    source: Path, prepared: Path, out: Path, pixels: np.ndarray, method: str, keep_float: tuple[str, ...]
+) -> None:
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -251,7 +278,10 @@ def _quantize(source: Path, prepared: Path, out: Path, pixels: np.ndarray, metho
             # Shape inference and constant folding first, as ONNX Runtime recommends, so every Conv/Gemm
             # is found and quantised.
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-            head = _head_nodes(onnx.load(str(prepared), load_external_data=False))
+            graph = onnx.load(str(prepared), load_external_data=False)
+            head = (_head_nodes(graph) if "classifier" in keep_float else []) + (
+                _stem_nodes(graph) if "stem" in keep_float else []
+            )
             quantize_static(
                 str(prepared),
                 str(out),
