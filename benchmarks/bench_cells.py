@@ -62,9 +62,9 @@ from protloc.cells.truth import field_labels_on_cells, read_cell_truth, truth_on
 FAMILY = "dense"
 REFERENCE = "true field labels copied onto protloc's masks"
 BASELINE = "field model copied to every cell"
-DEFAULT = "default pipeline: protloc train --cells, its package as it is"
+DEFAULT = "default pipeline: protloc train --cells (plain cell model), its package as it is"
 FITTED = "fusion fitted on per-cell truth of held-out training fields (not field labels only)"
-CELL_ALONE = "cell model alone (image-head model)"
+CELL_ALONE = "image-head cell model alone"
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -131,7 +131,7 @@ class Bench:
 
             predictor = open_cell_predictor(self.models[run])
             fields = score_fields(
-                predictor, self.data, split="test", ids=self.test_ids, masks=self.masks["test"], cam=run == "default"
+                predictor, self.data, split="test", ids=self.test_ids, masks=self.masks["test"], cam=run == "mil"
             )
             for cells, scored in zip(self.cells, fields, strict=True):
                 assert cells.id == scored.id and np.array_equal(cells.cells, scored.cells)
@@ -217,26 +217,30 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
     # (name, step, counted in the default pipeline's budget)
     ("make data (hpa_like, hpa2021)", stage_data, False),
     ("segment the test fields", stage_segment_test, False),
-    ("default: protloc train --cells", lambda b: _pipeline(b, "default"), True),
-    ("+ one pseudo-label round", lambda b: _pipeline(b, "round", "default", PREPARED, rounds=1), False),
     (
-        "plain cell model (no image head)",
-        lambda b: _pipeline(b, "plain", "default", PREPARED, cell_head="plain"),
+        "image-head pipeline: protloc train --cells --cell-head mil",
+        lambda b: _pipeline(b, "mil", cell_head="mil"),
         False,
+    ),
+    ("+ one pseudo-label round", lambda b: _pipeline(b, "round", "mil", PREPARED, cell_head="mil", rounds=1), False),
+    (
+        "default: protloc train --cells (plain cell model)",
+        lambda b: _pipeline(b, "default", "mil", PREPARED, cell_head="plain"),
+        True,
     ),
     (
         "fusion fitted on per-cell truth",
-        lambda b: _pipeline(b, "fitted", "default", TRAINED, cell_truth=str(b.data / "train_cells_truth")),
+        lambda b: _pipeline(b, "fitted", "mil", TRAINED, cell_head="mil", cell_truth=str(b.data / "train_cells_truth")),
         False,
     ),
     (
         "border and small cells at half weight in training",
-        lambda b: _pipeline(b, "weighted", "default", PREPARED, mil=_half_weights()),
+        lambda b: _pipeline(b, "weighted", "mil", PREPARED, cell_head="mil", mil=_half_weights()),
         False,
     ),
     (
         "cell model started from the field model's weights",
-        lambda b: _pipeline(b, "init", "default", PREPARED, cell_init=True),
+        lambda b: _pipeline(b, "init", "mil", PREPARED, cell_head="mil", cell_init=True),
         False,
     ),
 ]
@@ -268,7 +272,7 @@ def _fitted(bench: Bench) -> list[FieldCells]:
 
     spec = fusion_of(read_card(bench.models["fitted"]).cells)
     bench.notes["fitted fusion"] = spec.describe()
-    return _fused("default", spec)(bench)
+    return _fused("mil", spec)(bench)
 
 
 def _true_field_labels(bench: Bench) -> list[FieldCells]:
@@ -296,73 +300,88 @@ def _spec(rule: str = "cell", **settings: Any) -> Any:
 
 
 METHODS: list[Method] = [
-    Method(BASELINE, "field copied", _fused("default", _spec("image")), ("default",)),
+    Method(BASELINE, "field copied", _fused("mil", _spec("image")), ("mil",)),
     Method(REFERENCE, "true field labels", _true_field_labels),
     Method(
         "image head copied to every cell",
         "head copied",
-        _fused("default", _spec("image", image="cell model")),
-        ("default",),
+        _fused("mil", _spec("image", image="cell model")),
+        ("mil",),
     ),
     Method(
         "field model's CAM in each cell",
         "CAM",
-        _fused("default", _spec("image", image="field model CAM")),
-        ("default",),
+        _fused("mil", _spec("image", image="field model CAM")),
+        ("mil",),
     ),
     Method(DEFAULT, "default", _fused("default"), ("default",)),
-    Method(CELL_ALONE, "cell", _fused("default", _spec()), ("default",)),
-    Method("cell x field model", "c x field", _fused("default", _spec("product")), ("default",)),
-    Method("cell x image head", "c x head", _fused("default", _spec("product", image="cell model")), ("default",)),
     Method(
-        "cell x field model, Negative = max",
+        "default (plain cell model) x field model", "default x field", _fused("default", _spec("product")), ("default",)
+    ),
+    Method(
+        "default (plain cell model), 0.5 cell + 0.5 field",
+        "default mean",
+        _fused("default", _spec("mean")),
+        ("default",),
+    ),
+    Method("image-head pipeline (--cell-head mil), its package as it is", "mil", _fused("mil"), ("mil",)),
+    Method(CELL_ALONE, "cell", _fused("mil", _spec()), ("mil",)),
+    Method("image-head cell x field model", "c x field", _fused("mil", _spec("product")), ("mil",)),
+    Method(
+        "image-head cell x image head (2021 winners)",
+        "c x head",
+        _fused("mil", _spec("product", image="cell model")),
+        ("mil",),
+    ),
+    Method(
+        "image-head cell x field model, Negative = max",
         "c x f, neg max",
-        _fused("default", _spec("product", negative="max")),
-        ("default",),
+        _fused("mil", _spec("product", negative="max")),
+        ("mil",),
     ),
-    Method("cell x CAM in mask", "c x CAM", _fused("default", _spec("product", image="field model CAM")), ("default",)),
-    Method("0.5 cell + 0.5 field model", "mean 0.5", _fused("default", _spec("mean")), ("default",)),
     Method(
-        "cell x image head, Negative = none of the others",
+        "image-head cell x CAM in mask", "c x CAM", _fused("mil", _spec("product", image="field model CAM")), ("mil",)
+    ),
+    Method("image-head cell, 0.5 cell + 0.5 field model", "mean 0.5", _fused("mil", _spec("mean")), ("mil",)),
+    Method(
+        "image-head cell x image head, Negative = none of the others",
         "c x h, neg none",
-        _fused("default", _spec("product", image="cell model", negative="none-of-others")),
-        ("default",),
+        _fused("mil", _spec("product", image="cell model", negative="none-of-others")),
+        ("mil",),
     ),
     Method(
-        "cell^0.25 x image head^0.75",
+        "image-head cell^0.25 x image head^0.75",
         "geo 0.25",
-        _fused("default", _spec("geometric", weight=0.25, image="cell model")),
-        ("default",),
+        _fused("mil", _spec("geometric", weight=0.25, image="cell model")),
+        ("mil",),
     ),
     Method(
-        "cell model alone, border and small cells' scores x0.5",
+        "image-head cell alone, border and small cells' scores x0.5",
         "c, edge x0.5",
-        _fused("default", _spec(border=0.5, small=0.5)),
-        ("default",),
+        _fused("mil", _spec(border=0.5, small=0.5)),
+        ("mil",),
     ),
     Method(
-        "cell model trained with border and small cells at half weight",
+        "image-head cell model trained with border and small cells at half weight",
         "weighted",
         _fused("weighted", _spec()),
         ("weighted",),
     ),
-    Method("cell model started from the field model", "init", _fused("init", _spec()), ("init",)),
+    Method("image-head cell model started from the field model", "init", _fused("init", _spec()), ("init",)),
     Method(
-        "cell model started from the field model, x field model",
+        "image-head cell model started from the field model, x field model",
         "init x field",
         _fused("init", _spec("product")),
         ("init",),
     ),
     Method(
-        "cell model started from the field model, x image head",
+        "image-head cell model started from the field model, x image head",
         "init x head",
         _fused("init", _spec("product", image="cell model")),
         ("init",),
     ),
-    Method("+ one out-of-fold pseudo-label round", "round", _fused("round"), ("round",)),
-    Method("plain cell model from weak labels (no image head)", "plain", _fused("plain", _spec()), ("plain",)),
-    Method("plain cell model, 0.5 cell + 0.5 field", "plain mean", _fused("plain", _spec("mean")), ("plain",)),
-    Method(FITTED, "fitted", _fitted, ("default", "fitted")),
+    Method("image-head model + one out-of-fold pseudo-label round", "round", _fused("round"), ("round",)),
+    Method(FITTED, "fitted", _fitted, ("mil", "fitted")),
     Method("true per-cell labels on protloc's masks (ceiling)", "ceiling", lambda b: truth_on_cells(b.cells, b.truths)),
 ]
 

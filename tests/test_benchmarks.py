@@ -219,9 +219,10 @@ def test_the_single_cell_benchmark_scores_every_method_on_the_same_cells(tmp_pat
     assert {
         "field model copied to every cell",
         "true field labels copied onto protloc's masks",
-        "cell model alone (image-head model)",
-        "+ one out-of-fold pseudo-label round",
-        "plain cell model from weak labels (no image head)",
+        "default pipeline: protloc train --cells (plain cell model), its package as it is",
+        "image-head cell model alone",
+        "image-head model + one out-of-fold pseudo-label round",
+        "image-head cell model started from the field model",
         "true per-cell labels on protloc's masks (ceiling)",
     } <= set(methods)
     for name, method in methods.items():

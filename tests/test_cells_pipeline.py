@@ -34,7 +34,13 @@ from protloc.data.catalog import open_dataset
 from protloc.data.io import CHANNELS, read_sample
 from protloc.errors import ConfigError, DataError
 from protloc.model.card import read_card
-from protloc.training.cells import PIPELINE_FILE, CellPipelineSettings, PipelineProgress, train_cells
+from protloc.training.cells import (
+    DEFAULT_FUSION,
+    PIPELINE_FILE,
+    CellPipelineSettings,
+    PipelineProgress,
+    train_cells,
+)
 from protloc.training.mil import MilSettings
 
 
@@ -62,6 +68,7 @@ def _settings(data: Path, out: Path, cache: Path, **changes: object) -> CellPipe
         "workers": 1,
         "cache_dir": str(cache),
         "mil": MilSettings(fields_per_step=4, max_cells=8),
+        "cell_head": "mil",  # the image-head path, with its rounds and fusions; the plain default: the kill test
     }
     values.update(changes)
     return CellPipelineSettings(**values)  # type: ignore[arg-type]
@@ -91,7 +98,7 @@ def test_weak_labels_become_a_cell_package_that_carries_its_field_model(
     card = read_card(package)
     assert is_cell_model(card) and card.cells is not None
     assert card.cells.field_model == "field" and is_cell_model(read_card(package / "field")) is False
-    assert card.cells.image_head is not None and card.cells.image_head["pool"] == "lse"  # an image head by default
+    assert card.cells.image_head is not None and card.cells.image_head["pool"] == "lse"  # the image head asked for
     fit = card.cells.fusion_fit
     assert fit is not None
     assert fit["fitted"] and fit["map"] >= fit["cell_model_alone"]  # never below the cell model alone
@@ -132,7 +139,9 @@ def test_a_finished_run_is_skipped_and_a_changed_setting_redoes_only_what_follow
     assert spec is not None
     fit = spec.fusion_fit
     assert fit is not None
-    assert not fit["fitted"] and default.fusion.rule == "cell"  # no per-cell truth: the measured default
+    # no per-cell truth: the measured default of the image-head model, cell x its image head
+    assert not fit["fitted"] and (default.fusion.rule, default.fusion.image) == ("product", "cell model")
+    assert CellPipelineSettings(data="d").cell_head == "plain" and DEFAULT_FUSION["plain"].rule == "cell"
     shorter = train_cells(_settings(weak_data, run, root / "cache", rounds=0, cell_epochs=1))
     assert shorter.skipped == ["segment", "crops", "field"]
     assert list(shorter.stages)[-2:] == ["fusion", "package"]

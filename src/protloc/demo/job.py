@@ -406,7 +406,7 @@ def _report(job: _Job, data: Path, test_set: Any, cell_sections: list[tuple[str,
 
 def _cell_model(job: _Job, data: Path) -> Path | None:
     """6. a cell model from the same fields' labels (``protloc train --cells`` with the demo's field model:
-    segment, crops, cell model with its image head, fusion), in the time the field model's step left."""
+    segment, crops, cell model, fusion), in the time the field model's step left."""
     from protloc.training.cells import CellPipelineSettings, train_cells
 
     settings = job.settings
@@ -428,7 +428,7 @@ def _cell_model(job: _Job, data: Path) -> Path | None:
         job.steps(
             "cell model",
             f"Training a cell model from the fields' labels for {job.cell_seconds / 60:.1f} min (segment every "
-            "training field, cut the cells, train with an image head over each field's cells, fit the fusion)",
+            "training field, cut the cells, train on the crops with their field's labels, fit the thresholds)",
         ),
         job.bar("cell model") as update,
     ):
