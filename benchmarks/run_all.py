@@ -94,6 +94,16 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_cells.py"],
         ["bench_cells.py", "--quick", "--work", str(RESULTS / "cells-quick")],
     ),
+    "predict_cells": (
+        "predict --cells on full-size 16-bit genuine fields: fields/s and peak memory",
+        ["bench_predict_cells.py"],
+        ["bench_predict_cells.py", "--quick"],
+    ),
+    "segment_scale": (
+        "The classical segmenter at another magnification: working side alone vs match_nuclei",
+        ["bench_segment_scale.py"],
+        ["bench_segment_scale.py", "--quick", "--work", str(RESULTS / "cell-boundaries-quick")],
+    ),
     "quality": (
         "Quality: default recipe vs the seed recipe, TTA, 5-fold ensemble",
         ["bench_quality.py"],
