@@ -336,9 +336,7 @@ def test_a_cell_model_can_start_from_the_field_models_weights(
     started = train_mil(crops, tmp_path / "init", MilSettings(model="test_resnet", epochs=0, init=str(field)))
     cold = train_mil(crops, tmp_path / "cold", MilSettings(model="test_resnet", epochs=0))
     assert started.steps == cold.steps == 0  # no training: the weights are where each started
-    weights = {
-        p.name: load_file(str(p / "model" / "weights.safetensors")) for p in (tmp_path / "init", tmp_path / "cold")
-    }
+    weights = {p.name: load_file(str(p / "weights.safetensors")) for p in (started.package_dir, cold.package_dir)}
     source = load_file(str(field / "weights.safetensors"))
     backbone = [k for k in source if k.startswith("backbone.")]
     assert all(torch.equal(weights["init"][k], source[k]) for k in backbone)
