@@ -208,7 +208,6 @@ def train_mil(
     from protloc.cells.dataset import cell_dataset_scheme, read_cell_settings
     from protloc.data.cache import build_cache
     from protloc.data.catalog import open_dataset
-    from protloc.model.network import PackagedNetwork, create_model
     from protloc.utils import usable_cpus
 
     began = time.perf_counter()
@@ -244,10 +243,7 @@ def train_mil(
     torch.set_num_threads(usable_cpus())
     channels = tuple(spec["channels"])
     mean, std = cache.channel_statistics(np.concatenate([bags.rows[f] for f in chosen]), seed=s.seed)
-    backbone = create_model(s.model, len(channels), scheme.num_classes, drop_rate=0.2)
-    if s.init is not None:
-        _start_from(backbone, s.init, s.model, channels, scheme.names)
-    network = PackagedNetwork(backbone, mean, std).to(memory_format=torch.channels_last)
+    network = _network(s, channels, scheme.names, mean, std)
     optimizer = torch.optim.AdamW(network.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     bf16 = s.bf16 if s.bf16 is not None else _fast_bf16()
     rng = np.random.default_rng(s.seed)
@@ -286,6 +282,18 @@ def train_mil(
     return MilResult(package, step, step / steps_per_epoch, seconds, validation)
 
 
+def _network(s: MilSettings, channels: tuple[str, ...], names: Any, mean: list[float], std: list[float]) -> Any:
+    """The cell model to train: random weights, or the ``init`` package's; channels-last for the CPU."""
+    import torch
+
+    from protloc.model.network import PackagedNetwork, create_model
+
+    backbone = create_model(s.model, len(channels), len(names), drop_rate=0.2)
+    if s.init is not None:
+        _start_from(backbone, s.init, s.model, channels, names)
+    return PackagedNetwork(backbone, mean, std).to(memory_format=torch.channels_last)
+
+
 def _start_from(backbone: Any, package_path: str, model: str, channels: tuple[str, ...], names: Any) -> None:
     """Load a package's backbone weights into ``backbone`` (its own input normalisation is not taken: the crops
     get theirs)."""
@@ -298,7 +306,8 @@ def _start_from(backbone: Any, package_path: str, model: str, channels: tuple[st
     if tuple(card.channels) != channels or tuple(card.classes) != tuple(names):
         raise ConfigError(f"{package_path}: its channels or classes differ from the cell data set's")
     try:
-        backbone.load_state_dict(package.build_model().backbone.state_dict())
+        source: Any = package.build_model().backbone  # a PackagedNetwork's backbone (single models only)
+        backbone.load_state_dict(source.state_dict())
     except RuntimeError as exc:
         raise ConfigError(
             f"{package_path}: its weights do not fit the cell model ({str(exc).splitlines()[0]})"
