@@ -89,6 +89,7 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path, capsys: pytest.CaptureFi
     ):
         assert f"<tr><td>{name}</td><td><b>{value:.3f}</b></td>" in html
     assert read_card(out / "cells-run" / "model").cells is not None
+    assert "The cell model trained for" in html and "inside this demo&#x27;s budget" in html
     assert html.count("data:image/png;base64,") >= 10  # pictures embedded: one file to share
     # both per-class tables (validation and test) say how each class's threshold was set
     methods = set(json.loads((out / "run" / "thresholds.json").read_text())["methods"].values())
