@@ -166,19 +166,29 @@ def _drop_small_objects(mask: np.ndarray, min_area: int) -> np.ndarray:
     return np.asarray(keep[components])
 
 
+def _nucleus_foreground(blue: np.ndarray, sigma: float) -> np.ndarray | None:
+    """The blue plane smoothed and thresholded (Otsu), holes filled: nuclei, touching ones unsplit; ``None`` for
+    a flat, empty plane, where Otsu would split noise."""
+    from scipy import ndimage
+    from skimage.filters import gaussian, threshold_otsu
+
+    smooth = gaussian(blue.astype(np.float32), sigma=sigma, preserve_range=True)
+    if float(smooth.max()) - float(smooth.min()) < 4.0:
+        return None
+    return np.asarray(ndimage.binary_fill_holes(smooth > threshold_otsu(smooth)))
+
+
 def segment_nuclei(blue: np.ndarray, params: ClassicalParams) -> np.ndarray:
     """Nuclei of one working-resolution blue plane (``uint8``) as an ``int32`` label image."""
     from scipy import ndimage
-    from skimage.filters import gaussian, threshold_otsu
+    from skimage.filters import gaussian
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    smooth = gaussian(blue.astype(np.float32), sigma=params.smooth_sigma, preserve_range=True)
-    if float(smooth.max()) - float(smooth.min()) < 4.0:  # a flat, empty plane: Otsu would split noise
+    foreground = _nucleus_foreground(blue, params.smooth_sigma)
+    if foreground is None:
         return np.zeros(blue.shape, dtype=np.int32)
-    mask = smooth > threshold_otsu(smooth)
-    mask = ndimage.binary_fill_holes(mask)
-    mask = _drop_small_objects(mask, params.min_nucleus_area)
+    mask = _drop_small_objects(foreground, params.min_nucleus_area)
     if not mask.any():
         return np.zeros(blue.shape, dtype=np.int32)
     distance = ndimage.distance_transform_edt(mask)
@@ -207,12 +217,11 @@ def nucleus_scale(blue: np.ndarray, params: ClassicalParams) -> float:
     thresholding of the blue plane (touching nuclei unsplit; the median is robust to a few clumps), clamped to
     1/4-4; 1 when no nucleus is found."""
     from scipy import ndimage
-    from skimage.filters import gaussian, threshold_otsu
 
-    smooth = gaussian(blue.astype(np.float32), sigma=params.smooth_sigma, preserve_range=True)
-    if float(smooth.max()) - float(smooth.min()) < 4.0:
+    foreground = _nucleus_foreground(blue, params.smooth_sigma)
+    if foreground is None:
         return 1.0
-    components, count = ndimage.label(ndimage.binary_fill_holes(smooth > threshold_otsu(smooth)))
+    components, count = ndimage.label(foreground)
     areas = np.bincount(components.ravel())[1:]
     areas = areas[areas >= max(4, params.min_nucleus_area // 16)]  # specks of any plausible scale are not nuclei
     if count == 0 or areas.size == 0:
