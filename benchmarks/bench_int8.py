@@ -51,19 +51,18 @@ def main() -> None:
     truth = open_dataset(args.data, split="test", labels=args.data / "test_truth.csv", channels=None)
     assert truth.labels is not None
 
-    exclusive: list[tuple[int, ...]] = [()]
-
     def scores(path: Path, name: str) -> np.ndarray:
         result = predict_folder(path, args.data, work / f"pred-{name}", backend="onnx", workers=0)
         assert result is not None
-        exclusive[0] = result.scheme.exclusive
         return result.probabilities[[result.ids.index(i) for i in truth.ids]]
 
     reference = scores(fp32, "fp32")
     thresholds = np.asarray(card.thresholds)
 
     def macro(probabilities: np.ndarray) -> float:
-        report = evaluate(truth.labels, probabilities, thresholds, card.classes, min_one=True, exclusive=exclusive[0])
+        report = evaluate(
+            truth.labels, probabilities, thresholds, card.classes, min_one=True, exclusive=card.scheme.exclusive
+        )
         return report.macro_f1
 
     base_f1 = macro(reference)

@@ -450,12 +450,13 @@ def _single_cells(job: _Job, data: Path, package: Path, cell_package: Path | Non
     from protloc.data.catalog import open_dataset
 
     ids = open_dataset(data, split="test", channels=None).ids[: job.settings.cell_fields]
-    runs = [("baseline: field labels to every cell", open_cell_predictor(field_model=package), "cells-baseline")]
-    if cell_package is not None:
-        runs.insert(0, ("cell model", open_cell_predictor(cell_package), "cells"))
+    baseline = ("baseline: field labels to every cell", open_cell_predictor(field_model=package))
+    if cell_package is None:
+        runs = [(*baseline, "cells")]
+        text = "the field model's labels to every cell"
     else:
-        runs[0] = (runs[0][0], runs[0][1], "cells")
-    text = "the cell model and the baseline" if cell_package is not None else "the field model's labels to every cell"
+        runs = [("cell model", open_cell_predictor(cell_package), "cells"), (*baseline, "cells-baseline")]
+        text = "the cell model and the baseline"
     scored: list[tuple[str, Any, Any]] = []
     with job.steps("cells", f"Single cells: segmenting {len(ids)} test fields, {text}"):
         masks: Path | None = None
