@@ -10,14 +10,16 @@ per-cell truth of held-out training fields, to show what that lever is worth).
 
 **The default pipeline under a stated CPU budget**: ``protloc train DATA --cells --max-time BUDGET``
 (:func:`protloc.training.cells.train_cells` with its defaults; ``--budget`` minutes, 20 by default for ~1,200
-fields of 256 px on the 2-core machine): segment, crops, field model, cell model with its image head, fusion,
-package. Variants reuse its finished stages (same settings, same digests) in a copy of its folder, so each
-differs from it by one lever under the same budget: one out-of-fold pseudo-label round (the cell model and the
-round share the budget the default gives the cell model alone), a plain cell model without the image head,
-border and small cells at half weight in the cell model's loss, the cell model started from the field model's
-weights (``cell_init``), and the fusion fitted on per-cell truth. Each
-method's difference from the cell model alone (paired: the same resamples) is the effect of its lever, with its
-interval.
+fields of 256 px on the 2-core machine): segment, crops, field model, plain cell model, fusion, package. The
+image-head (``mil``) pipeline runs first; the other runs start from a copy of its finished stages (same
+settings, same digests), so each differs from a fresh run by one lever under the same budget: the default (plain
+cell model), one out-of-fold pseudo-label round (the cell model and the round share the budget the default gives
+the cell model alone), border and small cells at half weight in the cell model's loss, the cell model started
+from the field model's weights (``cell_init``), the default as it was before (each training stage given 80 % of
+its share, the cell model's ceiling 12 epochs; with ``--reuse``, kept from the earlier measurement), the default
+with 96 px crops (a cell's box is resized to the crop: more pixels per structure, 2.25x the compute per crop;
+crops and field model are remade, as a fresh run would), and the fusion fitted on per-cell truth. Differences
+are paired (the same resamples), so a lever's effect gets an interval.
 
 **Methods** (``METHODS``, a table: a row names the runs it needs and how it scores the cells; add a row to add
 a method), all scored on the same test fields and the same cells, segmented once with the defaults; the models
@@ -229,6 +231,16 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
         True,
     ),
     (
+        "default as before: 80 % of the cell share, 12-epoch ceiling",
+        lambda b: _pipeline(b, "ceiling12", "mil", PREPARED, cell_head="plain", cell_epochs=12),
+        False,
+    ),
+    (
+        "default with 96 px crops",
+        lambda b: _pipeline(b, "crop96", "mil", ("segment",), cell_head="plain", crop_size=96),
+        False,
+    ),
+    (
         "fusion fitted on per-cell truth",
         lambda b: _pipeline(b, "fitted", "mil", TRAINED, cell_head="mil", cell_truth=str(b.data / "train_cells_truth")),
         False,
@@ -324,6 +336,13 @@ METHODS: list[Method] = [
         _fused("default", _spec("mean")),
         ("default",),
     ),
+    Method(
+        "default as before (cell model: 80 % of its share, 12-epoch ceiling)",
+        "before",
+        _fused("ceiling12"),
+        ("ceiling12",),
+    ),
+    Method("default with 96 px crops (64 px default)", "crop 96", _fused("crop96"), ("crop96",)),
     Method("image-head pipeline (--cell-head mil), its package as it is", "mil", _fused("mil"), ("mil",)),
     Method(CELL_ALONE, "cell", _fused("mil", _spec()), ("mil",)),
     Method("image-head cell x field model", "c x field", _fused("mil", _spec("product")), ("mil",)),
