@@ -8,7 +8,7 @@ int8 model of ``PACKAGE`` (percentile ranges on its training images, tolerance o
 written), then the float32 ONNX model and each int8 model predict ROOT's test fields (``test/`` with
 ``test_truth.csv``) and are compared: the largest and mean change of a probability, the share of decisions
 (class x field at the card's thresholds) flipped, macro F1 against the truth, and the export check's own figure
-(on training images not used for calibration). Results: ``benchmarks/results/int8.{json,md}``.
+(on training images not used for calibration). Results: ``benchmarks/results/int8.{json,md}`` (``--name``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--calibration-images", type=int, default=None)
+    parser.add_argument("--name", default="int8", help="results/NAME.{json,md}")
     args = parser.parse_args()
 
     from protloc.data.catalog import open_dataset
@@ -118,7 +119,7 @@ def main() -> None:
         f"{args.model} ({card.architecture.name}, {card.size} px), {len(truth)} test fields of {args.data}\n\n"
         + table(header, rows)
     )
-    save("int8", {"model": str(args.model), "fields": len(truth), "choices": records}, markdown)
+    save(args.name, {"model": str(args.model), "fields": len(truth), "choices": records}, markdown)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["bench_cells.py"],
         ["bench_cells.py", "--quick", "--work", str(RESULTS / "cells-quick")],
     ),
+    "adapt_cells": (
+        "A cell package adapted to shifted fields (gain, magnification): mAP before and after, with intervals",
+        ["bench_adapt_cells.py"],
+        ["bench_adapt_cells.py", "--quick", "--work", str(RESULTS / "cells-quick")],
+    ),
     "predict_cells": (
         "predict --cells on full-size 16-bit genuine fields: fields/s and peak memory",
         ["bench_predict_cells.py"],

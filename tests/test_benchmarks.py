@@ -236,3 +236,17 @@ def test_the_single_cell_benchmark_scores_every_method_on_the_same_cells(tmp_pat
     assert [s["iou"] for s in payload["segmentation"]] == [0.5, 0.6, 0.75]
     assert payload["segmentation"][0]["f1"] > 0.8  # the defaults, scaled once
     assert "| true per-cell labels on protloc's masks (ceiling) |" in (tmp_path / "cells_quick.md").read_text()
+    # its default package adapted to shifted copies of the test fields, scored before and after
+    result = run_benchmark("bench_adapt_cells.py", "--quick", "--work", str(tmp_path / "work"), results=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    shifts = json.loads((tmp_path / "adapt_cells_quick.json").read_text())["results"]
+    assert list(shifts) == ["as they are", "gain 0.35", "half magnification"]
+    assert set(shifts["half magnification"]["rows"]) == {
+        "as trained",
+        "adapted (norm)",
+        "as trained, match_nuclei",
+        "adapted (norm) with match_nuclei",
+    }
+    for shift in shifts.values():
+        assert shift["rows"]["as trained"]["minus_as_trained"] == 0.0
+        assert all(0.0 <= row["map"] <= 1.0 for row in shift["rows"].values())

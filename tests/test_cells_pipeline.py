@@ -351,3 +351,55 @@ def test_cell_options_without_cells_are_refused(weak_data: Path, capsys: pytest.
     assert main(["train", str(weak_data), "--crop-size", "32", "--field-run", "runs/x", "--seg-option", "a=1"]) == 1
     error = capsys.readouterr().err.strip()
     assert error == "error: --crop-size, --field-run, --seg-option only apply with --cells (a cell model pipeline)"
+
+
+def _dimmer(data: Path, out: Path, scale: float) -> Path:
+    """The training fields of ``data`` as a dimmer microscope would see them: a folder of channel images."""
+    from protloc.data.io import write_channel
+
+    catalog = open_dataset(data, channels=None)
+    out.mkdir()
+    for field_id in catalog.ids:
+        image = read_sample(catalog.files[field_id], CHANNELS)
+        for channel, plane in zip(CHANNELS, image, strict=True):
+            write_channel(out / f"{field_id}_{channel}.png", (plane * scale).astype(np.uint8))
+    return out
+
+
+def test_adapt_takes_a_cell_package_with_its_field_model_and_segmenter_scale(
+    weak_data: Path, finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
+) -> None:
+    from protloc.cli import main
+    from protloc.training.adapt import AdaptSettings, adapt_package
+
+    package = finished[1].package_dir
+    dim = _dimmer(weak_data, tmp_path / "dim", 0.4)
+    settings = AdaptSettings(max_fields=12, min_cells=8, match_nuclei=True)
+    result = adapt_package(package, dim, tmp_path / "adapted", settings)
+    source, card = read_card(package), read_card(result.out)
+    record = card.adaptation
+    assert record["fields_used"] == 12 and record["cells_used"] >= 8 and record["cells_per_field"]["median"] > 0
+    assert record["segmentation"]["match_nuclei"] is True
+    # the cells a 0.4x dimmer microscope shows: each channel's mean well below the source crops'
+    assert all(a < 0.7 * b for a, b in zip(card.input.mean, source.input.mean, strict=True))
+    assert card.thresholds == source.thresholds and card.cells is not None and source.cells is not None
+    assert card.cells.segmentation["match_nuclei"] is True and "match_nuclei" not in source.cells.segmentation
+    assert card.cells.fusion == source.cells.fusion and card.cells.image_head == source.cells.image_head
+    # the carried field model adapted on the fields, inside the one package
+    field_card = read_card(result.out / "field")
+    assert field_card.adaptation["fields_used"] == 12 and record["field_model"]["fields_used"] == 12
+    assert all(a < 0.7 * b for a, b in zip(field_card.input.mean, read_card(package / "field").input.mean, strict=True))
+    # predict --cells takes it as it is, segmenting each field at its nuclei's scale
+    predictor = open_cell_predictor(result.out)
+    assert predictor.segmenter.settings()["match_nuclei"] is True and predictor.field_backend is not None
+    fields = open_dataset(dim, channels=None)
+    image = read_sample(fields.files[fields.ids[0]], CHANNELS)
+    assert len(predict_field_cells(predictor, image, channels=CHANNELS).cells) > 0
+    # too few cells, and match_nuclei for a field model: refused, nothing written
+    with pytest.raises(DataError, match="cell\\(s\\) found"):
+        adapt_package(package, dim, tmp_path / "no", AdaptSettings(max_fields=8, min_cells=100000, max_cells=100000))
+    with pytest.raises(ConfigError, match="a field model"):
+        adapt_package(package / "field", dim, tmp_path / "no", AdaptSettings(match_nuclei=True))
+    assert not (tmp_path / "no").exists()
+    assert main(["adapt", str(package), str(dim), "--out", str(tmp_path / "cli"), "--max-fields", "8"]) == 0
+    assert read_card(tmp_path / "cli").adaptation["cells_used"] > 0

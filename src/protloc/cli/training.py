@@ -421,7 +421,7 @@ def _evaluate_cells(
 
 @app.command()
 def adapt(
-    model: Annotated[Path, typer.Argument(help="The field model package to adapt.")],
+    model: Annotated[Path, typer.Argument(help="The package to adapt: a field model, or a cell model (--cells).")],
     data: Annotated[Path, typer.Argument(help="Unlabelled fields of the new microscope (any layout predict reads).")],
     out: Annotated[Path, typer.Option(help="The adapted package to write (replaced if it exists).")],
     method: Annotated[
@@ -444,6 +444,13 @@ def adapt(
         int | None, typer.Option(help="Significant bits of 16-bit files (default: the card's).")
     ] = None,
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,
+    match_nuclei: Annotated[
+        bool,
+        typer.Option(
+            help="Cell models: segment each field at its nuclei's scale, for the adaptation and in the new package."
+        ),
+    ] = False,
+    max_cells: Annotated[int, typer.Option(help="Cell models: cells the statistics are estimated on, at most.")] = 4096,
 ) -> None:
     """Adapt a model package to a new microscope without labels: re-estimate its normalisation on the new fields.
 
@@ -464,6 +471,8 @@ def adapt(
         workers=workers,
         bit_depth=bit_depth,
         channel_map=channel_map,
+        match_nuclei=match_nuclei,
+        max_cells=max_cells,
     )
     with progress_bar("reading fields") as update:
         result = adapt_package(model, data, out, settings, on_progress=update)
@@ -474,9 +483,10 @@ def adapt(
         if result.guard.get("passed")
         else f"guard not run: {result.guard.get('reason', 'switched off')}"
     )
+    cells = f" ({record['cells_used']} cells)" if "cells_used" in record else ""
     console.print(
         escape(
             f"adapted {model} ({', '.join(record['methods'])}) on {record['fields_used']} of {record['fields']} "
-            f"fields of {data}; {guard_line}; wrote {result.out}"
+            f"fields{cells} of {data}; {guard_line}; wrote {result.out}"
         )
     )

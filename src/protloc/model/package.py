@@ -103,20 +103,32 @@ def save_package(
         extra_files: name in the package -> file to copy in (e.g. ``validation.csv``, the validation
             predictions that thresholds were fitted on, which ensembles use to refit theirs).
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     with atomic_folder(folder) as staging:
-        if model is not None:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": CARD_FORMAT})
-        for name, source in (members or {}).items():
-            shutil.copytree(resolve_package_path(source), staging / "members" / name)
-        for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / name)
-        typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
-        atomic_write_json(staging / CARD_FILE, typed.to_dict())
+        write_package(staging, model, card, members, extra_files)
     return folder
+
+
+def write_package(
+    folder: Path,
+    model: nn.Module | None,
+    card: ModelCard | dict[str, Any],
+    members: dict[str, Path] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> None:
+    """Write a package's files into the existing folder ``folder`` (a staging folder the caller makes atomic;
+    see :func:`save_package`, which is this inside :func:`protloc.utils.atomic_folder`)."""
+    from safetensors.torch import save_file
+
+    if model is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": CARD_FORMAT})
+    for name, source in (members or {}).items():
+        shutil.copytree(resolve_package_path(source), folder / "members" / name)
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, folder / name)
+    typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+    atomic_write_json(folder / CARD_FILE, typed.to_dict())
 
 
 @dataclass

@@ -9,6 +9,10 @@ weight:
 * ``bn``: AdaBN, the batch-norm layers' running means and variances re-estimated on the target fields (forward
   passes with only the batch-norm layers in training mode, no gradient, a cumulative average over batches).
 
+A cell model package is adapted on the cells it would cut from the new fields (segmented as its card says,
+optionally at each field's nucleus scale, ``match_nuclei``, which the new card keeps for prediction), and the
+field model it carries on the fields, into one new package.
+
 What cannot be adapted this way: classes the source never showed, and patterns the network never learnt to
 tell apart; see docs/adaptation.md.
 
@@ -73,6 +77,13 @@ class AdaptSettings:
     workers: int = 1
     bit_depth: int | None = None
     channel_map: str | None = None
+    max_cells: int = 4096
+    """cell models: crops the statistics are estimated on, at most (a random choice among the fields' cells)."""
+    min_cells: int = 64
+    """cell models: refuse fewer cells than this in the fields read."""
+    match_nuclei: bool = False
+    """cell models: segment each field at the scale of its nuclei (the segmenter's ``match_nuclei``), for the
+    crops adapted on and, recorded on the new card, for every prediction with the adapted package."""
 
     def validate(self) -> AdaptSettings:
         """Check every field; raise :class:`ConfigError` naming the first bad one. Returns self."""
@@ -87,6 +98,8 @@ class AdaptSettings:
             raise ConfigError(f"need 2 <= min_fields <= max_fields, got {self.min_fields} and {self.max_fields}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 (batch statistics), got {self.batch_size}")
+        if self.min_cells < 2 or self.max_cells < self.min_cells:
+            raise ConfigError(f"need 2 <= min_cells <= max_cells, got {self.min_cells} and {self.max_cells}")
         if not 0.0 <= self.tolerance <= 1.0:
             raise ConfigError(f"tolerance must be between 0 and 1 (macro F1), got {self.tolerance}")
         return self
@@ -220,15 +233,6 @@ def _pick(catalog: Catalog, count: int, seed: int) -> Catalog:
     return catalog.subset(np.sort(rng.choice(len(catalog), size=count, replace=False)))
 
 
-def _refuse_kind(package: ModelPackage) -> None:
-    if package.is_ensemble:
-        raise ModelError(f"{package.path}: an ensemble; adapt each member package, then `protloc ensemble` them")
-    if package.card.cells is not None:
-        raise ModelError(
-            f"{package.path}: a cell model (its inputs are cell crops, not fields); protloc adapt adapts field models"
-        )
-
-
 def adapt_package(
     model: str | Path,
     data: str | Path,
@@ -237,38 +241,53 @@ def adapt_package(
     *,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> AdaptResult:
-    """Adapt the field model package ``model`` to the unlabelled fields of ``data``; write it to ``out``.
+    """Adapt the model package ``model`` (a field model, or a cell model with the field model it carries) to the
+    unlabelled fields of ``data``; write it to ``out``.
 
     ``data`` is any layout the catalog reads (a Kaggle root's ``test/``, a folder of channel images, a labelled
     folder whose labels are not used). The new package has the same weights but the re-estimated statistics, the
     card's thresholds unchanged, and a card whose ``adaptation`` records what, on what and how. It is written
-    atomically, and only when the guard passes.
+    atomically, and only when the guard passes. A cell model's statistics are those of the cells it would cut
+    from the new fields (segmented as its card says, per-field nucleus scale with ``match_nuclei``, which the
+    new card then keeps); its field model is adapted on the fields.
 
     Raises:
-        DataError: no fields, or fewer than ``settings.min_fields``.
-        ModelError: an ensemble or cell model, channels the data lacks, ``bn`` without batch-norm layers, or an
-            adaptation the guard refuses.
+        ConfigError: ``match_nuclei`` for a field model.
+        DataError: no fields, fewer than ``settings.min_fields``, or too few cells in them.
+        ModelError: an ensemble, channels the data lacks, ``bn`` without batch-norm layers, or an adaptation the
+            guard refuses.
     """
     settings = (settings or AdaptSettings()).validate()
     package = load_package(model)
-    _refuse_kind(package)
-    card = package.card
+    if package.is_ensemble:
+        raise ModelError(f"{package.path}: an ensemble; adapt each member package, then `protloc ensemble` them")
     catalog = open_for_prediction(data, channel_map=settings.channel_map)
-    check_channels_available(card, list(catalog.files[catalog.ids[0]]), where=str(catalog.image_dir))
-    catalog.require_channels(card.channels)
     if len(catalog) < settings.min_fields:
         raise DataError(
             f"{data}: {len(catalog)} field(s); adaptation needs at least {settings.min_fields} to estimate statistics"
         )
-    network = package.build_model()
-    if not isinstance(network, PackagedNetwork):  # pragma: no cover - single packages build one
-        raise ModelError(f"{package.path}: not a single packaged network")
-    if "bn" in settings.methods and not batchnorm_layers(network):
-        raise ModelError(
-            f"{package.path}: {card.model_name} has no batch-norm layers, so AdaBN has nothing to re-estimate; "
-            "adapt with --method norm"
-        )
     used = _pick(catalog, settings.max_fields, settings.seed)
+    source = {"data": str(Path(data).resolve()), "fields": len(catalog), "fingerprint": folder_fingerprint(catalog)}
+    if package.card.cells is not None:
+        return _adapt_cell_package(package, used, Path(out), settings, source, on_progress)
+    if settings.match_nuclei:
+        raise ConfigError(f"{model}: a field model; match_nuclei sets the segmenter of a cell model's package")
+    adapted, record = _adapt_field(package, used, settings, source, on_progress)
+    return AdaptResult(out=save_package(out, adapted, _adapted_card(package.card, adapted, record)), record=record)
+
+
+def _adapt_field(
+    package: ModelPackage,
+    used: Catalog,
+    settings: AdaptSettings,
+    source: dict[str, Any],
+    on_progress: Callable[[int, int], None] | None,
+) -> tuple[PackagedNetwork, dict[str, Any]]:
+    """A field model's network adapted on the fields ``used``, and its record (the guard has passed)."""
+    card = package.card
+    check_channels_available(card, list(used.files[used.ids[0]]), where=str(used.image_dir))
+    used.require_channels(card.channels)
+    network = _network(package, settings)
     inputs = read_inputs(
         used,
         card,
@@ -278,23 +297,53 @@ def adapt_package(
         on_progress=on_progress,
     )
     adapted, info = adapt_network(network, inputs, settings.methods, batch_size=settings.batch_size)
-    guard: dict[str, Any] = {"run": False}
+    guard = _checked_guard(package, network, adapted, settings, len(inputs))
+    return adapted, _record(package, settings, source, {"fields_used": len(inputs), **info}, guard)
+
+
+def _network(package: ModelPackage, settings: AdaptSettings) -> PackagedNetwork:
+    network = package.build_model()
+    if not isinstance(network, PackagedNetwork):  # pragma: no cover - single packages build one
+        raise ModelError(f"{package.path}: not a single packaged network")
+    if "bn" in settings.methods and not batchnorm_layers(network):
+        raise ModelError(
+            f"{package.path}: {package.card.model_name} has no batch-norm layers, so AdaBN has nothing to "
+            "re-estimate; adapt with --method norm"
+        )
+    return network
+
+
+def _checked_guard(
+    package: ModelPackage, network: PackagedNetwork, adapted: PackagedNetwork, settings: AdaptSettings, count: int
+) -> dict[str, Any]:
+    """The guard's record (``{"run": False, ...}`` when off or impossible); raises when it refuses."""
+    guard: dict[str, Any] = {"run": False, "reason": "switched off"}
     if settings.guard:
-        guard = _run_guard(package, network, adapted, settings, len(inputs))
+        guard = _run_guard(package, network, adapted, settings, count)
     if guard.get("passed") is False:
         raise ModelError(
-            f"{package.path}: adaptation refused: on the source validation fields the same adaptation moves macro F1 "
+            f"{package.path}: adaptation refused: on the source validation data the same adaptation moves macro F1 "
             f"from {guard['macro_f1_before']:.3f} to {guard['macro_f1_adapted']:.3f} (tolerance "
             f"{settings.tolerance}); nothing written"
         )
+    return guard
+
+
+def _record(
+    package: ModelPackage,
+    settings: AdaptSettings,
+    source: dict[str, Any],
+    info: dict[str, Any],
+    guard: dict[str, Any],
+) -> dict[str, Any]:
+    """What the adapted card's ``adaptation`` holds: what was adapted, on what, how, when and from which
+    package (and the package's previous adaptation, if any)."""
+    card = package.card
     record = {
         "methods": list(settings.methods),
         "source_package": str(package.path.resolve()),
         "source_created": card.created,
-        "data": str(Path(data).resolve()),
-        "fields": len(catalog),
-        "fields_used": len(inputs),
-        "fingerprint": folder_fingerprint(catalog),
+        **source,
         "settings": settings.describe(),
         **info,
         "guard": guard,
@@ -303,7 +352,11 @@ def adapt_package(
     }
     if card.adaptation:
         record["previous"] = card.adaptation
-    new_card = dataclasses.replace(
+    return record
+
+
+def _adapted_card(card: ModelCard, adapted: PackagedNetwork, record: dict[str, Any]) -> ModelCard:
+    return dataclasses.replace(
         card,
         input=dataclasses.replace(
             card.input, mean=[float(v) for v in adapted.mean.flatten()], std=[float(v) for v in adapted.std.flatten()]
@@ -312,8 +365,106 @@ def adapt_package(
         protloc_version=__version__,
         created=record["when"],
     )
-    written = save_package(out, adapted, new_card)
-    return AdaptResult(out=written, record=record)
+
+
+# ------------------------------------------------------------------------------------------------ cell models
+
+
+def cell_inputs(
+    catalog: Catalog,
+    card: ModelCard,
+    segmenter: Any,
+    *,
+    max_cells: int,
+    seed: int = 0,
+    bit_depth: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """The cells of ``catalog``'s fields as the cell model ``card`` sees them: each field segmented by
+    ``segmenter``, every cell cut as its masked crop (the card's crop size and padding), at most ``max_cells``
+    of them chosen at random; and the number of cells in each field."""
+    from protloc.cells.masks import cells_of_field
+    from protloc.data.io import CHANNELS, read_sample
+
+    assert card.cells is not None
+    channels = [c for c in CHANNELS if c in set(segmenter.channels) | set(card.channels)]
+    catalog.require_channels(channels)
+    parts, counts = [], []
+    for index, field_id in enumerate(catalog.ids):
+        image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
+        labels = np.asarray(segmenter(image[[channels.index(c) for c in segmenter.channels]]))
+        crops = cells_of_field(
+            image[[channels.index(c) for c in card.channels]], labels, card.size, padding=card.cells.padding
+        )
+        parts.append(crops.images)
+        counts.append(len(crops.cells))
+        if on_progress:
+            on_progress(index + 1, len(catalog))
+    inputs = np.concatenate(parts) if parts else np.zeros((0, len(card.channels), card.size, card.size), np.uint8)
+    if len(inputs) > max_cells:
+        inputs = inputs[np.sort(np.random.default_rng(seed).choice(len(inputs), size=max_cells, replace=False))]
+    return inputs, counts
+
+
+def _adapt_cell_package(
+    package: ModelPackage,
+    used: Catalog,
+    out: Path,
+    settings: AdaptSettings,
+    source: dict[str, Any],
+    on_progress: Callable[[int, int], None] | None,
+) -> AdaptResult:
+    """A cell model package adapted on the cells of ``used`` (and the field model it carries on the fields),
+    written to ``out`` as one package."""
+    from protloc.cells.predict import carried_field_model, segmenter_from_card
+    from protloc.model.package import write_package
+    from protloc.utils import atomic_folder
+
+    card = package.card
+    assert card.cells is not None
+    segmenter = segmenter_from_card(card, {"match_nuclei": True} if settings.match_nuclei else None)
+    check_channels_available(card, list(used.files[used.ids[0]]), where=str(used.image_dir))
+    network = _network(package, settings)
+    inputs, counts = cell_inputs(
+        used,
+        card,
+        segmenter,
+        max_cells=settings.max_cells,
+        seed=settings.seed,
+        bit_depth=settings.bit_depth or 16,
+        on_progress=on_progress,
+    )
+    if len(inputs) < settings.min_cells:
+        raise DataError(
+            f"{used.image_dir}: {len(inputs)} cell(s) found in {len(used)} field(s) by the model's segmenter; "
+            f"adapting a cell model needs at least {settings.min_cells} (check the channels, or --match-nuclei)"
+        )
+    adapted, info = adapt_network(network, inputs, settings.methods, batch_size=settings.batch_size)
+    guard = _checked_guard(package, network, adapted, settings, len(inputs))
+    census = {
+        "fields_used": len(used),
+        "cells_used": len(inputs),
+        "cells_per_field": {"median": float(np.median(counts)), "min": int(min(counts)), "max": int(max(counts))},
+        "segmentation": segmenter.settings(),
+    }
+    record = _record(package, settings, source, {**census, **info}, guard)
+    carried = carried_field_model(package.path, card)
+    field_part = None
+    if carried is not None:
+        field_package = load_package(carried)
+        field_part = (*_adapt_field(field_package, used, settings, source, None), field_package.card)
+        record["field_model"] = {k: v for k, v in field_part[1].items() if k not in source}
+    new_card = _adapted_card(card, adapted, record)
+    segmentation = dict(card.cells.segmentation, match_nuclei=True) if settings.match_nuclei else None
+    new_card.cells = dataclasses.replace(card.cells, segmentation=segmentation or card.cells.segmentation)
+    with atomic_folder(out) as staging:
+        write_package(staging, adapted, new_card)
+        if field_part is not None:
+            field_network, field_record, field_card = field_part
+            folder = staging / str(card.cells.field_model)
+            folder.mkdir(parents=True)
+            write_package(folder, field_network, _adapted_card(field_card, field_network, field_record))
+    return AdaptResult(out=out, record=record)
 
 
 def _source_validation(package: ModelPackage, settings: AdaptSettings) -> tuple[Catalog, np.ndarray] | str:
