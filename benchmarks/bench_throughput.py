@@ -11,6 +11,8 @@ For each field size (synthetic 4-channel 8-bit PNG fields written by ``protloc s
   the network on 2 threads (the prefetch thread then shares a core with it);
 * ``predict --workers 2 --threads 1``: the split the budget replaced (two decoding processes, the network on the
   CPUs they left), for the before/after ratio;
+* the watcher classifying the same fields already in its folder (``watch_folder(once=True)``: its default
+  budget, a durable journalled row per field);
 * the service's engine in this process (no HTTP, no client): as many one-sample requests as ``--samples``, 16 at
   a time, decoded on its decoding threads and micro-batched into the network, with the budget's split (the
   network on half the CPUs, decoding on the rest) and with the old two decoding threads.
@@ -97,6 +99,17 @@ def service_rate(package: Path, planes: list[bytes], decode_threads: int | None,
     return requests / seconds
 
 
+def watch_rate(package: Path, folder: Path, out: Path, count: int) -> float:
+    """Fields/s of the watcher (``protloc watch --once``, its default budget) classifying the ``count`` fields
+    already in ``folder``: the same decoding and network as ``predict``, one journalled, durable row per field."""
+    from protloc.watch import watch_folder
+
+    start = time.perf_counter()
+    summary = watch_folder(folder, package, out=out, backend="onnx", settle=0.0, once=True)
+    assert summary.classified == count, summary
+    return count / (time.perf_counter() - start)
+
+
 def make_model(folder: Path) -> Path:
     """A fresh resnet18 package at 128 px with its model.onnx (untrained weights time as trained ones do)."""
     from bench_inference import make_package
@@ -138,6 +151,9 @@ def main() -> None:
                     result = predict_folder(package, data[side], out, backend="onnx", ids=ids[side], **options)  # type: ignore[arg-type]
                     assert result is not None
                     rates.setdefault((side, name), []).append(args.samples / (time.perf_counter() - start))
+                out = root / f"watch-{side}-{round_}"
+                watched = watch_rate(package, data[side] / "test", out, len(ids[side]))
+                rates.setdefault((side, "watch --once (default budget), fields/s"), []).append(watched)
                 planes = [path.read_bytes() for path in sorted((data[side] / "test").glob(f"{ids[side][0]}_*.png"))]
                 for name, decode_threads in SERVICE.items():
                     rates.setdefault((side, name), []).append(
