@@ -138,8 +138,8 @@ def test_refusals_write_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown adaptation method"):
         adapt_package(source, _fields(tmp_path / "ok", 10), out, AdaptSettings(methods=("entropy",)))
     cell = tiny_package(tmp_path / "cell", cells={"crop_size": 32})
-    with pytest.raises(DataError, match=r"cell\(s\) found in 10 field\(s\)"):  # noise: too few cells to adapt on
-        adapt_package(cell, tmp_path / "ok", out)
+    with pytest.raises(DataError, match=r"0 cell\(s\) found in 10 field\(s\)"):  # black fields: no cell to adapt on
+        adapt_package(cell, _fields(tmp_path / "black", 10, scale=0.0), out)
     with pytest.raises(ConfigError, match="a field model"):
         adapt_package(source, tmp_path / "ok", out, AdaptSettings(match_nuclei=True))
     assert not out.exists()

@@ -403,3 +403,32 @@ def test_adapt_takes_a_cell_package_with_its_field_model_and_segmenter_scale(
     assert not (tmp_path / "no").exists()
     assert main(["adapt", str(package), str(dim), "--out", str(tmp_path / "cli"), "--max-fields", "8"]) == 0
     assert read_card(tmp_path / "cli").adaptation["cells_used"] > 0
+
+
+def test_a_refused_field_model_stays_as_it_was_in_an_adapted_cell_package(
+    weak_data: Path,
+    finished: tuple[Path, Any, list[PipelineProgress]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import protloc.training.adapt as adapt
+    from protloc.cli import main
+
+    package = finished[1].package_dir
+    refusal = {"run": True, "passed": False, "macro_f1_before": 0.5, "macro_f1_adapted": 0.4}
+    monkeypatch.setattr(
+        adapt, "_run_guard", lambda source, *a: refusal if source.path.name == "field" else {"run": False}
+    )
+    dim = _dimmer(weak_data, tmp_path / "dim", 0.4)
+    assert main(["adapt", str(package), str(dim), "--out", str(tmp_path / "a"), "--min-fields", "8"]) == 0
+    said = capsys.readouterr().out
+    assert "its field model kept as it was" in " ".join(said.split()) and "0.500 to 0.400" in said
+    record = read_card(tmp_path / "a").adaptation
+    assert record["field_model"]["adapted"] is False and record["field_model"]["guard"] == refusal
+    for name in ("card.json", "weights.safetensors"):  # the carried field model, byte for byte
+        assert (tmp_path / "a" / "field" / name).read_bytes() == (package / "field" / name).read_bytes()
+    # the same refusal of a field model package alone writes nothing
+    with pytest.raises(adapt.AdaptationRefusedError, match="nothing written"):
+        adapt.adapt_package(package / "field", dim, tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -55,6 +55,10 @@ CELL_SETTINGS_FILE = "cells.json"
 GEOMETRY_FILE = "geometry.csv"
 CELL_ID_SEPARATOR = "--c"
 LABEL_SOURCES = ("cells", "field")
+DEFAULT_CROP_SIZE = 96
+"""Crop side in px: each cell's box is resized to it. 96 beat 64 on foreign fields at the same 20-minute budget
+(+0.018 mAP paired, 5-95 % [-0.001, +0.038]; BENCHMARKS.md, "Single cells"): small structures survive the
+network's stem, and cells of full-size HPA fields (150-400 px across) are shrunk less."""
 
 
 def cell_sample_id(field_id: str, cell: int) -> str:
@@ -101,7 +105,7 @@ def make_cell_dataset(
     labels: str | Mapping[tuple[str, int], np.ndarray] = "field",
     truth: str | Path | None = None,
     split: str = "train",
-    size: int = 64,
+    size: int = DEFAULT_CROP_SIZE,
     padding: float = 0.05,
     channels: tuple[str, ...] = CHANNELS,
     bit_depth: int = 16,

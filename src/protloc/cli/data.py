@@ -187,13 +187,13 @@ def cell_data(
         Path | None, typer.Option(help="Per-cell truth folder for --labels cells (default: --masks).")
     ] = None,
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
-    size: Annotated[int, typer.Option(help="Crop side in px.")] = 64,
+    size: Annotated[int | None, typer.Option(help="Crop side in px (default: 96).")] = None,
     padding: Annotated[float, typer.Option(help="Margin around each cell's box, fraction of its side.")] = 0.05,
     folds: Annotated[int, typer.Option(help="Folds by field written to folds.csv.")] = 5,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it holds a cell data set.")] = False,
 ) -> None:
     """Cut every cell into a masked, centred crop: a data set of cells that `protloc train` turns into a cell model."""
-    from protloc.cells.dataset import make_cell_dataset
+    from protloc.cells.dataset import DEFAULT_CROP_SIZE, make_cell_dataset
 
     with progress_bar("cutting cells") as update:
         summary = make_cell_dataset(
@@ -203,7 +203,7 @@ def cell_data(
             labels=labels,
             truth=truth,
             split=split,
-            size=size,
+            size=size or DEFAULT_CROP_SIZE,
             padding=padding,
             n_folds=folds,
             overwrite=overwrite,

@@ -490,3 +490,5 @@ def adapt(
             f"fields{cells} of {data}; {guard_line}; wrote {result.out}"
         )
     )
+    if record.get("field_model", {}).get("adapted") is False:
+        console.print(escape(f"its field model kept as it was: {record['field_model']['reason']}"))

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import datetime as dt
 import hashlib
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,14 @@ class AdaptSettings:
         out = dataclasses.asdict(self)
         out["methods"] = list(self.methods)
         return out
+
+
+class AdaptationRefusedError(ModelError):
+    """The guard refused an adaptation (see the module docstring); ``guard`` holds its scores."""
+
+    def __init__(self, message: str, guard: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.guard = guard
 
 
 @dataclass
@@ -268,11 +277,14 @@ def adapt_package(
         )
     used = _pick(catalog, settings.max_fields, settings.seed)
     source = {"data": str(Path(data).resolve()), "fields": len(catalog), "fingerprint": folder_fingerprint(catalog)}
-    if package.card.cells is not None:
-        return _adapt_cell_package(package, used, Path(out), settings, source, on_progress)
-    if settings.match_nuclei:
+    if package.card.cells is None and settings.match_nuclei:
         raise ConfigError(f"{model}: a field model; match_nuclei sets the segmenter of a cell model's package")
-    adapted, record = _adapt_field(package, used, settings, source, on_progress)
+    try:
+        if package.card.cells is not None:
+            return _adapt_cell_package(package, used, Path(out), settings, source, on_progress)
+        adapted, record = _adapt_field(package, used, settings, source, on_progress)
+    except AdaptationRefusedError as refused:
+        raise AdaptationRefusedError(f"{refused}; nothing written", refused.guard) from None
     return AdaptResult(out=save_package(out, adapted, _adapted_card(package.card, adapted, record)), record=record)
 
 
@@ -321,10 +333,11 @@ def _checked_guard(
     if settings.guard:
         guard = _run_guard(package, network, adapted, settings, count)
     if guard.get("passed") is False:
-        raise ModelError(
+        raise AdaptationRefusedError(
             f"{package.path}: adaptation refused: on the source validation data the same adaptation moves macro F1 "
             f"from {guard['macro_f1_before']:.3f} to {guard['macro_f1_adapted']:.3f} (tolerance "
-            f"{settings.tolerance}); nothing written"
+            f"{settings.tolerance})",
+            guard,
         )
     return guard
 
@@ -452,18 +465,23 @@ def _adapt_cell_package(
     field_part = None
     if carried is not None:
         field_package = load_package(carried)
-        field_part = (*_adapt_field(field_package, used, settings, source, None), field_package.card)
-        record["field_model"] = {k: v for k, v in field_part[1].items() if k not in source}
+        try:
+            field_part = (*_adapt_field(field_package, used, settings, source, None), field_package.card)
+            record["field_model"] = {k: v for k, v in field_part[1].items() if k not in source}
+        except AdaptationRefusedError as refused:  # the cell model's adaptation stands; the field model stays as it was
+            record["field_model"] = {"adapted": False, "reason": str(refused), "guard": refused.guard}
     new_card = _adapted_card(card, adapted, record)
     segmentation = dict(card.cells.segmentation, match_nuclei=True) if settings.match_nuclei else None
     new_card.cells = dataclasses.replace(card.cells, segmentation=segmentation or card.cells.segmentation)
     with atomic_folder(out) as staging:
         write_package(staging, adapted, new_card)
+        folder = staging / str(card.cells.field_model)
         if field_part is not None:
             field_network, field_record, field_card = field_part
-            folder = staging / str(card.cells.field_model)
             folder.mkdir(parents=True)
             write_package(folder, field_network, _adapted_card(field_card, field_network, field_record))
+        elif carried is not None:
+            shutil.copytree(carried, folder)
     return AdaptResult(out=out, record=record)
 
 

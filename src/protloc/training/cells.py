@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from protloc.cells.dataset import DEFAULT_CROP_SIZE
 from protloc.cells.fusion import FusionSpec, cells_section
 from protloc.errors import ConfigError, DataError, ModelError
 from protloc.training.mil import MilSettings
@@ -78,7 +79,7 @@ class CellPipelineSettings:
     """one budget for every stage: minutes, or HH:MM:SS."""
     segmenter: str = "classical"
     segmenter_options: dict[str, Any] = field(default_factory=dict)
-    crop_size: int = 64
+    crop_size: int = DEFAULT_CROP_SIZE
     padding: float = 0.05
     field_model: str = "resnet18"
     field_run: str | None = None
