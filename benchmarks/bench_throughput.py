@@ -17,7 +17,9 @@ For each field size (synthetic 4-channel 8-bit PNG fields written by ``protloc s
   a time, decoded on its decoding threads and micro-batched into the network, with the budget's split (the
   network on half the CPUs, decoding on the rest) and with the old two decoding threads.
 
-Rounds are interleaved, so every configuration sees the same neighbours on a shared machine; the table gives
+Rounds are interleaved, so every configuration sees the same neighbours on a shared machine, and the order of
+the ``predict`` configurations turns by one each round (the first run after the model alone measured up to 7 %
+slower than the same configuration later in the round); the table gives
 medians, each configuration's ratio to the model alone (model samples/s over end-to-end samples/s, so 1.0 is
 the model's pace) and the load average before and after. ``predict`` runs in this process (``predict_folder``,
 backend load and output files included, no interpreter start).
@@ -145,7 +147,9 @@ def main() -> None:
             for side in args.sizes:
                 key = (side, "model alone (ONNX Runtime, batch 16)")
                 rates.setdefault(key, []).append(model_alone(package / "model.onnx", card.size, args.samples))
-                for name, options in CONFIGS.items():
+                names = list(CONFIGS)
+                names = names[round_ % len(names) :] + names[: round_ % len(names)]  # each first in some round
+                for name, options in ((n, CONFIGS[n]) for n in names):
                     out = root / f"out-{side}-{round_}-{len(rates)}"
                     start = time.perf_counter()
                     result = predict_folder(package, data[side], out, backend="onnx", ids=ids[side], **options)  # type: ignore[arg-type]

@@ -215,7 +215,7 @@ def test_the_guard_refuses_an_adaptation_that_hurts_the_validation_fields(tmp_pa
     assert guard["run"] and guard["passed"] and guard["validation_fields"] == 12
     assert guard["macro_f1_before"] == 1.0 and guard["macro_f1_adapted"] < 0.98
     skipped = adapt_package(source, target, out, AdaptSettings(batch_size=4, guard=False))
-    assert read_card(skipped.out).adaptation["guard"] == {"run": False}
+    assert read_card(skipped.out).adaptation["guard"] == {"run": False, "reason": "switched off"}
 
 
 def test_the_service_serves_the_adapted_package_and_says_so(tmp_path: Path) -> None:
