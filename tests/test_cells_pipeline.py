@@ -397,6 +397,27 @@ def test_adapt_takes_a_cell_package_with_its_field_model_and_segmenter_scale(
     fields = open_dataset(dim, channels=None)
     image = read_sample(fields.files[fields.ids[0]], CHANNELS)
     assert len(predict_field_cells(predictor, image, channels=CHANNELS).cells) > 0
+    # the crops adapted on: a uniform choice of at most max_cells of every cell, without holding them all
+    from protloc.training.adapt import cell_inputs
+
+    two = fields.subset(np.arange(2))
+    every, counts = cell_inputs(two, source, predictor.segmenter, max_cells=100_000)
+    few, _ = cell_inputs(two, source, predictor.segmenter, max_cells=5, seed=1)
+    assert len(every) == sum(counts) > 5 and len(few) == 5
+    assert {c.tobytes() for c in few} <= {c.tobytes() for c in every}
+    # ... and so do the watcher and the service
+    require("fastapi")
+    require("watchfiles")
+    from fastapi.testclient import TestClient
+
+    from protloc.serve import create_app
+    from protloc.watch import watch_folder
+
+    folder = tmp_path / "microscope"
+    shutil.copytree(weak_data / "test", folder)
+    assert watch_folder(folder, result.out, cells=True, once=True, settle=0).classified == 3
+    with TestClient(create_app(result.out, backend="torch"), base_url="http://localhost") as client:
+        assert client.get("/model").json()["adaptation"]["cells_used"] == record["cells_used"]
     # too few cells, and match_nuclei for a field model: refused, nothing written
     with pytest.raises(DataError, match="cell\\(s\\) found"):
         adapt_package(package, dim, tmp_path / "no", AdaptSettings(max_fields=8, min_cells=100000, max_cells=100000))

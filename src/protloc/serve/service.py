@@ -98,7 +98,9 @@ class PredictionService:
             "architecture": card.architecture.to_dict(),
             "training": training,
             "adaptation": {
-                k: card.adaptation[k] for k in ("methods", "fields", "fields_used", "when") if k in card.adaptation
+                k: card.adaptation[k]
+                for k in ("methods", "fields", "fields_used", "cells_used", "when")
+                if k in card.adaptation
             }
             | (
                 {"fingerprint": card.adaptation["fingerprint"].get("sha256")}

@@ -395,28 +395,32 @@ def cell_inputs(
 ) -> tuple[np.ndarray, list[int]]:
     """The cells of ``catalog``'s fields as the cell model ``card`` sees them: each field segmented by
     ``segmenter``, every cell cut as its masked crop (the card's crop size and padding), at most ``max_cells``
-    of them chosen at random; and the number of cells in each field."""
+    of them chosen uniformly at random (a reservoir: memory stays ``max_cells`` crops however many fields);
+    and the number of cells in each field."""
     from protloc.cells.masks import cells_of_field
     from protloc.data.io import CHANNELS, read_sample
 
     assert card.cells is not None
     channels = [c for c in CHANNELS if c in set(segmenter.channels) | set(card.channels)]
     catalog.require_channels(channels)
-    parts, counts = [], []
+    rng = np.random.default_rng(seed)
+    kept = np.zeros((max_cells, len(card.channels), card.size, card.size), np.uint8)
+    seen, counts = 0, []
     for index, field_id in enumerate(catalog.ids):
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
         labels = np.asarray(segmenter(image[[channels.index(c) for c in segmenter.channels]]))
         crops = cells_of_field(
             image[[channels.index(c) for c in card.channels]], labels, card.size, padding=card.cells.padding
         )
-        parts.append(crops.images)
+        for crop in crops.images:
+            slot = seen if seen < max_cells else int(rng.integers(0, seen + 1))
+            if slot < max_cells:
+                kept[slot] = crop
+            seen += 1
         counts.append(len(crops.cells))
         if on_progress:
             on_progress(index + 1, len(catalog))
-    inputs = np.concatenate(parts) if parts else np.zeros((0, len(card.channels), card.size, card.size), np.uint8)
-    if len(inputs) > max_cells:
-        inputs = inputs[np.sort(np.random.default_rng(seed).choice(len(inputs), size=max_cells, replace=False))]
-    return inputs, counts
+    return kept[: min(seen, max_cells)], counts
 
 
 def _adapt_cell_package(
