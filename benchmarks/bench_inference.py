@@ -168,7 +168,7 @@ def main() -> None:
         model_only: dict[str, float] = {}
         for input_size, package in packages.items():
             export_onnx(package)
-            quantize_onnx(package, data=calibration, method=args.calibration_method)
+            quantize_onnx(package, data=calibration, count=128, method=args.calibration_method)
             backends = {
                 "eager": TorchBackend(load_package(package), device="cpu"),
                 "onnx": OnnxBackend(package / "model.onnx"),

@@ -3,7 +3,7 @@
     python benchmarks/bench_int8.py --model PACKAGE --data ROOT [--calibration-images 512]
 
 For each choice of layers kept in float32 (none: everything int8, as protloc quantised before 2026-12-06; the
-classifier, the default; the classifier and the stem), ``protloc.deployment.quantize.quantize_onnx`` writes an
+classifier; the classifier and the stem, the default since), ``protloc.deployment.quantize.quantize_onnx`` writes an
 int8 model of ``PACKAGE`` (percentile ranges on its training images, tolerance off so that every choice is
 written), then the float32 ONNX model and each int8 model predict ROOT's test fields (``test/`` with
 ``test_truth.csv``) and are compared: the largest and mean change of a probability, the share of decisions
@@ -26,8 +26,8 @@ from common import save, table
 
 CHOICES: list[tuple[str, tuple[str, ...]]] = [
     ("none (before)", ()),
-    ("classifier (default)", ("classifier",)),
-    ("classifier + stem", ("classifier", "stem")),
+    ("classifier", ("classifier",)),
+    ("classifier + stem (the default)", ("classifier", "stem")),
 ]
 
 

@@ -127,3 +127,17 @@ def test_the_stem_can_stay_float_and_an_unknown_layer_is_refused(package: Path, 
     assert json.loads(meta[QUANT_KEY])["float32"] == ["classifier", "stem"]
     with pytest.raises(ConfigError, match="unknown float layer 'head'"):
         quantize_onnx(package, tmp_path / "x.onnx", keep_float=("head",))
+
+
+def test_the_command_and_the_library_keep_the_same_layers_in_float_by_default() -> None:
+    import inspect
+
+    from protloc.cli.deploy import export
+    from protloc.deployment.quantize import DEFAULT_FLOAT_LAYERS
+
+    default = inspect.signature(export).parameters["int8_float"].default
+    assert (
+        tuple(default.split(","))
+        == DEFAULT_FLOAT_LAYERS
+        == inspect.signature(quantize_onnx).parameters["keep_float"].default
+    )

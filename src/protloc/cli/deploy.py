@@ -224,7 +224,7 @@ def export(
         typer.Option(
             "--int8-float", help="Layers --int8 leaves in float32: classifier, stem, both (comma-separated) or none."
         ),
-    ] = "classifier",
+    ] = "classifier,stem",
 ) -> None:
     """Export a package to ONNX (dynamic batch, card embedded) and check it against PyTorch on real inputs.
 
