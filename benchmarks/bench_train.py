@@ -3,7 +3,10 @@
     python benchmarks/bench_train.py [--samples 3000] [--model resnet18] [--image-size 128] [--rounds 3]
 
 Both read the same on-disk cache through the same Dataset, augmentation and DataLoader settings; both use
-channels_last and AdamW + focal loss. Throughput counts training steps only (validation excluded) and skips
+channels_last, float32, AdamW + focal loss, the full image size and every field once an epoch (the ``cpu``
+recipe's bf16, progressive resolution and oversampling are switched off for the engine here: they change the
+work per image, not the loop; with them the engine ran 1.98x the bare loop's images/s on 2026-12-06).
+Throughput counts training steps only (validation excluded) and skips
 the first epoch (warm-up). The two run alternately, ``--rounds`` times, and the medians are compared.
 """
 
@@ -85,6 +88,11 @@ def main() -> None:
                 "image_size": args.image_size,
                 "epochs": 2,
                 "cache_dir": str(Path(tmp) / "cache"),
+                # the loop's overhead, like for like: the bare loop's float32 at full size, every field once
+                # (the cpu recipe's bf16, progressive resolution and oversampling change the work, not the loop)
+                "precision": "32-true",
+                "resolution_schedule": "none",
+                "oversample": 0.0,
             },
         )
         catalog = open_dataset(data)
