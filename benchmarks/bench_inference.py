@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, table
 from protloc.deployment.onnx import export_onnx
 from protloc.deployment.quantize import INT8_ONNX_FILE, quantize_onnx
+from protloc.errors import ModelError
 from protloc.inference.core import OnnxBackend
 from protloc.inference.evaluate import evaluate_model
 from protloc.inference.predict import predict_folder
@@ -91,7 +92,11 @@ def int8_quality(root: Path, args: argparse.Namespace, results: dict[str, object
         package, epochs = trained.package_dir, trained.epochs_run
         what = f"trained {args.train_minutes:g} min"
     export_onnx(package)
-    quantized = quantize_onnx(package, data=data, method=args.calibration_method)
+    try:
+        quantized = quantize_onnx(package, data=data, method=args.calibration_method)
+    except ModelError as refused:  # the export's own check refused it: that is the result
+        results["int8_quality"] = {"model": what, "epochs_run": epochs, "refused": str(refused)}
+        return f"int8 of the {what} model ({epochs} epochs), {args.calibration_method} ranges: refused: {refused}"
     scores = {}
     for label, model in (("float32", package / "model.onnx"), ("int8", package / INT8_ONNX_FILE)):
         evaluation = evaluate_model(model, data, split="test", labels=data / "test_truth.csv", backend="onnx")
@@ -140,7 +145,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-minutes", type=float, default=4.0)
-    parser.add_argument("--calibration-method", default="minmax")
+    parser.add_argument("--calibration-method", default="percentile", help="as protloc export's default")
     parser.add_argument("--quality-model", type=Path, help="score this trained package float32 vs int8 instead")
     parser.add_argument("--quality-data", type=Path, help="its data set (a test split with test_truth.csv)")
     parser.add_argument("--skip-speed", action="store_true", help="only the int8 accuracy part")
