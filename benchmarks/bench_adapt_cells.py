@@ -72,8 +72,8 @@ def shifted_fields(data: Path, truths: list[Any], shift: str, out: Path) -> list
                 write_channel(out / f"{t.id}_{channel}.png", np.clip(plane * gain, 0, 255).astype(np.uint8))
         return truths
     tiled = []
-    for first in range(0, len(truths) - 3, 4):
-        group = truths[first : first + 4]
+    for first in range(0, len(truths), 4):  # fewer than a multiple of 4 fields: the last tile wraps round
+        group = [truths[(first + k) % len(truths)] for k in range(4)]
         field_id = f"tile{first // 4:03d}"
         for c, channel in enumerate(CHANNELS):
             write_channel(out / f"{field_id}_{channel}.png", _tile([images[t.id][c] for t in group], False))
@@ -111,7 +111,7 @@ def run_shift(args: argparse.Namespace, package: Path, truths: list[Any], shift:
     truths = shifted_fields(args.work / "data", truths, shift, work / "fields")
     variants: dict[str, tuple[Path, dict[str, Any] | None]] = {"as trained": (package, None)}
     began = time.perf_counter()
-    least = {"min_fields": 1 if args.quick else 8, "min_cells": 8 if args.quick else 64}
+    least = {"min_fields": 2 if args.quick else 8, "min_cells": 8 if args.quick else 64}
     settings = AdaptSettings(max_fields=64, seed=args.seed, **least)
     norm = adapt_package(package, work / "fields", work / "norm", settings).out
     adapt_seconds = time.perf_counter() - began
