@@ -357,7 +357,8 @@ class FieldCellPrediction:
         return rows
 
 
-def _select(image: np.ndarray, channels: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+def select_channels(image: np.ndarray, channels: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    """The planes ``wanted`` of a ``(C, H, W)`` field whose planes are ``channels``; a missing one is a ConfigError."""
     missing = [c for c in wanted if c not in channels]
     if missing:
         raise ConfigError(f"the field has no {missing[0]} channel (it has {', '.join(channels)})")
@@ -456,7 +457,7 @@ def segment_field(predictor: CellPredictor, image: np.ndarray, *, channels: Sequ
     Raises:
         ConfigError: the field lacks a channel the segmenter reads.
     """
-    return np.asarray(predictor.segmenter(_select(image, channels, predictor.segmenter.channels)))
+    return np.asarray(predictor.segmenter(select_channels(image, channels, predictor.segmenter.channels)))
 
 
 def score_field(
@@ -507,7 +508,7 @@ def score_field(
             field_values = np.asarray(field_probabilities, dtype=np.float32)
         else:
             preprocessor = Preprocessor.from_card(predictor.field_card)
-            inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))[None]
+            inputs = preprocessor.prepare_uint8(select_channels(image, channels, preprocessor.channels))[None]
             field_values = batch_probabilities(predictor.field_backend, inputs, predictor.views)[0]
             field_values = field_values.astype(np.float32)
     head = predictor.image_head(probabilities) if predictor.image_head and probabilities is not None else None
@@ -545,7 +546,7 @@ def _cam(
     from protloc.cells.cam import cam_in_cells
 
     preprocessor = Preprocessor.from_card(card)
-    inputs = preprocessor.prepare_uint8(_select(image, channels, preprocessor.channels))
+    inputs = preprocessor.prepare_uint8(select_channels(image, channels, preprocessor.channels))
     return cam_in_cells(network, Preprocessor.to_pixels(inputs), labels, cells)
 
 
@@ -561,7 +562,8 @@ def _score_crops(
     cell_card = predictor.cell_card
     assert cell_card is not None and predictor.cell_backend is not None
     padding = cell_card.cells.padding if cell_card.cells is not None else 0.05
-    crops = cells_of_field(_select(image, channels, cell_card.channels), labels, cell_card.size, padding=padding)
+    pixels = select_channels(image, channels, cell_card.channels)
+    crops = cells_of_field(pixels, labels, cell_card.size, padding=padding)
     if len(crops.cells) == 0:
         return np.zeros((0, cell_card.num_classes), np.float32), None
     parts, feature_parts = [], []

@@ -398,6 +398,7 @@ def cell_inputs(
     of them chosen uniformly at random (a reservoir: memory stays ``max_cells`` crops however many fields);
     and the number of cells in each field."""
     from protloc.cells.masks import cells_of_field
+    from protloc.cells.predict import select_channels
     from protloc.data.io import CHANNELS, read_sample
 
     assert card.cells is not None
@@ -408,9 +409,9 @@ def cell_inputs(
     seen, counts = 0, []
     for index, field_id in enumerate(catalog.ids):
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
-        labels = np.asarray(segmenter(image[[channels.index(c) for c in segmenter.channels]]))
+        labels = np.asarray(segmenter(select_channels(image, channels, segmenter.channels)))
         crops = cells_of_field(
-            image[[channels.index(c) for c in card.channels]], labels, card.size, padding=card.cells.padding
+            select_channels(image, channels, card.channels), labels, card.size, padding=card.cells.padding
         )
         for crop in crops.images:
             slot = seen if seen < max_cells else int(rng.integers(0, seen + 1))
