@@ -173,6 +173,65 @@ def test_min_gain_keeps_the_simple_rule_unless_another_beats_it_clearly() -> Non
     assert fit_fusion(inputs, matches, min_gain=0.5).spec.rule == "cell"
 
 
+def test_the_cell_maximum_ranks_the_fields_first_and_the_cells_inside_them() -> None:
+    """A cell model trained on field labels scores a cell that merely resembles a class (in a field without it) as
+    high as a faint true one; the field's best cell tells the fields apart: the default rule of a plain cell
+    model, ``cell^0.25 x cell maximum^0.75``, ranks every cell right where the cell model alone does not."""
+    from protloc.cells.outputs import fusion_inputs
+    from protloc.cells.predict import FieldScores
+
+    rng = np.random.default_rng(3)
+    n_fields, n, k = 40, 8, 3
+    field_has = rng.random((n_fields, k)) < 0.5
+    shows = (rng.random((n_fields, n, k)) < 0.5) & field_has[:, None, :]
+    shows[:, 0, :] |= field_has  # a field with the class shows it in at least one cell
+    cell = np.where(shows, rng.uniform(0.6, 1.0, shows.shape), rng.uniform(0.0, 0.3, shows.shape))
+    cell[:, 0, :] = np.where(field_has, rng.uniform(0.95, 1.0, field_has.shape), cell[:, 0, :])  # one clear cell
+    cell = np.where(field_has[:, None, :], cell, rng.uniform(0.0, 0.8, shows.shape))  # look-alikes elsewhere
+    scores = [
+        FieldScores(
+            f"f{f}",
+            np.zeros((4, 4), np.int32),
+            np.arange(1, n + 1),
+            cell[f],
+            None,
+            None,
+            np.zeros(n, bool),
+            np.full(n, 100),
+        )
+        for f in range(n_fields)
+    ]
+    assert np.allclose(scores[0].images()["cell maximum"], cell[0].max(axis=0))
+    inputs = fusion_inputs(scores, shows.any(axis=1).astype(np.uint8))
+    assert set(inputs.images) == {"cell maximum"}  # no field model, no image head: the cells' own answer only
+    matches = CellMatches(
+        ids=tuple(s.id for s in scores),
+        offsets=inputs.offsets,
+        cells=np.tile(np.arange(1, n + 1), n_fields),
+        hits=shows.reshape(-1, k),
+        n_true=shows.sum(axis=1),
+    )
+    default = FusionSpec("geometric", weight=0.25, image="cell maximum")
+    assert default.needs_cell_model and not default.needs_field_model and default.needs_image
+    alone, _ = matched_map(matches, inputs.fused(FusionSpec(), []))
+    fused, _ = matched_map(matches, inputs.fused(default, []))
+    assert alone < 0.95 and fused == pytest.approx(1.0)
+    fit = fit_fusion(inputs, matches)
+    assert fit.spec.image == "cell maximum" and fit.spec.rule in ("product", "geometric") and fit.map == 1.0
+    assert np.array_equal(fuse(default, cell[0], scores[0].images()["cell maximum"]), scores[0].fused(default))
+    empty = FieldScores(
+        "e",
+        np.zeros((4, 4), np.int32),
+        np.zeros(0, np.int64),
+        np.zeros((0, k)),
+        None,
+        None,
+        np.zeros(0, bool),
+        np.zeros(0),
+    )
+    assert empty.fused(default).shape == (0, k)
+
+
 def test_the_fusion_and_image_head_travel_on_the_card() -> None:
     spec = FusionSpec("geometric", weight=0.25, negative="max", border=0.5, thresholds=(0.1, 0.2))
     from protloc.model.card import CellSpec

@@ -3,6 +3,7 @@ it is by predict, evaluate, serve and watch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -139,9 +140,18 @@ def test_a_finished_run_is_skipped_and_a_changed_setting_redoes_only_what_follow
     assert spec is not None
     fit = spec.fusion_fit
     assert fit is not None
-    # no per-cell truth: the measured default of the image-head model, cell x its image head
-    assert not fit["fitted"] and (default.fusion.rule, default.fusion.image) == ("product", "cell model")
-    assert CellPipelineSettings(data="d").cell_head == "plain" and DEFAULT_FUSION["plain"].rule == "cell"
+    # no per-cell truth: the measured default of the image-head model, cell^0.25 x its image head^0.75
+    assert not fit["fitted"] and default.fusion == dataclasses.replace(
+        DEFAULT_FUSION["mil"], thresholds=default.fusion.thresholds
+    )
+    assert (default.fusion.rule, default.fusion.weight, default.fusion.image) == ("geometric", 0.25, "cell model")
+    # the plain cell model's default reads no field model: its own answer for the field
+    plain = DEFAULT_FUSION["plain"]
+    assert CellPipelineSettings(data="d").cell_head == "plain" and (plain.rule, plain.image) == (
+        "geometric",
+        "cell maximum",
+    )
+    assert plain.needs_cell_model and not plain.needs_field_model
     shorter = train_cells(_settings(weak_data, run, root / "cache", rounds=0, cell_epochs=1))
     assert shorter.skipped == ["segment", "crops", "field"]
     assert list(shorter.stages)[-2:] == ["fusion", "package"]

@@ -26,8 +26,16 @@ fragments are often not cells of the truth.
 
 The image probabilities come from the field model (``image="field model"``), from the cell model's own
 image head (``image="cell model"``, a model trained as in :mod:`protloc.training.mil`, whose card records the
-head), or from the field model's class activation maps averaged inside each cell (``image="field model
-CAM"``, :mod:`protloc.cells.cam`; ``rule="image"`` with it is CAM-in-mask alone). Torch-free.
+head), from the cell model's own answer for the field (``image="cell maximum"``: each class's highest
+probability over the field's cells, the multiple-instance reading of a field's labels as the union of its
+cells'; any cell model has it), or from the field model's class activation maps averaged inside each cell
+(``image="field model CAM"``, :mod:`protloc.cells.cam`; ``rule="image"`` with it is CAM-in-mask alone).
+
+Why ``cell maximum`` pays: a cell model trained on its field's labels scores each cell alone, so a cell that
+merely resembles a class in a field where no cell shows it clearly ranks beside true cells of that class; the
+field's highest cell says whether the field shows the class at all. ``cell^0.25 x cell maximum^0.75`` (the
+default of a plain cell model without per-cell truth to fit on) ranks the fields first and the cells inside
+each field by the cell model (BENCHMARKS.md, "Every cell method side by side"). Torch-free.
 """
 
 from __future__ import annotations
@@ -45,10 +53,13 @@ from protloc.model.card import CellSpec
 
 RULES = ("cell", "image", "product", "geometric", "mean")
 NEGATIVE_RULES = ("same", "max", "none-of-others")
-IMAGE_SOURCES = ("field model", "cell model", "field model CAM")
+IMAGE_SOURCES = ("field model", "cell model", "cell maximum", "field model CAM")
 """Where the image-level probabilities come from: the field model (one row per field), the cell model's image head
-(one row per field), or the field model's class activation maps averaged in each cell (one row per cell, see
+(one row per field), the highest probability of the field's cells per class (one row per field, see
+:func:`cell_maximum`), or the field model's class activation maps averaged in each cell (one row per cell, see
 :mod:`protloc.cells.cam`)."""
+CELL_IMAGES = ("cell model", "cell maximum")
+"""The image sources the cell model itself gives (no field model needed)."""
 
 _EPS = 1e-7
 
@@ -102,7 +113,7 @@ class FusionSpec:
     @property
     def needs_cell_model(self) -> bool:
         """Whether the cell model runs: for its own scores, or for its image head."""
-        return self.rule != "image" or self.negative == "max" or self.image == "cell model"
+        return self.rule != "image" or self.negative == "max" or self.image in CELL_IMAGES
 
     def describe(self) -> str:
         """A short human name: ``"cell x image (field model), Negative: max, border x0.5"``."""
@@ -214,6 +225,15 @@ def cells_section(
 
 
 # ---------------------------------------------------------------------------------------------- fusing
+
+
+def cell_maximum(probabilities: np.ndarray) -> np.ndarray:
+    """The cell model's answer for a field: ``(K,)`` each class's highest probability over its cells ``(N, K)``
+    (zeros for a field without cells)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if len(probabilities) == 0:
+        return np.zeros(probabilities.shape[-1], np.float32)
+    return probabilities.max(axis=0)
 
 
 def small_cells(areas: np.ndarray, fraction: float) -> np.ndarray:

@@ -36,7 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from protloc.cells.fusion import FusionSpec, ImageHead, field_model_of, fuse, fusion_of, image_head_of, small_cells
+from protloc.cells.fusion import (
+    FusionSpec,
+    ImageHead,
+    cell_maximum,
+    field_model_of,
+    fuse,
+    fusion_of,
+    image_head_of,
+    small_cells,
+)
 from protloc.cells.masks import FieldCells, border_cells, cell_properties, cells_of_field, check_labels_fit
 from protloc.cells.segment import ClassicalParams, Segmenter, create_segmenter
 from protloc.errors import ConfigError, ModelError
@@ -421,7 +430,13 @@ class FieldScores:
 
     def images(self) -> dict[str, np.ndarray]:
         """The image probabilities this field has, by source (see :data:`protloc.cells.fusion.IMAGE_SOURCES`)."""
-        found = {"field model": self.field, "cell model": self.head, "field model CAM": self.cam}
+        maximum = cell_maximum(self.cell) if self.cell is not None else None
+        found = {
+            "field model": self.field,
+            "cell model": self.head,
+            "cell maximum": maximum,
+            "field model CAM": self.cam,
+        }
         return {name: value for name, value in found.items() if value is not None}
 
     def field_cells(self, values: np.ndarray | None = None) -> FieldCells:
