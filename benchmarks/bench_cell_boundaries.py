@@ -12,8 +12,8 @@ noise. Each step below is a setting of :class:`protloc.cells.segment.ClassicalPa
 * ``+ nuclei filled``: the signal raised inside nuclei (``fill_nuclei``);
 * ``+ distance 0.3`` (the default): the elevation rises with distance from the nearest nucleus.
 
-Scored on the test fields of **both** generators with per-cell truth (``benchmarks/hpa_like.py --scheme
-hpa2021``, dense and sparse, 256 px; ``protloc.synth`` at 128 and 256 px), segmented with the defaults (no
+Scored on the test fields of **both** generators with per-cell truth (``benchmarks/hpa_like_cells.py``,
+dense and sparse, 256 px; ``protloc.synth`` at 128 and 256 px), segmented with the defaults (no
 setting scaled by hand): segmentation F1 at IoU 0.5 / 0.6 / 0.75 and the 2021 mAP two classifiers independent
 of any model get on those masks: the TRUE field labels copied onto every cell, and true per-cell labels (the
 ceiling). On the seven genuine 2021 fields of ``../shared/realdata`` (no masks), the cells found against a
@@ -55,14 +55,14 @@ EYE_COUNTS = {
 
 
 def make_sets(work: Path, n_test: int) -> dict[str, Path]:
-    import hpa_like
+    import hpa_like_cells
     from protloc.synth import make_dataset
 
     sets = {}
     for family in ("dense", "sparse"):
         root = work / f"hpa_like-{family}"
         if not (root / "test_cells_truth" / "cells.csv").is_file():
-            hpa_like.make(root, family, 1, n_test, size=256, seed=11, workers=2, scheme="hpa2021")
+            hpa_like_cells.make(root, family, 1, n_test, size=256, seed=11, workers=2)
         sets[f"hpa_like 2021 {family}, 256 px"] = root
     for size in (128, 256):
         root = work / f"synth-{size}"

@@ -6,7 +6,7 @@ The classical segmenter's lengths and areas assume an HPA field of view on its w
 another magnification or pixel size (or a crop of a field) shows cells larger or smaller than that
 (issue 23). ``match_nuclei=true`` measures the field's nuclei first and scales the settings to them.
 
-**Fields**: test fields with per-cell truth of both generators (``benchmarks/hpa_like.py --scheme hpa2021``,
+**Fields**: test fields with per-cell truth of both generators (``benchmarks/hpa_like_cells.py``,
 dense, 256 px, and ``protloc.synth``, 256 px; made by ``bench_cell_boundaries.py``'s ``make_sets``), each
 shown at three magnifications: as made (1x), its central half enlarged 2x (cells 2x larger, 4x the area),
 and four fields tiled 2x2 and shrunk to 256 px (cells 2x smaller). Label images go through the same

@@ -34,7 +34,6 @@ import cv2
 import numpy as np
 
 COLOURS = ("red", "green", "blue", "yellow")
-SCHEMES = ("hpa2018", "hpa2021")
 
 
 @dataclass(frozen=True)
@@ -377,6 +376,11 @@ def _write_one(job: tuple[Path, str, list[int], int, str, int]) -> None:
         cv2.imwrite(str(folder / f"{sample_id}_{colour}.png"), image)
 
 
+def check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise SystemExit(f"unknown family {family!r}; choose {', '.join(FAMILIES)}")
+
+
 def make(
     out: Path,
     family: str,
@@ -385,32 +389,13 @@ def make(
     size: int = 128,
     seed: int = 0,
     workers: int = 2,
-    scheme: str = "hpa2018",
 ) -> None:
-    """Write a data set of ``family`` into ``out`` (replaced if it exists), in the Kaggle layout of ``scheme``
-    (``hpa2018``; ``hpa2021`` with per-cell truth, see ``hpa_like_cells``)."""
-    if family not in FAMILIES:
-        raise SystemExit(f"unknown family {family!r}; choose {', '.join(FAMILIES)}")
-    if scheme not in SCHEMES:
-        raise SystemExit(f"unknown scheme {scheme!r}; choose {', '.join(SCHEMES)}")
+    """Write a data set of ``family`` into ``out`` (replaced if it exists), in the Kaggle 2018 layout (the 2021
+    layout with per-cell truth: ``hpa_like_cells.make``)."""
+    check_family(family)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng([seed, 1 if family == "sparse" else 2])
-    if scheme == "hpa2021":
-        import hpa_like_cells
-
-        hpa_like_cells.write(
-            tmp,
-            family,
-            n_train,
-            n_test,
-            size,
-            np.random.default_rng([seed, 21, 1 if family == "sparse" else 2]),
-            workers,
-        )
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        return
     jobs = []
     for split, n, table in (("train", n_train, "train.csv"), ("test", n_test, "test_truth.csv")):
         (tmp / split).mkdir(parents=True)
@@ -445,9 +430,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--scheme", choices=SCHEMES, default="hpa2018", help="hpa2021: the 2021 layout, per-cell truth")
     args = parser.parse_args()
-    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers, args.scheme)
+    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
 
 
 if __name__ == "__main__":

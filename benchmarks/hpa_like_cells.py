@@ -2,7 +2,7 @@
 
 The 2021 single-cell challenge scored each cell, though its training fields carried image labels only. This
 module draws such fields, cell by cell, so a benchmark can train on field labels and score per cell
-(``python benchmarks/hpa_like.py OUT --scheme hpa2021``). It shares no code with ``protloc.synth``; it reuses
+(``python benchmarks/hpa_like_cells.py OUT --family dense``). It shares no code with ``protloc.synth``; it reuses
 only hpa_like's own cells (Voronoi bodies around jittered nuclei) and pattern renderings, and protloc's class
 scheme and label statistics.
 
@@ -26,8 +26,11 @@ scheme and label statistics.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -448,8 +451,33 @@ def field_labels(classes: np.ndarray) -> np.ndarray:
     return union
 
 
-def write(tmp, family: str, n_train: int, n_test: int, size: int, rng: np.random.Generator, workers: int) -> None:
-    """Write the 2021 layout into the folder ``tmp`` (see ``hpa_like.make``)."""
+def make(out: Path, family: str, n_train: int, n_test: int, size: int = 256, seed: int = 0, workers: int = 2) -> None:
+    """Write a data set of ``family`` into ``out`` (replaced if it exists) in the Kaggle 2021 layout, with per-cell
+    truth (``<split>_cells_truth/``)."""
+    hpa_like.check_family(family)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng([seed, 21, 1 if family == "sparse" else 2])
+    write(tmp, family, n_train, n_test, size, rng, workers)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--family", choices=sorted(hpa_like.FAMILIES), default="dense")
+    parser.add_argument("--n-train", type=int, default=1200)
+    parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
+
+
+def write(tmp: Path, family: str, n_train: int, n_test: int, size: int, rng: np.random.Generator, workers: int) -> None:
+    """Write the 2021 layout into the folder ``tmp`` (see :func:`make`)."""
     import csv
     import multiprocessing
 
@@ -490,3 +518,7 @@ def write(tmp, family: str, n_train: int, n_test: int, size: int, rng: np.random
                 writer.writerow(header)
                 writer.writerows(body)
         write_table(tmp / f"{split}_cells_truth" / "cells.csv", concat_tables([r[2] for r in mine]))
+
+
+if __name__ == "__main__":
+    main()
