@@ -15,6 +15,33 @@ import pytest
 from protloc.data.io import CHANNELS, write_channel
 from protloc.schemes import ClassScheme
 
+REALDATA = Path(os.environ.get("PROTLOC_REALDATA") or Path(__file__).resolve().parents[2] / "shared" / "realdata")
+"""The genuine HPA fields (``../shared/realdata`` beside the repository, or ``PROTLOC_REALDATA``): never copied
+into the repository (the images are the Human Protein Atlas's, CC BY-SA 3.0)."""
+REALDATA_REQUIRED = bool(os.environ.get("PROTLOC_REQUIRE_REALDATA"))
+"""Set by ``.ci/run``: a missing folder fails the tests that read it instead of skipping them."""
+
+
+def _realdata_missing(folder: Path) -> str:
+    return f"genuine HPA fields not found at {folder} (set PROTLOC_REALDATA)"
+
+
+def realdata(part: str = "") -> Path:
+    """``REALDATA / part``; skips the calling test where it is absent (a user's clone), fails it in CI."""
+    folder = REALDATA / part
+    if not folder.exists():
+        if REALDATA_REQUIRED:
+            pytest.fail(_realdata_missing(folder) + " (PROTLOC_REQUIRE_REALDATA is set)", pytrace=False)
+        pytest.skip(_realdata_missing(folder))
+    return folder
+
+
+def needs_realdata(part: str) -> pytest.MarkDecorator:
+    """A mark skipping a test where ``REALDATA / part`` is absent, unless CI requires it (then the test runs and
+    fails on the missing folder)."""
+    folder = REALDATA / part
+    return pytest.mark.skipif(not folder.exists() and not REALDATA_REQUIRED, reason=_realdata_missing(folder))
+
 
 def write_sample(
     folder: Path,

@@ -420,9 +420,9 @@ def test_the_widget_on_a_genuine_2021_field_matches_predict_cells(
     from PIL import Image
 
     from protloc.napari.widget import CellsWidget
-    from tests.test_realdata import _realdata
+    from tests.helpers import realdata
 
-    images = _realdata() / "hpa2021_trainandgain" / "images"
+    images = realdata("hpa2021_trainandgain/images")
     viewer = _make_viewer(request, show=True)  # shown: the screenshot has the window's real layout
     scheme = get_scheme("hpa2021")
     layers = viewer.open(str(images / f"{REAL_FIELD}_green.png"), plugin="protloc")

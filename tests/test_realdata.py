@@ -8,7 +8,6 @@ The folder sits beside the repository (never inside it: the images are the Human
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +17,15 @@ from PIL import Image
 from protloc.cli import main
 from protloc.data.catalog import open_dataset
 from protloc.data.check import check_dataset
+from tests.helpers import realdata
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _realdata() -> Path:
-    env = os.environ.get("PROTLOC_REALDATA")
-    candidates = [Path(env)] if env else [REPO.parent / "shared" / "realdata"]
-    for candidate in candidates:
-        if (candidate / "kaggle2018_akashpalrecha" / "labels.csv").is_file():
-            return candidate
-    message = f"genuine HPA fields not found (looked in {', '.join(map(str, candidates))}; set PROTLOC_REALDATA)"
-    if os.environ.get("PROTLOC_REQUIRE_REALDATA"):
-        pytest.fail(message + " (PROTLOC_REQUIRE_REALDATA is set)", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def real() -> Path:
-    return _realdata()
+    realdata("kaggle2018_akashpalrecha/labels.csv")
+    return realdata()
 
 
 def test_every_release_folder_reads_with_its_scheme(real: Path) -> None:
