@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cells.py [--budget 20] [--n-train 1200] [--n-test 100] [--size 256] [--quick]
 
-**Data** protloc never made: ``benchmarks/hpa_like.py --scheme hpa2021`` (its own generator, not
+**Data** protloc never made: ``benchmarks/hpa_like_cells.py`` (its own generator, not
 ``protloc.synth``), the *dense* family at ``--size`` px in the Kaggle 2021 layout (``train.csv`` ``ID,Label``
 with ``|``, 19 classes with an exclusive Negative), with per-cell truth that protloc sees only when scoring.
 Training uses **field labels only**, as the 2021 competitors had (one method, marked, fits its fusion on the
@@ -19,7 +19,9 @@ from the field model's weights (``cell_init``), the default as it was before (ea
 its share, the cell model's ceiling 12 epochs, 64 px crops; a fresh run cannot give 80 %, so with ``--reuse``
 it is kept from the earlier measurement), the default with 64 px crops, the former default (a cell's box is
 resized to the crop: 96 px gives more pixels per structure at 2.25x the compute per crop; crops and field
-model are remade, as a fresh run would), and the fusion fitted on per-cell truth. Differences are paired (the
+model are remade, as a fresh run would), the default with context around each cell (``padding=0.25``: a
+window 1.5x the box; ``context=0.5``: the other cells and background kept at half intensity instead of
+masked), and the fusion fitted on per-cell truth. Differences are paired (the
 same resamples), so a lever's effect gets an interval; the JSON has each method's paired difference from the
 default too (``minus_default``).
 
@@ -66,9 +68,10 @@ from protloc.cells.truth import field_labels_on_cells, read_cell_truth, truth_on
 FAMILY = "dense"
 REFERENCE = "true field labels copied onto protloc's masks"
 BASELINE = "field model copied to every cell"
-DEFAULT = "default pipeline: protloc train --cells (plain cell model), its package as it is"
+DEFAULT = "default pipeline: protloc train --cells (plain cell model^0.25 x cell maximum^0.75), its package as it is"
 FITTED = "fusion fitted on per-cell truth of held-out training fields (not field labels only)"
 CELL_ALONE = "image-head cell model alone"
+DEFAULT_CELL_ALONE = "default's cell model alone (the former default rule)"
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -156,14 +159,14 @@ def _timed(bench: Bench, name: str, step: Callable[[], Any]) -> Any:
 
 
 def stage_data(bench: Bench) -> None:
-    import hpa_like
+    import hpa_like_cells
 
     a = bench.args
     stamp = {"family": FAMILY, "n_train": a.n_train, "n_test": a.n_test, "size": a.size, "seed": a.seed}
     stamp_file = bench.data / "hpa_like.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return
-    hpa_like.make(bench.data, FAMILY, a.n_train, a.n_test, a.size, a.seed, workers=2, scheme="hpa2021")
+    hpa_like_cells.make(bench.data, FAMILY, a.n_train, a.n_test, a.size, a.seed, workers=2)
     stamp_file.write_text(json.dumps(stamp))
 
 
@@ -243,6 +246,11 @@ STAGES: list[tuple[str, Callable[[Bench], None], bool]] = [
         False,
     ),
     (
+        "context: a window 1.5x the cell's box, other cells and background at half intensity",
+        lambda b: _pipeline(b, "context", "mil", ("segment",), cell_head="plain", padding=0.25, context=0.5),
+        False,
+    ),
+    (
         "fusion fitted on per-cell truth",
         lambda b: _pipeline(b, "fitted", "mil", TRAINED, cell_head="mil", cell_truth=str(b.data / "train_cells_truth")),
         False,
@@ -307,6 +315,13 @@ class Method:
     """the runs (pipeline variants) it reads."""
 
 
+def _default_rule() -> Any:
+    """The rule the pipeline packages a plain cell model with, without per-cell truth (its thresholds aside)."""
+    from protloc.training.cells import DEFAULT_FUSION
+
+    return DEFAULT_FUSION["plain"]
+
+
 def _spec(rule: str = "cell", **settings: Any) -> Any:
     from protloc.cells.fusion import FusionSpec
 
@@ -329,22 +344,33 @@ METHODS: list[Method] = [
         ("mil",),
     ),
     Method(DEFAULT, "default", _fused("default"), ("default",)),
+    Method(DEFAULT_CELL_ALONE, "default cell", _fused("default", _spec()), ("default",)),
     Method(
-        "default (plain cell model) x field model", "default x field", _fused("default", _spec("product")), ("default",)
+        "default's cell model x cell maximum (product)",
+        "default x max",
+        _fused("default", _spec("product", image="cell maximum")),
+        ("default",),
     ),
+    Method("default's cell model x field model", "default x field", _fused("default", _spec("product")), ("default",)),
     Method(
-        "default (plain cell model), 0.5 cell + 0.5 field",
+        "default's cell model, 0.5 cell + 0.5 field",
         "default mean",
         _fused("default", _spec("mean")),
         ("default",),
     ),
     Method(
-        "default as before (64 px crops; cell model: 80 % of its share, 12-epoch ceiling)",
+        "default as before (64 px crops; cell model: 80 % of its share, 12-epoch ceiling; cell model alone)",
         "before",
-        _fused("ceiling12"),
+        _fused("ceiling12", _spec()),
         ("ceiling12",),
     ),
-    Method("default with 64 px crops (the former default)", "crop 64", _fused("crop64"), ("crop64",)),
+    Method("default with 64 px crops", "crop 64", lambda b: _fused("crop64", _default_rule())(b), ("crop64",)),
+    Method(
+        "default with context (a window 1.5x the box, surroundings at half intensity), its package as it is",
+        "context",
+        _fused("context"),
+        ("context",),
+    ),
     Method("image-head pipeline (--cell-head mil), its package as it is", "mil", _fused("mil"), ("mil",)),
     Method(CELL_ALONE, "cell", _fused("mil", _spec()), ("mil",)),
     Method("image-head cell x field model", "c x field", _fused("mil", _spec("product")), ("mil",)),
@@ -471,7 +497,7 @@ def markdown(bench: Bench, scored: dict[str, Any]) -> str:
             if "minus_true_field_labels" in m
             else "",
             f"{m['times_baseline']:.2f}x {interval(m.get('times_baseline_5_95'), 2)}" if "times_baseline" in m else "",
-            f"{m['minus_cell_alone']:+.3f} {interval(m['minus_cell_alone_5_95'])}" if "minus_cell_alone" in m else "",
+            f"{m['minus_default']:+.3f} {interval(m['minus_default_5_95'])}" if "minus_default" in m else "",
         ]
         for name, m in methods.items()
     ]
@@ -501,7 +527,7 @@ def markdown(bench: Bench, scored: dict[str, Any]) -> str:
                     "mAP (IoU >= 0.6) [5-95 %]",
                     "minus true field labels copied",
                     "x field model copied",
-                    "minus cell model alone",
+                    "minus the default (paired)",
                 ],
                 rows,
             ),

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import needs_realdata
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,12 +55,7 @@ def test_watch_benchmark_keeps_up_with_a_streaming_writer(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (ROOT.parent / "shared" / "realdata" / "hpa2021_trainandgain").is_dir()
-    and "PROTLOC_REALDATA" not in os.environ
-    and not os.environ.get("PROTLOC_REQUIRE_REALDATA"),  # CI: run, and fail when the folder is missing
-    reason="real HPA 2021 fields not found",
-)
+@needs_realdata("hpa2021_trainandgain")  # CI: run, and fail when the folder is missing
 def test_segmentation_benchmark_runs_in_its_quick_form(tmp_path: Path) -> None:
     result = run_benchmark("bench_segment.py", "--quick", results=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -154,7 +151,7 @@ def test_the_cpu_recipe_is_the_measured_configuration_without_the_weight_average
 
 
 def test_the_foreign_generator_draws_2021_fields_with_per_cell_truth(tmp_path: Path) -> None:
-    """hpa_like --scheme hpa2021: the Kaggle 2021 layout protloc reads, per-cell truth that agrees with the pixels,
+    """hpa_like_cells: the Kaggle 2021 layout protloc reads, per-cell truth that agrees with the pixels,
     field labels that are the union of the cells', silent cells, neighbours that differ, dividing cells."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -170,7 +167,7 @@ def test_the_foreign_generator_draws_2021_fields_with_per_cell_truth(tmp_path: P
     from protloc.data.io import read_sample
 
     data = tmp_path / "dense21"
-    hpa_like.make(data, "dense", n_train=16, n_test=6, size=192, seed=3, workers=1, scheme="hpa2021")
+    hpa_like_cells.make(data, "dense", n_train=16, n_test=6, size=192, seed=3, workers=1)
     assert (data / "train.csv").read_text().splitlines()[0] == "ID,Label"
     assert (data / "sample_submission.csv").read_text().startswith("ID,ImageWidth,ImageHeight,PredictionString")
     report = check_dataset(data, workers=1)
@@ -204,7 +201,7 @@ def test_the_foreign_generator_draws_2021_fields_with_per_cell_truth(tmp_path: P
     carriers = drawn.classes[:, spindle].astype(bool)
     assert 1 <= carriers.sum() <= 2 < len(carriers)
     # the same seed gives the same files
-    hpa_like.make(tmp_path / "again", "dense", n_train=16, n_test=6, size=192, seed=3, workers=1, scheme="hpa2021")
+    hpa_like_cells.make(tmp_path / "again", "dense", n_train=16, n_test=6, size=192, seed=3, workers=1)
     first = sorted((data / "test").glob("*.png")) + sorted((data / "test_cells_truth").glob("*.png"))
     assert all(p.read_bytes() == (tmp_path / "again" / p.parent.name / p.name).read_bytes() for p in first)
 
@@ -219,7 +216,8 @@ def test_the_single_cell_benchmark_scores_every_method_on_the_same_cells(tmp_pat
     assert {
         "field model copied to every cell",
         "true field labels copied onto protloc's masks",
-        "default pipeline: protloc train --cells (plain cell model), its package as it is",
+        "default pipeline: protloc train --cells (plain cell model^0.25 x cell maximum^0.75), its package as it is",
+        "default's cell model alone (the former default rule)",
         "image-head cell model alone",
         "image-head model + one out-of-fold pseudo-label round",
         "image-head cell model started from the field model",

@@ -472,14 +472,14 @@ def test_a_refused_field_model_stays_as_it_was_in_an_adapted_cell_package(
 def test_adapt_segments_genuine_2021_fields_as_a_person_counts_them(
     finished: tuple[Path, Any, list[PipelineProgress]], tmp_path: Path
 ) -> None:
-    from tests.test_cells_segment import EYE_COUNTS, HPA2021, REQUIRED
+    from tests.helpers import realdata
+    from tests.test_cells_segment import EYE_COUNTS
 
-    if not HPA2021.is_dir() and not REQUIRED:
-        pytest.skip(f"real data not found at {HPA2021}")
+    hpa2021 = realdata("hpa2021_trainandgain/images")
     from protloc.training.adapt import AdaptSettings, adapt_package
 
     settings = AdaptSettings(min_fields=7, min_cells=8)
-    record = adapt_package(finished[1].package_dir, HPA2021, tmp_path / "a", settings).record
+    record = adapt_package(finished[1].package_dir, hpa2021, tmp_path / "a", settings).record
     assert record["fields_used"] == 7 and record["field_model"]["fields_used"] == 7
     counted = sorted(EYE_COUNTS.values())
     found = record["cells_per_field"]

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,6 +295,39 @@ def test_predict_cells_in_field_returns_plain_dicts(cell_data: Path, packages: t
     y0, x0, y1, x1 = first["box"]
     assert first["mask"].shape == (y1 - y0, x1 - x0) and first["mask"].sum() == first["area"]
     assert set(first["probabilities"]) == set(SCHEME.names) and first["method"] == METHOD_CELL
+
+
+def test_a_cell_model_cut_with_context_is_fed_crops_cut_the_same_way(
+    cell_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``context`` travels from the cell data set to the card and from the card to every crop prediction cuts."""
+    from protloc.cells import predict as cells_predict
+    from protloc.model.card import CellSpec
+
+    made = make_cell_dataset(
+        cell_data, tmp_path / "crops", masks=cell_data / "train_cells_truth", size=32, context=0.25
+    )
+    settings = read_cell_settings(made.out)
+    assert settings is not None
+    assert settings["context"] == 0.25 and settings["input"].startswith("crop with context")
+    spec = CellSpec.from_settings(settings)
+    assert spec.context == 0.25 and CellSpec.from_dict(spec.to_dict()).context == 0.25
+    assert CellSpec.from_dict({"crop_size": 32}).context == 0.0  # cards from before: masked crops
+    with pytest.raises(ModelError, match="context"):
+        CellSpec.from_dict({"crop_size": 32, "context": 2})
+    model = _package(tmp_path / "model", size=32, cells={**settings, "segmentation": SEGMENTATION})
+    seen: list[float] = []
+    real = cells_predict.cells_of_field
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["context"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cells_predict, "cells_of_field", spy)
+    catalog = open_dataset(cell_data, split="test", channels=None)
+    image = read_sample(catalog.files[catalog.ids[0]], CHANNELS)
+    labels = read_labels(labels_path(cell_data / "test_cells_truth", catalog.ids[0]))
+    assert predict_cells_in_field(model, image, labels=labels) and seen == [0.25]
 
 
 def test_cell_models_ensemble_and_stay_cell_models(packages: tuple[Path, Path], tmp_path: Path) -> None:

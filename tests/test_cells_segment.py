@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from pathlib import Path
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import require
+from tests.helpers import REALDATA, needs_realdata, require
 
 require("skimage")
 
@@ -33,7 +32,6 @@ from protloc.data.catalog import open_dataset
 from protloc.data.io import CHANNELS, read_sample, write_channel
 from protloc.errors import ConfigError, DataError, DependencyError, ModelError
 
-REALDATA = Path(os.environ.get("PROTLOC_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata"))
 HPA2021 = REALDATA / "hpa2021_trainandgain" / "images"
 KAGGLE2018 = REALDATA / "kaggle2018_akashpalrecha" / "images"
 
@@ -289,6 +287,21 @@ def test_border_flags_properties_and_crops() -> None:
     assert crops.images[1, :, :, :4].max() == 0  # neighbour-free margin is black
     with pytest.raises(DataError, match="cell 9"):
         cells_of_field(image, labels, 32, cells=np.array([9]))
+    # context: the surroundings kept at that share, the cell as it is, beyond the field's border still 0
+    ramp = np.broadcast_to(np.arange(80, dtype=np.uint8)[None, None, :] + 100, (4, 60, 80)).copy()
+    masked = cells_of_field(ramp, labels, 20, padding=0.0)
+    window = cells_of_field(ramp, labels, 20, padding=0.0, context=1.0)
+    half = cells_of_field(ramp, labels, 20, padding=0.0, context=0.5)
+    inside = masked.images > 0
+    assert np.array_equal(window.images[inside], masked.images[inside])  # the cell's own pixels unchanged
+    y0, x0, y1, x1 = window.boxes[1]
+    assert np.array_equal(window.images[1], ramp[:, y0:y1, x0:x1])  # 20 px window, 20 px crop: the field itself
+    outside = ~inside[1]
+    assert np.allclose(half.images[1][outside], np.rint(ramp[:, y0:y1, x0:x1][outside] * 0.5), atol=1)
+    edge = cells_of_field(ramp, labels, 32, padding=1.0, context=1.0)
+    assert edge.boxes[0, 0] < 0 and edge.images[0, :, 0].max() == 0  # past the border: 0 whatever the context
+    with pytest.raises(DataError, match="context"):
+        cells_of_field(image, labels, 32, context=1.5)
 
 
 @pytest.fixture
@@ -365,8 +378,7 @@ def test_outlines_take_the_colour_of_each_cells_first_class() -> None:
 
 
 # Skipped only in a user's clone without ../shared/realdata; with PROTLOC_REQUIRE_REALDATA (CI) they run and fail.
-REQUIRED = bool(os.environ.get("PROTLOC_REQUIRE_REALDATA"))
-needs_hpa2021 = pytest.mark.skipif(not HPA2021.is_dir() and not REQUIRED, reason=f"real data not found at {HPA2021}")
+needs_hpa2021 = needs_realdata("hpa2021_trainandgain/images")
 
 
 @needs_hpa2021
@@ -400,7 +412,7 @@ def test_a_16_bit_copy_of_a_real_field_segments_exactly_like_the_8_bit_one(tmp_p
     assert np.array_equal(segmenter(sixteen), expected)
 
 
-@pytest.mark.skipif(not KAGGLE2018.is_dir() and not REQUIRED, reason=f"real data not found at {KAGGLE2018}")
+@needs_realdata("kaggle2018_akashpalrecha/images")
 def test_real_2018_fields_at_512_px_get_plausible_cells(tmp_path: Path) -> None:
     catalog = open_dataset(KAGGLE2018, channels=None)
     subset = catalog.subset(range(6))

@@ -53,7 +53,7 @@ def cell_activation_map(
     class_id = card.scheme.resolve(class_id)
     field_image = explainer.check_image(image)
     labels = np.asarray(labels)
-    crops = cells_of_field(field_image, labels, card.size, padding=card.cells.padding)
+    crops = cells_of_field(field_image, labels, card.size, padding=card.cells.padding, context=card.cells.context)
     height, width = labels.shape
     heat = np.zeros((height, width), np.float32)
     maps = explainer.class_maps(crops.images, class_id)

@@ -11,11 +11,11 @@ ensembles) works on it unchanged::
     OUT/train/<Id>_<channel>.png             the crop (see protloc.cells.masks.cells_of_field), lossless
     OUT/folds.csv               Id,fold      folds by field: the cells of one field never straddle folds
     OUT/geometry.csv            Id,area,border   each cell's area (field px) and whether the border cuts it
-    OUT/cells.json              how the crops were made: source data, masks, crop size, padding, labels,
+    OUT/cells.json              how the crops were made: source data, masks, crop size, padding, context, labels,
                                 and the class scheme (read back by training, see cell_dataset_scheme)
 
 ``protloc train OUT`` then trains a **cell model**; its card carries ``cells.json`` under ``"cells"``
-(input = masked crop, crop size, padding, the segmentation settings), which is how prediction knows to cut
+(input = masked crop, crop size, padding, context, the segmentation settings), which is how prediction knows to cut
 crops the same way. Crops are cut once; the training cache then stores them as any other samples.
 
 **Labels** (``labels=``):
@@ -97,6 +97,13 @@ def _read_settings(folder: Path) -> dict[str, Any]:
     return {"segmenter": "ground truth"}
 
 
+def crop_input(context: float) -> str:
+    """How a cell data set's crops show their cell, in words (``cells.json`` and the card's ``cells.input``)."""
+    if context == 0.0:
+        return "masked crop: the cell's pixels, others and background 0, centred square around its box"
+    return f"crop with context: the cell's pixels, others and background x{context:g}, centred square around its box"
+
+
 def make_cell_dataset(
     data: str | Path | Catalog,
     out: str | Path,
@@ -107,6 +114,7 @@ def make_cell_dataset(
     split: str = "train",
     size: int = DEFAULT_CROP_SIZE,
     padding: float = 0.05,
+    context: float = 0.0,
     channels: tuple[str, ...] = CHANNELS,
     bit_depth: int = 16,
     match_iou: float = 0.5,
@@ -127,6 +135,7 @@ def make_cell_dataset(
         truth: the per-cell truth folder for ``labels="cells"`` (default: ``masks``).
         size: crop side in px.
         padding: margin around each cell's box, as a fraction of its longer side.
+        context: how much of the surroundings the crops keep (0: masked, the default; 1: as they are).
         match_iou: IoU a cell needs with a true cell to take its classes (``labels="cells"``).
         min_area: cells smaller than this many field px are left out.
         n_folds: folds written to ``folds.csv``, stratified over the fields' labels, grouped by field.
@@ -158,7 +167,9 @@ def make_cell_dataset(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    cut = _Cutter(catalog, masks, labels, truth, truth_classes, staging / "train", size, padding, channels, bit_depth)
+    cut = _Cutter(
+        catalog, masks, labels, truth, truth_classes, staging / "train", size, padding, context, channels, bit_depth
+    )
     cut.images.mkdir(parents=True)
     try:
         for index, field_id in enumerate(catalog.ids):
@@ -170,9 +181,10 @@ def make_cell_dataset(
         settings = {
             "protloc_version": __version__,
             "kind": "cell crops",
-            "input": "masked crop: the cell's pixels, others and background 0, centred square around its box",
+            "input": crop_input(context),
             "crop_size": size,
             "padding": padding,
+            "context": context,
             "channels": list(channels),
             "labels": labels if isinstance(labels, str) else "given per cell",
             "source": str(catalog.image_dir),
@@ -215,6 +227,7 @@ class _Cutter:
     images: Path
     size: int
     padding: float
+    context: float
     channels: tuple[str, ...]
     bit_depth: int
     rows: list[tuple[str, str]] = field(default_factory=list)
@@ -249,7 +262,7 @@ class _Cutter:
             return
         image = read_sample(self.catalog.files[field_id], self.channels, bit_depth=self.bit_depth, sample_id=field_id)
         check_labels_fit(field_labels.shape, image.shape[1:], labels_path(self.masks, field_id), field_id)
-        crops = cells_of_field(image, field_labels, self.size, padding=self.padding, cells=wanted)
+        crops = cells_of_field(image, field_labels, self.size, padding=self.padding, context=self.context, cells=wanted)
         scheme = self.catalog.scheme
         for cell, crop in zip(crops.cells, crops.images, strict=True):
             sample_id = cell_sample_id(field_id, int(cell))

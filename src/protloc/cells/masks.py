@@ -171,8 +171,8 @@ class CellCrops:
     """Crops of the cells of one field, ready for a network.
 
     Attributes:
-        images: ``(N, C, S, S)`` ``uint8``: each cell masked (pixels of other cells and background are 0),
-            centred in a square around its box, resized to ``S`` px.
+        images: ``(N, C, S, S)`` ``uint8``: each cell centred in a square around its box, resized to ``S`` px,
+            the pixels of other cells and background multiplied by the crop's ``context`` (0: masked).
         cells: ``(N,)`` the cell id of each crop, in increasing order.
         boxes: ``(N, 4)`` the square window cut from the field, ``(y0, x0, y1, x1)`` in field pixels (it may
             reach past the border; that part is 0).
@@ -189,19 +189,22 @@ def cells_of_field(
     size: int,
     *,
     padding: float = 0.05,
+    context: float = 0.0,
     cells: np.ndarray | None = None,
 ) -> CellCrops:
-    """Cut one masked, centred, resized crop per cell from a field.
+    """Cut one centred, resized crop per cell from a field, masked by default.
 
     Each cell's window is the square of side ``max(box height, box width) * (1 + 2 * padding)`` centred on its
-    bounding box, so the aspect ratio is kept; pixels outside the cell (other cells, background, beyond the
-    field border) are set to 0 before the window is resized to ``size`` (area interpolation when shrinking).
+    bounding box, so the aspect ratio is kept; pixels outside the cell (other cells, background) are multiplied
+    by ``context`` (0, the default: set to 0, a masked crop; 1: kept as they are), beyond the field's border
+    they are 0, before the window is resized to ``size`` (area interpolation when shrinking).
 
     Args:
         image: ``(C, H, W)`` ``uint8`` field.
         labels: ``(H, W)`` label image of the same field.
         size: side of the crops.
         padding: margin around the box, as a fraction of its longer side.
+        context: how much of the surroundings is kept, 0 to 1 (see above).
         cells: which cell ids to cut (default: every cell, in increasing id).
 
     Raises:
@@ -212,6 +215,8 @@ def cells_of_field(
     check_labels_fit(labels.shape, image.shape[1:])
     if size < 1:
         raise DataError(f"crop size must be positive, got {size}")
+    if not 0.0 <= context <= 1.0:
+        raise DataError(f"crop context must lie between 0 (masked) and 1 (the surroundings as they are), got {context}")
     from scipy import ndimage
 
     present = np.unique(labels)
@@ -238,7 +243,11 @@ def cells_of_field(
         fy1, fx1 = min(top + side, height), min(left + side, width)
         window = np.zeros((side, side, n_channels), dtype=np.uint8)
         inside = labels[fy0:fy1, fx0:fx1] == cell
-        patch = np.moveaxis(image[:, fy0:fy1, fx0:fx1], 0, -1) * inside[..., None]
+        pixels = np.moveaxis(image[:, fy0:fy1, fx0:fx1], 0, -1)
+        if context == 0.0:
+            patch = pixels * inside[..., None]
+        else:
+            patch = np.where(inside[..., None], pixels, np.rint(pixels * context).astype(np.uint8))
         window[fy0 - top : fy1 - top, fx0 - left : fx1 - left] = patch
         interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         resized = cv2.resize(window, (size, size), interpolation=interpolation)

@@ -576,9 +576,10 @@ def _score_crops(
     """The cell model's probabilities ``(N, K)`` of every cell's crop, and their pooled features."""
     cell_card = predictor.cell_card
     assert cell_card is not None and predictor.cell_backend is not None
-    padding = cell_card.cells.padding if cell_card.cells is not None else 0.05
+    spec = cell_card.cells
+    padding, context = (spec.padding, spec.context) if spec is not None else (0.05, 0.0)
     pixels = select_channels(image, channels, cell_card.channels)
-    crops = cells_of_field(pixels, labels, cell_card.size, padding=padding)
+    crops = cells_of_field(pixels, labels, cell_card.size, padding=padding, context=context)
     if len(crops.cells) == 0:
         return np.zeros((0, cell_card.num_classes), np.float32), None
     parts, feature_parts = [], []

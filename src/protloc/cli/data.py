@@ -189,10 +189,14 @@ def cell_data(
     split: Annotated[str, typer.Option(help="Split of a Kaggle root.")] = "train",
     size: Annotated[int | None, typer.Option(help="Crop side in px (default: 96).")] = None,
     padding: Annotated[float, typer.Option(help="Margin around each cell's box, fraction of its side.")] = 0.05,
+    context: Annotated[
+        float, typer.Option(help="The surroundings kept in each crop: 0 (masked, the default) to 1 (as they are).")
+    ] = 0.0,
     folds: Annotated[int, typer.Option(help="Folds by field written to folds.csv.")] = 5,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it holds a cell data set.")] = False,
 ) -> None:
-    """Cut every cell into a masked, centred crop: a data set of cells that `protloc train` turns into a cell model."""
+    """Cut every cell into a centred crop (masked by default): a data set of cells that `protloc train` turns into a
+    cell model."""
     from protloc.cells.dataset import DEFAULT_CROP_SIZE, make_cell_dataset
 
     with progress_bar("cutting cells") as update:
@@ -205,6 +209,7 @@ def cell_data(
             split=split,
             size=size or DEFAULT_CROP_SIZE,
             padding=padding,
+            context=context,
             n_folds=folds,
             overwrite=overwrite,
             on_progress=update,

@@ -104,6 +104,10 @@ def train(
         ),
     ] = False,
     crop_size: Annotated[int | None, typer.Option(help="With --cells: side of the cell crops in px.")] = None,
+    context: Annotated[
+        float | None,
+        typer.Option(help="With --cells: the crops' surroundings kept, 0 (masked, the default) to 1 (as they are)."),
+    ] = None,
     cell_head: Annotated[
         str | None, typer.Option(help="With --cells: mil (an image head over each field's cells) or plain.")
     ] = None,
@@ -131,7 +135,13 @@ def train(
     from protloc.training.config import resolve_config
     from protloc.training.train import train as run_training
 
-    cell_only = {"--crop-size": crop_size, "--cell-head": cell_head, "--rounds": rounds, "--cell-truth": cell_truth}
+    cell_only = {
+        "--crop-size": crop_size,
+        "--context": context,
+        "--cell-head": cell_head,
+        "--rounds": rounds,
+        "--cell-truth": cell_truth,
+    }
     given = [flag for flag, value in {**cell_only, "--field-run": field_run}.items() if value is not None]
     given += ["--seg-option"] if seg_option else []
     if given and not cells:
@@ -149,6 +159,7 @@ def train(
                 "bit_depth": bit_depth,
                 "max_time": max_time,
                 "crop_size": crop_size,
+                "context": context,
                 "field_size": image_size,
                 "field_model": model,
                 "cell_model": model,

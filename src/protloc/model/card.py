@@ -120,7 +120,8 @@ class CellSpec:
     """How a cell model's inputs are cut from a field (card key ``cells``; ``None`` for a field model).
 
     Each cell becomes a square crop around its box (``padding`` of the box side added on each side), the other
-    cells and the background set to 0 (``input``), resized to the card's input size. ``labels`` says how the
+    cells and the background multiplied by ``context`` (0, masked, for every card before it was recorded;
+    ``input`` says it in words), resized to the card's input size. ``labels`` says how the
     training crops were labelled (``cells``: per-cell truth, ``field``: the field's labels, weak;
     ``given per cell``), ``segmentation`` the segmenter settings that cut them, ``source`` the field folder.
     A cell model may also record how its probabilities are fused with a field model's (``fusion``, and how that
@@ -132,6 +133,7 @@ class CellSpec:
 
     crop_size: int
     padding: float = 0.05
+    context: float = 0.0
     input: str = "masked crop"
     labels: str = "field"
     segmentation: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +150,7 @@ class CellSpec:
         return cls(
             crop_size=int(settings["crop_size"]),
             padding=float(settings.get("padding", 0.05)),
+            context=float(settings.get("context", 0.0)),
             input=str(settings.get("input", "masked crop")),
             labels=str(settings.get("labels", "field")),
             segmentation=dict(settings.get("segmentation") or {}),
@@ -162,6 +165,7 @@ class CellSpec:
             spec = cls(
                 crop_size=int(known["crop_size"]),
                 padding=padding,
+                context=float(known.get("context", 0.0)),
                 input=str(known.get("input", "masked crop")),
                 labels=str(known.get("labels", "field")),
                 segmentation=dict(known.get("segmentation") or {}),
@@ -174,14 +178,18 @@ class CellSpec:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: card field 'cells' is damaged ({exc.__class__.__name__}: {exc})") from None
-        if not 0.0 <= spec.padding <= 1.0 or spec.crop_size < 8:
-            raise ModelError(f"{where}: card field 'cells' has crop size {spec.crop_size} / padding {spec.padding}")
+        if not 0.0 <= spec.padding <= 1.0 or spec.crop_size < 8 or not 0.0 <= spec.context <= 1.0:
+            raise ModelError(
+                f"{where}: card field 'cells' has crop size {spec.crop_size} / padding {spec.padding} / context "
+                f"{spec.context}"
+            )
         return spec
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "crop_size": self.crop_size,
             "padding": self.padding,
+            **({"context": self.context} if self.context else {}),
             "input": self.input,
             "labels": self.labels,
             "segmentation": dict(self.segmentation),

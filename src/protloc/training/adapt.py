@@ -411,7 +411,11 @@ def cell_inputs(
         image = read_sample(catalog.files[field_id], channels, bit_depth=bit_depth, sample_id=field_id)
         labels = np.asarray(segmenter(select_channels(image, channels, segmenter.channels)))
         crops = cells_of_field(
-            select_channels(image, channels, card.channels), labels, card.size, padding=card.cells.padding
+            select_channels(image, channels, card.channels),
+            labels,
+            card.size,
+            padding=card.cells.padding,
+            context=card.cells.context,
         )
         for crop in crops.images:
             slot = seen if seen < max_cells else int(rng.integers(0, seen + 1))

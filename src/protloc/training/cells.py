@@ -87,6 +87,9 @@ class CellPipelineSettings:
     segmenter_options: dict[str, Any] = field(default_factory=dict)
     crop_size: int = DEFAULT_CROP_SIZE
     padding: float = 0.05
+    context: float = 0.0
+    """how much of a crop's surroundings (other cells, background) the cell model sees: 0 masks them (the
+    default), 1 keeps them as they are (:func:`protloc.cells.masks.cells_of_field`)."""
     field_model: str = "resnet18"
     field_run: str | None = None
     """a finished ``protloc train`` run folder (``model/`` and ``folds.csv``) whose model is the field model, instead
@@ -131,6 +134,10 @@ class CellPipelineSettings:
             raise ConfigError(f"cell_head must be one of {', '.join(CELL_HEADS)}, got {self.cell_head!r}")
         if self.rounds < 0 or self.rounds > 5:
             raise ConfigError(f"rounds must be between 0 and 5, got {self.rounds}")
+        if not 0.0 <= self.context <= 1.0:
+            raise ConfigError(
+                f"context must lie between 0 (masked crops) and 1 (surroundings kept), got {self.context}"
+            )
         if not 16 <= self.crop_size <= 512 or not 32 <= self.field_size <= 4096:
             raise ConfigError("crop_size must be 16-512 px and field_size 32-4096 px")
         if self.folds < 3 or not 0 <= self.fold < self.folds:
@@ -291,7 +298,8 @@ def train_cells(
         w_rounds = w_rounds if s.rounds else 0.0  # without rounds, their share goes to the models
         digest = _digest("segment", s.data, s.split, s.labels, s.segmenter, s.segmenter_options, s.bit_depth)
         run.stage("segment", digest, partial(_segment, run, catalog))
-        crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from)
+        context = [s.context] if s.context else []  # absent at 0, so runs from before it resume as they were
+        crops = digest = _digest(digest, s.crop_size, s.padding, s.folds, s.seed, s.classes, s.map_from, *context)
         run.stage("crops", digest, partial(_crops, run, catalog))
         field = _digest(crops, s.field_model, s.field_size, s.field_epochs, s.fold, s.max_time)
         if s.field_run is not None:  # a given field model: what it is, not how one would be trained
@@ -383,6 +391,7 @@ def _crops(run: _Run, catalog: Any) -> dict[str, Any]:
         labels="field",
         size=run.s.crop_size,
         padding=run.s.padding,
+        context=run.s.context,
         bit_depth=run.s.bit_depth,
         folds=_field_folds(run, catalog),
         overwrite=True,
