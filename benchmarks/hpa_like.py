@@ -27,6 +27,7 @@ import argparse
 import csv
 import multiprocessing
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,17 +422,25 @@ def make(
     tmp.rename(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def command_line(
+    write: Callable[..., None], description: str | None, *, family: str, n_train: int, n_test: int, size: int
+) -> None:
+    """The command line of a generator whose ``write(out, family, n_train, n_test, size, seed, workers)`` makes a data
+    set (this module's :func:`make`, ``hpa_like_cells.make``), with its defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="sparse")
-    parser.add_argument("--n-train", type=int, default=3000)
-    parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=family)
+    parser.add_argument("--n-train", type=int, default=n_train)
+    parser.add_argument("--n-test", type=int, default=n_test)
+    parser.add_argument("--size", type=int, default=size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
+    write(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
+
+
+def main() -> None:
+    command_line(make, __doc__, family="sparse", n_train=3000, n_test=1000, size=128)
 
 
 if __name__ == "__main__":

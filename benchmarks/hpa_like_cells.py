@@ -26,7 +26,6 @@ scheme and label statistics.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import shutil
 from dataclasses import dataclass
@@ -464,16 +463,7 @@ def make(out: Path, family: str, n_train: int, n_test: int, size: int = 256, see
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--family", choices=sorted(hpa_like.FAMILIES), default="dense")
-    parser.add_argument("--n-train", type=int, default=1200)
-    parser.add_argument("--n-test", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    make(args.out, args.family, args.n_train, args.n_test, args.size, args.seed, args.workers)
+    hpa_like.command_line(make, __doc__, family="dense", n_train=1200, n_test=100, size=256)
 
 
 def write(tmp: Path, family: str, n_train: int, n_test: int, size: int, rng: np.random.Generator, workers: int) -> None:
