@@ -427,8 +427,11 @@ def test_adapt_takes_a_cell_package_with_its_field_model_and_segmenter_scale(
     shutil.copytree(weak_data / "test", folder)
     assert watch_folder(folder, result.out, cells=True, once=True, settle=0).classified == 3
     with TestClient(create_app(result.out, backend="torch"), base_url="http://localhost") as client:
-        # /model describes the field network it serves: the carried field model, adapted on the 12 fields
-        assert client.get("/model").json()["adaptation"]["fields_used"] == 12
+        # /model describes the field network it serves (the carried field model, adapted on the 12 fields) and,
+        # under cells, the cell model's own adaptation
+        info = client.get("/model").json()
+        assert info["adaptation"]["fields_used"] == 12 and "cells_used" not in info["adaptation"]
+        assert info["cells"]["adaptation"]["cells_used"] == record["cells_used"] > 0
     # too few cells, and match_nuclei for a field model: refused, nothing written
     with pytest.raises(DataError, match="cell\\(s\\) found"):
         adapt_package(package, dim, tmp_path / "no", AdaptSettings(max_fields=8, min_cells=100000, max_cells=100000))

@@ -459,6 +459,16 @@ class ModelCard:
         """Whether ``protloc adapt`` re-estimated this package's statistics on unlabelled fields."""
         return bool(self.adaptation)
 
+    def adaptation_summary(self) -> dict[str, Any]:
+        """What a client is shown of the ``protloc adapt`` record: methods, fields and cells used, when, the
+        fingerprint's digest (empty: as trained)."""
+        record = self.adaptation
+        keys = ("methods", "fields", "fields_used", "cells_used", "when")
+        summary: dict[str, Any] = {k: record[k] for k in keys if k in record}
+        if isinstance(record.get("fingerprint"), dict):
+            summary["fingerprint"] = record["fingerprint"].get("sha256")
+        return summary
+
     @property
     def channels(self) -> tuple[str, ...]:
         return self.input.channels

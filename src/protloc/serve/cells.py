@@ -158,6 +158,7 @@ class CellService:
             "mix": self.settings.cell_mix,
             "mask_encoding": MASK_ENCODING,
             "max_pixels": self.settings.max_cell_pixels,
+            "adaptation": {} if cell is None else cell.adaptation_summary(),
         }
 
     def channels(self) -> tuple[str, ...]:

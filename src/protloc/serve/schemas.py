@@ -162,6 +162,11 @@ class CellCapabilities(BaseModel):
     mix: float = Field(description="the cell model's weight in cell_method=mix")
     mask_encoding: Literal["hpa2021-rle"]
     max_pixels: int = Field(description="largest field (height x width) segmented; larger ones get 422")
+    adaptation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the cell model's own protloc adapt record (methods, fields and cells used, when; empty: as "
+        "trained); the top-level adaptation is the served field network's",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -97,16 +97,7 @@ class PredictionService:
             "metrics": card.metrics,
             "architecture": card.architecture.to_dict(),
             "training": training,
-            "adaptation": {
-                k: card.adaptation[k]
-                for k in ("methods", "fields", "fields_used", "cells_used", "when")
-                if k in card.adaptation
-            }
-            | (
-                {"fingerprint": card.adaptation["fingerprint"].get("sha256")}
-                if "fingerprint" in card.adaptation
-                else {}
-            ),
+            "adaptation": card.adaptation_summary(),
             "protloc_version": card.protloc_version,
             "created": card.created,
             "service_version": __version__,
