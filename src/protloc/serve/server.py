@@ -82,7 +82,6 @@ def run(
     """
     for module in ("fastapi", "uvicorn", "multipart"):
         require(module, "runtime")
-    import uvicorn
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, got {port}")
@@ -115,6 +114,14 @@ def run(
         cell_mix=cell_mix,
         max_cell_pixels=int(max_cell_mpx * 1_000_000),
     )
+    _launch(settings, host=host, port=port, workers=workers, log_level=log_level)
+
+
+def _launch(settings: ServiceSettings, *, host: str, port: int, workers: int, log_level: str) -> None:
+    """Start uvicorn on checked ``settings``: the app in this process for one worker; otherwise ``workers``
+    processes that each rebuild the settings from the environment (the token travels there, never in argv)."""
+    import uvicorn
+
     common = {
         "host": host,
         "port": port,
@@ -130,11 +137,11 @@ def run(
         return
     from protloc.model.card import read_card
 
-    if Path(model).suffix.lower() != ".onnx":
-        read_card(model)  # fail fast, before forking workers that would each fail
+    if Path(settings.model).suffix.lower() != ".onnx":
+        read_card(settings.model)  # fail fast, before forking workers that would each fail
     os.environ[SETTINGS_ENV] = settings.to_environment()
-    if chosen_token:
-        os.environ[TOKEN_ENV] = chosen_token
+    if settings.token:
+        os.environ[TOKEN_ENV] = settings.token
     uvicorn.run(
         "protloc.serve.app:app_from_environment",
         factory=True,
