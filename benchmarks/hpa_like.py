@@ -27,7 +27,8 @@ import argparse
 import csv
 import multiprocessing
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,6 +378,17 @@ def _write_one(job: tuple[Path, str, list[int], int, str, int]) -> None:
         cv2.imwrite(str(folder / f"{sample_id}_{colour}.png"), image)
 
 
+@contextmanager
+def replacing(out: Path) -> Iterator[Path]:
+    """A fresh ``OUT.partial`` folder to write a data set into; it replaces ``out`` when the block ends (a failed
+    write leaves ``out`` as it was)."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def check_family(family: str) -> None:
     if family not in FAMILIES:
         raise SystemExit(f"unknown family {family!r}; choose {', '.join(FAMILIES)}")
@@ -394,32 +406,29 @@ def make(
     """Write a data set of ``family`` into ``out`` (replaced if it exists), in the Kaggle 2018 layout (the 2021
     layout with per-cell truth: ``hpa_like_cells.make``)."""
     check_family(family)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng([seed, 1 if family == "sparse" else 2])
-    jobs = []
-    for split, n, table in (("train", n_train, "train.csv"), ("test", n_test, "test_truth.csv")):
-        (tmp / split).mkdir(parents=True)
-        hot = _label_sets(n, rng)
-        rows = []
-        for i in range(n):
-            sample_id = f"{family}-{split}-{i:05d}"
-            classes = [int(c) for c in np.flatnonzero(hot[i])]
-            rows.append((sample_id, " ".join(map(str, classes))))
-            jobs.append((tmp / split, sample_id, classes, int(rng.integers(2**31)), family, size))
-        with open(tmp / table, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["Id", "Target"])
-            writer.writerows(rows)
-    if workers <= 1:  # in this process: a forkserver started before this module was importable could not run it
-        for job in jobs:
-            _write_one(job)
-    else:
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
-                pass
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        jobs = []
+        for split, n, table in (("train", n_train, "train.csv"), ("test", n_test, "test_truth.csv")):
+            (tmp / split).mkdir(parents=True)
+            hot = _label_sets(n, rng)
+            rows = []
+            for i in range(n):
+                sample_id = f"{family}-{split}-{i:05d}"
+                classes = [int(c) for c in np.flatnonzero(hot[i])]
+                rows.append((sample_id, " ".join(map(str, classes))))
+                jobs.append((tmp / split, sample_id, classes, int(rng.integers(2**31)), family, size))
+            with open(tmp / table, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["Id", "Target"])
+                writer.writerows(rows)
+        if workers <= 1:  # in this process: a forkserver started before this module was importable could not run it
+            for job in jobs:
+                _write_one(job)
+        else:
+            with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
+                    pass
 
 
 def command_line(

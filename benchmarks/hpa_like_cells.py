@@ -27,7 +27,6 @@ scheme and label statistics.
 from __future__ import annotations
 
 import functools
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,12 +453,9 @@ def make(out: Path, family: str, n_train: int, n_test: int, size: int = 256, see
     """Write a data set of ``family`` into ``out`` (replaced if it exists) in the Kaggle 2021 layout, with per-cell
     truth (``<split>_cells_truth/``)."""
     hpa_like.check_family(family)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng([seed, 21, 1 if family == "sparse" else 2])
-    write(tmp, family, n_train, n_test, size, rng, workers)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with hpa_like.replacing(out) as tmp:
+        write(tmp, family, n_train, n_test, size, rng, workers)
 
 
 def main() -> None:
