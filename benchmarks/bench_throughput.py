@@ -6,9 +6,11 @@ For each field size (synthetic 4-channel 8-bit PNG fields written by ``protloc s
 128 px input), one round times, in turn:
 
 * the model alone: ONNX Runtime, batch 16, all usable threads, random input (samples/s);
-* ``predict`` with the default thread budget (:mod:`protloc.inference.budget`);
-* ``predict --workers 0`` (decoding in this process: since the budget, on a prefetch thread), and the same with
-  the network on 2 threads (the prefetch thread then shares a core with it);
+* ``predict`` with the default thread budget (:mod:`protloc.inference.budget`: ONNX Runtime in lanes, a
+  thread per CPU each decoding a batch and running the network on it with one thread);
+* ``predict --workers 0`` (decoding in this process on a prefetch thread, the network on the CPUs it leaves:
+  the budget's default before lanes), and the same with the network on 2 threads (the prefetch thread then
+  shares a core with it);
 * ``predict --workers 2 --threads 1``: the split the budget replaced (two decoding processes, the network on the
   CPUs they left), for the before/after ratio;
 * the watcher classifying the same fields already in its folder (``watch_folder(once=True)``: its default
@@ -47,7 +49,7 @@ from protloc.utils import usable_cpus
 
 CONFIGS: dict[str, dict[str, int | None]] = {
     "predict (default budget)": {},
-    "predict --workers 0": {"workers": 0},
+    "predict --workers 0 (prefetch thread, the default before lanes)": {"workers": 0},
     "predict --workers 0 --threads 2": {"workers": 0, "threads": 2},
     "predict --workers 2 --threads 1 (old default)": {"workers": 2, "threads": 1},
 }

@@ -8,7 +8,9 @@ under ``if __name__ == "__main__":`` (the ``protloc`` command and ``python -m pr
 
 :func:`imap` is the one way to run a function over many items: in order, at most ``window`` chunks in flight
 (bounded memory whatever the number of items), in this process when ``workers <= 1``. :func:`prefetch` runs
-an iterator ahead of its consumer on one thread of this process (decoding while the network computes).
+an iterator ahead of its consumer on one thread of this process (decoding while the network computes);
+:func:`thread_map` runs a function over items on several threads of this process, in order (each batch decoded
+and run through the network on its own thread).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -160,3 +162,30 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
             with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.05)
         thread.join()
+
+
+def thread_map(
+    function: Callable[[T], R], items: Iterable[T], *, threads: int, window: int | None = None
+) -> Generator[R, None, None]:
+    """``map(function, items)`` on ``threads`` threads of this process, results in order.
+
+    For work that releases the GIL (OpenCV decoding, ONNX Runtime): independent items run side by side without
+    waiting on each other. At most ``window`` items (default ``threads + 1``) are in flight, so memory stays
+    bounded; an exception is raised here at the item where it happened, and a consumer that stops early cancels
+    the items not started (those running finish). ``threads <= 1`` runs in the caller's thread.
+    """
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    window = max(threads, window or threads + 1)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="protloc-lane")
+    try:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

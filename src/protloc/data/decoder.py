@@ -174,8 +174,10 @@ def decode(source: bytes | str | Path, where: str | None = None, *, budget: int 
         DataError: everything :func:`probe` refuses, and pixel data that fails to decode.
     """
     where = where or (str(source) if not isinstance(source, bytes) else "upload")
-    header = probe(source, where, budget=budget)
-    data = source if isinstance(source, bytes) else _read_bytes(Path(source), where)
+    if isinstance(source, bytes):
+        header, data = probe(source, where, budget=budget), source
+    else:
+        header, data = _probe_and_read(Path(source), where, budget)
     image: np.ndarray | None
     try:
         if header.kind == "tiff":
@@ -218,11 +220,27 @@ def _open(source: bytes | str | Path, where: str) -> Iterator[tuple[BinaryIO, in
         yield handle, size
 
 
-def _read_bytes(path: Path, where: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+READ_FIRST_BYTES = 256 * 2**20
+"""Files up to this size are read whole before their header is checked (one open, the header walked in memory);
+larger ones are checked on disk first, so an over-budget file is refused before it is read."""
+
+
+def _probe_and_read(path: Path, where: str, budget: int | None) -> tuple[ImageHeader, bytes]:
+    """A file's checked header and its bytes, from one open."""
+    with _open(path, where) as (handle, size):
+        try:
+            if size <= READ_FIRST_BYTES:
+                data = handle.read()
+                header = _read_header(io.BytesIO(data), len(data), where)
+            else:
+                header = _read_header(handle, size, where)
+                check_budget(header, where, budget)
+                handle.seek(0)
+                data = handle.read()
+        except OSError as exc:
+            raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    check_budget(header, where, budget)
+    return header, data
 
 
 def _read_header(handle: BinaryIO, size: int, where: str) -> ImageHeader:

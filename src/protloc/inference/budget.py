@@ -9,19 +9,23 @@ workers plus the network's threads never exceed the CPUs this process may use** 
 * decoding costs about :data:`DECODE_SECONDS_PER_MPX` core-seconds per million decoded pixels (PNG, all
   channels, resize included); the network about :data:`MODEL_SECONDS_PER_MPX` core-seconds per million input
   pixels on ONNX Runtime (PyTorch eager :data:`TORCH_FACTOR` times that; nothing on a GPU);
-* while decoding needs less than two cores' worth of that split, it runs **in this process on one prefetch
-  thread** (:func:`protloc.workers.prefetch`) that keeps ``prefetch`` batches decoded ahead while the network
-  computes the current one: on every usable CPU when decoding needs under half a core (small fields), else on
-  the CPUs but one. ONNX Runtime's threads are told not to spin-wait, so they give the core back to the decoder
-  between operators. Decoding and inference overlap without a process pool (no pickling of decoded batches,
-  no second copy of OpenCV's threads);
+* **ONNX Runtime on the CPU runs in lanes** (the default when neither ``workers`` nor ``threads`` is given):
+  ``lanes`` threads of this process each take a whole batch, decode it and run the network on it with
+  ``threads`` intra-op threads (1 on up to :data:`LANE_LIMIT` CPUs), so ``lanes x threads`` fits the CPUs and
+  the batches never wait on each other. ONNX Runtime's intra-op threads use their cores fully (2 threads ran
+  1.99x one on the 2-core machine), so a decoding thread beside them can only preempt one and stall the
+  operator's other; independent lanes leave no such barrier, and decoding costs only its own CPU time
+  (BENCHMARKS.md, "Thread budget": 1.08x of the model alone at 128 px fields against 1.25x, 1.71x at 512 px
+  against 2.10x);
+* otherwise (PyTorch, an explicit ``--workers`` or ``--threads``), while decoding needs less than two cores'
+  worth of the split, it runs **in this process on one prefetch thread** (:func:`protloc.workers.prefetch`)
+  that keeps ``prefetch`` batches decoded ahead while the network computes the current one: on every usable
+  CPU when decoding needs under half a core (small fields), else on the CPUs but one. ONNX Runtime's threads
+  are told not to spin-wait, so they give the core back to the decoder between operators;
 * past that (a fast network on many cores, or large fields), ``workers`` decoding processes take their share
   of the cores and the network the rest.
 
-On the 2-core machine this makes ``predict`` decode on a prefetch thread with the network on both cores at
-128 px fields and on one core at 512 px fields (BENCHMARKS.md, "Thread budget"), where the old rule (two
-decoding processes and one network thread, three busy on two cores) ran slower at both. An explicit
-``workers`` or ``threads`` (``--workers``, ``--threads``) always wins; the other takes what is left.
+An explicit ``workers`` or ``threads`` (``--workers``, ``--threads``) always wins; the other takes what is left.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ TORCH_FACTOR = 1.45
 PREFETCH_BATCHES = 2
 """Batches decoded ahead of the network: one being computed, one ready, one being decoded."""
 
+LANE_LIMIT = 8
+"""Lanes at most: each holds a batch and the network's activations for it; past 8 CPUs a lane gets more threads."""
+
 SERVICE_DECODE_LIMIT = 4
 """The service's decoding threads: at most this many (uploads decode in parallel with the network)."""
 
@@ -58,8 +65,9 @@ class ThreadBudget:
 
     ``workers`` decoding processes (0: decoding runs in this process, on ``prefetch`` batches ahead in one thread
     when ``prefetch`` > 0) and ``threads`` intra-op threads of the network; ``workers + threads <= cpus`` unless
-    a caller asked for more. ``spin``: whether ONNX Runtime's threads may spin-wait between operators (only
-    when nothing else in the process needs the cores).
+    a caller asked for more. ``lanes`` > 1: that many threads each decode a batch and run the network on it
+    (``lanes x threads <= cpus``; no prefetch thread, no decoding processes). ``spin``: whether ONNX Runtime's
+    threads may spin-wait between operators (only when nothing else in the process needs the cores).
     """
 
     cpus: int
@@ -67,10 +75,17 @@ class ThreadBudget:
     threads: int
     prefetch: int = PREFETCH_BATCHES
     spin: bool = False
+    lanes: int = 1
 
     def describe(self) -> dict[str, Any]:
         """What ``run.json`` records of the split."""
-        return {"cpus": self.cpus, "workers": self.workers, "threads": self.threads, "prefetch": self.prefetch}
+        return {
+            "cpus": self.cpus,
+            "workers": self.workers,
+            "threads": self.threads,
+            "prefetch": self.prefetch,
+            "lanes": self.lanes,
+        }
 
 
 def decode_share(backend: str, input_size: int, field_pixels: int | None, *, channels: int = 4) -> float:
@@ -98,10 +113,14 @@ def plan_budget(
     ``torch``) on fields of ``field_pixels`` pixels per plane resized to ``input_size``; see the module docstring.
 
     ``workers`` and ``threads``, when given, are kept as they are (an explicit ``--workers 4`` on 2 cores is the
-    user's call); the one not given gets the CPUs the other leaves, at least 1.
+    user's call); the one not given gets the CPUs the other leaves, at least 1. With neither given, ONNX Runtime
+    on two CPUs or more runs in lanes.
     """
     cpus = cpus or usable_cpus()
     on_gpu = backend == "torch" and device not in ("cpu", "auto")
+    if backend == "onnx" and workers is None and threads is None and cpus >= 2:
+        lanes = min(cpus, LANE_LIMIT)
+        return ThreadBudget(cpus=cpus, workers=0, threads=cpus // lanes, prefetch=0, lanes=lanes)
     decode_cores = 0.0 if on_gpu else cpus * decode_share(backend, input_size, field_pixels)
     if workers is None:
         if on_gpu:  # the network runs on the device: every core but the one feeding it decodes

@@ -16,9 +16,10 @@ the field is present): useful for models trained on crops, or fields much larger
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from protloc.data.io import read_sample, resize_plane
 from protloc.errors import ConfigError, DataError, ModelError
 from protloc.inference.budget import PREFETCH_BATCHES
 from protloc.model.card import ONNX_FILE, ModelCard, check_channels_available, read_card, resolve_package_path
-from protloc.workers import imap, prefetch
+from protloc.workers import imap, prefetch, thread_map
 
 # The 8 symmetries of the square (dihedral group D4): k quarter turns, then an optional horizontal flip.
 TTA_VIEWS: dict[str, tuple[int, bool]] = {
@@ -242,18 +243,10 @@ def _run_job(job: _LoadJob) -> np.ndarray:
     return job()
 
 
-def iter_input_batches(
-    catalog: Catalog,
-    preprocessor: Preprocessor,
-    *,
-    batch_size: int,
-    workers: int,
-    start: int = 0,
-    ahead: int = 0,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first index, uint8 inputs (B, T, C, S, S))`` for the catalog from ``start`` on, decoded in
-    ``workers`` processes, or in this process (``workers <= 1``) on one thread ``ahead`` batches ahead of the
-    caller (:func:`protloc.workers.prefetch`; 0: in the caller's thread)."""
+def _load_jobs(
+    catalog: Catalog, preprocessor: Preprocessor, *, batch_size: int, start: int
+) -> tuple[range, Iterator[_LoadJob]]:
+    """The first index of each batch from ``start`` on, and the job that reads that batch."""
     indices = range(start, len(catalog), batch_size)
     jobs = (
         _LoadJob(
@@ -265,6 +258,22 @@ def iter_input_batches(
         )
         for first in indices
     )
+    return indices, jobs
+
+
+def iter_input_batches(
+    catalog: Catalog,
+    preprocessor: Preprocessor,
+    *,
+    batch_size: int,
+    workers: int,
+    start: int = 0,
+    ahead: int = 0,
+) -> Generator[tuple[int, np.ndarray], None, None]:
+    """Yield ``(first index, uint8 inputs (B, T, C, S, S))`` for the catalog from ``start`` on, decoded in
+    ``workers`` processes, or in this process (``workers <= 1``) on one thread ``ahead`` batches ahead of the
+    caller (:func:`protloc.workers.prefetch`; 0: in the caller's thread)."""
+    indices, jobs = _load_jobs(catalog, preprocessor, batch_size=batch_size, start=start)
     if workers <= 1:
         yield from prefetch(zip(indices, map(_run_job, jobs), strict=False), ahead)
         return
@@ -282,6 +291,7 @@ def predict_catalog(
     batch_size: int = 16,
     workers: int = 1,
     ahead: int = PREFETCH_BATCHES,
+    lanes: int = 1,
     bit_depth: int | None = None,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
     start: int = 0,
@@ -296,6 +306,8 @@ def predict_catalog(
         tiles: 1 resizes the whole field; N cuts N x N tiles (see the module docstring).
         workers: decoding processes; 0 or 1 decodes in this process, on a thread ``ahead`` batches ahead of the
             network (see :mod:`protloc.inference.budget`, which chooses both).
+        lanes: more than 1: that many threads each decode a batch and run ``backend`` on it (the backend must
+            accept calls from several threads, as ONNX Runtime's does); ``workers`` and ``ahead`` are unused.
         on_batch: when given, called with (first index, probabilities) per batch and nothing is kept in
             memory (returns ``None``): for streaming very large sets to disk.
     """
@@ -309,18 +321,32 @@ def predict_catalog(
     done = start
     if on_progress:
         on_progress(done, len(catalog))
-    batches = iter_input_batches(
-        catalog, preprocessor, batch_size=batch_size, workers=workers, start=start, ahead=ahead
-    )
-    for first, inputs in batches:
-        probabilities = batch_probabilities(backend, inputs, views, tile_aggregate)
-        if on_batch is not None:
-            on_batch(first, probabilities)
-        else:
-            kept.append(probabilities)
-        done = first + len(probabilities)
-        if on_progress:
-            on_progress(done, len(catalog))
+
+    def computed() -> Generator[tuple[int, np.ndarray], None, None]:
+        if lanes > 1:
+            indices, jobs = _load_jobs(catalog, preprocessor, batch_size=batch_size, start=start)
+            lane_results = thread_map(
+                lambda job: batch_probabilities(backend, job(), views, tile_aggregate), jobs, threads=lanes
+            )
+            with contextlib.closing(lane_results):  # a consumer that stops early cancels the batches not started
+                yield from zip(indices, lane_results, strict=False)
+            return
+        batches = iter_input_batches(
+            catalog, preprocessor, batch_size=batch_size, workers=workers, start=start, ahead=ahead
+        )
+        with contextlib.closing(batches):
+            for first, inputs in batches:
+                yield first, batch_probabilities(backend, inputs, views, tile_aggregate)
+
+    with contextlib.closing(computed()) as results:
+        for first, probabilities in results:
+            if on_batch is not None:
+                on_batch(first, probabilities)
+            else:
+                kept.append(probabilities)
+            done = first + len(probabilities)
+            if on_progress:
+                on_progress(done, len(catalog))
     if on_batch is not None:
         return None
     return np.concatenate(kept) if kept else np.zeros((0, card.num_classes), np.float32)

@@ -72,6 +72,7 @@ def evaluate_model(
             batch_size=batch_size,
             workers=budget.workers,
             ahead=budget.prefetch,
+            lanes=budget.lanes,
             on_progress=on_progress,
         )
     assert probabilities is not None

@@ -237,20 +237,33 @@ def _job_key(model: str | Path, card: ModelCard, catalog: Catalog, settings: dic
     model_files = sorted(model_path.iterdir()) if model_path.is_dir() else [model_path]
     for path in model_files:
         digest.update(_file_stamp(path))
+    folders: dict[Path, Path] = {}
     for sample_id in catalog.ids:
         digest.update(sample_id.encode() + b"\0")
         for channel, path in sorted(catalog.files.get(sample_id, {}).items()):
-            digest.update(channel.encode() + b"\0" + _file_stamp(path))
+            digest.update(channel.encode() + b"\0" + _file_stamp(path, folders))
     return digest.hexdigest()[:32]
 
 
-def _file_stamp(path: Path) -> bytes:
-    """A file's absolute path, size and modification time (ns), as bytes for a digest."""
+def _file_stamp(path: Path, folders: dict[Path, Path] | None = None) -> bytes:
+    """A file's absolute path (links resolved), size and modification time (ns), as bytes for a digest.
+
+    ``folders`` caches the resolution of folders across the calls of one digest: a field's files share a few
+    folders, and resolving each of thousands of files whole cost 3 % of a 128 px prediction run."""
+    path = Path(path)
     try:
         stat = path.stat()
     except OSError:
         return str(path).encode() + b"\0missing\0"
-    return f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
+    if path.is_symlink():
+        real = path.resolve()
+    else:
+        folders = {} if folders is None else folders
+        folder = path.absolute().parent
+        if folder not in folders:
+            folders[folder] = folder.resolve()
+        real = folders[folder] / path.name
+    return f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
 
 
 OUTPUT_FILES = ("probabilities.csv", "predictions.csv", "submission.csv", "run.json")
@@ -478,6 +491,7 @@ def _probabilities(
                 batch_size=settings.batch_size,
                 workers=budget.workers,
                 ahead=budget.prefetch,
+                lanes=budget.lanes,
                 on_batch=partial.append,
                 start=partial.completed,
                 on_progress=on_progress,
