@@ -16,8 +16,9 @@ For each field size (synthetic 4-channel 8-bit PNG fields written by ``protloc s
 * the watcher classifying the same fields already in its folder (``watch_folder(once=True)``: its default
   budget, a durable journalled row per field);
 * the service's engine in this process (no HTTP, no client): as many one-sample requests as ``--samples``, 16 at
-  a time, decoded on its decoding threads and micro-batched into the network, with the budget's split (the
-  network on half the CPUs, decoding on the rest) and with the old two decoding threads.
+  a time, decoded on its decoding threads and micro-batched into the network, with the budget's split (ONNX
+  Runtime in lanes: one network call per CPU at a time, one thread each) and with the split before lanes (one
+  call at a time on half the CPUs, decoding on the other half).
 
 Rounds are interleaved, so every configuration sees the same neighbours on a shared machine, and the order of
 the ``predict`` configurations turns by one each round (the first run after the model alone measured up to 7 %
@@ -54,9 +55,13 @@ CONFIGS: dict[str, dict[str, int | None]] = {
     "predict --workers 2 --threads 1 (old default)": {"workers": 2, "threads": 1},
 }
 
-SERVICE: dict[str, int | None] = {
-    "service engine (default budget), requests/s": None,
-    "service engine, 2 decoding threads (old default), requests/s": 2,
+SERVICE: dict[str, dict[str, int]] = {
+    "service engine (default budget), requests/s": {},
+    "service engine, one network call at a time (the default before lanes), requests/s": {
+        "threads": 1,
+        "decode_threads": 1,
+        "inference_threads": 1,
+    },
 }
 
 
@@ -73,16 +78,17 @@ def model_alone(onnx: Path, size: int, samples: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def service_rate(package: Path, planes: list[bytes], decode_threads: int | None, requests: int) -> float:
+def service_rate(package: Path, planes: list[bytes], options: dict[str, int], requests: int) -> float:
     """Requests/s of the service's engine in this process (no HTTP): ``requests`` one-sample predictions of the
     given PNG planes, 16 at a time, each decoded on the engine's decoding threads and micro-batched into the
-    network (ONNX Runtime on its default threads), as ``POST /predict`` does after parsing the upload."""
+    network (ONNX Runtime; ``options``: the engine's threads, default its budget), as ``POST /predict`` does
+    after parsing the upload."""
     import asyncio
 
     from protloc.serve.decode import decode_array
     from protloc.serve.engine import InferenceEngine
 
-    engine = InferenceEngine(package, backend="onnx", decode_threads=decode_threads)
+    engine = InferenceEngine(package, backend="onnx", **options)  # type: ignore[arg-type]
 
     def decode() -> np.ndarray:
         return engine.prepare(np.stack([decode_array(data) for data in planes]))
@@ -161,9 +167,9 @@ def main() -> None:
                 watched = watch_rate(package, data[side] / "test", out, len(ids[side]))
                 rates.setdefault((side, "watch --once (default budget), fields/s"), []).append(watched)
                 planes = [path.read_bytes() for path in sorted((data[side] / "test").glob(f"{ids[side][0]}_*.png"))]
-                for name, decode_threads in SERVICE.items():
+                for name, engine_options in SERVICE.items():
                     rates.setdefault((side, name), []).append(
-                        service_rate(package, planes, decode_threads, args.samples)
+                        service_rate(package, planes, engine_options, args.samples)
                     )
                 latest = ", ".join(
                     f"{name}: {values[-1]:.1f}" for (size, name), values in rates.items() if size == side

@@ -264,10 +264,22 @@ def test_one_backend_policy_for_batch_prediction_and_the_service(
     assert backends.resolve_backend(exported) == "onnx" == service_backend(exported, "auto")
     with pytest.raises(ConfigError, match="runs on the onnx backend"):
         backends.resolve_backend(exported, "torch")
-    # with model.onnx the service prefers latency (ONNX Runtime); batch prediction prefers PyTorch
+    # with model.onnx the service prefers latency (ONNX Runtime); batch prediction the faster runtime where it
+    # runs: ONNX Runtime on the CPU, PyTorch on a GPU (named, or found by auto) and over several devices
     (package / "model.onnx").write_bytes(b"")
-    assert backends.resolve_backend(package) == "torch"
     assert service_backend(package, "auto") == "onnx"
+    assert backends.resolve_backend(package, device="cpu") == "onnx"
+    assert backends.resolve_backend(package, device="cuda") == "torch"
+    assert backends.resolve_backend(package, device="cuda:1") == "torch"
+    import torch
+
+    assert not backends.on_gpu("cpu") and backends.on_gpu("mps") and backends.on_gpu("cuda:0")
+    assert backends.on_gpu("auto") == torch.cuda.is_available()
+    monkeypatch.setattr(backends, "on_gpu", lambda device: device != "cpu")  # auto on a machine with CUDA
+    assert backends.resolve_backend(package) == "torch"
+    monkeypatch.setattr(backends, "on_gpu", lambda device: device not in ("cpu", "auto"))  # auto without CUDA
+    assert backends.resolve_backend(package) == "onnx"
+    assert backends.resolve_backend(package, "torch", device="cpu") == "torch"  # a named backend is kept
     # without PyTorch both fall back to ONNX Runtime, or say what to do
     monkeypatch.setattr(backends, "torch_available", lambda: False)
     assert backends.resolve_backend(package) == "onnx" == service_backend(package, "auto")

@@ -77,6 +77,7 @@ def test_an_explicit_setting_wins_and_the_other_takes_what_is_left() -> None:
     assert (both.workers, both.threads) == (3, 7)
     assert plan_service("onnx", threads=3, decode_threads=5, cpus=2).threads == 3
     assert plan_service("onnx", threads=3, decode_threads=5, cpus=2).workers == 5
+    assert plan_service("onnx", threads=2, cpus=8).lanes == 4  # an explicit thread count per call: lanes follow
     assert plan_cells(threads=6, cpus=2).threads == 6
 
 
@@ -93,8 +94,12 @@ def test_the_budget_is_the_affinity_not_the_machine(monkeypatch: pytest.MonkeyPa
 def test_the_service_and_cells_fit_the_cpus(cpus: int) -> None:
     service = plan_service("onnx", cpus=cpus)
     assert service.threads >= 1 and service.workers >= 1
-    assert service.threads + service.workers <= max(2, cpus)  # one core can't hold a decoder and the network
-    assert service.workers <= budget_module.SERVICE_DECODE_LIMIT
+    assert service.threads * service.lanes == cpus  # ONNX Runtime: a network call per lane, the lanes fill the CPUs
+    assert service.lanes == min(cpus, budget_module.LANE_LIMIT)
+    assert service.workers <= min(budget_module.SERVICE_DECODE_LIMIT, max(1, cpus - cpus // 2))
+    torch = plan_service("torch", cpus=cpus)  # PyTorch: one call at a time on half the CPUs, decoding beside it
+    assert torch.lanes == 1 and torch.threads + torch.workers <= max(2, cpus)
+    assert torch.workers <= budget_module.SERVICE_DECODE_LIMIT
     cells = plan_cells(cpus=cpus)
     assert cells.threads + 1 <= max(2, cpus) and cells.prefetch == 1
 

@@ -4,9 +4,12 @@ Two backends turn a batch of ``(B, C, S, S)`` float32 pixels in 0-1 into sigmoid
 (PyTorch, :mod:`protloc.inference.torch_backend`) and ``onnx`` (ONNX Runtime on an exported model,
 :class:`protloc.inference.core.OnnxBackend`). ``auto`` chooses by what the caller values:
 
-* ``throughput`` (batch prediction, evaluation): PyTorch when it is installed, since it runs on GPUs and over
-  several devices; ONNX Runtime for an exported ``.onnx`` file or where PyTorch is missing (the
-  ``protloc[runtime]`` install).
+* ``throughput`` (batch prediction, evaluation, the watcher): on the CPU, ONNX Runtime when the package has
+  ``model.onnx`` and ONNX Runtime is installed (1.2-1.6x PyTorch eager in float32, 2.6-3.4x as the int8 model
+  ``protloc export`` makes by default, and it runs in lanes: BENCHMARKS.md "Inference" and "Thread budget");
+  PyTorch on a GPU (``device`` ``auto`` with CUDA available, or a device named) and over several devices, and
+  wherever the package has no ``model.onnx``; ONNX Runtime for an exported ``.onnx`` file or where PyTorch is
+  missing (the ``protloc[runtime]`` install).
 * ``latency`` (the HTTP service): ONNX Runtime when the package has ``model.onnx`` and ONNX Runtime is
   installed (a single CPU request is faster there, benchmarks/bench_serve.py), else PyTorch.
 
@@ -48,9 +51,11 @@ def _has_onnx(model: str | Path) -> bool:
         return False
 
 
-def resolve_backend(model: str | Path, backend: str = "auto", *, prefer: Preference = "throughput") -> str:
+def resolve_backend(
+    model: str | Path, backend: str = "auto", *, prefer: Preference = "throughput", device: str = "auto"
+) -> str:
     """The backend that runs ``model``: ``backend`` itself when named, else the choice of ``auto`` (see the
-    module docstring).
+    module docstring; ``device``: where the caller would run PyTorch, ``auto`` for a GPU when one is there).
 
     Raises:
         ConfigError: an unknown backend name, or ``torch`` asked for without PyTorch (or for an ``.onnx`` file).
@@ -75,7 +80,7 @@ def resolve_backend(model: str | Path, backend: str = "auto", *, prefer: Prefere
     if backend == "onnx":
         return "onnx"
     has_onnx = _has_onnx(model)
-    if is_onnx_file or (prefer == "latency" and has_onnx and onnxruntime_available()):
+    if is_onnx_file or (has_onnx and onnxruntime_available() and (prefer == "latency" or not on_gpu(device))):
         return "onnx"
     if torch_available():
         return "torch"
@@ -85,6 +90,20 @@ def resolve_backend(model: str | Path, backend: str = "auto", *, prefer: Prefere
         f"{model}: no {ONNX_FILE} and PyTorch is not installed; run `protloc export {model}` where PyTorch is "
         "installed, or install it: pip install 'protloc[train]'"
     )
+
+
+def on_gpu(device: str) -> bool:
+    """Whether PyTorch would run on an accelerator for ``device``: ``cpu`` never, ``auto`` when CUDA is there
+    (PyTorch is imported only to ask), any other name (``cuda``, ``cuda:1``, ``mps``) always."""
+    if device == "cpu":
+        return False
+    if device != "auto":
+        return True
+    if not torch_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def read_model_card(model: str | Path) -> ModelCard:
@@ -113,7 +132,7 @@ def load_backend(
 ) -> tuple[ModelCard, Backend]:
     """The card and a callable backend for a package (or an exported ``.onnx`` file); see :func:`resolve_backend`.
     ``threads`` and ``spin`` (ONNX Runtime) come from :mod:`protloc.inference.budget`."""
-    chosen = resolve_backend(model, backend, prefer=prefer)
+    chosen = resolve_backend(model, backend, prefer=prefer, device=device)
     from protloc.inference.bioimageio import is_bioimageio, load_bioimageio
 
     if is_bioimageio(model):

@@ -140,15 +140,21 @@ def plan_budget(
 def plan_service(
     backend: str, *, threads: int | None = None, decode_threads: int | None = None, cpus: int | None = None
 ) -> ThreadBudget:
-    """The service's split: the network takes half the CPUs (a lone request waits 3 ms more than on all of
-    them, and the server answers ~10% more requests/s under load, benchmarks/bench_serve.py); uploads decode on
-    the threads left (at most :data:`SERVICE_DECODE_LIMIT`). ``workers`` here counts decoding threads."""
+    """The service's split. ONNX Runtime runs in lanes (as :func:`plan_budget`): ``lanes`` network calls at the
+    same time, each on ``threads`` threads (1 on up to :data:`LANE_LIMIT` CPUs), micro-batches side by side;
+    PyTorch takes half the CPUs for one call at a time (a lone request waits 3 ms more than on all of them,
+    and the server answers ~10% more requests/s under load, benchmarks/bench_serve.py). Uploads decode on the
+    threads the network's leave (1 to :data:`SERVICE_DECODE_LIMIT`; they wait on uploads, so a few beside the
+    lanes cost little). ``workers`` here counts decoding threads; an explicit ``threads`` gives ONNX Runtime
+    ``cpus // threads`` lanes."""
     cpus = cpus or usable_cpus()
+    onnx = backend == "onnx"
     if threads is None:
-        threads = max(1, cpus // 2)
+        threads = max(1, -(-cpus // LANE_LIMIT)) if onnx else max(1, cpus // 2)
+    lanes = max(1, cpus // threads) if onnx else 1
     if decode_threads is None:
-        decode_threads = max(1, min(cpus - threads, SERVICE_DECODE_LIMIT))
-    return ThreadBudget(cpus=cpus, workers=decode_threads, threads=threads, prefetch=0, spin=True)
+        decode_threads = max(1, min(cpus - (threads if lanes == 1 else cpus // 2), SERVICE_DECODE_LIMIT))
+    return ThreadBudget(cpus=cpus, workers=decode_threads, threads=threads, prefetch=0, spin=lanes == 1, lanes=lanes)
 
 
 def plan_cells(*, threads: int | None = None, cpus: int | None = None) -> ThreadBudget:

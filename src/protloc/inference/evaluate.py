@@ -55,7 +55,7 @@ def evaluate_model(
     The labels are read in the package's class scheme; labels of another scheme are refused, unless
     ``map_from`` names their scheme and a documented mapping into the package's exists (hpa2018 -> hpa2021).
     """
-    backend = resolve_backend(model, backend)
+    backend = resolve_backend(model, backend, device=device)
     card = read_model_card(model)
     catalog = _labelled_catalog(data, split, labels, card.channels, card.scheme, map_from, channel_map)
     budget = plan_for_catalog(backend, card.size, catalog, device=device, workers=workers, threads=threads)

@@ -399,7 +399,9 @@ def predict_folder(
         settings = replace(settings, ids=tuple(settings.ids))
     out = Path(out)
     parse_tta(settings.tta)
-    settings = replace(settings, backend=resolve_backend(model, settings.backend))
+    several = settings.devices > 1 or settings.num_nodes > 1  # Lightning's DDP: PyTorch
+    device = "cuda" if several else settings.device
+    settings = replace(settings, backend=resolve_backend(model, settings.backend, device=device))
     started = time.perf_counter()
     computed = _probabilities(model, data, out, settings, on_progress)
     if computed is None:

@@ -6,7 +6,8 @@ two pools of threads:
 
 * **decoding** (``decode_threads``): uploaded bytes -> ``(C, H, W)`` uint8 -> model inputs. OpenCV, tifffile
   and NumPy release the GIL, so several requests decode in parallel while the model runs.
-* **inference** (``inference_threads``, default 1): the network, one batch at a time per thread. Requests
+* **inference** (``inference_threads``, default the budget's lanes: one per CPU on ONNX Runtime, each call on one
+  thread, else 1): the network, one batch at a time per thread. Requests
   wait in a queue; whenever a thread becomes free it takes *everything waiting* (up to ``max_batch``) as one
   batch. Nothing waits for a batch to fill, so a lone request runs at once, and under load requests that
   arrive while the model is busy share the next call (dynamic micro-batching; ``max_batch=1`` turns it off).
@@ -102,7 +103,8 @@ class InferenceEngine:
         max_pending: the most requests admitted at a time; more get :class:`ServiceBusyError`.
         decode_threads: threads that decode uploads (default: the CPUs the network's threads leave, at least 1 and
             at most 4: :func:`protloc.inference.budget.plan_service`).
-        inference_threads: batches run at the same time (default 1: the network's own threads use the cores).
+        inference_threads: batches run at the same time (default: the budget's lanes, one per CPU with ONNX
+            Runtime on one thread each; 1 with PyTorch, whose own threads use the cores).
 
     Raises:
         ModelError: the package cannot be loaded with that backend.
@@ -119,9 +121,9 @@ class InferenceEngine:
         max_batch: int = 8,
         max_pending: int = 64,
         decode_threads: int | None = None,
-        inference_threads: int = 1,
+        inference_threads: int | None = None,
     ) -> None:
-        if max_batch < 1 or max_pending < 1 or inference_threads < 1:
+        if max_batch < 1 or max_pending < 1 or (inference_threads is not None and inference_threads < 1):
             raise ConfigError("max_batch, max_pending and inference_threads must be at least 1")
         self.model_path = Path(model)
         self.backend_name = resolve_backend(model, backend)
@@ -139,7 +141,7 @@ class InferenceEngine:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.decode_threads = budget.workers
-        self.inference_threads = inference_threads
+        self.inference_threads = inference_threads or budget.lanes
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pools_lock = threading.Lock()
         self.stats = EngineStats()

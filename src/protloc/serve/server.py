@@ -92,16 +92,21 @@ def run(
     check_model_path(model)
     if cells is not None:
         check_model_path(cells)
-    decode_threads = None
+    decode_threads: int | None = None
+    lanes: int | None = None
     if workers > 1:  # each server process gets its share of the CPUs, split by the one budget
-        share = plan_service(backend, threads=threads, cpus=max(1, usable_cpus() // workers))
-        threads, decode_threads = share.threads, share.workers
+        from protloc.serve.engine import resolve_backend
+
+        chosen = resolve_backend(model, backend)
+        share = plan_service(chosen, threads=threads, cpus=max(1, usable_cpus() // workers))
+        threads, decode_threads, lanes = share.threads, share.workers, share.lanes
     settings = ServiceSettings(
         model=str(model),
         backend=backend,
         device=device,
         threads=threads,
-        **({} if decode_threads is None else {"decode_threads": decode_threads}),
+        decode_threads=decode_threads,
+        inference_threads=lanes,
         max_upload_mb=max_upload_mb,
         max_batch=max_batch,
         max_pending=max_pending,

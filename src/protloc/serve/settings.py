@@ -27,11 +27,13 @@ class ServiceSettings:
         model: the model package folder (or an exported ``.onnx`` file, without explanations).
         backend: ``auto`` (ONNX Runtime when the package has ``model.onnx``, else PyTorch), ``onnx`` or ``torch``.
         device: torch device for the torch backend and explanations (``cpu``, ``cuda``, ``auto``).
-        threads: ONNX Runtime intra-op threads (default: half the CPUs, leaving the rest to decoding).
+        threads: ONNX Runtime intra-op threads per network call (default 1 per lane up to 8 CPUs; see
+            :func:`protloc.inference.budget.plan_service`).
         max_batch: most samples per network call when concurrent requests are micro-batched (1: off).
         max_pending: most requests in progress at once; more are answered 503 with ``Retry-After``.
         decode_threads: threads decoding uploads (default: the CPUs the network leaves, 1-4).
-        inference_threads: network calls at the same time (default 1).
+        inference_threads: network calls at the same time (default: one per CPU with ONNX Runtime, the
+            budget's lanes; 1 with PyTorch).
         max_upload_mb: largest request body in MB (10^6 bytes); larger ones are answered 413.
         max_batch_samples: most samples in one ``/predict/batch`` request.
         preview_side: side in px of the pictures returned with ``?previews=true``.
@@ -58,7 +60,7 @@ class ServiceSettings:
     max_batch: int = 8
     max_pending: int = 64
     decode_threads: int | None = None
-    inference_threads: int = 1
+    inference_threads: int | None = None
     max_upload_mb: float = 64.0
     max_batch_samples: int = 64
     preview_side: int = 512

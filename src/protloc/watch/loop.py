@@ -32,6 +32,7 @@ from protloc.errors import DataError, require
 from protloc.inference.core import Backend, Preprocessor, batch_probabilities, parse_tta
 from protloc.metrics import decide
 from protloc.model.card import ModelCard
+from protloc.utils import usable_cpus
 from protloc.watch.fields import FieldTracker, PendingField
 from protloc.watch.settings import WatchSettings
 from protloc.watch.state import (
@@ -43,6 +44,7 @@ from protloc.watch.state import (
     now_iso,
     watch_locks,
 )
+from protloc.workers import thread_map
 
 DEFAULT_OUT = "protloc-watch"
 PICTURE_SIDE = 512
@@ -262,9 +264,11 @@ def _scorer(model: str | Path, settings: WatchSettings) -> _Classifier | _CellSc
             assert scored_by is not None
             predictor.thresholds = resolve_thresholds(scored_by, settings.thresholds)
         return _CellScorer(predictor, settings.bit_depth)
-    # one field at a time, read then classified in turn: the network takes every usable CPU (the one budget)
-    chosen = resolve_backend(model, settings.backend)
-    budget = plan_budget(chosen, read_model_card(model).size, device=settings.device, workers=0)
+    # a batch of fields is read (side by side, a thread per CPU), then classified: in turn, so the network takes
+    # every usable CPU too (the one budget, with decoding in this process)
+    chosen = resolve_backend(model, settings.backend, device=settings.device)
+    cpus = usable_cpus()
+    budget = plan_budget(chosen, read_model_card(model).size, device=settings.device, workers=0, threads=cpus)
     card, network = load_backend(model, chosen, device=settings.device, threads=budget.threads, spin=budget.spin)
     return _Classifier(
         network,
@@ -396,19 +400,30 @@ class _Watcher:
         self.summary.rejected += 1
         self.emit(WatchEvent("rejected", pending.key, reason))
 
+    def _read(self, pending: PendingField) -> tuple[tuple[np.ndarray, np.ndarray] | None, Exception | None]:
+        try:
+            return self.classify.read(pending), None
+        except Exception as exc:  # any undecodable file: set aside (by load), keep watching
+            return None, exc
+
     def load(self, batch: list[PendingField]) -> list[tuple[PendingField, np.ndarray, np.ndarray]]:
         """The fields of ``batch`` that read whole and did not change while read; the others are set aside
-        (unreadable, or links leading out) or wait again (changed)."""
+        (unreadable, or links leading out) or wait again (changed). The fields are read side by side, one
+        thread per usable CPU (decoding releases the GIL; the network runs after, on every CPU)."""
         loaded = []
+        readable = []
         for pending in batch:
-            before = pending.signature
             refused = self.tracker.link_problem(pending)
             if refused is not None:
                 self.set_aside(pending, refused)
                 continue
-            try:
-                image, inputs = self.classify.read(pending)
-            except Exception as exc:  # any undecodable file: set aside, keep watching
+            readable.append((pending, pending.signature))
+        reads = thread_map(self._read, [p for p, _ in readable], threads=min(len(readable), usable_cpus()))
+        for (pending, before), (got, exc) in zip(readable, reads, strict=True):
+            if got is not None:
+                image, inputs = got
+            else:
+                assert exc is not None
                 reason = str(exc) if isinstance(exc, DataError) else f"{exc.__class__.__name__}: {exc}"
                 self.tracker.look(pending, time.monotonic())
                 if pending.signature != before:  # it changed while we read it: wait again
