@@ -37,14 +37,15 @@ from protloc.data.io import CHANNELS, write_channel
 
 CONCURRENCY = (1, 4, 16)
 CPUS = os.cpu_count() or 1
-SETTINGS: tuple[tuple[str, int, int | None], ...] = (
-    ("onnx", 8, None),  # the service's defaults: ONNX Runtime on half the CPUs, micro-batching up to 8
-    ("onnx", 1, None),
-    ("onnx", 8, CPUS),  # ONNX Runtime's own default: one thread per CPU
-    ("torch", 8, None),
-    ("torch", 1, None),
+SETTINGS: tuple[tuple[str, int, int | None, int | None], ...] = (
+    ("onnx", 8, None, None),  # the service's defaults: ONNX Runtime in lanes (a call per CPU), micro-batching to 8
+    ("onnx", 1, None, None),
+    ("onnx", 8, 1, 1),  # the default before lanes on 2 CPUs: one call at a time on one thread
+    ("onnx", 8, CPUS, None),  # ONNX Runtime's own default: one call at a time on a thread per CPU
+    ("torch", 8, None, None),
+    ("torch", 1, None, None),
 )
-"""(backend, max_batch, ONNX Runtime intra-op threads; None: the service's default)."""
+"""(backend, max_batch, ONNX Runtime intra-op threads, network calls at a time; None: the service's default)."""
 
 
 def make_package(folder: Path, model: str = "resnet18", size: int = 128, scheme: str = "hpa2018") -> Path:
@@ -107,10 +108,15 @@ def free_port() -> int:
 class Server:
     """``protloc.serve.run`` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, backend: str, max_batch: int, threads: int | None) -> None:
+    def __init__(
+        self, model: Path, backend: str, max_batch: int, threads: int | None, calls: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        arguments = f"{str(model)!r}, port={self.port}, backend={backend!r}, max_batch={max_batch}, threads={threads}"
+        arguments = (
+            f"{str(model)!r}, port={self.port}, backend={backend!r}, max_batch={max_batch}, threads={threads}, "
+            f"inference_threads={calls}"
+        )
         script = f"from protloc.serve import run; run({arguments}, log_level='warning')"
         env = {k: v for k, v in os.environ.items() if k != "PROTLOC_TOKEN"}
         self.process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
@@ -177,9 +183,10 @@ def measure(
     """Every (backend, max_batch) setting at every concurrency, ``repeats`` rounds interleaved."""
     runs: dict[str, dict[int, list[dict[str, float]]]] = {}
     for round_number in range(repeats):
-        for backend, max_batch, threads in SETTINGS:
+        for backend, max_batch, threads, calls in SETTINGS:
             key = f"{backend}/max_batch={max_batch}" + (f"/threads={threads}" if threads else "")
-            with Server(model, backend, max_batch, threads) as server:
+            key += f"/calls={calls}" if calls else ""
+            with Server(model, backend, max_batch, threads, calls) as server:
                 asyncio.run(load(server.url, body, content_type, 20, 4))  # warm-up
                 for concurrency in CONCURRENCY:
                     before = server.health()
@@ -196,6 +203,16 @@ def measure(
                         flush=True,
                     )
     return runs
+
+
+def _label(key: str) -> str:
+    """A settings key as the table's first column."""
+    backend = "ONNX Runtime" if key.startswith("onnx") else "PyTorch"
+    if "/calls=1" in key:
+        return f"{backend}, one call at a time on 1 thread (the default before lanes)"
+    if f"threads={CPUS}" in key:
+        return f"{backend}, one call at a time on {CPUS} threads"
+    return f"{backend} (lanes: a call per CPU)" if backend == "ONNX Runtime" else backend
 
 
 def summarise(runs: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str, dict[int, dict[str, float]]]:
@@ -236,7 +253,7 @@ def main() -> None:
         for concurrency, values in by_c.items():
             rows.append(
                 [
-                    key.split("/")[0] + (f" ({CPUS} threads)" if f"threads={CPUS}" in key else ""),
+                    _label(key),
                     "on (8)" if "max_batch=8" in key else "off",
                     concurrency,
                     f"{values['p50_ms']:.1f}",
@@ -254,6 +271,13 @@ def main() -> None:
             f"{off['requests_per_s']:.1f} req/s ({gain:+.0%}), p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms "
             f"(mean batch {on['mean_batch']:.1f})."
         )
+    lanes, before = summary["onnx/max_batch=8"][16], summary["onnx/max_batch=8/threads=1/calls=1"][16]
+    verdicts.append(
+        f"- lanes: at concurrency 16, ONNX Runtime in lanes answers {lanes['requests_per_s']:.1f} req/s against "
+        f"{before['requests_per_s']:.1f} for one call at a time on one thread "
+        f"({lanes['requests_per_s'] / before['requests_per_s']:.2f}x), p99 {lanes['p99_ms']:.0f} vs "
+        f"{before['p99_ms']:.0f} ms."
+    )
     markdown = "\n".join(
         [
             f"### HTTP service: POST /predict, one 4x512² sample (four 8-bit PNGs), {name}",

@@ -52,7 +52,9 @@ def serve(
     header_timeout: Annotated[float, typer.Option(help="Seconds for a request's headers to arrive.")] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds for a request body to arrive (408 after).")] = 60.0,
     backend: Annotated[str, typer.Option(help="auto (onnx when model.onnx exists), onnx or torch.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: half the CPUs).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads per network call (default 1: a call per CPU at a time).")
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 above).")] = 64.0,
     max_batch: Annotated[int, typer.Option(help="Micro-batch size for concurrent requests (1 = off).")] = 8,
     cells: Annotated[

@@ -320,7 +320,10 @@ def evaluate(
         int | None, typer.Option(help="Decoding processes; 0 = a prefetch thread (default: fitted to the CPUs).")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="The network's threads (default: the CPUs decoding leaves).")
+        int | None,
+        typer.Option(
+            help="The network's threads (default: 1 per lane with ONNX Runtime, else the CPUs decoding leaves)."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 (torch backend).")] = "auto",
     channel_map: Annotated[str | None, CHANNEL_MAP_OPTION] = None,

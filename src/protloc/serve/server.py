@@ -36,6 +36,7 @@ def run(
     backend: str = "auto",
     device: str = "cpu",
     threads: int | None = None,
+    inference_threads: int | None = None,
     max_upload_mb: float = 64.0,
     max_batch: int = 8,
     max_pending: int = 64,
@@ -65,7 +66,10 @@ def run(
         body_timeout: seconds for a request body to arrive (408 after); only then is a request queued.
         backend: ``auto`` (ONNX Runtime when the package has model.onnx, else PyTorch), ``onnx`` or ``torch``.
         device: torch device for the torch backend and explanations.
-        threads: ONNX Runtime intra-op threads per worker (default: half the CPUs, divided among ``workers``).
+        threads: ONNX Runtime intra-op threads per network call (default 1 up to 8 CPUs: a lane per CPU;
+            PyTorch: half the CPUs), the CPUs divided among ``workers``.
+        inference_threads: network calls at the same time (default: the budget's lanes, one per CPU over
+            ``threads`` with ONNX Runtime; 1 with PyTorch).
         max_upload_mb: largest request body in MB; larger ones get 413.
         max_batch: most concurrent requests run through the network together (1 turns micro-batching off).
         max_pending: most requests in progress; more get 503 with Retry-After.
@@ -93,13 +97,13 @@ def run(
     if cells is not None:
         check_model_path(cells)
     decode_threads: int | None = None
-    lanes: int | None = None
+    lanes = inference_threads
     if workers > 1:  # each server process gets its share of the CPUs, split by the one budget
         from protloc.serve.engine import resolve_backend
 
         chosen = resolve_backend(model, backend)
         share = plan_service(chosen, threads=threads, cpus=max(1, usable_cpus() // workers))
-        threads, decode_threads, lanes = share.threads, share.workers, share.lanes
+        threads, decode_threads, lanes = share.threads, share.workers, inference_threads or share.lanes
     settings = ServiceSettings(
         model=str(model),
         backend=backend,
