@@ -15,8 +15,8 @@ workers plus the network's threads never exceed the CPUs this process may use** 
   the batches never wait on each other. ONNX Runtime's intra-op threads use their cores fully (2 threads ran
   1.99x one on the 2-core machine), so a decoding thread beside them can only preempt one and stall the
   operator's other; independent lanes leave no such barrier, and decoding costs only its own CPU time
-  (BENCHMARKS.md, "Thread budget": 1.08x of the model alone at 128 px fields against 1.25x, 1.71x at 512 px
-  against 2.10x);
+  (BENCHMARKS.md, "Thread budget": 1.12x of the model alone at 128 px fields against 1.21x, 1.69x at 512 px
+  against 2.00x);
 * otherwise (PyTorch, an explicit ``--workers`` or ``--threads``), while decoding needs less than two cores'
   worth of the split, it runs **in this process on one prefetch thread** (:func:`protloc.workers.prefetch`)
   that keeps ``prefetch`` batches decoded ahead while the network computes the current one: on every usable
@@ -78,7 +78,7 @@ class ThreadBudget:
     lanes: int = 1
 
     def describe(self) -> dict[str, Any]:
-        """What ``run.json`` records of the split."""
+        """The split as a plain dict (benchmarks report it)."""
         return {
             "cpus": self.cpus,
             "workers": self.workers,
