@@ -5,8 +5,8 @@ Two backends turn a batch of ``(B, C, S, S)`` float32 pixels in 0-1 into sigmoid
 :class:`protloc.inference.core.OnnxBackend`). ``auto`` chooses by what the caller values:
 
 * ``throughput`` (batch prediction, evaluation, the watcher): on the CPU, ONNX Runtime when the package has
-  ``model.onnx`` and ONNX Runtime is installed (1.2-1.6x PyTorch eager in float32, 2.6-3.4x as the int8 model
-  ``protloc export`` makes by default, and it runs in lanes: BENCHMARKS.md "Inference" and "Thread budget");
+  ``model.onnx`` and ONNX Runtime is installed (1.2-1.6x PyTorch eager, both float32, and it runs in lanes:
+  BENCHMARKS.md "Inference" and "Thread budget"; an int8 file from ``export --int8`` runs when named);
   PyTorch on a GPU (``device`` ``auto`` with CUDA available, or a device named) and over several devices, and
   wherever the package has no ``model.onnx``; ONNX Runtime for an exported ``.onnx`` file or where PyTorch is
   missing (the ``protloc[runtime]`` install).
