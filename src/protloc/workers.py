@@ -99,13 +99,9 @@ def imap(
     window = window or 2 * workers
     pool = process_pool(workers, initializer=initializer, initargs=initargs, preload=preload)
     try:
-        pending: deque[Future[list[R]]] = deque()
-        for chunk in _chunks(items, max(1, chunksize)):
-            pending.append(pool.submit(_apply, function, chunk))
-            if len(pending) >= window:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+        chunks = _chunks(items, max(1, chunksize))
+        for results in _in_order(lambda chunk: pool.submit(_apply, function, chunk), chunks, window):
+            yield from results
     except BrokenProcessPool:
         raise ConfigError(
             "a worker process died before it finished (out of memory?). Workers re-import the calling script: "
@@ -113,6 +109,17 @@ def imap(
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(submit: Callable[[T], Future[R]], items: Iterable[T], window: int) -> Generator[R, None, None]:
+    """Each item's result in order, as ``submit`` (a pool's) computes them, at most ``window`` in flight."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 _END = object()
@@ -180,12 +187,6 @@ def thread_map(
     window = max(threads, window or threads + 1)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="protloc-lane")
     try:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        yield from _in_order(lambda item: pool.submit(function, item), items, window)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

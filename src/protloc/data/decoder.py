@@ -232,14 +232,14 @@ def _probe_and_read(path: Path, where: str, budget: int | None) -> tuple[ImageHe
             if size <= READ_FIRST_BYTES:
                 data = handle.read()
                 header = _read_header(io.BytesIO(data), len(data), where)
+                check_budget(header, where, budget)
             else:
                 header = _read_header(handle, size, where)
-                check_budget(header, where, budget)
+                check_budget(header, where, budget)  # before a large file is read
                 handle.seek(0)
                 data = handle.read()
         except OSError as exc:
             raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    check_budget(header, where, budget)
     return header, data
 
 
